@@ -1,0 +1,286 @@
+"""Input validation shared by every public function of jaxbound.
+
+Every check raises ``ValueError`` whose message starts with the name of the
+offending argument, so that a user sees at once which input was wrong.
+Nothing here clips, casts away or drops data silently.
+
+Value checks (finiteness, ranges) need concrete arrays; when a function is
+traced under ``jax.jit`` the shape and dtype checks still run and the value
+checks are skipped (see :func:`is_concrete`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "canonical_norm",
+    "dual_norm",
+    "norm_exponent",
+    "is_concrete",
+    "check_points",
+    "check_same_dim",
+    "check_finite",
+    "check_scalar",
+    "check_int",
+    "check_probability",
+    "check_labels",
+    "check_images",
+    "check_key",
+    "check_weights",
+]
+
+_NORM_ALIASES = {
+    "l1": "l1",
+    "1": "l1",
+    "l2": "l2",
+    "2": "l2",
+    "linf": "linf",
+    "inf": "linf",
+    "l_inf": "linf",
+    "infinity": "linf",
+}
+
+
+def canonical_norm(norm: Any, name: str = "norm") -> str | float:
+    """Normalise a norm specifier.
+
+    Accepts ``"l1" | "l2" | "linf"``, ``1 | 2 | inf`` (``np.inf``,
+    ``float("inf")``) and any real ``p >= 1`` for a general ``lp`` norm.
+
+    Returns:
+      ``"l1"``, ``"l2"`` or ``"linf"`` for the three common norms, otherwise
+      the exponent ``p`` as a Python float.
+
+    Raises:
+      ValueError: unknown name, ``p < 1`` or a non-finite, non-infinite value.
+    """
+    if isinstance(norm, str):
+        key = norm.strip().lower()
+        if key in _NORM_ALIASES:
+            return _NORM_ALIASES[key]
+        if key.startswith("l"):
+            key = key[1:]
+        try:
+            p = float(key)
+        except ValueError:
+            raise ValueError(
+                f"{name}: unknown norm {norm!r}; use 'l1', 'l2', 'linf', 1, 2, inf "
+                "or a number p >= 1"
+            ) from None
+        return canonical_norm(p, name)
+    if isinstance(norm, bool) or not isinstance(norm, numbers.Real):
+        raise ValueError(f"{name}: unknown norm {norm!r}; use 'l1', 'l2', 'linf', 1, 2 or inf")
+    p = float(norm)
+    if math.isinf(p) and p > 0:
+        return "linf"
+    if not math.isfinite(p) or p < 1:
+        raise ValueError(f"{name}: an lp norm needs p >= 1, got {norm!r}")
+    if p == 1:
+        return "l1"
+    if p == 2:
+        return "l2"
+    return p
+
+
+def norm_exponent(norm: Any) -> float:
+    """The exponent p of a norm (``inf`` for linf)."""
+    n = canonical_norm(norm)
+    return {"l1": 1.0, "l2": 2.0, "linf": math.inf}.get(n, n)  # type: ignore[arg-type]
+
+
+def dual_norm(norm: Any) -> str | float:
+    """The dual norm: l1 <-> linf, l2 <-> l2, lp <-> lq with 1/p + 1/q = 1."""
+    n = canonical_norm(norm)
+    if n == "l1":
+        return "linf"
+    if n == "linf":
+        return "l1"
+    if n == "l2":
+        return "l2"
+    p = float(n)
+    return canonical_norm(p / (p - 1.0))
+
+
+def is_concrete(x: Any) -> bool:
+    """True when ``x`` holds values (not a tracer inside ``jit``/``vmap``)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _as_array(x: Any, name: str):
+    if isinstance(x, (np.ndarray, jax.Array)) or isinstance(x, jax.core.Tracer):
+        return x
+    try:
+        return np.asarray(x)
+    except Exception as exc:  # pragma: no cover - exotic inputs
+        raise ValueError(f"{name}: cannot be converted to an array ({exc})") from None
+
+
+def check_finite(x: Any, name: str) -> None:
+    """Raise when a concrete array holds NaN or +-Inf."""
+    if not is_concrete(x):
+        return
+    arr = np.asarray(x)
+    if arr.size and not np.isfinite(arr).all():
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(f"{name}: contains {bad} NaN or infinite value(s)")
+
+
+def _check_float_dtype(arr, name: str) -> None:
+    dt = np.dtype(arr.dtype)
+    if dt == np.bool_ or not (np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer)):
+        raise ValueError(f"{name}: expected a real numeric array, got dtype {dt}")
+
+
+def check_points(x: Any, name: str, *, allow_empty: bool = False):
+    """Validate a point set shaped ``[n, d]`` of finite real numbers.
+
+    Integer arrays are accepted (they are exact in floating point up to 2**24).
+
+    Returns:
+      The input as an array (NumPy arrays stay NumPy, JAX arrays stay JAX).
+    """
+    arr = _as_array(x, name)
+    _check_float_dtype(arr, name)
+    if arr.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array shaped [n, d], got shape {tuple(arr.shape)}")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name}: points have zero features (shape {tuple(arr.shape)})")
+    if arr.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"{name}: is empty (shape {tuple(arr.shape)})")
+    check_finite(arr, name)
+    return arr
+
+
+def check_same_dim(x, y, name_x: str, name_y: str) -> None:
+    """Both ``[n, d]`` and ``[m, d]`` arrays must share ``d``."""
+    if x.shape[-1] != y.shape[-1]:
+        raise ValueError(
+            f"{name_y}: feature dimension {y.shape[-1]} does not match {name_x}'s {x.shape[-1]}"
+        )
+
+
+def check_scalar(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> float:
+    """A finite real scalar within optional bounds; returns it as float."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.ndarray, np.generic, jax.Array)):
+        raise ValueError(f"{name}: expected a real number, got {type(value).__name__}")
+    if not is_concrete(value):
+        raise ValueError(f"{name}: must be a concrete Python or NumPy number, not a traced value")
+    arr = np.asarray(value)
+    if arr.ndim != 0:
+        raise ValueError(f"{name}: expected a scalar, got shape {arr.shape}")
+    v = float(arr)
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: must be finite, got {v}")
+    if low is not None and (v < low or (v == low and not low_inclusive)):
+        op = ">=" if low_inclusive else ">"
+        raise ValueError(f"{name}: must be {op} {low}, got {v}")
+    if high is not None and (v > high or (v == high and not high_inclusive)):
+        op = "<=" if high_inclusive else "<"
+        raise ValueError(f"{name}: must be {op} {high}, got {v}")
+    return v
+
+
+def check_int(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:
+    """An integer (Python or NumPy, not bool) within optional inclusive bounds."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise ValueError(f"{name}: expected an integer, got {value!r}")
+    v = int(value)
+    if low is not None and v < low:
+        raise ValueError(f"{name}: must be >= {low}, got {v}")
+    if high is not None and v > high:
+        raise ValueError(f"{name}: must be <= {high}, got {v}")
+    return v
+
+
+def check_probability(value: Any, name: str, *, open_low: bool = True, open_high: bool = True) -> float:
+    """A probability in (0, 1) (ends included on request)."""
+    return check_scalar(
+        value, name, low=0.0, high=1.0, low_inclusive=not open_low, high_inclusive=not open_high
+    )
+
+
+def check_labels(y: Any, name: str, *, n: int | None = None, num_classes: int | None = None):
+    """Integer labels ``[n]`` in ``[0, num_classes)``."""
+    arr = _as_array(y, name)
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array of labels, got shape {tuple(arr.shape)}")
+    if not np.issubdtype(np.dtype(arr.dtype), np.integer):
+        raise ValueError(f"{name}: labels must be integers, got dtype {arr.dtype}")
+    if n is not None and arr.shape[0] != n:
+        raise ValueError(f"{name}: has {arr.shape[0]} labels for {n} inputs")
+    if is_concrete(arr) and arr.size:
+        a = np.asarray(arr)
+        if a.min() < 0:
+            raise ValueError(f"{name}: labels must be >= 0, got {int(a.min())}")
+        if num_classes is not None and a.max() >= num_classes:
+            raise ValueError(f"{name}: label {int(a.max())} is out of range for {num_classes} classes")
+    return arr
+
+
+def check_images(
+    x: Any, name: str, *, bounds: Sequence[float] | None = (0.0, 1.0), allow_empty: bool = False
+):
+    """Images ``[n, H, W, C]`` of finite reals inside ``bounds`` (None: unbounded)."""
+    arr = _as_array(x, name)
+    _check_float_dtype(arr, name)
+    if arr.ndim != 4:
+        raise ValueError(f"{name}: expected images shaped [n, H, W, C], got shape {tuple(arr.shape)}")
+    if arr.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"{name}: is empty")
+    check_finite(arr, name)
+    check_bounds(arr, name, bounds)
+    return arr
+
+
+def check_bounds(arr: Any, name: str, bounds: Sequence[float] | None) -> None:
+    """Values of a concrete array must lie within ``bounds = (low, high)``."""
+    if bounds is None or not is_concrete(arr):
+        return
+    lo, hi = bounds
+    a = np.asarray(arr)
+    if a.size and (a.min() < lo or a.max() > hi):
+        raise ValueError(
+            f"{name}: values must lie in [{lo}, {hi}], found range [{float(a.min())}, {float(a.max())}]"
+        )
+
+
+def check_key(key: Any, name: str = "key"):
+    """A ``jax.random`` key: new-style typed key or legacy uint32 ``[2]``."""
+    if isinstance(key, jax.Array) or isinstance(key, jax.core.Tracer):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            if key.shape != ():
+                raise ValueError(f"{name}: expected a single key, got a key array of shape {key.shape}")
+            return key
+        if key.dtype == jnp.uint32 and key.shape == (2,):
+            return key
+    raise ValueError(
+        f"{name}: expected a jax.random key (jax.random.key(seed) or jax.random.PRNGKey(seed)), "
+        f"got {type(key).__name__}"
+    )
+
+
+def check_weights(w: Any, name: str, *, n: int) -> np.ndarray:
+    """Non-negative finite weights ``[n]`` as float64 NumPy (``None``: all ones)."""
+    arr = np.asarray(w, dtype=np.float64) if w is not None else np.ones(n, dtype=np.float64)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"{name}: expected shape [{n}], got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}: contains NaN or infinite weights")
+    if (arr < 0).any():
+        raise ValueError(f"{name}: weights must be non-negative")
+    return arr
