@@ -241,8 +241,6 @@ def _load_idx_dataset(key: str, split: str, data_dir) -> Dataset:
     lab_path = _find_idx(img_path.parent, lab_stem)
     if lab_path is None:
         raise ValueError(f"data_dir: {lab_stem}.gz is missing next to {str(img_path)!r}")
-    with open(img_path, "rb") as fh:
-        head = fh.read(4)
     images = read_idx(img_path)
     labels = read_idx(lab_path)
     if images.ndim != 3 or images.dtype != np.uint8:
@@ -256,7 +254,6 @@ def _load_idx_dataset(key: str, split: str, data_dir) -> Dataset:
         )
     if labels.max() > 9:
         raise ValueError(f"path: {str(lab_path)!r} has label {int(labels.max())} outside 0..9")
-    del head
     x = (images.astype(np.float32) / 255.0)[..., None]
     return Dataset(x, labels.astype(np.int64), key, split, 10)
 
@@ -282,13 +279,18 @@ def _load_tfds(tfds_name: str, split: str, data_dir) -> Dataset:
     if "image" not in feats or "label" not in feats:
         raise ValueError(f"name: {tfds_name!r} is not an image-classification dataset (needs image and label)")
     num_classes = int(feats["label"].num_classes)
+    xs, ys = [], []
     try:
-        ds = tfds.load(tfds_name, split=split, data_dir=data_dir, as_supervised=True, batch_size=-1,
-                       download=data_dir is None)
+        # Batches, not batch_size=-1: TensorFlow aborts the process when it cannot size the whole split.
+        ds = tfds.load(tfds_name, split=split, data_dir=data_dir, as_supervised=True, batch_size=1024)
+        for xb, yb in tfds.as_numpy(ds):
+            xs.append(np.asarray(xb))
+            ys.append(np.asarray(yb))
     except Exception as exc:
         raise ValueError(f"split: cannot load {tfds_name!r} split {split!r}: {exc}") from None
-    images, labels = tfds.as_numpy(ds)
-    images = np.asarray(images)
+    if not xs:
+        raise ValueError(f"split: {tfds_name!r} split {split!r} is empty")
+    images, labels = np.concatenate(xs), np.concatenate(ys)
     if images.ndim == 3:
         images = images[..., None]
     if images.dtype != np.uint8:

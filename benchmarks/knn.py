@@ -1,0 +1,240 @@
+"""k-NN benchmark on real MNIST: jaxbound.geometry.knn against faiss and scikit-learn.
+
+k = 50 neighbours of the 10,000 MNIST test images among the 60,000 training
+images, for l1, l2 and linf, side by side in the same run with faiss-cpu's
+``IndexFlat`` of the same metric and scikit-learn's brute-force
+``NearestNeighbors``. Throughput is reported as G element-ops/s
+(n * m * d / seconds). Slow baselines run on a subset of the queries (their
+throughput does not depend on the number of queries); the subset sizes are
+recorded. Each measurement runs in its own process so that its peak memory
+(max RSS) is its own.
+
+Also measured: the full 60k x 60k l1 k-NN (k = 50, the point itself counted,
+Mahloujifar et al.'s density ranks) and the agreement of jaxbound's neighbours
+with a float64 NumPy brute force (mismatches other than exact ties).
+
+Usage:
+  python benchmarks/knn.py                      # everything (about 15-25 minutes on 2 cores)
+  python benchmarks/knn.py --quick              # small sizes, a smoke test
+  python benchmarks/knn.py --skip-full --norms l2
+
+Writes ``benchmarks/results/knn_<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+FAISS_METRIC = {"l1": "METRIC_L1", "l2": "METRIC_L2", "linf": "METRIC_Linf"}
+SKLEARN_METRIC = {"l1": "manhattan", "l2": "euclidean", "linf": "chebyshev"}
+
+
+def data_dir() -> Path:
+    env = os.environ.get("JAXBOUND_DATA_DIR")
+    path = Path(env) if env else REPO.parent / "shared" / "data"
+    if not (path / "mnist").is_dir():
+        sys.exit(f"MNIST IDX files not found in {path}: set JAXBOUND_DATA_DIR (skipping the benchmark)")
+    return path
+
+
+def load(nq: int, nr: int):
+    from jaxbound import data
+
+    tr = data.load("mnist", split="train", data_dir=data_dir()).flat()[:nr]
+    te = data.load("mnist", split="test", data_dir=data_dir()).flat()[:nq]
+    return np.ascontiguousarray(te), np.ascontiguousarray(tr)
+
+
+def peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def worker(args) -> dict:
+    q, r = load(args.nq, args.nr)
+    if args.self_knn:
+        q = r
+    k = args.k
+    if args.impl == "jax":
+        import jax
+
+        from jaxbound import geometry
+
+        # compile once on the same block shapes, outside the timing
+        geometry.knn(q[:8], r, k=k, norm=args.norm)
+        t = time.perf_counter()
+        res = geometry.knn(q, None if args.self_knn else r, k=k, norm=args.norm, progress=args.progress)
+        seconds = time.perf_counter() - t
+        dist, idx = res.distances, res.indices
+        extra = {"device": jax.devices()[0].platform, "jax": jax.__version__}
+    elif args.impl == "faiss":
+        import faiss
+
+        index = faiss.IndexFlat(r.shape[1], getattr(faiss, FAISS_METRIC[args.norm]))
+        index.add(r)
+        t = time.perf_counter()
+        dist, idx = index.search(q, k)
+        seconds = time.perf_counter() - t
+        if args.norm == "l2":
+            dist = np.sqrt(np.maximum(dist, 0))
+        extra = {"faiss": faiss.__version__, "threads": faiss.omp_get_max_threads()}
+    elif args.impl == "sklearn":
+        import sklearn
+        from sklearn.neighbors import NearestNeighbors
+
+        nn = NearestNeighbors(n_neighbors=k, algorithm="brute", metric=SKLEARN_METRIC[args.norm], n_jobs=-1).fit(r)
+        t = time.perf_counter()
+        dist, idx = nn.kneighbors(q)
+        seconds = time.perf_counter() - t
+        extra = {"sklearn": sklearn.__version__}
+    else:
+        raise SystemExit(f"unknown impl {args.impl}")
+    if args.save:
+        np.savez(args.save, distances=dist, indices=idx)
+    n, m, d = q.shape[0], r.shape[0], r.shape[1]
+    return {"impl": args.impl, "norm": args.norm, "n_queries": n, "n_refs": m, "d": d, "k": k,
+            "seconds": seconds, "gops": n * m * d / seconds / 1e9, "peak_rss_gb": peak_rss_gb(), **extra}
+
+
+def run_worker(impl: str, norm: str, nq: int, nr: int, k: int, *, self_knn=False, save=None, progress=False) -> dict:
+    cmd = [sys.executable, __file__, "--worker", impl, "--norm", norm, "--nq", str(nq), "--nr", str(nr), "--k", str(k)]
+    if self_knn:
+        cmd.append("--self-knn")
+    if save:
+        cmd += ["--save", str(save)]
+    if progress:
+        cmd.append("--progress")
+    out = subprocess.run(cmd, text=True, stdout=subprocess.PIPE, stderr=None if progress else subprocess.PIPE)
+    if out.returncode != 0:
+        raise RuntimeError(f"{impl} {norm} failed:\n{out.stderr}")
+    rec = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"  {impl:8s} {norm:5s} n={rec['n_queries']:6d} m={rec['n_refs']:6d}: {rec['seconds']:8.2f} s "
+          f"{rec['gops']:7.2f} Gop/s  peak {rec['peak_rss_gb']:.2f} GiB", flush=True)
+    return rec
+
+
+def brute_force_check(norm: str, saved: Path, nq_check: int, nq: int, nr: int) -> dict:
+    """Mismatches of jaxbound's neighbours against float64 brute force, other than exact ties."""
+    from scipy.spatial.distance import cdist
+
+    q, r = load(nq, nr)
+    got = np.load(saved)
+    metric = {"l1": "cityblock", "l2": "euclidean", "linf": "chebyshev"}[norm]
+    rows = np.linspace(0, q.shape[0] - 1, nq_check).astype(int)
+    D = cdist(q[rows].astype(np.float64), r.astype(np.float64), metric)
+    k = got["indices"].shape[1]
+    mismatches = ties = 0
+    for t, i in enumerate(rows):
+        order = np.argsort(D[t], kind="stable")
+        ref_idx = order[:k]
+        mine = got["indices"][i]
+        kth = D[t, ref_idx[-1]]
+        if not np.array_equal(mine, ref_idx):
+            # only allowed where the differing neighbours are tied in exact distance
+            bad = [j for j in range(k) if mine[j] != ref_idx[j]
+                   and D[t, mine[j]] != D[t, ref_idx[j]]]
+            if bad:
+                mismatches += 1
+            else:
+                ties += 1
+        del kth
+    return {"checked_queries": len(rows), "mismatching_queries": mismatches, "queries_differing_only_in_ties": ties}
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", choices=["jax", "faiss", "sklearn"])
+    ap.add_argument("--norm", default="l2")
+    ap.add_argument("--norms", default="l1,l2,linf")
+    ap.add_argument("--nq", type=int, default=10000)
+    ap.add_argument("--nr", type=int, default=60000)
+    ap.add_argument("--k", type=int, default=50)
+    ap.add_argument("--self-knn", action="store_true")
+    ap.add_argument("--save")
+    ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="small sizes for a smoke test")
+    ap.add_argument("--skip-full", action="store_true", help="skip the 60k x 60k l1 run")
+    ap.add_argument("--faiss-queries", type=int, default=None, help="queries for faiss (default: all, 500 for linf)")
+    ap.add_argument("--sklearn-queries", type=int, default=1000)
+    ap.add_argument("--check-queries", type=int, default=300)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    if args.worker:
+        args.impl = args.worker
+        print(json.dumps(worker(args)))
+        return
+
+    import jax
+
+    device = jax.devices()[0].platform
+    nq, nr = (1000, 6000) if args.quick else (args.nq, args.nr)
+    print(f"k-NN benchmark on MNIST: {nq} test queries x {nr} training refs, k={args.k}, device={device}, "
+          f"{os.cpu_count()} CPU cores", flush=True)
+    records = []
+    tmp = HERE / "results" / ".knn_tmp.npz"
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    for norm in args.norms.split(","):
+        print(f"[{norm}]", flush=True)
+        mine = run_worker("jax", norm, nq, nr, args.k, save=tmp)
+        check = brute_force_check(norm, tmp, min(args.check_queries, nq), nq, nr)
+        fq = args.faiss_queries or (min(nq, 500) if norm == "linf" else nq)
+        fa = run_worker("faiss", norm, fq, nr, args.k)
+        sk = run_worker("sklearn", norm, min(args.sklearn_queries, nq), nr, args.k)
+        rec = {
+            "norm": norm, "device": device, "n_queries": nq, "n_refs": nr, "d": mine["d"], "k": args.k,
+            "seconds": mine["seconds"], "gops": mine["gops"], "peak_rss_gb": mine["peak_rss_gb"],
+            "faiss_gops": fa["gops"], "faiss_queries": fa["n_queries"], "faiss_peak_rss_gb": fa["peak_rss_gb"],
+            "sklearn_gops": sk["gops"], "sklearn_queries": sk["n_queries"],
+            "ratio_vs_faiss": mine["gops"] / fa["gops"], "ratio_vs_sklearn": mine["gops"] / sk["gops"],
+            "brute_force_check": check, "jax": mine.get("jax"), "faiss": fa.get("faiss"),
+        }
+        print(f"  -> jaxbound {rec['gops']:.2f} Gop/s = {rec['ratio_vs_faiss']:.2f}x faiss, "
+              f"{rec['ratio_vs_sklearn']:.2f}x scikit-learn; brute-force check {check}", flush=True)
+        records.append(rec)
+    tmp.unlink(missing_ok=True)
+    full = None
+    if not args.skip_full:
+        n_full = 6000 if args.quick else 60000
+        print(f"[full l1 self k-NN {n_full} x {n_full}, k={args.k}]", flush=True)
+        f = run_worker("jax", "l1", n_full, n_full, args.k, self_knn=True)
+        full = {"norm": "l1", "n": n_full, "k": args.k, "seconds": f["seconds"], "gops": f["gops"],
+                "peak_rss_gb": f["peak_rss_gb"], "target_seconds": 600, "target_peak_gb": 3}
+        print(f"  -> {f['seconds']:.1f} s, peak {f['peak_rss_gb']:.2f} GiB", flush=True)
+    result = {
+        "benchmark": "knn", "dataset": "mnist", "quick": args.quick,
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "processor": platform.processor()},
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "records": records, "full_l1_self_knn": full,
+        "targets": {"l2": ">= 1.0x faiss", "l1": ">= 2x faiss", "linf": ">= 10x faiss",
+                    "full_l1": "<= 600 s and <= 3 GB"},
+    }
+    from jaxbound._io import atomic_write_json
+
+    out = Path(args.out) if args.out else HERE / "results" / (f"knn_{device}{'_quick' if args.quick else ''}.json")
+    atomic_write_json(out, result)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

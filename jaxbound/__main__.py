@@ -1,0 +1,3 @@
+from jaxbound.cli import main
+import sys
+sys.exit(main())
