@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -90,57 +92,79 @@ def fingerprint(*parts: Any) -> str:
 
 
 class BlockCheckpoint:
-    """Keeps the finished row blocks of a streaming job in one ``.npz`` file.
+    """Keeps the finished row blocks of a streaming job as segment files in a folder.
 
-    The file holds, for each output name, the rows finished so far
-    (``rows_done`` of them, in order) and the job's fingerprint. A job whose
-    fingerprint differs (other data, other settings) never reuses the file.
+    ``path`` is a folder holding ``key.txt`` (the job's fingerprint) and one
+    ``seg_<start>_<stop>.npz`` per saved run of rows; each segment is written
+    atomically and only new rows are written, so saving stays cheap however
+    large the output grows. A folder whose key differs (other data, other
+    settings) is cleared before use: it never feeds another job.
 
     Args:
-      path: where to keep the checkpoint (``None`` disables it).
+      path: the folder (``None`` disables checkpointing).
       key: the job's fingerprint (see :func:`fingerprint`).
-      every_s: write at most this often (seconds); :meth:`flush` forces it.
+      every_s: :meth:`due` turns true this many seconds after the last save.
     """
 
     def __init__(self, path: str | os.PathLike | None, key: str, every_s: float = 30.0):
         self.path = None if path is None else Path(path)
         self.key = key
         self.every_s = float(every_s)
-        self._last = None
+        self._last = time.monotonic()
+
+    def _segments(self) -> list[tuple[int, int, Path]]:
+        segs = []
+        for f in self.path.glob("seg_*_*.npz"):
+            try:
+                a, b = (int(v) for v in f.stem.split("_")[1:3])
+            except ValueError:
+                continue
+            segs.append((a, b, f))
+        return sorted(segs)
 
     def load(self) -> tuple[int, dict[str, np.ndarray]]:
-        """Rows already finished and their outputs (0 and ``{}`` when none)."""
-        if self.path is None or not self.path.exists():
+        """Rows finished so far (a prefix) and their outputs (0 and ``{}`` when none)."""
+        if self.path is None or not (self.path / "key.txt").is_file():
             return 0, {}
-        with np.load(self.path, allow_pickle=False) as z:
-            if str(z["__key__"]) != self.key:
-                return 0, {}
-            rows = int(z["__rows__"])
-            return rows, {k: z[k] for k in z.files if not k.startswith("__")}
+        if (self.path / "key.txt").read_text().strip() != self.key:
+            return 0, {}
+        rows, parts = 0, []
+        for a, b, f in self._segments():
+            if a != rows:  # keep only the contiguous prefix
+                break
+            with np.load(f, allow_pickle=False) as z:
+                parts.append({k: z[k] for k in z.files})
+            rows = b
+        if not parts:
+            return 0, {}
+        return rows, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def due(self) -> bool:
-        """Whether ``every_s`` seconds have passed since the last write."""
-        import time
+        """Whether ``every_s`` seconds have passed since the last save."""
+        return time.monotonic() - self._last >= self.every_s
 
-        return self._last is None or time.monotonic() - self._last >= self.every_s
-
-    def save(self, rows_done: int, outputs: Mapping[str, np.ndarray], *, force: bool = False) -> None:
-        """Write the finished rows, at most every ``every_s`` seconds unless forced."""
-        import time
-
+    def save(self, start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
+        """Write rows ``[start, stop)`` as one segment."""
         if self.path is None:
             return
-        now = time.monotonic()
-        if not force and self._last is not None and now - self._last < self.every_s:
-            return
-        self._last = now
-        import io
-
+        self.path.mkdir(parents=True, exist_ok=True)
+        keyfile = self.path / "key.txt"
+        if not keyfile.is_file() or keyfile.read_text().strip() != self.key:
+            for _, _, f in self._segments():
+                f.unlink()
+            atomic_write_bytes(keyfile, self.key.encode())
         buf = io.BytesIO()
-        np.savez(buf, __key__=np.asarray(self.key), __rows__=np.asarray(rows_done), **dict(outputs))
-        atomic_write_bytes(self.path, buf.getvalue())
+        np.savez(buf, **dict(outputs))
+        atomic_write_bytes(self.path / f"seg_{start:012d}_{stop:012d}.npz", buf.getvalue())
+        self._last = time.monotonic()
 
     def remove(self) -> None:
-        """Delete the checkpoint once the job has finished."""
-        if self.path is not None and self.path.exists():
-            self.path.unlink()
+        """Delete the checkpoint folder once the job has finished."""
+        if self.path is not None and self.path.is_dir():
+            for _, _, f in self._segments():
+                f.unlink()
+            (self.path / "key.txt").unlink(missing_ok=True)
+            try:
+                self.path.rmdir()
+            except OSError:  # the user keeps other files there
+                pass

@@ -11,7 +11,7 @@ Sub-commands:
   2019's dataset Lipschitz constant is its reciprocal over two). Prints a
   table and writes ``demo.json`` into ``--out``.
 * ``jaxbound knn``: k nearest neighbours of a dataset's points, written as
-  ``.npz`` (resumable with ``--checkpoint``).
+  ``.npz`` (resumable with ``--checkpoint FOLDER``).
 
 Errors in the arguments (unknown dataset, missing data folder, bad numbers)
 print one line on stderr and exit with status 2.
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     knn.add_argument("--exclude-self", action="store_true", help="do not count a point as its own neighbour")
     knn.add_argument("--precision", default="float32", choices=["float32", "float64"])
     knn.add_argument("--block-size", type=int, default=None, help="query rows per device and block")
-    knn.add_argument("--checkpoint", default=None, help=".npz file keeping finished blocks (resume after interruption)")
+    knn.add_argument("--checkpoint", default=None, help="folder keeping finished blocks; rerun the same command to resume after an interruption")
     knn.add_argument("--out", default="knn.npz", help="output .npz with distances and indices (default knn.npz)")
     knn.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap

@@ -20,7 +20,7 @@ Design:
   several GPUs unchanged.
 * Outputs are NumPy arrays on the host. Long jobs show a progress bar
   (``progress=True``) and can keep finished blocks in a checkpoint file
-  (``checkpoint=path``) to resume after an interruption.
+  (``checkpoint=folder``) to resume after an interruption.
 * Float32 by default; ``precision="float64"`` computes in double precision
   (JAX's x64 mode is switched on for the call only). Boundary decisions of
   :func:`radius_pairs` are exact either way: pairs whose float32 distance is
@@ -60,6 +60,7 @@ __all__ = [
     "pairwise_distances",
     "knn",
     "radius_pairs",
+    "count_within",
     "nearest_other_class",
     "lp_norm",
 ]
@@ -73,6 +74,10 @@ _DEFAULT_BLOCK = {"l2": 256}
 _DEFAULT_BLOCK_OTHER = 128
 # Upper bound on the distance block held per device (bytes) when choosing a default.
 _BLOCK_BYTES = 256 * 2**20
+# Seconds between checkpoint saves of a streaming job.
+_CHECKPOINT_EVERY_S = 30.0
+# Upper bound on the gathered candidates of the l2 re-ranking (bytes).
+_RERANK_BYTES = 64 * 2**20
 
 
 class KNN(NamedTuple):
@@ -198,14 +203,27 @@ def lp_norm(v: jax.Array, norm: Any, axis: int | Sequence[int] = -1) -> jax.Arra
 
 
 def _exact_rerank(xq, refs, cand, norm):
-    """Recompute candidate distances directly and sort by (distance, index)."""
-    diff = xq[:, None, :] - refs[cand]  # [b, c, d]
-    dist = lp_norm(diff, norm, axis=-1)
+    """Recompute candidate distances directly and sort by (distance, index).
+
+    The gathered candidates ``[rows, c, d]`` are processed in row chunks of at
+    most ``_RERANK_BYTES`` so that large ``k`` does not blow up memory.
+    """
+    b, c = cand.shape
+    d = refs.shape[1]
+    rows = int(max(1, min(b, _RERANK_BYTES // max(1, c * d * refs.dtype.itemsize))))
+    if rows >= b:
+        dist = lp_norm(xq[:, None, :] - refs[cand], norm, axis=-1)
+    else:
+        pad = (-b) % rows
+        xs = jnp.pad(xq, ((0, pad), (0, 0))).reshape(-1, rows, d)
+        cs = jnp.pad(cand, ((0, pad), (0, 0))).reshape(-1, rows, c)
+        dist = lax.map(lambda a: lp_norm(a[0][:, None, :] - refs[a[1]], norm, axis=-1), (xs, cs))
+        dist = dist.reshape(-1, c)[:b]
     dist, cand = lax.sort((dist, cand), dimension=1, num_keys=2)
     return dist, cand
 
 
-def _knn_block(xq, q_ids, q_lab, refs, refs_t, refs_sq, r_lab, *, k, norm, exclude_self, exclude_label):
+def _knn_block(xq, q_ids, q_lab, q_val, refs, refs_t, refs_sq, r_lab, *, k, norm, exclude_self, exclude_label):
     """k-NN of one query block against all references (runs per device)."""
     m = refs.shape[0]
     if norm == "l2":
@@ -236,8 +254,13 @@ def _knn_block(xq, q_ids, q_lab, refs, refs_t, refs_sq, r_lab, *, k, norm, exclu
     return _finish(-neg, norm), idx.astype(jnp.int32)
 
 
-def _radius_block(xq, q_ids, q_lab, refs, refs_t, refs_sq, r_lab, *, norm, radius, rel_tol):
-    """Masks of pairs surely within ``radius`` and pairs too close to call."""
+def _radius_block(xq, q_ids, q_lab, q_val, refs, refs_t, refs_sq, r_lab, *, norm, rel_tol, count_only):
+    """Pairs surely within the row's radius ``q_val`` and pairs too close to call.
+
+    Returns the packed masks (or, with ``count_only``, the sure counts and
+    the packed mask of undecided pairs).
+    """
+    radius = q_val[:, None]
     if norm == "l2":
         score = _l2_sq_gemm(xq, refs, refs_sq)
         r = radius * radius
@@ -249,17 +272,19 @@ def _radius_block(xq, q_ids, q_lab, refs, refs_t, refs_sq, r_lab, *, norm, radiu
         tol = rel_tol * jnp.maximum(score, r)
     sure = score <= r - tol
     maybe = (score <= r + tol) & ~sure
+    if count_only:
+        return jnp.sum(sure, axis=1, dtype=jnp.int32), jnp.packbits(maybe, axis=1)
     return jnp.packbits(sure, axis=1), jnp.packbits(maybe, axis=1)
 
 
-def _nearest_block(xq, q_ids, q_lab, refs, refs_t, refs_sq, r_lab, *, norm):
+def _nearest_block(xq, q_ids, q_lab, q_val, refs, refs_t, refs_sq, r_lab, *, norm):
     dist, idx = _knn_block(
-        xq, q_ids, q_lab, refs, refs_t, refs_sq, r_lab, k=1, norm=norm, exclude_self=False, exclude_label=True
+        xq, q_ids, q_lab, q_val, refs, refs_t, refs_sq, r_lab, k=1, norm=norm, exclude_self=False, exclude_label=True
     )
     return dist[:, 0], idx[:, 0]
 
 
-def _dist_block(xq, q_ids, q_lab, refs, refs_t, refs_sq, r_lab, *, norm):
+def _dist_block(xq, q_ids, q_lab, q_val, refs, refs_t, refs_sq, r_lab, *, norm):
     return (_finish(_accumulate(xq, refs_t, norm), norm),)
 
 
@@ -277,7 +302,7 @@ def _compiled(kernel: Callable, devices: tuple, n_out: int, static: tuple) -> Ca
     mapped = jax.shard_map(
         fn,
         mesh=mesh,
-        in_specs=(q, q, q, r, r, r, r),
+        in_specs=(q, q, q, q, r, r, r, r),
         out_specs=tuple([q] * n_out) if n_out > 1 else (q,),
         check_vma=False,
     )
@@ -339,6 +364,7 @@ def _stream(
     n_out: int,
     q_labels: np.ndarray | None = None,
     r_labels: np.ndarray | None = None,
+    q_values: np.ndarray | None = None,
     progress: bool = False,
     desc: str = "",
     checkpoint: Any = None,
@@ -365,15 +391,20 @@ def _stream(
         refs_sq = jnp.sum(refs * refs, axis=1) if norm == "l2" else jnp.zeros((0,), dtype)
         r_lab = jnp.asarray(r_labels if r_labels is not None else np.zeros(0, np.int32), jnp.int32)
         q_lab_all = q_labels if q_labels is not None else np.zeros(n, np.int32)
+        q_val_all = q_values if q_values is not None else np.zeros(n, dtype)
 
         ckpt = BlockCheckpoint(
             checkpoint,
-            fingerprint(kernel.__name__, norm, precision, sorted(static.items()), xq, xr, q_labels, r_labels),
+            fingerprint(kernel.__name__, norm, precision, sorted(static.items()), xq, xr, q_labels, r_labels,
+                        q_values),
+            every_s=_CHECKPOINT_EVERY_S,
         )
         start, saved = ckpt.load() if checkpoint_outputs else (0, {})
         results: list = []
         if start:
             results.append(tuple(saved[f"out{i}"] for i in range(len(saved))))
+        pending: list = []  # blocks finished since the last checkpoint save
+        saved_rows = start
         collect = collect or (lambda outs, nv: tuple(np.asarray(o)[:nv] for o in outs))
         bar = tqdm(total=n, initial=start, desc=desc, unit="pt", disable=not progress, leave=False)
         try:
@@ -386,13 +417,18 @@ def _stream(
                 ids[:nv] = np.arange(lo, hi, dtype=np.int32)
                 lab = np.full(chunk, -1, np.int32)
                 lab[:nv] = q_lab_all[lo:hi]
-                outs = fn(jnp.asarray(xb), jnp.asarray(ids), jnp.asarray(lab), refs, refs_t, refs_sq, r_lab)
-                results.append(collect(outs, nv))
+                val = np.zeros(chunk, dtype)
+                val[:nv] = q_val_all[lo:hi]
+                outs = fn(jnp.asarray(xb), jnp.asarray(ids), jnp.asarray(lab), jnp.asarray(val),
+                          refs, refs_t, refs_sq, r_lab)
+                block = collect(outs, nv)
+                results.append(block)
                 bar.update(nv)
-                if checkpoint is not None and checkpoint_outputs and (ckpt.due() or hi == n):
-                    merged = tuple(np.concatenate(parts) for parts in zip(*results))
-                    results = [merged]
-                    ckpt.save(hi, {f"out{i}": a for i, a in enumerate(merged)}, force=True)
+                if checkpoint is not None and checkpoint_outputs:
+                    pending.append(block)
+                    if ckpt.due() and hi < n:
+                        ckpt.save(saved_rows, hi, {f"out{i}": np.concatenate(p) for i, p in enumerate(zip(*pending))})
+                        saved_rows, pending = hi, []
         finally:
             bar.close()
         ckpt.remove()
@@ -472,8 +508,9 @@ def knn(
       block_size: query rows per device and block.
       precision: ``"float32"`` or ``"float64"``.
       progress: show a progress bar.
-      checkpoint: optional ``.npz`` path; finished blocks are kept there and a
-        rerun with the same data and settings resumes after the last one.
+      checkpoint: optional folder; finished blocks are saved there (every 30 s,
+        new rows only) and a rerun with the same data and settings resumes
+        after the last saved block. The folder is removed when the job ends.
 
     Returns:
       :class:`KNN` with ``distances [n, k]`` (ascending) and ``indices [n, k]``.
@@ -508,17 +545,53 @@ def _exact_norm_rows(a: np.ndarray, b: np.ndarray, norm) -> np.ndarray:
     return (diff**norm).sum(axis=1) ** (1.0 / norm)
 
 
+def _radius_setup(x, y, radius, norm, precision):
+    """Validate radius queries; per-row radii ``[n]`` and the rounding band of the fast pass."""
+    norm, xq, xr, _ = _prepare(x, y, norm=norm, precision=precision)
+    r = np.asarray(radius, dtype=np.float64) if not isinstance(radius, (int, float)) else None
+    if r is None or r.ndim == 0:
+        radii = np.full(xq.shape[0], _checks.check_scalar(radius, "radius", low=0.0))
+    else:
+        if r.shape != (xq.shape[0],):
+            raise ValueError(f"radius: expected a scalar or shape [{xq.shape[0]}], got {r.shape}")
+        _checks.check_finite(r, "radius")
+        if (r < 0).any():
+            raise ValueError(f"radius: must be >= 0, got {float(r.min())}")
+        radii = r
+    d = xq.shape[1]
+    unit = 2.0**-24 if precision == "float32" else 2.0**-53
+    # Worst-case relative error of the accumulations (any summation order), with margin.
+    if norm == "linf":
+        rel = 4 * unit
+    elif norm == "l2":
+        rel = 4 * (d + 4) * unit
+    else:
+        rel = 4 * (d + 16) * unit
+    # radii rounded to the compute dtype could move the boundary: decide those in float64 too
+    return norm, xq, xr, radii, rel
+
+
+def _resolve_band(xq, xr, rows, cols, radii, norm) -> np.ndarray:
+    """Exact float64 decision ``d <= radius`` for the undecided pairs."""
+    keep = np.zeros(rows.size, bool)
+    step = max(1, 2**22 // max(1, xq.shape[1]))
+    for lo in range(0, rows.size, step):
+        r, c = rows[lo: lo + step], cols[lo: lo + step]
+        keep[lo: lo + step] = _exact_norm_rows(xq[r], xr[c], norm) <= radii[r]
+    return keep
+
+
 def radius_pairs(
     x: Any,
     y: Any = None,
     *,
-    radius: float,
+    radius: Any,
     norm: Any = "l2",
     block_size: int | None = None,
     precision: str = "float32",
     progress: bool = False,
 ) -> RadiusPairs:
-    """All pairs ``(i, j)`` with ``||x_i - y_j|| <= radius`` (closed ball).
+    """All pairs ``(i, j)`` with ``||x_i - y_j|| <= radius_i`` (closed balls).
 
     This is the conflict graph of Bhagoji et al. (2021, §4.1) with
     ``radius = 2 eps``. The fast pass classifies pairs whose distance is
@@ -530,7 +603,7 @@ def radius_pairs(
       x: ``[n, d]`` points.
       y: ``[m, d]`` points; ``None`` means ``y = x`` (then ``(i, i)`` pairs are
         included).
-      radius: ``radius >= 0``.
+      radius: a scalar ``>= 0`` or per-row radii ``[n]``.
       norm: ``"l1" | "l2" | "linf"``, ``1 | 2 | inf`` or a real ``p >= 1``.
       block_size: query rows per device and block.
       precision: ``"float32"`` or ``"float64"`` for the fast pass.
@@ -540,33 +613,18 @@ def radius_pairs(
       :class:`RadiusPairs` with int64 ``rows``, ``cols`` (sorted by row then
       column) and per-row ``counts [n]``.
     """
-    norm, xq, xr, _ = _prepare(x, y, norm=norm, precision=precision)
-    radius = _checks.check_scalar(radius, "radius", low=0.0)
-    d = xq.shape[1]
-    unit = 2.0**-24 if precision == "float32" else 2.0**-53
-    # Worst-case relative error of the accumulations (any summation order) with margin.
-    if norm == "linf":
-        rel = 4 * unit
-    elif norm == "l2":
-        rel = 4 * (d + 4) * unit
-    else:
-        rel = 4 * (d + 16) * unit
+    norm, xq, xr, radii, rel = _radius_setup(x, y, radius, norm, precision)
     m = xr.shape[0]
-
-    def collect(outs, nv):
-        sure = np.unpackbits(np.asarray(outs[0])[:nv], axis=1, count=m).view(bool)
-        maybe = np.unpackbits(np.asarray(outs[1])[:nv], axis=1, count=m).view(bool)
-        return sure, maybe
-
     rows_all, cols_all = [], []
     offset = 0
 
-    def collect_pairs(outs, nv):
+    def collect(outs, nv):
         nonlocal offset
-        sure, maybe = collect(outs, nv)
+        sure = np.unpackbits(np.asarray(outs[0])[:nv], axis=1, count=m).view(bool)
+        maybe = np.unpackbits(np.asarray(outs[1])[:nv], axis=1, count=m).view(bool)
         mr, mc = np.nonzero(maybe)
         if mr.size:
-            keep = _exact_norm_rows(xq[offset + mr], xr[mc], norm) <= radius
+            keep = _resolve_band(xq, xr, mr + offset, mc, radii, norm)
             sure[mr[keep], mc[keep]] = True
         r, c = np.nonzero(sure)
         rows_all.append(r.astype(np.int64) + offset)
@@ -576,13 +634,64 @@ def radius_pairs(
 
     _stream(
         _radius_block, xq, xr, norm=norm, precision=precision, block_size=block_size,
-        static={"norm": norm, "radius": radius, "rel_tol": rel}, n_out=2, progress=progress,
-        desc=f"radius pairs {norm}", collect=collect_pairs, checkpoint_outputs=False,
+        static={"norm": norm, "rel_tol": rel, "count_only": False}, n_out=2, q_values=radii,
+        progress=progress, desc=f"radius pairs {norm}", collect=collect, checkpoint_outputs=False,
     )
     rows = np.concatenate(rows_all) if rows_all else np.zeros(0, np.int64)
     cols = np.concatenate(cols_all) if cols_all else np.zeros(0, np.int64)
     counts = np.bincount(rows, minlength=xq.shape[0]).astype(np.int64)
     return RadiusPairs(rows, cols, counts)
+
+
+def count_within(
+    x: Any,
+    y: Any = None,
+    *,
+    radius: Any,
+    norm: Any = "l2",
+    block_size: int | None = None,
+    precision: str = "float32",
+    progress: bool = False,
+) -> np.ndarray:
+    """``counts[i] = #{j : ||x_i - y_j|| <= radius_i}`` without listing the pairs.
+
+    Ball coverage counts of Mahloujifar et al. (2019, §4.2): how many points a
+    ball ``B(x_i, radius_i)`` holds. Exact at the boundary like
+    :func:`radius_pairs`, with memory ``O(block x m)`` and no pair list.
+
+    Args:
+      x: ``[n, d]`` centres.
+      y: ``[m, d]`` points; ``None`` means ``y = x`` (each centre counts itself).
+      radius: a scalar ``>= 0`` or per-centre radii ``[n]``.
+      norm: ``"l1" | "l2" | "linf"``, ``1 | 2 | inf`` or a real ``p >= 1``.
+      block_size: query rows per device and block.
+      precision: ``"float32"`` or ``"float64"`` for the fast pass.
+      progress: show a progress bar.
+
+    Returns:
+      ``[n]`` int64 counts.
+    """
+    norm, xq, xr, radii, rel = _radius_setup(x, y, radius, norm, precision)
+    m = xr.shape[0]
+    offset = 0
+
+    def collect(outs, nv):
+        nonlocal offset
+        counts = np.asarray(outs[0])[:nv].astype(np.int64)
+        maybe = np.unpackbits(np.asarray(outs[1])[:nv], axis=1, count=m).view(bool)
+        mr, mc = np.nonzero(maybe)
+        if mr.size:
+            keep = _resolve_band(xq, xr, mr + offset, mc, radii, norm)
+            counts += np.bincount(mr[keep], minlength=nv)
+        offset += nv
+        return (counts,)
+
+    res = _stream(
+        _radius_block, xq, xr, norm=norm, precision=precision, block_size=block_size,
+        static={"norm": norm, "rel_tol": rel, "count_only": True}, n_out=2, q_values=radii,
+        progress=progress, desc=f"counts {norm}", collect=collect, checkpoint_outputs=False,
+    )
+    return np.concatenate([r[0] for r in res]) if res else np.zeros(0, np.int64)
 
 
 def nearest_other_class(

@@ -161,16 +161,19 @@ def test_knn_real_mnist_subset(mnist_train):
 
 def test_knn_checkpoint_resume(tmp_path, rng):
     x = rng.random((50, 5)).astype(np.float32)
-    path = tmp_path / "knn.npz"
+    path = tmp_path / "knn.ckpt"
     full = g.knn(x, k=3, norm="l1", block_size=7)
     # Simulate an interrupted run: keep a checkpoint with the first 21 rows, then resume.
     from jaxbound._io import BlockCheckpoint, fingerprint
 
     key = fingerprint("_knn_block", "l1", "float32",
                       sorted({"k": 3, "norm": "l1", "exclude_self": False, "exclude_label": False}.items()),
-                      x, x, None, None)
-    BlockCheckpoint(path, key).save(21, {"out0": full.distances[:21] + 0, "out1": full.indices[:21].astype(np.int32)},
-                                    force=True)
+                      x, x, None, None, None)
+    ck = BlockCheckpoint(path, key)
+    ck.save(0, 14, {"out0": full.distances[:14], "out1": full.indices[:14].astype(np.int32)})
+    ck.save(14, 21, {"out0": full.distances[14:21], "out1": full.indices[14:21].astype(np.int32)})
+    # a segment that does not continue the prefix is ignored
+    ck.save(28, 35, {"out0": full.distances[28:35] * 0, "out1": full.indices[28:35].astype(np.int32) * 0})
     calls = []
     orig = g._compiled
 
@@ -194,13 +197,56 @@ def test_knn_checkpoint_resume(tmp_path, rng):
     assert not path.exists()  # removed once the job finished
 
 
+def test_knn_interrupted_then_resumed(tmp_path, rng, monkeypatch):
+    x = rng.random((60, 5)).astype(np.float32)
+    path = tmp_path / "ck"
+    full = g.knn(x, k=4, norm="l2", block_size=8)
+    monkeypatch.setattr(g, "_CHECKPOINT_EVERY_S", 0.0)
+    orig = g._compiled
+    starts = []
+
+    def spy(*a, **k):
+        fn = orig(*a, **k)
+
+        def wrapped(xb, ids, *rest):
+            first = int(np.asarray(ids)[0])
+            if first == 32 and "interrupted" not in starts:
+                starts.append("interrupted")
+                raise KeyboardInterrupt
+            starts.append(first)
+            return fn(xb, ids, *rest)
+
+        return wrapped
+
+    monkeypatch.setattr(g, "_compiled", spy)
+    with pytest.raises(KeyboardInterrupt):
+        g.knn(x, k=4, norm="l2", block_size=8, checkpoint=path)
+    assert path.is_dir()
+    # blocks 0..3 done; the save after block 3 (rows < 32) is on disk
+    starts.clear()
+    starts.append("interrupted")
+    res = g.knn(x, k=4, norm="l2", block_size=8, checkpoint=path)
+    assert starts[1] == 32
+    np.testing.assert_array_equal(res.indices, full.indices)
+    np.testing.assert_array_equal(res.distances, full.distances)
+    assert not path.exists()
+
+
+def test_knn_large_k_rerank_in_chunks(rng, monkeypatch):
+    monkeypatch.setattr(g, "_RERANK_BYTES", 4096)  # forces the chunked re-ranking path
+    x = rng.random((23, 6)).astype(np.float32)
+    y = rng.random((90, 6)).astype(np.float32)
+    res = g.knn(x, y, k=60, norm="l2", block_size=16)
+    dref, iref = brute_knn(x, y, 60, "l2")
+    assert_knn_matches(res, dref, iref, ref_dist(x, y, "l2"), atol=1e-6)
+
+
 def test_knn_checkpoint_ignores_other_job(tmp_path, rng):
     x = rng.random((20, 5)).astype(np.float32)
-    path = tmp_path / "knn.npz"
+    path = tmp_path / "knn.ckpt"
     from jaxbound._io import BlockCheckpoint
 
-    BlockCheckpoint(path, "another job").save(10, {"out0": np.zeros((10, 3)), "out1": np.zeros((10, 3), np.int32)},
-                                              force=True)
+    BlockCheckpoint(path, "another job").save(0, 10, {"out0": np.zeros((10, 3)), "out1": np.zeros((10, 3), np.int32)})
     res = g.knn(x, k=3, norm="l2", checkpoint=path)
     np.testing.assert_array_equal(res.indices, brute_knn(x, x, 3, "l2")[1])
 
@@ -250,6 +296,36 @@ def test_radius_pairs_real_mnist(mnist_train):
         assert rr.size > 0
         np.testing.assert_array_equal(rp.rows, rr)
         np.testing.assert_array_equal(rp.cols, cc)
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2", "linf", 3.0])
+def test_per_row_radii_and_count_within(norm, rng):
+    x = rng.random((26, 5)).astype(np.float32)
+    y = rng.random((31, 5)).astype(np.float32)
+    D = ref_dist(x, y, norm)
+    radii = np.quantile(D, rng.random(26), axis=1).diagonal().copy()  # some radii hit a distance exactly
+    radii[0] = D[0, 3]
+    rp = g.radius_pairs(x, y, radius=radii, norm=norm, block_size=4)
+    rr, cc = np.nonzero(D <= radii[:, None])
+    np.testing.assert_array_equal(rp.rows, rr)
+    np.testing.assert_array_equal(rp.cols, cc)
+    counts = g.count_within(x, y, radius=radii, norm=norm, block_size=7)
+    np.testing.assert_array_equal(counts, (D <= radii[:, None]).sum(1))
+    assert counts.dtype == np.int64
+    np.testing.assert_array_equal(g.count_within(x, radius=0.0, norm=norm), np.ones(26))
+    with pytest.raises(ValueError, match="^radius:"):
+        g.count_within(x, y, radius=radii[:3], norm=norm)
+    with pytest.raises(ValueError, match="^radius:"):
+        g.count_within(x, y, radius=-radii, norm=norm)
+
+
+def test_count_within_boundary_grid():
+    pts = np.array([[i, j] for i in range(7) for j in range(7)], dtype=np.float32) / 3.0
+    for norm in ("l1", "l2", "linf"):
+        D = ref_dist(pts, pts, norm)
+        for radius in np.unique(np.round(D, 12))[1:5]:
+            np.testing.assert_array_equal(g.count_within(pts, radius=float(radius), norm=norm),
+                                          (D <= radius).sum(1))
 
 
 def test_nearest_other_class(rng):
@@ -313,6 +389,7 @@ def test_lp_norm(rng):
         (lambda x: g.knn(x.astype(bool), k=2), "x"),
         (lambda x: g.radius_pairs(x, radius=-0.1), "radius"),
         (lambda x: g.radius_pairs(x, radius=float("nan")), "radius"),
+        (lambda x: g.radius_pairs(x, radius=np.full(10, np.inf)), "radius"),
         (lambda x: g.pairwise_distances(x, norm=0.5), "norm"),
         (lambda x: g.knn(x, k=2, block_size=0), "block_size"),
         (lambda x: g.nearest_other_class(x, np.zeros(10, int)), "labels"),
@@ -354,10 +431,11 @@ SHARD_SCRIPT = textwrap.dedent(
     for norm in ("l1", "l2", "linf"):
         k = g.knn(x, y, k=5, norm=norm, block_size=3)
         r = g.radius_pairs(x, y, radius=0.9 if norm != "l1" else 4.0, norm=norm, block_size=2)
+        c = g.count_within(x, y, radius=np.linspace(0.5, 4.0, 61), norm=norm, block_size=5)
         n = g.nearest_other_class(x, lab, norm=norm, block_size=4)
         d = g.pairwise_distances(x, y, norm=norm, block_size=3)
         out[norm] = [k.distances.tolist(), k.indices.tolist(), r.rows.tolist(), r.cols.tolist(),
-                     n.distances.tolist(), n.indices.tolist(), d.tolist()]
+                     n.distances.tolist(), n.indices.tolist(), d.tolist(), c.tolist()]
     print(json.dumps(out))
     """
 )
