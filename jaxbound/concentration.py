@@ -1,0 +1,1322 @@
+"""Empirical concentration of measure: intrinsic-robustness estimates (Mahloujifar et al. 2019).
+
+The concentration function (Definition 2.3 of the paper)
+
+    h(mu, alpha, eps) = inf_E { mu(E_eps) : mu(E) >= alpha }
+
+lower-bounds the adversarial risk of every classifier whose risk is at least
+``alpha`` (Theorem 2.4). This module estimates it from samples by searching
+error regions ``E`` in the families the paper proves convergent:
+
+* ``l_inf`` (paper §4.1, Algorithm 1): ``E`` is the complement of a union of
+  ``T`` hyperrectangles enlarged by ``eps`` (the family CR(T), Definition 3.7).
+  Points are ranked by a k-NN density radius, the top-``q`` densest points are
+  clustered into ``T`` clusters (jitted k-means with l1 assignment), each
+  cluster gives a box, and ``q`` is found by binary search under the
+  constraint ``risk >= alpha`` -- :func:`fit_rectangles`.
+* ``l2`` (paper §4.2, Algorithm 2): ``E`` is a union of ``T`` balls placed
+  greedily (the family B(T), Definition 3.9) -- :func:`fit_balls`.
+* The half-space baseline of Gilmer et al. (the "Gilmer" columns of Table 3)
+  -- :func:`fit_halfspace`.
+
+:func:`measure` gives the empirical risk ``mu_hat(E)`` and adversarial risk
+``mu_hat(E_eps)`` of a region with Clopper-Pearson intervals, and
+:func:`run_rectangles` / :func:`run_balls` / :func:`run_halfspace` run the
+whole protocol (fit on one split, choose ``q`` and ``T`` on a second, report
+on a held-out third; or the paper's protocol, which selects and reports on the
+test set) and return JSON-serialisable :class:`ConcentrationRecord` rows.
+
+Facts about the authors' implementation that are reproduced (and defects that
+are not) are listed in ``ANCHORS.md``: density rank = l1 distance to the
+50-th neighbour counting the point itself; boxes centred at the cluster mean
+with per-coordinate half-width ``max |x_d - c_d|``; binary search to
+resolution 0.005; greedy ball candidate radii at the ``m``-th uncovered
+neighbour with ``m`` in ``[n_lo, n_hi]``. Unlike the authors' code, empty
+clusters keep their previous centre (never NaN), k-NN is streamed (no 72 GB
+table) and the greedy ball search never builds an ``N x N`` table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxbound import _checks, geometry
+from jaxbound._io import to_jsonable
+
+__all__ = [
+    "Measurement",
+    "SearchStep",
+    "Rectangles",
+    "Balls",
+    "HalfSpace",
+    "Splits",
+    "ConcentrationRecord",
+    "clopper_pearson",
+    "density_ranks",
+    "kmeans_l1",
+    "box_margin",
+    "rectangles_at_q",
+    "fit_rectangles",
+    "ball_objective",
+    "fit_balls",
+    "fit_halfspace",
+    "measure",
+    "make_splits",
+    "run_rectangles",
+    "run_balls",
+    "run_halfspace",
+]
+
+_BIG = np.int32(2**30)
+_MEASURE_BLOCK = 2048
+
+
+# ---------------------------------------------------------------------------
+# Result types
+# ---------------------------------------------------------------------------
+
+
+class _ToDict:
+    def to_dict(self) -> dict:
+        """JSON-serialisable dictionary (arrays become lists)."""
+        return to_jsonable(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement(_ToDict):
+    """Empirical risk and adversarial risk of an error region on one sample.
+
+    Attributes:
+      n: sample size.
+      n_risk: points inside the error region ``E``.
+      n_adv: points inside ``E_eps`` (for rectangles: the paper's conservative
+        count, see :func:`measure`).
+      risk: ``mu_hat(E) = n_risk / n``.
+      adv_risk: ``mu_hat(E_eps) = n_adv / n`` (an upper bound for rectangles).
+      risk_ci: Clopper-Pearson interval of ``risk`` at ``confidence``.
+      adv_risk_ci: Clopper-Pearson interval of ``adv_risk``.
+      confidence: the intervals' confidence level.
+      adv_rule: ``"exact"`` or ``"single_box_upper_bound"``.
+    """
+
+    n: int
+    n_risk: int
+    n_adv: int
+    risk: float
+    adv_risk: float
+    risk_ci: tuple[float, float]
+    adv_risk_ci: tuple[float, float]
+    confidence: float
+    adv_rule: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchStep(_ToDict):
+    """One evaluation of the binary search over ``q`` (Algorithm 1)."""
+
+    q: float
+    n_dense: int
+    risk: float
+    adv_risk: float
+    feasible: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Rectangles(_ToDict):
+    """Error region ``E = R^d minus the union of (Rect(c_t, h_t))_eps`` (paper Definition 3.7).
+
+    Attributes:
+      centers: ``[T, d]`` box centres (float64).
+      half_widths: ``[T, d]`` non-negative per-coordinate half-widths (float64);
+        box ``t`` is ``{x : |x_j - c_tj| <= h_tj for all j}``.
+      eps: the budget the region was built for (``E`` depends on it).
+      alpha: the risk threshold of the search.
+      q: fraction of densest fit points that were clustered.
+      n_dense: ``floor(N q)``.
+      n_regions: requested ``T`` (``centers`` has fewer rows when clusters
+        came out empty or there were fewer dense points than ``T``).
+      update: ``"mean"`` (the paper) or ``"median"`` (k-medians).
+      n_iter: k-means iterations run.
+      key_data: raw data of the ``jax.random`` key used.
+      search: the binary-search trace (empty when ``q`` was given).
+    """
+
+    centers: np.ndarray
+    half_widths: np.ndarray
+    eps: float
+    alpha: float
+    q: float
+    n_dense: int
+    n_regions: int
+    update: str
+    n_iter: int
+    key_data: tuple[int, ...]
+    search: tuple[SearchStep, ...] = ()
+
+    kind = "rectangles"
+    norm = "linf"
+
+
+@dataclasses.dataclass(frozen=True)
+class Balls(_ToDict):
+    """Error region ``E = union_t Ball_2(c_t, r_t)`` (paper Definition 3.9, Algorithm 2).
+
+    Attributes:
+      centers: ``[T, d]`` ball centres (fit points).
+      radii: ``[T]`` radii.
+      center_indices: ``[T]`` indices of the centres in the fit set.
+      m: ``[T]`` chosen ``m`` (the centre's ``m``-th uncovered neighbour sets the radius).
+      objective: ``[T]`` greedy objective of each ball (newly expanded minus newly covered).
+      covered: ``[T]`` fit points covered after each ball.
+      expanded: ``[T]`` fit points in the eps-expansion after each ball.
+      eps: budget used by the greedy objective.
+      alpha: risk threshold.
+      delta: coverage buffer; the target is ``n_target = ceil(N alpha (1 + delta))``.
+      n_target: target number of covered fit points.
+      n_regions: requested ``T``.
+      n_exact: candidate centres evaluated on full distance rows, per ball.
+    """
+
+    centers: np.ndarray
+    radii: np.ndarray
+    center_indices: np.ndarray
+    m: np.ndarray
+    objective: np.ndarray
+    covered: np.ndarray
+    expanded: np.ndarray
+    eps: float
+    alpha: float
+    delta: float
+    n_target: int
+    n_regions: int
+    n_exact: np.ndarray
+
+    kind = "balls"
+    norm = "l2"
+
+
+@dataclasses.dataclass(frozen=True)
+class HalfSpace(_ToDict):
+    """Error region ``E = {x : w.x > b}``; ``E_eps = {x : w.x > b - eps ||w||_*}`` (Gilmer et al.).
+
+    Attributes:
+      w: ``[d]`` unit-l2 direction (first principal component, sign chosen).
+      b: threshold.
+      eps: budget.
+      norm: perturbation norm (``"l2"`` or ``"linf"``, any lp).
+      shift: ``eps * ||w||_*`` with the dual norm.
+      alpha: risk threshold.
+    """
+
+    w: np.ndarray
+    b: float
+    eps: float
+    norm: Any
+    shift: float
+    alpha: float
+
+    kind = "halfspace"
+
+
+# ---------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------
+
+
+def clopper_pearson(k: int, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided binomial interval for ``k`` successes in ``n`` trials.
+
+    Args:
+      k: successes, ``0 <= k <= n``.
+      n: trials, ``n >= 1``.
+      confidence: level in ``(0, 1)``.
+
+    Returns:
+      ``(low, high)`` with ``low = Beta^-1(a/2; k, n-k+1)`` (0 when ``k = 0``)
+      and ``high = Beta^-1(1-a/2; k+1, n-k)`` (1 when ``k = n``), ``a = 1 - confidence``.
+    """
+    from scipy.stats import beta
+
+    n = _checks.check_int(n, "n", low=1)
+    k = _checks.check_int(k, "k", low=0, high=n)
+    confidence = _checks.check_probability(confidence, "confidence")
+    a = 1.0 - confidence
+    low = 0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
+    return (low, high)
+
+
+def _measurement(n: int, n_risk: int, n_adv: int, confidence: float, rule: str) -> Measurement:
+    return Measurement(
+        n=int(n),
+        n_risk=int(n_risk),
+        n_adv=int(n_adv),
+        risk=n_risk / n,
+        adv_risk=n_adv / n,
+        risk_ci=clopper_pearson(int(n_risk), int(n), confidence=confidence),
+        adv_risk_ci=clopper_pearson(int(n_adv), int(n), confidence=confidence),
+        confidence=confidence,
+        adv_rule=rule,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Validation helpers
+# ---------------------------------------------------------------------------
+
+
+def _check_alpha(alpha) -> float:
+    return _checks.check_probability(alpha, "alpha")
+
+
+def _check_eps(eps) -> float:
+    return _checks.check_scalar(eps, "eps", low=0.0)
+
+
+def _check_T(n_regions) -> int:
+    return _checks.check_int(n_regions, "n_regions", low=1)
+
+
+def _points(x, name="x") -> np.ndarray:
+    return np.asarray(_checks.check_points(x, name))
+
+
+def _key_data(key) -> tuple[int, ...]:
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return tuple(int(v) for v in np.asarray(key).ravel())
+
+
+# ---------------------------------------------------------------------------
+# l_inf: density ranks, k-means, boxes (Algorithm 1)
+# ---------------------------------------------------------------------------
+
+
+def density_ranks(
+    x: Any,
+    *,
+    k: int = 50,
+    norm: Any = "l1",
+    block_size: int | None = None,
+    progress: bool = False,
+    checkpoint: Any = None,
+) -> np.ndarray:
+    """Density radius of every point: distance to its ``k``-th nearest neighbour (paper §4.1).
+
+    The point itself counts as the first neighbour (the authors' convention:
+    ``k = 50`` is the 49th other point). A smaller radius means a denser
+    point. Streams :func:`jaxbound.geometry.knn` (no ``N x N`` table).
+
+    Args:
+      x: ``[N, d]`` points.
+      k: neighbour rank, ``1 <= k < N``.
+      norm: distance (the paper uses ``"l1"``).
+      block_size: query rows per block for the k-NN.
+      progress: show a progress bar.
+      checkpoint: optional ``.npz`` path to resume an interrupted k-NN.
+
+    Returns:
+      ``[N]`` float array of radii.
+    """
+    x = _points(x)
+    norm = _checks.canonical_norm(norm)
+    k = _checks.check_int(k, "k", low=1)
+    if k >= x.shape[0]:
+        raise ValueError(f"k: needs more points than k; got k={k} with {x.shape[0]} points")
+    res = geometry.knn(x, k=k, norm=norm, block_size=block_size, progress=progress, checkpoint=checkpoint)
+    return np.asarray(res.distances[:, k - 1])
+
+
+def _median_update(xs, order, assign, centers, n_clusters):
+    """Coordinate-wise median of every cluster from column-sorted data (k-medians update)."""
+    n, d = xs.shape
+    lab = assign[order]  # [n, d] label of the j-th smallest value of each column
+    cols = jnp.arange(d)
+
+    def one(t):
+        cs = jnp.cumsum((lab == t).astype(jnp.int32), axis=0)
+        cnt = cs[-1]
+        p1 = jnp.argmax(cs > (cnt - 1) // 2, axis=0)
+        p2 = jnp.argmax(cs > cnt // 2, axis=0)
+        med = 0.5 * (xs[p1, cols] + xs[p2, cols])
+        return jnp.where(cnt > 0, med, centers[t])
+
+    return lax.map(one, jnp.arange(n_clusters))
+
+
+@functools.partial(jax.jit, static_argnames=("n_clusters", "max_iter", "update"))
+def _kmeans_l1(key, x, n_valid, *, n_clusters, max_iter, update):
+    """k-means on the first ``n_valid`` rows of ``x`` (the rest is padding; no recompilation per size)."""
+    n = x.shape[0]
+    valid = jnp.arange(n) < n_valid
+    u = jnp.where(valid, jax.random.uniform(key, (n,)), jnp.inf)
+    _, init = lax.top_k(-u, n_clusters)  # n_clusters distinct valid rows, uniformly at random
+    c0 = x[init]
+
+    def assign(c):
+        # [T, n] l1 distances via the shared geometry kernel; ties go to the lower cluster index.
+        a = jnp.argmin(geometry.block_distances(c, x, norm="l1"), axis=0).astype(jnp.int32)
+        return jnp.where(valid, a, -1)
+
+    if update == "median":
+        order = jnp.argsort(jnp.where(valid[:, None], x, jnp.inf), axis=0)
+        xs = jnp.take_along_axis(x, order, axis=0)
+
+    def new_centers(a, c):
+        if update == "median":
+            return _median_update(xs, order, a, c, n_clusters)
+        seg = jnp.where(valid, a, n_clusters)
+        sums = jax.ops.segment_sum(x, seg, num_segments=n_clusters + 1)[:n_clusters]
+        cnt = jax.ops.segment_sum(jnp.ones((n,), x.dtype), seg, num_segments=n_clusters + 1)[:n_clusters]
+        # Empty clusters keep their previous centre (the authors' code divides by zero here).
+        return jnp.where(cnt[:, None] > 0, sums / jnp.maximum(cnt, 1)[:, None], c)
+
+    def cond(state):
+        it, _, _, changed = state
+        return (it < max_iter) & changed
+
+    def body(state):
+        it, c, a, _ = state
+        c = new_centers(a, c)
+        a_new = assign(c)
+        return it + 1, c, a_new, jnp.any(a_new != a)
+
+    a0 = assign(c0)
+    it, c, a, _ = lax.while_loop(cond, body, (jnp.int32(0), c0, a0, jnp.bool_(True)))
+    return c, a, it
+
+
+def kmeans_l1(
+    key: jax.Array, x: Any, *, n_clusters: int, max_iter: int = 30, update: str = "mean"
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Clustering with l1 assignment (paper §4.1; jitted).
+
+    Centres start at ``n_clusters`` distinct points drawn with ``key``. Each
+    iteration assigns every point to the nearest centre in l1 (ties to the
+    lower index) and updates each centre by the arithmetic mean of its members
+    (``update="mean"``, the paper's k-means) or their coordinate-wise median
+    (``update="median"``, k-medians, the l1-optimal update). A cluster that
+    becomes empty keeps its previous centre, so no NaN can appear. Stops after
+    ``max_iter`` updates or when assignments stop changing.
+
+    Args:
+      key: ``jax.random`` key.
+      x: ``[n, d]`` points, ``n >= n_clusters``.
+      n_clusters: ``T >= 1`` (static).
+      max_iter: maximum number of updates (static; the paper uses 30).
+      update: ``"mean"`` or ``"median"`` (static).
+
+    Returns:
+      ``(centers [T, d], assignments [n] int32, n_iter)``.
+    """
+    key = _checks.check_key(key)
+    x = _checks.check_points(x, "x")
+    n_clusters = _checks.check_int(n_clusters, "n_clusters", low=1)
+    max_iter = _checks.check_int(max_iter, "max_iter", low=0)
+    if update not in ("mean", "median"):
+        raise ValueError(f"update: must be 'mean' or 'median', got {update!r}")
+    if n_clusters > x.shape[0]:
+        raise ValueError(f"n_clusters: needs at least {n_clusters} points, got {x.shape[0]}")
+    x = jnp.asarray(x, dtype=jnp.result_type(x.dtype, jnp.float32))
+    return _kmeans_l1(key, x, jnp.int32(x.shape[0]), n_clusters=n_clusters, max_iter=max_iter, update=update)
+
+
+def box_margin(x: jax.Array, centers: jax.Array, half_widths: jax.Array) -> jax.Array:
+    """``margin[i, t] = max_j (|x_ij - c_tj| - h_tj)`` (jittable).
+
+    ``x_i`` lies in box ``t`` enlarged by ``eps`` (in l_inf) iff ``margin <= eps``.
+
+    Args:
+      x: ``[n, d]`` points.
+      centers: ``[T, d]`` box centres.
+      half_widths: ``[T, d]`` half-widths.
+
+    Returns:
+      ``[n, T]`` margins.
+    """
+    return jnp.max(jnp.abs(x[:, None, :] - centers[None, :, :]) - half_widths[None, :, :], axis=-1)
+
+
+_box_margin_jit = jax.jit(box_margin)
+
+
+def _min_box_margin(x: np.ndarray, centers: np.ndarray, half_widths: np.ndarray) -> np.ndarray:
+    """Float64 ``min_t margin[i, t]`` streamed in blocks (``+inf`` when there is no box)."""
+    n = x.shape[0]
+    if centers.shape[0] == 0:
+        return np.full(n, np.inf)
+    out = np.empty(n, np.float64)
+    with jax.enable_x64(True):
+        c = jnp.asarray(centers, jnp.float64)
+        h = jnp.asarray(half_widths, jnp.float64)
+        blk = max(1, min(_MEASURE_BLOCK, (2**26) // max(1, centers.shape[0] * x.shape[1])))
+        for lo in range(0, n, blk):
+            xb = jnp.asarray(x[lo : lo + blk], jnp.float64)
+            out[lo : lo + blk] = np.asarray(jnp.min(_box_margin_jit(xb, c, h), axis=1))
+    return out
+
+
+def _boxes_from_clusters(x: np.ndarray, assign: np.ndarray, n_clusters: int, update: str):
+    """Float64 boxes: centre = mean (median) of the members, half-width = max |x - c| per coordinate."""
+    centers, widths = [], []
+    for t in range(n_clusters):
+        mem = x[assign == t].astype(np.float64)
+        if mem.shape[0] == 0:
+            continue
+        c = mem.mean(axis=0) if update == "mean" else np.median(mem, axis=0)
+        centers.append(c)
+        widths.append(np.max(np.abs(mem - c), axis=0))
+    d = x.shape[1]
+    if not centers:
+        return np.zeros((0, d)), np.zeros((0, d))
+    return np.stack(centers), np.stack(widths)
+
+
+def _dense_order(radii: np.ndarray) -> np.ndarray:
+    return np.argsort(radii, kind="stable")
+
+
+def rectangles_at_q(
+    key: jax.Array,
+    x: Any,
+    *,
+    q: float,
+    eps: float,
+    n_regions: int,
+    radii: Any = None,
+    alpha: float = float("nan"),
+    k: int = 50,
+    density_norm: Any = "l1",
+    update: str = "mean",
+    max_iter: int = 30,
+) -> Rectangles:
+    """Boxes around ``T`` clusters of the ``floor(N q)`` densest points (one step of Algorithm 1).
+
+    Args:
+      key: ``jax.random`` key for the cluster initialisation.
+      x: ``[N, d]`` fit points.
+      q: fraction of densest points to cover, in ``[0, 1]``.
+      eps: l_inf budget (the region is the complement of the boxes enlarged by ``eps``).
+      n_regions: ``T``.
+      radii: ``[N]`` precomputed :func:`density_ranks` (computed when ``None``).
+      alpha: recorded in the result only.
+      k, density_norm: density rank settings when ``radii`` is ``None``.
+      update: ``"mean"`` (paper) or ``"median"``.
+      max_iter: k-means iterations (paper: 30).
+
+    Returns:
+      :class:`Rectangles`.
+    """
+    key = _checks.check_key(key)
+    x = _points(x)
+    q = _checks.check_scalar(q, "q", low=0.0, high=1.0)
+    eps = _check_eps(eps)
+    T = _check_T(n_regions)
+    radii = _radii(x, radii, k=k, norm=density_norm)
+    return _rectangles_at_q(key, x, _dense_order(radii), q=q, eps=eps, T=T, alpha=alpha, update=update,
+                            max_iter=max_iter)
+
+
+def _radii(x, radii, *, k, norm) -> np.ndarray:
+    if radii is None:
+        return density_ranks(x, k=k, norm=norm)
+    r = np.asarray(radii)
+    if r.ndim != 1 or r.shape[0] != x.shape[0]:
+        raise ValueError(f"radii: expected shape [{x.shape[0]}], got {r.shape}")
+    _checks.check_finite(r, "radii")
+    return r
+
+
+def _rectangles_at_q(key, x, order, *, q, eps, T, alpha, update, max_iter, x_sorted=None) -> Rectangles:
+    n_dense = int(math.floor(x.shape[0] * q + 1e-9))
+    t_eff = min(T, n_dense)
+    if t_eff == 0:
+        centers = np.zeros((0, x.shape[1]))
+        widths = np.zeros((0, x.shape[1]))
+        n_iter = 0
+    else:
+        if x_sorted is None:
+            x_sorted = jnp.asarray(x[order], jnp.result_type(x.dtype, jnp.float32))
+        max_iter = _checks.check_int(max_iter, "max_iter", low=0)
+        # All densities share one compiled k-means: rows past n_dense are masked out.
+        _, assign, n_iter = _kmeans_l1(key, x_sorted, jnp.int32(n_dense), n_clusters=t_eff, max_iter=max_iter,
+                                       update=update)
+        dense = x[order[:n_dense]]
+        centers, widths = _boxes_from_clusters(dense, np.asarray(assign)[:n_dense], t_eff, update)
+        n_iter = int(n_iter)
+    return Rectangles(
+        centers=centers, half_widths=widths, eps=float(eps), alpha=float(alpha), q=float(q),
+        n_dense=n_dense, n_regions=T, update=update, n_iter=n_iter, key_data=_key_data(key),
+    )
+
+
+def fit_rectangles(
+    key: jax.Array,
+    x: Any,
+    *,
+    alpha: float,
+    eps: float,
+    n_regions: int,
+    q: float | None = None,
+    x_select: Any = None,
+    radii: Any = None,
+    k: int = 50,
+    density_norm: Any = "l1",
+    update: str = "mean",
+    max_iter: int = 30,
+    resolution: float = 0.005,
+) -> Rectangles:
+    """Complement of a union of ``T`` hyperrectangles, searched by Algorithm 1 of the paper.
+
+    Points of ``x`` are ranked by density (:func:`density_ranks`), the
+    ``floor(N q)`` densest are clustered into ``T`` clusters
+    (:func:`kmeans_l1`), each cluster gives a box, and the error region is
+    ``E = complement of union_t (box_t)_eps``. When ``q`` is ``None`` it is
+    found by binary search on ``[0, 1]`` until the bracket is shorter than
+    ``resolution`` (8 evaluations for 0.005): ``q`` is feasible when the risk
+    ``mu_hat(E) >= alpha`` on ``x_select`` (on ``x`` when ``x_select`` is
+    ``None``); feasible ``q`` move the lower end up, infeasible ones the upper
+    end down; among feasible evaluations the lowest adversarial risk wins (ties:
+    the larger ``q``). All evaluations share ``key`` (common random numbers).
+
+    Args:
+      key: ``jax.random`` key for the k-means initialisation.
+      x: ``[N, d]`` fit points.
+      alpha: risk threshold in ``(0, 1)``.
+      eps: l_inf budget ``>= 0``.
+      n_regions: number of boxes ``T >= 1``.
+      q: covered fraction; searched when ``None``.
+      x_select: ``[M, d]`` points on which feasibility and adversarial risk
+        are judged during the search.
+      radii: ``[N]`` precomputed density radii of ``x`` (reuse across calls).
+      k: density neighbour rank (paper: 50; the point counts itself).
+      density_norm: density distance (paper: ``"l1"``).
+      update: ``"mean"`` (paper) or ``"median"`` (k-medians).
+      max_iter: k-means iterations (paper: 30).
+      resolution: binary-search stopping width (paper: 0.005).
+
+    Returns:
+      :class:`Rectangles` at the chosen ``q`` with the search trace. When no
+      evaluated ``q`` is feasible the smallest evaluated ``q`` is returned
+      (its trace step says ``feasible=False``).
+    """
+    key = _checks.check_key(key)
+    x = _points(x)
+    alpha = _check_alpha(alpha)
+    eps = _check_eps(eps)
+    T = _check_T(n_regions)
+    if update not in ("mean", "median"):
+        raise ValueError(f"update: must be 'mean' or 'median', got {update!r}")
+    max_iter = _checks.check_int(max_iter, "max_iter", low=0)
+    resolution = _checks.check_scalar(resolution, "resolution", low=0.0, high=1.0, low_inclusive=False)
+    xs = x if x_select is None else _points(x_select, "x_select")
+    if xs.shape[1] != x.shape[1]:
+        raise ValueError(f"x_select: feature dimension {xs.shape[1]} does not match x's {x.shape[1]}")
+    if radii is None:
+        k = _checks.check_int(k, "k", low=1)
+        if k >= x.shape[0]:
+            raise ValueError(f"k: needs more points than k; got k={k} with {x.shape[0]} points")
+    radii = _radii(x, radii, k=k, norm=density_norm)
+    order = _dense_order(radii)
+    x_sorted = jnp.asarray(x[order], jnp.result_type(x.dtype, jnp.float32))
+    build = functools.partial(_rectangles_at_q, key, x, order, eps=eps, T=T, alpha=alpha, update=update,
+                              max_iter=max_iter, x_sorted=x_sorted)
+    if q is not None:
+        q = _checks.check_scalar(q, "q", low=0.0, high=1.0)
+        return build(q=q)
+    lo, hi = 0.0, 1.0
+    steps: list[SearchStep] = []
+    regions: list[Rectangles] = []
+    while hi - lo >= resolution:
+        mid = 0.5 * (lo + hi)
+        reg = build(q=mid)
+        m = measure(reg, xs)
+        feasible = m.risk >= alpha
+        steps.append(SearchStep(mid, reg.n_dense, m.risk, m.adv_risk, bool(feasible)))
+        regions.append(reg)
+        if feasible:
+            lo = mid
+        else:
+            hi = mid
+    feas = [i for i, s in enumerate(steps) if s.feasible]
+    if feas:
+        best = min(feas, key=lambda i: (steps[i].adv_risk, -steps[i].q))
+    else:
+        best = min(range(len(steps)), key=lambda i: steps[i].q)
+    return dataclasses.replace(regions[best], search=tuple(steps))
+
+
+# ---------------------------------------------------------------------------
+# l2: greedy union of balls (Algorithm 2)
+# ---------------------------------------------------------------------------
+
+
+def _searchsorted_rows(a, v, side):
+    return jax.vmap(lambda r, s: jnp.searchsorted(r, s, side=side, method="scan"))(a, v)
+
+
+@jax.jit
+def _row_tables(dist, eps):
+    """Per-row tables of a sorted neighbour list that do not change between balls.
+
+    ``S[i, j]`` = entries of row ``i`` with ``d <= d[i, j] + eps`` and ``te[i, j]`` =
+    last position of the tie run of ``d[i, j]``.
+    """
+    L = dist.shape[1]
+    S = _searchsorted_rows(dist, dist + jnp.asarray(eps, dist.dtype), "right").astype(jnp.int32)
+    is_end = jnp.concatenate([dist[:, 1:] != dist[:, :-1], jnp.ones((dist.shape[0], 1), bool)], axis=1)
+    te = lax.cummin(jnp.where(is_end, jnp.arange(L, dtype=jnp.int32), jnp.int32(L)), axis=1, reverse=True)
+    return S, te
+
+
+@functools.partial(jax.jit, static_argnames=("complete",))
+def _eval_rows(idx, S, te, covered, expanded, lo, hi, *, complete):
+    """Greedy objective of candidate centres from their sorted neighbour rows.
+
+    A row lists points in ascending distance from the candidate (ties by
+    index) with the tables of :func:`_row_tables`. Every uncovered entry ``j``
+    of rank ``m = cu[j]`` among the uncovered entries sets ``r_m = d[j]``;
+    ``C = cu[te[j]]`` uncovered entries lie within ``r_m`` and
+    ``E = ce[S[j] - 1]`` non-expanded entries within ``r_m + eps``; the
+    objective is ``E - C`` for ``lo <= m <= hi``. With ``complete=False`` rows
+    are truncated neighbour lists: a value is exact only when the list reaches
+    past the radius (``te < L - 1`` and ``S < L``); otherwise ``E >=`` (non-
+    expanded entries in the list) gives a lower bound (an unknown ``C`` gives
+    ``-BIG``).
+
+    Returns ``(best [b], best_m [b], lower [b])``: the smallest exact objective
+    (``BIG`` if none) with its smallest ``m``, and the smallest lower bound over
+    inexact ``m`` (``BIG`` if none).
+    """
+    L = idx.shape[1]
+    unc = ~covered[idx]
+    cu = jnp.cumsum(unc.astype(jnp.int32), axis=1)
+    ce = jnp.cumsum((~expanded[idx]).astype(jnp.int32), axis=1)
+    valid = unc & (cu >= lo) & (cu <= hi)
+    C = jnp.take_along_axis(cu, te, axis=1)
+    E = jnp.where(S > 0, jnp.take_along_axis(ce, jnp.maximum(S - 1, 0), axis=1), 0)
+    obj = E - C
+    big = jnp.int32(_BIG)
+    if complete:
+        exact = valid
+        lower = jnp.full(obj.shape, big)
+    else:
+        c_ok = te < L - 1
+        exact = valid & c_ok & (S < L)
+        lower = jnp.where(c_ok, jnp.where(S < L, obj, ce[:, -1:] - C), -big)
+    val = jnp.where(exact, obj, big)
+    best = jnp.min(val, axis=1)
+    j = jnp.argmin(val, axis=1)
+    best_m = jnp.take_along_axis(cu, j[:, None], axis=1)[:, 0]
+    low = jnp.min(jnp.where(valid & ~exact, lower, big), axis=1)
+    return best, best_m, low
+
+
+def ball_objective(
+    dist: Any, idx: Any, covered: Any, expanded: Any, *, lo: int, hi: int, eps: float, complete: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The greedy objective of Algorithm 2 for candidate centres given their sorted neighbour rows.
+
+    For a centre ``c`` and ``m`` in ``[lo, hi]`` the candidate radius ``r_m`` is
+    the distance to its ``m``-th not-yet-covered neighbour (itself included);
+    the objective is (non-expanded points within ``r_m + eps``) minus
+    (uncovered points within ``r_m``), closed balls, ties counted.
+
+    Args:
+      dist: ``[b, L]`` ascending distances from each centre (ties ordered by index).
+      idx: ``[b, L]`` int point indices of those distances.
+      covered: ``[N]`` bool, points already in the union of balls.
+      expanded: ``[N]`` bool, points already in the union of expanded balls.
+      lo, hi: range of ``m``, ``1 <= lo <= hi``.
+      eps: budget.
+      complete: rows hold every point (all values exact) or are truncated lists.
+
+    Returns:
+      ``(best [b], best_m [b], lower [b])`` int arrays: the smallest exact
+      objective and its smallest ``m`` (``2**30`` when none), and a lower bound
+      on the objectives that the truncated list cannot settle (``2**30`` when
+      none).
+    """
+    dist = jnp.asarray(dist)
+    idx = jnp.asarray(idx, jnp.int32)
+    lo = _checks.check_int(lo, "lo", low=1)
+    hi = _checks.check_int(hi, "hi", low=lo)
+    eps = _check_eps(eps)
+    S, te = _row_tables(dist, eps)
+    out = _eval_rows(idx, S, te, jnp.asarray(covered, bool), jnp.asarray(expanded, bool), jnp.int32(lo),
+                     jnp.int32(hi), complete=bool(complete))
+    return tuple(np.asarray(o) for o in out)
+
+
+@functools.partial(jax.jit, static_argnames=())
+def _sorted_rows(dist):
+    ids = jnp.broadcast_to(jnp.arange(dist.shape[1], dtype=jnp.int32), dist.shape)
+    return lax.sort((dist, ids), dimension=1, num_keys=2)
+
+
+_bd_l2 = jax.jit(functools.partial(geometry.block_distances, norm="l2"))
+
+
+def _full_rows(xj: jax.Array, rows: np.ndarray, chunk: int) -> jax.Array:
+    """l2 distances from points ``rows`` to all points, via the geometry kernel over column chunks."""
+    q = xj[jnp.asarray(rows)]
+    n = xj.shape[0]
+    parts = [_bd_l2(q, xj[lo : lo + chunk]) for lo in range(0, n, chunk)]
+    return jnp.concatenate(parts, axis=1)
+
+
+class _precision:
+    def __init__(self, precision):
+        if precision not in ("float32", "float64"):
+            raise ValueError(f"precision: must be 'float32' or 'float64', got {precision!r}")
+        self.precision = precision
+        self._ctx = None
+
+    def __enter__(self):
+        if self.precision == "float64":
+            self._ctx = jax.enable_x64(True)
+            self._ctx.__enter__()
+            return jnp.float64
+        return jnp.float32
+
+    def __exit__(self, *exc):
+        if self._ctx is not None:
+            return self._ctx.__exit__(*exc)
+        return False
+
+
+def fit_balls(
+    x: Any,
+    *,
+    alpha: float,
+    eps: float,
+    n_regions: int,
+    delta: float = 0.1,
+    list_size: int = 2048,
+    neighbours: geometry.KNN | None = None,
+    precision: str = "float32",
+    block_size: int = 1024,
+    exact_block: int = 32,
+    chunk: int = 8192,
+    progress: bool = False,
+) -> Balls:
+    """Greedy union of ``T`` l2 balls (paper §4.2, Algorithm 2), exact and without an ``N x N`` table.
+
+    Target coverage ``n_tot = ceil(N alpha (1 + delta))``. Ball ``t`` (of
+    ``T``) may cover ``m`` new points with ``n_lo = ceil((n_tot - covered) /
+    (T - t)) <= m <= n_hi = n_tot - covered``. Every fit point is a candidate
+    centre; its candidate radius ``r_m`` is the distance to its ``m``-th
+    not-yet-covered neighbour; the chosen ``(centre, m)`` minimises (points
+    newly in the expansion ``B(c, r_m + eps)``) minus (points newly covered by
+    ``B(c, r_m)``), ties broken by the smaller centre index, then the smaller
+    ``m``. Stops when ``covered >= n_tot`` or after ``T`` balls.
+
+    Exactness without a dense table: every point keeps its ``L = list_size``
+    nearest neighbours (one streamed :func:`jaxbound.geometry.knn`; ``L >=
+    n_tot`` guarantees every ``r_m`` lies in the list). Per ball the objective
+    of every candidate is evaluated on its list; a value is exact when the
+    list reaches beyond ``r_m + eps``, otherwise the list gives a lower bound.
+    Candidates whose best exact value or lower bound is at most the best exact
+    value found are re-evaluated on full distance rows
+    (:func:`jaxbound.geometry.block_distances` over column chunks, then a
+    sort), which decides the ball. The covered/expanded sets are updated from
+    the winner's full row, so ``B(c, r + eps)`` is exact.
+
+    Args:
+      x: ``[N, d]`` fit points.
+      alpha: risk threshold in ``(0, 1)``.
+      eps: l2 budget ``>= 0``.
+      n_regions: ``T >= 1``.
+      delta: coverage buffer ``>= 0`` (ANCHORS: 0.01-0.25).
+      list_size: neighbours kept per point (raised to ``n_tot`` when smaller,
+        capped at ``N - 1``).
+      neighbours: a precomputed ``geometry.knn(x, k=L, norm="l2")`` to reuse
+        across ``eps`` values (``k >= n_tot``).
+      precision: ``"float32"`` or ``"float64"`` for all distances.
+      block_size: candidate rows per list-evaluation block.
+      exact_block: candidate rows per full-row block.
+      chunk: columns per :func:`geometry.block_distances` call.
+      progress: show a progress bar over balls.
+
+    Returns:
+      :class:`Balls`.
+    """
+    from tqdm.auto import tqdm
+
+    x = _points(x)
+    alpha = _check_alpha(alpha)
+    eps = _check_eps(eps)
+    T = _check_T(n_regions)
+    delta = _checks.check_scalar(delta, "delta", low=0.0)
+    list_size = _checks.check_int(list_size, "list_size", low=1)
+    block_size = _checks.check_int(block_size, "block_size", low=1)
+    exact_block = _checks.check_int(exact_block, "exact_block", low=1)
+    chunk = _checks.check_int(chunk, "chunk", low=1)
+    N = x.shape[0]
+    n_tot = int(math.ceil(N * alpha * (1.0 + delta) - 1e-9))
+    if n_tot >= N:
+        raise ValueError(f"alpha: target coverage ceil(N alpha (1+delta)) = {n_tot} must be below N = {N}")
+    with _precision(precision) as dt:
+        if neighbours is None:
+            L = min(N - 1, max(list_size, n_tot))
+            neighbours = geometry.knn(x, k=L, norm="l2", precision=precision, progress=progress)
+        nd = np.asarray(neighbours.distances)
+        ni = np.asarray(neighbours.indices)
+        if nd.ndim != 2 or nd.shape[0] != N or ni.shape != nd.shape:
+            raise ValueError(f"neighbours: expected [N={N}, L] distances and indices, got {nd.shape} and {ni.shape}")
+        L = nd.shape[1]
+        if L < n_tot:
+            raise ValueError(f"neighbours: needs at least n_tot = {n_tot} neighbours per point, got {L}")
+        ni_j = jnp.asarray(ni, jnp.int32)
+        xj = jnp.asarray(x, dt)
+        # Tables of every list that stay fixed across balls (per-row S and tie ends).
+        n_blk = -(-N // block_size)
+        tables = []
+        for s in range(0, N, block_size):
+            dblk = jnp.asarray(nd[s : s + block_size], dt)
+            if dblk.shape[0] < block_size:
+                dblk = jnp.pad(dblk, ((0, block_size - dblk.shape[0]), (0, 0)), constant_values=jnp.inf)
+            tables.append(_row_tables(dblk, eps))
+        iblks = [ni_j[s : s + block_size] for s in range(0, N, block_size)]
+        iblks = [jnp.pad(b_, ((0, block_size - b_.shape[0]), (0, 0))) if b_.shape[0] < block_size else b_
+                 for b_ in iblks]
+        covered = np.zeros(N, bool)
+        expanded = np.zeros(N, bool)
+        out = {k: [] for k in ("center", "radius", "m", "obj", "cov", "exp", "n_exact")}
+        bar = tqdm(total=T, desc=f"balls eps={eps:g}", disable=not progress, leave=False)
+        for t in range(T):
+            n_cov = int(covered.sum())
+            if n_cov >= n_tot:
+                break
+            hi = n_tot - n_cov
+            lo = -(-hi // (T - t))
+            cov_j = jnp.asarray(covered)
+            exp_j = jnp.asarray(expanded)
+            best = np.empty(n_blk * block_size, np.int64)
+            low = np.empty(n_blk * block_size, np.int64)
+            for bi in range(n_blk):
+                S_, te_ = tables[bi]
+                b_, _, l_ = _eval_rows(iblks[bi], S_, te_, cov_j, exp_j, jnp.int32(lo), jnp.int32(hi),
+                                       complete=False)
+                best[bi * block_size : (bi + 1) * block_size] = np.asarray(b_)
+                low[bi * block_size : (bi + 1) * block_size] = np.asarray(l_)
+            best, low = best[:N], low[:N]
+            bound = np.minimum(best, low)
+            cand = np.nonzero(bound <= best.min())[0]
+            # Best-first: candidates in increasing order of their bound; stop once the next bound
+            # exceeds the best exact value found (ties still evaluated: lower index wins).
+            cand = cand[np.lexsort((cand, bound[cand]))]
+            winner = None  # (objective, centre, m)
+            n_eval = 0
+            for s in range(0, cand.size, exact_block):
+                if winner is not None and bound[cand[s]] > winner[0]:
+                    break
+                rows = cand[s : s + exact_block]
+                n_eval += rows.size
+                pad = exact_block - rows.size
+                rows_p = np.concatenate([rows, np.repeat(rows[:1], pad)]) if pad else rows
+                drow, irow = _sorted_rows(_full_rows(xj, rows_p, chunk))
+                S_, te_ = _row_tables(drow, eps)
+                b_, m_, _ = _eval_rows(irow, S_, te_, cov_j, exp_j, jnp.int32(lo), jnp.int32(hi), complete=True)
+                b_ = np.asarray(b_)[: rows.size]
+                m_ = np.asarray(m_)[: rows.size]
+                for c, v, mm in zip(rows, b_, m_):
+                    keyv = (int(v), int(c), int(mm))
+                    if winner is None or keyv < winner:
+                        winner = keyv
+            v, c, mm = winner
+            # The winner's neighbour order comes from the working precision; its radius and the
+            # covered / expanded sets are then fixed in float64, the precision of `measure`.
+            row = np.asarray(_full_rows(xj, np.array([c]), chunk))[0]
+            order = np.lexsort((np.arange(N), row))
+            j_m = order[~covered[order]][mm - 1]
+            with jax.enable_x64(True):
+                c64 = jnp.asarray(x[c : c + 1], jnp.float64)
+                row64 = np.concatenate([np.asarray(_bd_l2(c64, jnp.asarray(x[s : s + chunk], jnp.float64)))[0]
+                                        for s in range(0, N, chunk)])
+            r = float(row64[j_m])
+            in_ball = row64 <= r
+            in_exp = row64 <= r + eps
+            covered |= in_ball
+            expanded |= in_exp
+            out["center"].append(c)
+            out["radius"].append(r)
+            out["m"].append(mm)
+            out["obj"].append(v)
+            out["cov"].append(int(covered.sum()))
+            out["exp"].append(int(expanded.sum()))
+            out["n_exact"].append(int(n_eval))
+            bar.update(1)
+        bar.close()
+    ci = np.asarray(out["center"], np.int64)
+    return Balls(
+        centers=x[ci].astype(np.float64),
+        radii=np.asarray(out["radius"], np.float64),
+        center_indices=ci,
+        m=np.asarray(out["m"], np.int64),
+        objective=np.asarray(out["obj"], np.int64),
+        covered=np.asarray(out["cov"], np.int64),
+        expanded=np.asarray(out["exp"], np.int64),
+        eps=float(eps),
+        alpha=float(alpha),
+        delta=float(delta),
+        n_target=n_tot,
+        n_regions=T,
+        n_exact=np.asarray(out["n_exact"], np.int64),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Half-space baseline (Gilmer et al.)
+# ---------------------------------------------------------------------------
+
+
+def fit_halfspace(x: Any, *, alpha: float, eps: float, norm: Any = "l2", sign: str = "best") -> HalfSpace:
+    """Half-space error region along the first principal component (Gilmer et al.; paper Table 3).
+
+    ``w`` is the unit first principal component of ``x``; the threshold ``b``
+    is the largest value with at least ``ceil(N alpha)`` points having
+    ``w.x > b`` (exactly that many without ties). The expansion of
+    ``{w.x > b}`` by ``eps`` in norm ``p`` is ``{w.x > b - eps ||w||_*}`` with
+    the dual norm.
+
+    Args:
+      x: ``[N, d]`` fit points.
+      alpha: risk threshold in ``(0, 1)``.
+      eps: budget ``>= 0``.
+      norm: perturbation norm.
+      sign: ``"+"`` keeps the component's sign (largest-magnitude coordinate
+        positive); ``"best"`` (default) also tries ``-w`` and keeps the side
+        with the smaller adversarial risk on ``x``.
+
+    Returns:
+      :class:`HalfSpace`.
+    """
+    x = _points(x)
+    alpha = _check_alpha(alpha)
+    eps = _check_eps(eps)
+    norm = _checks.canonical_norm(norm)
+    if sign not in ("best", "+"):
+        raise ValueError(f"sign: must be 'best' or '+', got {sign!r}")
+    xd = x.astype(np.float64)
+    xc = xd - xd.mean(axis=0)
+    _, vecs = np.linalg.eigh(xc.T @ xc)
+    w = vecs[:, -1]
+    w = w * (1.0 if w[np.argmax(np.abs(w))] >= 0 else -1.0)
+    shift = float(eps * np.asarray(geometry.lp_norm(jnp.asarray(w), _checks.dual_norm(norm))))
+    n = x.shape[0]
+    k = max(1, int(math.ceil(n * alpha - 1e-9)))
+    best = None
+    for s in ((1.0, -1.0) if sign == "best" else (1.0,)):
+        ws = s * w
+        proj = xd @ ws
+        srt = np.sort(proj)[::-1]
+        top = srt[k - 1]
+        below = proj[proj < top]
+        b = float(below.max()) if below.size else -np.inf
+        adv = int(np.sum(proj > b - shift))
+        if best is None or adv < best[0]:
+            best = (adv, ws, b)
+    _, w, b = best
+    return HalfSpace(w=w, b=b, eps=float(eps), norm=norm, shift=shift, alpha=float(alpha))
+
+
+# ---------------------------------------------------------------------------
+# Measurement
+# ---------------------------------------------------------------------------
+
+
+def measure(region: Any, x: Any, *, eps: float | None = None, confidence: float = 0.95) -> Measurement:
+    """Empirical risk ``mu_hat(E)`` and adversarial risk of a region on the sample ``x``.
+
+    * :class:`Rectangles`: ``E`` = points outside every box enlarged by
+      ``eps`` (``min_t max_j (|x_j - c_tj| - h_tj) > eps``). The adversarial
+      risk is the paper's conservative rule ``1 - mu_hat(union of boxes)``: a
+      point inside some box is certainly not in ``E_eps``, but a union of
+      boxes may cover a whole eps-ball no single box covers, so this count is
+      an upper bound on ``mu_hat(E_eps)`` (``adv_rule="single_box_upper_bound"``).
+    * :class:`Balls`: ``E = union B(c_t, r_t)``, ``E_eps = union B(c_t, r_t + eps)``, exact.
+    * :class:`HalfSpace`: ``w.x > b`` and ``w.x > b - eps ||w||_*``, exact.
+
+    Membership is decided in float64.
+
+    Args:
+      region: a fitted region.
+      x: ``[n, d]`` points.
+      eps: budget (default: the region's own ``eps``). For rectangles the
+        region itself depends on ``eps``.
+      confidence: level of the Clopper-Pearson intervals.
+
+    Returns:
+      :class:`Measurement`.
+    """
+    if not isinstance(region, (Rectangles, Balls, HalfSpace)):
+        raise ValueError(f"region: expected Rectangles, Balls or HalfSpace, got {type(region).__name__}")
+    x = _points(x)
+    eps = region.eps if eps is None else _check_eps(eps)
+    confidence = _checks.check_probability(confidence, "confidence")
+    n = x.shape[0]
+    if isinstance(region, Rectangles):
+        _dim(region.centers, x)
+        mar = _min_box_margin(x, region.centers, region.half_widths)
+        n_risk = int(np.sum(mar > eps))
+        n_adv = int(np.sum(mar > 0.0))
+        return _measurement(n, n_risk, n_adv, confidence, "single_box_upper_bound")
+    if isinstance(region, Balls):
+        _dim(region.centers, x)
+        if region.radii.size == 0:
+            return _measurement(n, 0, 0, confidence, "exact")
+        d = geometry.pairwise_distances(x, region.centers, norm="l2", precision="float64")
+        n_risk = int(np.sum(np.any(d <= region.radii[None, :], axis=1)))
+        n_adv = int(np.sum(np.any(d <= region.radii[None, :] + eps, axis=1)))
+        return _measurement(n, n_risk, n_adv, confidence, "exact")
+    if isinstance(region, HalfSpace):
+        if region.w.shape[0] != x.shape[1]:
+            raise ValueError(f"x: feature dimension {x.shape[1]} does not match the region's {region.w.shape[0]}")
+        proj = x.astype(np.float64) @ region.w
+        shift = region.shift if eps == region.eps else float(
+            eps * np.asarray(geometry.lp_norm(jnp.asarray(region.w), _checks.dual_norm(region.norm))))
+        n_risk = int(np.sum(proj > region.b))
+        n_adv = int(np.sum(proj > region.b - shift))
+        return _measurement(n, n_risk, n_adv, confidence, "exact")
+    raise ValueError(f"region: expected Rectangles, Balls or HalfSpace, got {type(region).__name__}")
+
+
+def _dim(centers, x):
+    if centers.shape[1] != x.shape[1]:
+        raise ValueError(f"x: feature dimension {x.shape[1]} does not match the region's {centers.shape[1]}")
+
+
+# ---------------------------------------------------------------------------
+# Protocols and records
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits(_ToDict):
+    """Fit / select / report samples of one protocol.
+
+    ``protocol="honest"``: fit on the training set, choose ``q`` and ``T`` on
+    ``select_size`` random test points, report on the remaining test points
+    (disjoint from both). ``protocol="paper"``: fit on the training set,
+    select and report on the whole test set (the authors' protocol; the
+    reported number is optimistically biased).
+    """
+
+    protocol: str
+    fit: np.ndarray
+    select: np.ndarray
+    report: np.ndarray
+    select_indices: np.ndarray
+    report_indices: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {"protocol": self.protocol, "n_fit": int(self.fit.shape[0]), "n_select": int(self.select.shape[0]),
+                "n_report": int(self.report.shape[0])}
+
+
+def make_splits(
+    key: jax.Array, x_train: Any, x_test: Any, *, protocol: str = "honest", select_size: int | None = None
+) -> Splits:
+    """Split data for the honest 3-split protocol or the paper's protocol.
+
+    Args:
+      key: ``jax.random`` key permuting the test set (honest protocol).
+      x_train: ``[N, d]`` fit points.
+      x_test: ``[M, d]`` held-out points.
+      protocol: ``"honest"`` or ``"paper"``.
+      select_size: test points used for selection (honest; default ``M // 2``),
+        ``1 <= select_size < M``.
+
+    Returns:
+      :class:`Splits`.
+    """
+    key = _checks.check_key(key)
+    xtr = _points(x_train, "x_train")
+    xte = _points(x_test, "x_test")
+    if xtr.shape[1] != xte.shape[1]:
+        raise ValueError(f"x_test: feature dimension {xte.shape[1]} does not match x_train's {xtr.shape[1]}")
+    M = xte.shape[0]
+    if protocol == "paper":
+        idx = np.arange(M)
+        return Splits("paper", xtr, xte, xte, idx, idx)
+    if protocol != "honest":
+        raise ValueError(f"protocol: must be 'honest' or 'paper', got {protocol!r}")
+    if M < 2:
+        raise ValueError(f"x_test: the honest protocol needs at least 2 held-out points, got {M}")
+    s = M // 2 if select_size is None else _checks.check_int(select_size, "select_size", low=1, high=M - 1)
+    perm = np.asarray(jax.random.permutation(key, M))
+    si, ri = np.sort(perm[:s]), np.sort(perm[s:])
+    return Splits("honest", xtr, xte[si], xte[ri], si, ri)
+
+
+@dataclasses.dataclass
+class ConcentrationRecord(_ToDict):
+    """One JSON-serialisable result row.
+
+    ``risk``/``adv_risk`` are means over repeats (one repeat for balls and
+    half-spaces); ``risk_std``/``adv_risk_std`` their standard deviations
+    (``ddof=0``); ``risk_ci``/``adv_risk_ci`` the envelope (smallest lower,
+    largest upper end) of the per-repeat 95% Clopper-Pearson intervals;
+    ``repeats`` the per-repeat measurements with their seeds.
+    """
+
+    dataset: str
+    method: str
+    norm: str
+    eps: float
+    alpha: float
+    T: int
+    q: float | None
+    protocol: str
+    split: str
+    n: int
+    risk: float
+    adv_risk: float
+    risk_std: float
+    adv_risk_std: float
+    risk_ci: tuple[float, float]
+    adv_risk_ci: tuple[float, float]
+    adv_rule: str
+    seeds: list
+    repeats: list
+    seconds: float
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+def _record(dataset, method, norm, eps, alpha, T, q, protocol, split, ms: list[Measurement], seeds, seconds,
+            extra=None) -> ConcentrationRecord:
+    risks = np.array([m.risk for m in ms])
+    advs = np.array([m.adv_risk for m in ms])
+    return ConcentrationRecord(
+        dataset=dataset, method=method, norm=norm, eps=float(eps), alpha=float(alpha), T=int(T),
+        q=None if q is None else float(q), protocol=protocol, split=split, n=int(ms[0].n),
+        risk=float(risks.mean()), adv_risk=float(advs.mean()), risk_std=float(risks.std()),
+        adv_risk_std=float(advs.std()),
+        risk_ci=(min(m.risk_ci[0] for m in ms), max(m.risk_ci[1] for m in ms)),
+        adv_risk_ci=(min(m.adv_risk_ci[0] for m in ms), max(m.adv_risk_ci[1] for m in ms)),
+        adv_rule=ms[0].adv_rule, seeds=list(seeds),
+        repeats=[dict(m.to_dict(), seed=s) for m, s in zip(ms, seeds)], seconds=float(seconds),
+        extra=dict(extra or {}),
+    )
+
+
+def _split_sets(splits: Splits):
+    if splits.protocol == "paper":
+        return [("train", splits.fit), ("test", splits.report)]
+    return [("fit", splits.fit), ("select", splits.select), ("report", splits.report)]
+
+
+def run_rectangles(
+    key: jax.Array,
+    splits: Splits,
+    *,
+    alpha: float,
+    eps: float,
+    n_regions: int | Sequence[int],
+    radii: Any = None,
+    n_repeats: int = 10,
+    q: float | None = None,
+    dataset: str = "",
+    **fit_kwargs: Any,
+) -> tuple[list[ConcentrationRecord], Rectangles]:
+    """Algorithm 1 under a protocol: search ``q`` (and ``T``) on the select split, repeat, measure.
+
+    For each ``T`` in ``n_regions`` the binary search over ``q`` runs with the
+    first subkey (feasibility and adversarial risk judged on
+    ``splits.select``); the ``T`` with the lowest select adversarial risk
+    among feasible searches wins. Then ``n_repeats`` independent keys refit
+    at the chosen ``(q, T)`` and every split is measured.
+
+    Returns:
+      ``(records, region_of_first_repeat)``; one record per split.
+    """
+    key = _checks.check_key(key)
+    n_repeats = _checks.check_int(n_repeats, "n_repeats", low=1)
+    Ts = [n_regions] if isinstance(n_regions, (int, np.integer)) else list(n_regions)
+    if not Ts:
+        raise ValueError("n_regions: give at least one T")
+    t0 = time.perf_counter()
+    k_search, k_rep = jax.random.split(key)
+    radii = _radii(splits.fit, radii, k=fit_kwargs.get("k", 50), norm=fit_kwargs.get("density_norm", "l1"))
+    searches = {}
+    for T in Ts:
+        searches[int(T)] = fit_rectangles(k_search, splits.fit, alpha=alpha, eps=eps, n_regions=T, q=q,
+                                          x_select=splits.select, radii=radii, **fit_kwargs)
+
+    def score(T):
+        reg = searches[T]
+        m = measure(reg, splits.select)
+        return (0 if m.risk >= alpha else 1, m.adv_risk, T)
+
+    T_best = min(searches, key=score)
+    q_best = searches[T_best].q
+    keys = jax.random.split(k_rep, n_repeats)
+    regions = [fit_rectangles(k, splits.fit, alpha=alpha, eps=eps, n_regions=T_best, q=q_best, radii=radii,
+                              **fit_kwargs) for k in keys]
+    seeds = [list(_key_data(k)) for k in keys]
+    seconds = time.perf_counter() - t0
+    recs = []
+    extra = {"search": [s.to_dict() for s in searches[T_best].search],
+             "T_candidates": [int(t) for t in Ts], "update": regions[0].update}
+    for name, xs in _split_sets(splits):
+        ms = [measure(r, xs) for r in regions]
+        recs.append(_record(dataset, "rectangles", "linf", eps, alpha, T_best, q_best, splits.protocol, name, ms,
+                            seeds, seconds, extra))
+    return recs, regions[0]
+
+
+def run_balls(
+    splits: Splits,
+    *,
+    alpha: float,
+    eps: float,
+    n_regions: int | Sequence[int],
+    dataset: str = "",
+    **fit_kwargs: Any,
+) -> tuple[list[ConcentrationRecord], Balls]:
+    """Algorithm 2 under a protocol: fit on ``splits.fit``, choose ``T`` on the select split, measure.
+
+    Returns:
+      ``(records, region)``; one record per split.
+    """
+    Ts = [n_regions] if isinstance(n_regions, (int, np.integer)) else list(n_regions)
+    if not Ts:
+        raise ValueError("n_regions: give at least one T")
+    t0 = time.perf_counter()
+    fits = {int(T): fit_balls(splits.fit, alpha=alpha, eps=eps, n_regions=T, **fit_kwargs) for T in Ts}
+
+    def score(T):
+        m = measure(fits[T], splits.select)
+        return (0 if m.risk >= alpha else 1, m.adv_risk, T)
+
+    T_best = min(fits, key=score)
+    reg = fits[T_best]
+    seconds = time.perf_counter() - t0
+    extra = {"delta": reg.delta, "n_target": reg.n_target, "balls": int(reg.radii.size),
+             "n_exact": reg.n_exact.tolist(), "T_candidates": [int(t) for t in Ts]}
+    recs = [_record(dataset, "balls", "l2", eps, alpha, T_best, None, splits.protocol, name, [measure(reg, xs)],
+                    [], seconds, extra) for name, xs in _split_sets(splits)]
+    return recs, reg
+
+
+def run_halfspace(
+    splits: Splits, *, alpha: float, eps: float, norm: Any = "l2", dataset: str = ""
+) -> tuple[list[ConcentrationRecord], HalfSpace]:
+    """The half-space baseline (fit on ``splits.fit``), measured on every split."""
+    t0 = time.perf_counter()
+    reg = fit_halfspace(splits.fit, alpha=alpha, eps=eps, norm=norm)
+    seconds = time.perf_counter() - t0
+    nm = str(reg.norm)
+    recs = [_record(dataset, "halfspace", nm, eps, alpha, 1, None, splits.protocol, name, [measure(reg, xs)], [],
+                    seconds) for name, xs in _split_sets(splits)]
+    return recs, reg

@@ -1,0 +1,436 @@
+"""Tests of jaxbound.concentration (Mahloujifar et al. 2019) against NumPy/SciPy brute force."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+from scipy.stats import binom, norm as normal
+
+from jaxbound import concentration as C
+from jaxbound import data
+
+
+# ---------------------------------------------------------------------------
+# Brute-force references
+# ---------------------------------------------------------------------------
+
+
+def brute_greedy_balls(x, *, alpha, eps, T, delta):
+    """Algorithm 2 (ANCHORS) with a dense float64 distance table: the independent reference."""
+    N = x.shape[0]
+    n_tot = math.ceil(N * alpha * (1 + delta) - 1e-9)
+    D = cdist(x.astype(np.float64), x.astype(np.float64))
+    covered = np.zeros(N, bool)
+    expanded = np.zeros(N, bool)
+    out = []
+    for t in range(T):
+        if covered.sum() >= n_tot:
+            break
+        hi = n_tot - int(covered.sum())
+        lo = -(-hi // (T - t))
+        best = None
+        for c in range(N):
+            d = D[c]
+            order = np.lexsort((np.arange(N), d))
+            unc = order[~covered[order]]
+            r = d[unc[lo - 1 : hi]]  # m = lo..hi
+            Cn = np.sum((~covered)[None, :] & (d[None, :] <= r[:, None]), axis=1)
+            En = np.sum((~expanded)[None, :] & (d[None, :] <= r[:, None] + eps), axis=1)
+            obj = En - Cn
+            i = int(np.argmin(obj))
+            cand = (int(obj[i]), c, lo + i, float(r[i]))
+            if best is None or cand[:3] < best[:3]:
+                best = cand
+        obj, c, m, r = best
+        covered |= D[c] <= r
+        expanded |= D[c] <= r + eps
+        out.append(dict(obj=obj, c=c, m=m, r=r, cov=int(covered.sum()), exp=int(expanded.sum())))
+    return out
+
+
+def brute_box_counts(x, centers, widths, eps):
+    x = x.astype(np.float64)
+    in_exp = np.zeros(len(x), bool)
+    in_box = np.zeros(len(x), bool)
+    for c, h in zip(centers, widths):
+        for i, xi in enumerate(x):
+            marg = max(abs(xi[j] - c[j]) - h[j] for j in range(len(c)))
+            in_exp[i] |= marg <= eps
+            in_box[i] |= marg <= 0
+    return int(np.sum(~in_exp)), int(np.sum(~in_box))
+
+
+def ding_cube_bound(p, eps):
+    """Ding et al. Theorem 2.1: P(A_eps) >= Phi(eps sqrt(2 pi) + Phi^-1(P(A))) on the uniform cube (l2)."""
+    return float(normal.cdf(eps * math.sqrt(2 * math.pi) + normal.ppf(p)))
+
+
+def blobs(seed, n, d, centers, scale=0.05):
+    rng = np.random.default_rng(seed)
+    lab = rng.integers(0, len(centers), n)
+    return (np.asarray(centers)[lab] + scale * rng.standard_normal((n, d))).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (1, 1), (0, 1), (57, 1000)])
+def test_clopper_pearson_matches_binomial_tails(k, n):
+    lo, hi = C.clopper_pearson(k, n, confidence=0.95)
+    assert 0.0 <= lo <= k / n <= hi <= 1.0
+    if k > 0:
+        assert binom.sf(k - 1, n, lo) == pytest.approx(0.025, rel=1e-6)
+    else:
+        assert lo == 0.0
+    if k < n:
+        assert binom.cdf(k, n, hi) == pytest.approx(0.025, rel=1e-6)
+    else:
+        assert hi == 1.0
+    if k == 0:
+        assert hi == pytest.approx(1 - 0.025 ** (1 / n))
+
+
+def test_clopper_pearson_rejects_bad_input():
+    with pytest.raises(ValueError, match="^k"):
+        C.clopper_pearson(11, 10)
+    with pytest.raises(ValueError, match="^n"):
+        C.clopper_pearson(0, 0)
+    with pytest.raises(ValueError, match="^confidence"):
+        C.clopper_pearson(1, 10, confidence=1.0)
+
+
+# ---------------------------------------------------------------------------
+# l_inf: density, k-means, boxes
+# ---------------------------------------------------------------------------
+
+
+def test_density_ranks_match_bruteforce_with_self_as_first_neighbour():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 4, (60, 3)).astype(np.float32)  # many ties
+    for k in (1, 2, 7):
+        ref = np.sort(cdist(x, x, "cityblock"), axis=1)[:, k - 1]
+        np.testing.assert_allclose(C.density_ranks(x, k=k), ref, rtol=0, atol=1e-6)
+    assert np.all(C.density_ranks(x, k=1) == 0)
+
+
+def test_kmeans_fixed_point_mean_and_median():
+    x = blobs(0, 300, 4, [[0, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 1]], scale=0.1)
+    for update in ("mean", "median"):
+        c, a, it = C.kmeans_l1(jax.random.key(3), x, n_clusters=3, max_iter=100, update=update)
+        c, a = np.asarray(c, np.float64), np.asarray(a)
+        assert int(it) < 100  # converged: assignments stable
+        d = cdist(x, c, "cityblock")
+        np.testing.assert_array_equal(a, np.argmin(d, axis=1))
+        for t in range(3):
+            mem = x[a == t].astype(np.float64)
+            ref = mem.mean(0) if update == "mean" else np.median(mem, axis=0)
+            np.testing.assert_allclose(c[t], ref, atol=1e-5)
+
+
+def test_kmeans_empty_clusters_never_nan():
+    x = np.concatenate([np.zeros((6, 3)), np.ones((2, 3))]).astype(np.float32)
+    for seed in range(6):
+        for update in ("mean", "median"):
+            c, a, _ = C.kmeans_l1(jax.random.key(seed), x, n_clusters=4, max_iter=30, update=update)
+            assert np.isfinite(np.asarray(c)).all()
+            assert set(np.asarray(a).tolist()) <= {0, 1, 2, 3}
+    # identical points: every centre starts equal, all points go to cluster 0, the others stay empty
+    c, a, _ = C.kmeans_l1(jax.random.key(0), np.zeros((5, 2), np.float32), n_clusters=3)
+    assert np.isfinite(np.asarray(c)).all() and np.all(np.asarray(a) == 0)
+
+
+def test_kmeans_jit_equals_eager_and_keys_reproduce():
+    x = blobs(2, 120, 3, [[0, 0, 0], [1, 0, 0], [0, 0, 1]], scale=0.2)
+    key = jax.random.key(5)
+    c1, a1, i1 = C.kmeans_l1(key, x, n_clusters=4, max_iter=30)
+    c2, a2, i2 = C.kmeans_l1(key, x, n_clusters=4, max_iter=30)
+    np.testing.assert_array_equal(np.asarray(c1), np.asarray(c2))
+    with jax.disable_jit():
+        c3, a3, i3 = C.kmeans_l1(key, x, n_clusters=4, max_iter=30)
+    np.testing.assert_array_equal(np.asarray(a1), np.asarray(a3))
+    np.testing.assert_allclose(np.asarray(c1), np.asarray(c3), atol=1e-6)
+    assert int(i1) == int(i3)
+
+
+def test_box_margin_jit_equals_eager_and_membership_matches_bruteforce():
+    rng = np.random.default_rng(4)
+    # dyadic values: differences are exact, so points exactly on a face are tested
+    x = (rng.integers(0, 16, (80, 3)) / 8).astype(np.float32)
+    centers = np.array([[0.5, 0.5, 0.5], [1.25, 1.0, 0.25]])
+    widths = np.array([[0.25, 0.5, 0.125], [0.5, 0.25, 0.0]])
+    m1 = np.asarray(jax.jit(C.box_margin)(jnp.asarray(x), jnp.asarray(centers, jnp.float32),
+                                          jnp.asarray(widths, jnp.float32)))
+    with jax.disable_jit():
+        m2 = np.asarray(C.box_margin(jnp.asarray(x), jnp.asarray(centers, jnp.float32),
+                                     jnp.asarray(widths, jnp.float32)))
+    np.testing.assert_array_equal(m1, m2)
+    for eps in (0.0, 0.125, 0.3):
+        reg = C.Rectangles(centers, widths, eps, 0.1, 0.5, 10, 2, "mean", 1, (0, 0))
+        m = C.measure(reg, x)
+        n_risk, n_adv = brute_box_counts(x, centers, widths, eps)
+        assert (m.n_risk, m.n_adv) == (n_risk, n_adv)
+        assert m.adv_risk >= m.risk
+    assert np.any(m1 == 0.0)  # some points lie exactly on a face (closed boxes)
+
+
+def test_fit_rectangles_search_trace_and_reproducibility():
+    x = blobs(3, 400, 5, [[0] * 5, [1] * 5, [0, 1, 0, 1, 0]], scale=0.15)
+    xs = blobs(4, 400, 5, [[0] * 5, [1] * 5, [0, 1, 0, 1, 0]], scale=0.15)
+    key = jax.random.key(0)
+    r1 = C.fit_rectangles(key, x, alpha=0.1, eps=0.1, n_regions=3, x_select=xs, k=10)
+    r2 = C.fit_rectangles(key, x, alpha=0.1, eps=0.1, n_regions=3, x_select=xs, k=10)
+    np.testing.assert_array_equal(r1.centers, r2.centers)
+    np.testing.assert_array_equal(r1.half_widths, r2.half_widths)
+    assert len(r1.search) == 8  # 2**-8 < 0.005 <= 2**-7
+    qs = [s.q for s in r1.search]
+    assert qs[0] == 0.5 and all(abs(a - b) > 0 for a, b in zip(qs, qs[1:]))
+    m = C.measure(r1, xs)
+    assert m.risk >= 0.1
+    feas = [s for s in r1.search if s.feasible]
+    assert m.adv_risk == pytest.approx(min(s.adv_risk for s in feas))
+    # every clustered (dense) point lies inside its box
+    radii = C.density_ranks(x, k=10)
+    dense = x[np.argsort(radii, kind="stable")[: r1.n_dense]]
+    assert C.measure(r1, dense).n_adv == 0
+    r3 = C.fit_rectangles(jax.random.key(1), x, alpha=0.1, eps=0.1, n_regions=3, q=r1.q, radii=radii)
+    assert r3.key_data != r1.key_data
+    json.dumps(r1.to_dict())
+
+
+def test_rectangle_risks_non_increasing_in_q():
+    # Paper Fig. 1(a): risk and adversarial risk fall as q grows (one cluster of data, T = 1).
+    x = blobs(5, 600, 4, [[0.0] * 4], scale=0.2)
+    radii = C.density_ranks(x, k=20)
+    risks, advs = [], []
+    for q in np.linspace(0.1, 0.95, 12):
+        reg = C.fit_rectangles(jax.random.key(0), x, alpha=0.05, eps=0.05, n_regions=1, q=float(q), radii=radii)
+        m = C.measure(reg, x)
+        risks.append(m.risk)
+        advs.append(m.adv_risk)
+        assert m.adv_risk <= 1 - reg.n_dense / len(x) + 1e-12
+        assert m.adv_risk >= m.risk
+    assert np.all(np.diff(risks) <= 0) and np.all(np.diff(advs) <= 0)
+    assert risks[0] > risks[-1]
+
+
+def test_kmedians_option_runs_and_boxes_contain_members():
+    x = blobs(6, 300, 3, [[0, 0, 0], [1, 1, 1]], scale=0.1)
+    reg = C.fit_rectangles(jax.random.key(0), x, alpha=0.1, eps=0.05, n_regions=2, update="median", k=5)
+    assert reg.update == "median" and np.isfinite(reg.centers).all()
+    assert C.measure(reg, x).risk >= 0.1
+
+
+# ---------------------------------------------------------------------------
+# l2: greedy balls
+# ---------------------------------------------------------------------------
+
+
+def _compare_balls(reg, ref):
+    assert len(ref) == reg.radii.size
+    for t, b in enumerate(ref):
+        assert (int(reg.objective[t]), int(reg.center_indices[t]), int(reg.m[t])) == (b["obj"], b["c"], b["m"]), t
+        assert reg.radii[t] == pytest.approx(b["r"], rel=1e-12)
+        assert (int(reg.covered[t]), int(reg.expanded[t])) == (b["cov"], b["exp"]), t
+
+
+@pytest.mark.parametrize("list_size", [1, 64])
+def test_greedy_balls_equal_bruteforce_continuous(list_size):
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.normal(0, 1, (70, 3)), rng.normal(3, 0.5, (50, 3))]).astype(np.float32)
+    kw = dict(alpha=0.15, eps=0.4, T=4, delta=0.1)
+    ref = brute_greedy_balls(x, **kw)
+    reg = C.fit_balls(x, alpha=0.15, eps=0.4, n_regions=4, delta=0.1, list_size=list_size, precision="float64",
+                      block_size=32, exact_block=8)
+    _compare_balls(reg, ref)
+    m = C.measure(reg, x)
+    assert (m.n_risk, m.n_adv) == (ref[-1]["cov"], ref[-1]["exp"])
+    assert m.n_risk >= reg.n_target and m.adv_risk >= m.risk
+
+
+def test_greedy_balls_equal_bruteforce_with_ties_float32():
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 4, (90, 3)).astype(np.float32)  # duplicates and equal distances
+    ref = brute_greedy_balls(x, alpha=0.2, eps=0.37, T=3, delta=0.05)
+    reg = C.fit_balls(x, alpha=0.2, eps=0.37, n_regions=3, delta=0.05, list_size=20, block_size=16)
+    _compare_balls(reg, ref)
+    json.dumps(reg.to_dict())
+
+
+def test_ball_objective_jit_equals_eager():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(24, 2))
+    D = cdist(x[:6], x)
+    order = np.lexsort((np.broadcast_to(np.arange(24), D.shape), D), axis=1)
+    dist = np.take_along_axis(D, order, 1)
+    covered = rng.random(24) < 0.2
+    expanded = covered | (rng.random(24) < 0.2)
+    out1 = C.ball_objective(dist, order, covered, expanded, lo=2, hi=9, eps=0.3)
+    with jax.disable_jit():
+        out2 = C.ball_objective(dist, order, covered, expanded, lo=2, hi=9, eps=0.3)
+    for a, b in zip(out1, out2):
+        np.testing.assert_array_equal(a, b)
+    # brute force of the same objective
+    for i in range(6):
+        unc = order[i][~covered[order[i]]]
+        vals = []
+        for m in range(2, 10):
+            r = D[i, unc[m - 1]]
+            vals.append(np.sum(~expanded & (D[i] <= r + 0.3)) - np.sum(~covered & (D[i] <= r)))
+        assert out1[0][i] == min(vals) and out1[1][i] == 2 + int(np.argmin(vals))
+    # truncated lists give lower bounds that never exceed the exact values
+    b_t, _, l_t = C.ball_objective(dist[:, :12], order[:, :12], covered, expanded, lo=2, hi=9, eps=0.3,
+                                   complete=False)
+    assert np.all(np.minimum(b_t, l_t) <= out1[0])
+
+
+# ---------------------------------------------------------------------------
+# Half-space baseline
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nrm", ["l2", "linf"])
+def test_halfspace_matches_pca_and_dual_norm_shift(nrm):
+    rng = np.random.default_rng(11)
+    x = (rng.normal(size=(500, 6)) * np.array([3, 1, 1, 0.5, 0.5, 0.2])).astype(np.float32)
+    reg = C.fit_halfspace(x, alpha=0.05, eps=0.3, norm=nrm)
+    xc = x - x.mean(0)
+    w_ref = np.linalg.svd(xc, full_matrices=False)[2][0]
+    assert abs(abs(float(reg.w @ w_ref)) - 1) < 1e-8
+    dual = np.sum(np.abs(reg.w)) if nrm == "linf" else np.linalg.norm(reg.w)
+    assert reg.shift == pytest.approx(0.3 * dual)
+    proj = x.astype(np.float64) @ reg.w
+    m = C.measure(reg, x)
+    assert m.n_risk == np.sum(proj > reg.b) == 25
+    assert m.n_adv == np.sum(proj > reg.b - 0.3 * dual)
+    assert m.adv_risk >= m.risk
+
+
+# ---------------------------------------------------------------------------
+# Soundness: uniform cube (Ding et al. Theorem 2.1)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.15])
+def test_estimates_respect_cube_isoperimetry(eps):
+    kf, kt = jax.random.split(jax.random.key(12))
+    x = data.uniform_cube(kf, 800, d=2)
+    xt = data.uniform_cube(kt, 20000, d=2)
+    regions = [
+        C.fit_rectangles(jax.random.key(0), x, alpha=0.5, eps=eps, n_regions=3, k=10),
+        C.fit_balls(x, alpha=0.5, eps=eps, n_regions=3, delta=0.02),
+        C.fit_halfspace(x, alpha=0.5, eps=eps, norm="l2"),
+        C.fit_halfspace(x, alpha=0.5, eps=eps, norm="linf"),
+    ]
+    for reg in regions:
+        m = C.measure(reg, xt)
+        assert m.risk_ci[0] > 0.3, type(reg).__name__
+        # l_inf expansions contain l2 expansions, so the l2 bound applies to every region here
+        assert m.adv_risk_ci[1] >= ding_cube_bound(m.risk_ci[0], eps), type(reg).__name__
+
+
+# ---------------------------------------------------------------------------
+# Protocol, records, bad input
+# ---------------------------------------------------------------------------
+
+
+def test_protocols_and_records_are_json(digits_train):
+    x = digits_train.flat()
+    xt = data.load("digits", split="test").flat()
+    s_h = C.make_splits(jax.random.key(0), x, xt, protocol="honest", select_size=150)
+    assert s_h.select.shape[0] == 150 and s_h.report.shape[0] == xt.shape[0] - 150
+    assert not set(s_h.select_indices) & set(s_h.report_indices)
+    s_p = C.make_splits(jax.random.key(0), x, xt, protocol="paper")
+    assert s_p.select is s_p.report
+    recs, reg = C.run_rectangles(jax.random.key(1), s_h, alpha=0.05, eps=0.1, n_regions=[3, 5], n_repeats=2,
+                                 dataset="digits", k=10, max_iter=10)
+    assert [r.split for r in recs] == ["fit", "select", "report"]
+    assert len(recs[0].repeats) == 2 and recs[0].T in (3, 5)
+    rb, _ = C.run_balls(s_p, alpha=0.02, eps=1.0, n_regions=2, dataset="digits", list_size=100)
+    rh, _ = C.run_halfspace(s_p, alpha=0.05, eps=1.0, dataset="digits")
+    for r in recs + rb + rh:
+        d = json.loads(json.dumps(r.to_dict()))
+        for f in ("norm", "eps", "alpha", "T", "protocol", "split", "risk", "adv_risk", "risk_ci", "adv_risk_ci",
+                  "seconds", "n"):
+            assert f in d
+        assert d["adv_risk"] >= d["risk"]
+    assert [r.split for r in rb] == ["train", "test"]
+
+
+def test_bad_input_raises_named_errors():
+    x = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
+    key = jax.random.key(0)
+    for a in (0.0, 1.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="^alpha"):
+            C.fit_rectangles(key, x, alpha=a, eps=0.1, n_regions=2, k=5)
+        with pytest.raises(ValueError, match="^alpha"):
+            C.fit_balls(x, alpha=a, eps=0.1, n_regions=2)
+        with pytest.raises(ValueError, match="^alpha"):
+            C.fit_halfspace(x, alpha=a, eps=0.1)
+    with pytest.raises(ValueError, match="^eps"):
+        C.fit_rectangles(key, x, alpha=0.1, eps=-0.1, n_regions=2, k=5)
+    with pytest.raises(ValueError, match="^eps"):
+        C.fit_balls(x, alpha=0.1, eps=-1.0, n_regions=2)
+    with pytest.raises(ValueError, match="^n_regions"):
+        C.fit_rectangles(key, x, alpha=0.1, eps=0.1, n_regions=0, k=5)
+    with pytest.raises(ValueError, match="^n_regions"):
+        C.fit_balls(x, alpha=0.1, eps=0.1, n_regions=0)
+    with pytest.raises(ValueError, match="^k"):
+        C.fit_rectangles(key, x, alpha=0.1, eps=0.1, n_regions=2, k=30)
+    with pytest.raises(ValueError, match="^k"):
+        C.density_ranks(x, k=50)
+    with pytest.raises(ValueError, match="^norm"):
+        C.fit_halfspace(x, alpha=0.1, eps=0.1, norm="l0.5")
+    with pytest.raises(ValueError, match="^norm"):
+        C.density_ranks(x, k=5, norm="cosine")
+    with pytest.raises(ValueError, match="^x"):
+        C.fit_balls(np.full((5, 2), np.nan), alpha=0.1, eps=0.1, n_regions=1)
+    with pytest.raises(ValueError, match="^alpha"):
+        C.fit_balls(x, alpha=0.99, eps=0.1, n_regions=1, delta=0.5)  # target coverage >= N
+    with pytest.raises(ValueError, match="^key"):
+        C.fit_rectangles(0, x, alpha=0.1, eps=0.1, n_regions=2, k=5)
+    with pytest.raises(ValueError, match="^protocol"):
+        C.make_splits(key, x, x, protocol="best")
+    with pytest.raises(ValueError, match="^region"):
+        C.measure(object(), x)
+
+
+def test_single_point_and_tiny_sets():
+    x1 = np.zeros((1, 2), np.float32)
+    with pytest.raises(ValueError, match="^k"):
+        C.density_ranks(x1, k=1)
+    x2 = np.array([[0, 0], [1, 1]], np.float32)
+    reg = C.fit_rectangles(jax.random.key(0), x2, alpha=0.5, eps=0.1, n_regions=3, k=1, q=0.5)
+    assert reg.centers.shape == (1, 2)  # fewer dense points than T: one box
+    m = C.measure(reg, x2)
+    assert (m.n_risk, m.n_adv) == (1, 1)
+    reg0 = C.fit_rectangles(jax.random.key(0), x2, alpha=0.5, eps=0.1, n_regions=1, k=1, q=0.0)
+    assert C.measure(reg0, x2).risk == 1.0  # no box: everything is in the error region
+
+
+def test_real_mnist_subset_sanity(mnist_train, mnist_test):
+    x = mnist_train.flat()[:1500]
+    xt = mnist_test.flat()[:1000]
+    reg = C.fit_rectangles(jax.random.key(0), x, alpha=0.05, eps=0.3, n_regions=5, k=10)
+    m = C.measure(reg, x)
+    assert m.risk >= 0.05 and m.adv_risk >= m.risk
+    balls = C.fit_balls(x, alpha=0.05, eps=1.58, n_regions=3, list_size=256)
+    mb = C.measure(balls, x)
+    assert mb.n_risk == balls.covered[-1] and mb.n_adv == balls.expanded[-1]
+    assert C.measure(balls, xt).adv_risk >= C.measure(balls, xt).risk
+
+
+@pytest.mark.slow
+def test_greedy_balls_equal_bruteforce_larger():
+    rng = np.random.default_rng(13)
+    x = np.concatenate([rng.normal(0, 1, (200, 5)), rng.normal(2, 0.3, (150, 5))]).astype(np.float32)
+    ref = brute_greedy_balls(x, alpha=0.1, eps=0.5, T=6, delta=0.2)
+    reg = C.fit_balls(x, alpha=0.1, eps=0.5, n_regions=6, delta=0.2, list_size=45, precision="float64")
+    _compare_balls(reg, ref)
