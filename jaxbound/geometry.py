@@ -571,14 +571,47 @@ def _radius_setup(x, y, radius, norm, precision):
     return norm, xq, xr, radii, rel
 
 
-def _resolve_band(xq, xr, rows, cols, radii, norm) -> np.ndarray:
-    """Exact float64 decision ``d <= radius`` for the undecided pairs."""
-    keep = np.zeros(rows.size, bool)
-    step = max(1, 2**22 // max(1, xq.shape[1]))
-    for lo in range(0, rows.size, step):
-        r, c = rows[lo: lo + step], cols[lo: lo + step]
-        keep[lo: lo + step] = _exact_norm_rows(xq[r], xr[c], norm) <= radii[r]
-    return keep
+class _BandResolver:
+    """Decides ``d <= radius`` in float64 for the pairs the fast pass could not call.
+
+    Few undecided pairs are recomputed on the host pair by pair. When a block
+    has many (data on a grid, e.g. l-inf on MNIST where most distances are
+    exactly 1), its rows are recomputed at once on the device in float64 with
+    :func:`block_distances`; for l-inf that is bit-exact for float32 inputs
+    (differences of float32 numbers are exact in float64).
+    """
+
+    # A block switches to the dense float64 recomputation above this many undecided pairs.
+    dense_above = 20000
+
+    def __init__(self, xq: np.ndarray, xr: np.ndarray, radii: np.ndarray, norm):
+        self.xq, self.xr, self.radii, self.norm = xq, xr, radii, norm
+        self._xr64 = None
+
+    def __call__(self, offset: int, mr: np.ndarray, mc: np.ndarray) -> np.ndarray:
+        """``keep[i]`` for the undecided pairs ``(offset + mr[i], mc[i])``."""
+        if mr.size > self.dense_above:
+            return self._dense(offset, mr, mc)
+        rows = mr + offset
+        keep = np.zeros(rows.size, bool)
+        step = max(1, 2**22 // max(1, self.xq.shape[1]))
+        for lo in range(0, rows.size, step):
+            r, c = rows[lo: lo + step], mc[lo: lo + step]
+            keep[lo: lo + step] = _exact_norm_rows(self.xq[r], self.xr[c], self.norm) <= self.radii[r]
+        return keep
+
+    def _dense(self, offset, mr, mc):
+        with jax.enable_x64(True):
+            if self._xr64 is None:
+                self._xr64 = jnp.asarray(self.xr, jnp.float64)
+            rows = np.unique(mr)
+            dist = np.asarray(_block_distances64(jnp.asarray(self.xq[offset + rows], jnp.float64), self._xr64,
+                                                 norm=self.norm))
+        pos = np.searchsorted(rows, mr)
+        return dist[pos, mc] <= self.radii[offset + mr]
+
+
+_block_distances64 = jax.jit(block_distances, static_argnames="norm")
 
 
 def radius_pairs(
@@ -617,6 +650,7 @@ def radius_pairs(
     m = xr.shape[0]
     rows_all, cols_all = [], []
     offset = 0
+    resolve = _BandResolver(xq, xr, radii, norm)
 
     def collect(outs, nv):
         nonlocal offset
@@ -624,7 +658,7 @@ def radius_pairs(
         maybe = np.unpackbits(np.asarray(outs[1])[:nv], axis=1, count=m).view(bool)
         mr, mc = np.nonzero(maybe)
         if mr.size:
-            keep = _resolve_band(xq, xr, mr + offset, mc, radii, norm)
+            keep = resolve(offset, mr, mc)
             sure[mr[keep], mc[keep]] = True
         r, c = np.nonzero(sure)
         rows_all.append(r.astype(np.int64) + offset)
@@ -674,6 +708,7 @@ def count_within(
     norm, xq, xr, radii, rel = _radius_setup(x, y, radius, norm, precision)
     m = xr.shape[0]
     offset = 0
+    resolve = _BandResolver(xq, xr, radii, norm)
 
     def collect(outs, nv):
         nonlocal offset
@@ -681,7 +716,7 @@ def count_within(
         maybe = np.unpackbits(np.asarray(outs[1])[:nv], axis=1, count=m).view(bool)
         mr, mc = np.nonzero(maybe)
         if mr.size:
-            keep = _resolve_band(xq, xr, mr + offset, mc, radii, norm)
+            keep = resolve(offset, mr, mc)
             counts += np.bincount(mr[keep], minlength=nv)
         offset += nv
         return (counts,)

@@ -277,6 +277,22 @@ def test_radius_pairs_exact_at_boundary(norm):
         np.testing.assert_array_equal(rp.cols, cc)
 
 
+@pytest.mark.parametrize("norm", ["l1", "l2", "linf"])
+def test_radius_pairs_dense_band_path(norm, monkeypatch):
+    # Many pairs exactly at the radius (grid data): the dense float64 recomputation decides them.
+    monkeypatch.setattr(g._BandResolver, "dense_above", 0)
+    rng = np.random.default_rng(5)
+    x = (rng.integers(0, 3, (40, 6)) / 2.0).astype(np.float32)
+    y = (rng.integers(0, 3, (35, 6)) / 2.0).astype(np.float32)
+    D = ref_dist(x, y, norm)
+    radius = float(np.median(D))
+    rp = g.radius_pairs(x, y, radius=radius, norm=norm, block_size=8)
+    rr, cc = np.nonzero(D <= radius)
+    np.testing.assert_array_equal(rp.rows, rr)
+    np.testing.assert_array_equal(rp.cols, cc)
+    np.testing.assert_array_equal(g.count_within(x, y, radius=radius, norm=norm), (D <= radius).sum(1))
+
+
 def test_radius_pairs_zero_radius_and_empty_result(rng):
     x = rng.random((10, 3)).astype(np.float32)
     rp = g.radius_pairs(x, radius=0.0, norm="l2")
