@@ -1,0 +1,151 @@
+"""Tests for jaxbound.flow: max-flow / min-cut backends and the iterative OptProb core."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import networkx as nx
+import numpy as np
+import pytest
+
+from jaxbound import flow
+
+
+def _random_bipartite(rng, na, nb, density):
+    m = rng.random((na, nb)) < density
+    ea, eb = np.nonzero(m)
+    return ea.astype(np.int64), eb.astype(np.int64)
+
+
+def _brute_cover(na, nb, ea, eb, wa, wb):
+    """Minimum-weight vertex cover by enumeration (tiny graphs)."""
+    w = np.concatenate([wa, wb])
+    best = None
+    for mask in itertools.product([False, True], repeat=na + nb):
+        m = np.array(mask, bool)
+        if np.all(m[ea] | m[na + eb]):
+            val = int(w[m].sum())
+            best = val if best is None else min(best, val)
+    return best
+
+
+@pytest.mark.parametrize("backend", ["scipy", "networkx"])
+def test_max_flow_matches_networkx_value_and_is_a_valid_flow(backend):
+    rng = np.random.default_rng(0)
+    for _ in range(15):
+        na, nb = rng.integers(1, 12, 2)
+        ea, eb = _random_bipartite(rng, na, nb, rng.uniform(0, 0.6))
+        ca, cb = rng.integers(0, 20, na), rng.integers(0, 20, nb)
+        res = flow.bipartite_max_flow(na, nb, ea, eb, ca, cb, backend=backend)
+        # independent value: networkx's Edmonds-Karp on the same network
+        g = nx.DiGraph()
+        for u in range(na):
+            g.add_edge("s", ("a", u), capacity=int(ca[u]))
+        for v in range(nb):
+            g.add_edge(("b", v), "t", capacity=int(cb[v]))
+        for u, v in zip(ea, eb):
+            g.add_edge(("a", int(u)), ("b", int(v)))
+        ref = nx.maximum_flow_value(g, "s", "t", flow_func=nx.algorithms.flow.edmonds_karp)
+        assert res.value == ref
+        # capacity and conservation, exact integers
+        fa, fb, fe = res.flow_a.astype(np.int64), res.flow_b.astype(np.int64), res.flow_e.astype(np.int64)
+        assert np.all(fa >= 0) and np.all(fa <= ca) and np.all(fb >= 0) and np.all(fb <= cb) and np.all(fe >= 0)
+        assert np.array_equal(np.bincount(ea, weights=fe, minlength=na).astype(np.int64), fa)
+        assert np.array_equal(np.bincount(eb, weights=fe, minlength=nb).astype(np.int64), fb)
+        # the cut is a vertex cover whose weight is the flow value (max-flow = min-cut)
+        cover_a, cover_b = ~res.source_a, res.source_b
+        assert np.all(cover_a[ea] | cover_b[eb])
+        assert int(ca[cover_a].sum() + cb[cover_b].sum()) == res.value
+        assert res.backend == backend
+
+
+def test_min_vertex_cover_brute_force():
+    rng = np.random.default_rng(1)
+    for _ in range(25):
+        na, nb = rng.integers(1, 6, 2)
+        ea, eb = _random_bipartite(rng, na, nb, rng.uniform(0, 0.8))
+        wa, wb = rng.integers(0, 7, na), rng.integers(0, 7, nb)
+        cov = flow.min_vertex_cover(na, nb, ea, eb, wa, wb)
+        assert cov.weight == _brute_cover(na, nb, ea, eb, wa, wb)
+        assert np.all(cov.cover_a[ea] | cov.cover_b[eb])
+
+
+def test_minimal_cut_is_the_smallest_source_side():
+    # two symmetric min cuts: {a0} on the source side or not; minimal keeps S empty
+    res = flow.bipartite_max_flow(1, 1, [0], [0], [3], [3])
+    assert res.value == 3 and not res.source_a.any() and not res.source_b.any()
+
+
+def test_edge_order_is_preserved_and_duplicates_rejected():
+    ea = np.array([2, 0, 1, 0])
+    eb = np.array([0, 1, 1, 0])
+    res = flow.bipartite_max_flow(3, 2, ea, eb, [1, 1, 1], [5, 5])
+    fe = res.flow_e.astype(np.int64)
+    # reference in sorted order, mapped back
+    res_sorted = flow.bipartite_max_flow(3, 2, ea[np.lexsort((eb, ea))], eb[np.lexsort((eb, ea))], [1, 1, 1], [5, 5])
+    assert res.value == res_sorted.value == 3
+    assert np.array_equal(np.bincount(ea, weights=fe, minlength=3), [1, 1, 1])
+    with pytest.raises(ValueError, match="^edge_a"):
+        flow.bipartite_max_flow(2, 2, [0, 0], [1, 1], [1, 1], [1, 1])
+
+
+def test_scipy_int32_guard_and_big_integer_backend():
+    big = 2**40
+    with pytest.raises(ValueError, match="^cap_a"):
+        flow.bipartite_max_flow(1, 1, [0], [0], [big], [big + 1], backend="scipy")
+    res = flow.bipartite_max_flow(1, 1, [0], [0], [big], [big + 1], backend="auto")
+    assert res.backend == "networkx" and res.value == big
+    # beyond int64: Python integers stay exact
+    huge = 2**80 + 1
+    ca = np.array([huge, 3], dtype=object)
+    res = flow.bipartite_max_flow(2, 1, [0, 1], [0, 0], ca, np.array([2**81], dtype=object))
+    assert res.value == huge + 3
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="^edge_b"):
+        flow.bipartite_max_flow(2, 2, [0], [2], [1, 1], [1, 1])
+    with pytest.raises(ValueError, match="^edge_a"):
+        flow.bipartite_max_flow(2, 2, [0.5], [1], [1, 1], [1, 1])
+    with pytest.raises(ValueError, match="^cap_a"):
+        flow.bipartite_max_flow(2, 2, [0], [1], [1, -1], [1, 1])
+    with pytest.raises(ValueError, match="^cap_b"):
+        flow.bipartite_max_flow(2, 2, [0], [1], [1, 1], [1.5, 1.0])
+    with pytest.raises(ValueError, match="^backend"):
+        flow.bipartite_max_flow(1, 1, [0], [0], [1], [1], backend="cplex")
+    with pytest.raises(ValueError, match="^w_a"):
+        flow.optprob_parts(1, 1, [0], [0], [0], [0])
+    with pytest.raises(ValueError, match="^n_a"):
+        flow.optprob_parts(-1, 1, [], [], [], [1])
+
+
+def test_optprob_parts_structure_lemma5():
+    """Parts numbered by q_a; every edge goes from part i to part j >= i (Lemma 5.1)."""
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        na, nb = rng.integers(2, 40, 2)
+        ea, eb = _random_bipartite(rng, na, nb, 0.08)
+        wa, wb = rng.integers(1, 9, na), rng.integers(1, 9, nb)
+        parts = flow.optprob_parts(na, nb, ea, eb, wa, wb)
+        assert np.all(parts.part_a[ea] <= parts.part_b[eb])
+        qa, qb = parts.q()
+        ratios = [a / (a + b) for a, b in zip(parts.weight_a, parts.weight_b)]
+        assert ratios == sorted(ratios)
+        # part weights are the sums of their members
+        for i, (wa_i, wb_i) in enumerate(zip(parts.weight_a, parts.weight_b)):
+            assert wa_i == int(wa[parts.part_a == i].sum()) and wb_i == int(wb[parts.part_b == i].sum())
+
+
+def test_optprob_parts_backends_identical():
+    rng = np.random.default_rng(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(5):
+            na, nb = rng.integers(5, 30, 2)
+            ea, eb = _random_bipartite(rng, na, nb, 0.1)
+            wa, wb = rng.integers(0, 5, na), rng.integers(1, 5, nb)
+            p1 = flow.optprob_parts(na, nb, ea, eb, wa, wb, backend="scipy")
+            p2 = flow.optprob_parts(na, nb, ea, eb, wa, wb, backend="networkx")
+            assert np.array_equal(np.concatenate(p1.q()), np.concatenate(p2.q()))
+            assert p1.loss() == p2.loss()
