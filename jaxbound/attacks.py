@@ -1,0 +1,1289 @@
+"""Adversarial attacks as jitted, vmapped, sharded JAX functions.
+
+Every attack takes a plain ``logits_fn(x [n, ...]) -> logits [n, k]`` (any
+Flax model through :func:`jaxbound.models.logits_fn`, or any JAX function),
+inputs ``x [n, ...]`` inside the declared ``bounds`` (default ``(0, 1)``;
+``None`` removes the box), integer labels ``y [n]`` (``None``: the model's own
+predictions) and, where random, an explicit ``jax.random`` key.
+
+Attacks (the papers' evaluation tools):
+
+* :func:`fgm` / :func:`fgsm`: one-step fast gradient attacks (Goodfellow et
+  al.; Finlay et al. 2019, eqs. 3.2-3.4) in ``linf``, ``l2`` or ``l1``.
+* :func:`pgd`: projected gradient ascent (Madry et al.; the l-inf PGD of
+  Ding et al. 2019 §3.2, PGD-l2 of Zhang et al. 2020 and Finlay et al.
+  2019 §5) with random start, restarts, targeted mode, ``bounds=None`` (Ding
+  et al. Table 7, "w/o bound") and a vector of budgets run vmapped, giving a
+  ``[K, n]`` success matrix.
+* :func:`carlini_wagner_l2`: the Carlini-Wagner l2 attack with a binary search
+  on the constant ``c``; :func:`evasive_carlini_wagner` adds Finlay et al.'s
+  (§7) penalty on the squared input-gradient norm to evade gradient-norm
+  detection.
+* :func:`boundary_attack`: the decision-based Boundary attack (Brendel et al.
+  2018), l2.
+* :func:`minimal_adversarial_distance`: per-example minimal adversarial
+  distance by bisection over ``eps`` with PGD.
+
+Conventions:
+
+* ``success`` means misclassified (``argmax logits != y``; targeted:
+  ``== y``). Gradient attacks keep, per example, the first successful iterate
+  (over all steps and restarts); otherwise the iterate of highest attack loss.
+  The clean point itself counts as an iterate of :func:`pgd` only without a
+  random start.
+* Randomness of example ``i`` depends only on ``(key, i)`` (``fold_in``), so
+  results do not change with the batch size, the number of devices or
+  padding.
+* Concrete inputs are cut into batches of ``batch_size`` examples, each split
+  over all local devices with ``jax.shard_map``; outputs are then NumPy arrays
+  on the host. Traced inputs (calling an attack inside ``jax.jit``) run the
+  same kernel directly and return JAX arrays.
+* Integer settings (``steps``, ``restarts``, ...) are static: changing them
+  recompiles. ``logits_fn`` is a static argument hashed by identity: reuse
+  the same function object to reuse compiled kernels.
+* ``logits_fn`` must treat examples independently (no batch statistics).
+* Multi-core CPUs: JAX shows one CPU device by default and XLA spreads one
+  device's work poorly over cores. Setting
+  ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` before JAX
+  starts gives one device per core, and every attack then splits its batches
+  over them (``benchmarks/attacks.py`` measures both settings).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import Mesh, PartitionSpec as P
+
+from jaxbound import _checks
+from jaxbound._io import BlockCheckpoint, fingerprint, to_jsonable
+
+__all__ = [
+    "AttackResult",
+    "MinimalDistance",
+    "fgm",
+    "fgsm",
+    "pgd",
+    "carlini_wagner_l2",
+    "evasive_carlini_wagner",
+    "boundary_attack",
+    "minimal_adversarial_distance",
+    "predict",
+    "perturbation_norms",
+]
+
+_ATTACK_NORMS = ("linf", "l2", "l1")
+_LOSSES = ("ce", "margin")
+_DEFAULT_BATCH = 512
+_TINY = 1e-12
+
+
+# ---------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------
+
+
+class AttackResult(NamedTuple):
+    """Outcome of an attack on ``n`` examples (leading ``[K]`` axis for a vector of eps).
+
+    Attributes:
+      x_adv: ``[n, ...]`` adversarial inputs (the input itself where nothing
+        better was found by minimum-norm attacks).
+      success: ``[n]`` bool, misclassified (targeted: classified as the target).
+      logits: ``[n, k]`` logits at ``x_adv``.
+      l1: ``[n]`` ``||x_adv - x||_1``.
+      l2: ``[n]`` ``||x_adv - x||_2``.
+      linf: ``[n]`` ``||x_adv - x||_inf``.
+    """
+
+    x_adv: Any
+    success: Any
+    logits: Any
+    l1: Any
+    l2: Any
+    linf: Any
+
+    def norm(self, norm: Any) -> Any:
+        """Perturbation norms ``[n]`` in ``"l1" | "l2" | "linf"``."""
+        n = _check_attack_norm(norm)
+        return {"l1": self.l1, "l2": self.l2, "linf": self.linf}[n]
+
+    @property
+    def success_rate(self) -> Any:
+        """Fraction of successful examples (``[K]`` for a vector of eps)."""
+        s = np.asarray(self.success)
+        return s.mean(axis=-1) if s.shape[-1] else np.full(s.shape[:-1], np.nan)
+
+    def to_dict(self, *, include_x_adv: bool = False) -> dict:
+        """JSON-ready summary: success, predictions and norms per example."""
+        out = {
+            "n": int(np.asarray(self.success).shape[-1]),
+            "success_rate": to_jsonable(self.success_rate),
+            "success": to_jsonable(np.asarray(self.success)),
+            "prediction": to_jsonable(np.asarray(self.logits).argmax(-1)),
+            "l1": to_jsonable(self.l1),
+            "l2": to_jsonable(self.l2),
+            "linf": to_jsonable(self.linf),
+        }
+        if include_x_adv:
+            out["x_adv"] = to_jsonable(self.x_adv)
+        return out
+
+
+class MinimalDistance(NamedTuple):
+    """Per-example minimal adversarial distance found by bisection over eps.
+
+    Attributes:
+      distance: ``[n]`` norm of the closest adversarial example found (0 for
+        misclassified inputs, ``inf`` where the attack failed at ``eps_max``).
+        An upper bound on the true minimal distance.
+      lower: ``[n]`` largest eps at which PGD failed (not a certificate).
+      upper: ``[n]`` smallest eps at which PGD succeeded (``eps_max`` if none).
+      attack: :class:`AttackResult` of the closest adversarial examples.
+    """
+
+    distance: Any
+    lower: Any
+    upper: Any
+    attack: AttackResult
+
+    def to_dict(self, *, include_x_adv: bool = False) -> dict:
+        """JSON-ready summary (``inf`` becomes ``null``)."""
+        d = np.asarray(self.distance)
+        return {
+            "n": int(d.shape[0]),
+            "median_distance": to_jsonable(float(np.median(d)) if d.size else None),
+            "distance": to_jsonable(d),
+            "lower": to_jsonable(self.lower),
+            "upper": to_jsonable(self.upper),
+            "attack": self.attack.to_dict(include_x_adv=include_x_adv),
+        }
+
+
+# ---------------------------------------------------------------------------
+# Validation helpers
+# ---------------------------------------------------------------------------
+
+
+def _check_attack_norm(norm: Any, name: str = "norm") -> str:
+    n = _checks.canonical_norm(norm, name)
+    if n not in _ATTACK_NORMS:
+        raise ValueError(f"{name}: attacks support 'linf', 'l2' and 'l1', got {norm!r}")
+    return n
+
+
+def _check_logits_fn(logits_fn: Any) -> None:
+    if not callable(logits_fn):
+        raise ValueError(f"logits_fn: expected a callable x -> logits, got {type(logits_fn).__name__}")
+
+
+def _check_bounds(bounds: Any) -> tuple[float, float] | None:
+    if bounds is None:
+        return None
+    try:
+        lo, hi = bounds
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds: expected None or a pair (low, high), got {bounds!r}") from None
+    lo = _checks.check_scalar(lo, "bounds")
+    hi = _checks.check_scalar(hi, "bounds")
+    if not lo < hi:
+        raise ValueError(f"bounds: need low < high, got ({lo}, {hi})")
+    return (lo, hi)
+
+
+def _check_x(x: Any, bounds, name: str = "x"):
+    if isinstance(x, (jax.Array, np.ndarray, jax.core.Tracer)):
+        arr = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"{name}: cannot be converted to an array ({exc})") from None
+    if not hasattr(arr, "ndim") or arr.ndim < 2:
+        raise ValueError(f"{name}: expected a batch shaped [n, ...] with at least 2 dimensions, "
+                         f"got shape {tuple(getattr(arr, 'shape', ()))}")
+    dt = np.dtype(arr.dtype)
+    if not (np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer)) or dt == np.bool_:
+        raise ValueError(f"{name}: expected real numbers, got dtype {dt}")
+    _checks.check_finite(arr, name)
+    _checks.check_bounds(arr, name, bounds)
+    if _checks.is_concrete(arr):
+        return np.asarray(arr, dtype=np.float32)
+    return arr.astype(jnp.float32)
+
+
+def _num_classes(logits_fn, x) -> int:
+    try:
+        out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct((max(1, x.shape[0]),) + tuple(x.shape[1:]), jnp.float32))
+    except Exception as exc:  # noqa: BLE001 - re-raised with the argument name
+        raise ValueError(f"logits_fn: failed on inputs shaped {tuple(x.shape)}: {exc}") from exc
+    if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != max(1, x.shape[0]):
+        raise ValueError(f"logits_fn: must return logits shaped [n, num_classes], got {getattr(out, 'shape', out)}")
+    if out.shape[1] < 2:
+        raise ValueError(f"logits_fn: needs at least 2 classes, got {out.shape[1]}")
+    return int(out.shape[1])
+
+
+def _check_y(y, n: int, k: int, name: str = "y"):
+    arr = _checks.check_labels(y, name, n=n, num_classes=k)
+    if _checks.is_concrete(arr):
+        return np.asarray(arr).astype(np.int32)
+    return arr.astype(jnp.int32)
+
+
+def _check_eps(eps: Any, name: str = "eps") -> tuple[np.ndarray, bool]:
+    """Scalar or 1-D vector of non-negative finite budgets -> (float64 [K], is_vector)."""
+    if not _checks.is_concrete(eps):
+        raise ValueError(f"{name}: must be concrete numbers, not traced values")
+    arr = np.asarray(eps, dtype=np.float64) if not isinstance(eps, (bool, np.bool_)) else None
+    if arr is None or arr.dtype.kind not in "fiu":
+        raise ValueError(f"{name}: expected a number or a 1-D array of numbers, got {eps!r}")
+    if arr.ndim > 1:
+        raise ValueError(f"{name}: expected a scalar or a 1-D array, got shape {arr.shape}")
+    if arr.ndim == 1 and arr.size == 0:
+        raise ValueError(f"{name}: is an empty array")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: must be finite, got {eps!r}")
+    if np.any(arr < 0):
+        raise ValueError(f"{name}: must be >= 0, got {arr.min()}")
+    return np.atleast_1d(arr).astype(np.float64), arr.ndim == 1
+
+
+def _check_step(step_size: Any, eps: np.ndarray, steps: int, name: str = "step_size") -> np.ndarray:
+    if step_size is None:
+        return 2.5 * eps / steps
+    arr = np.asarray(step_size, dtype=np.float64)
+    if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != eps.shape[0]):
+        raise ValueError(f"{name}: expected a scalar or one value per eps ({eps.shape[0]}), got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{name}: must be positive and finite, got {step_size!r}")
+    return np.broadcast_to(arr, eps.shape).astype(np.float64)
+
+
+def _check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}: must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def _prepare(logits_fn, x, y, bounds, *, targeted: bool, y_name: str = "y"):
+    """Validate the common arguments; fill ``y`` with predictions when None."""
+    _check_logits_fn(logits_fn)
+    bounds = _check_bounds(bounds)
+    x = _check_x(x, bounds)
+    k = _num_classes(logits_fn, x)
+    if not isinstance(targeted, (bool, np.bool_)):
+        raise ValueError(f"targeted: expected a bool, got {targeted!r}")
+    if y is None:
+        if targeted:
+            raise ValueError(f"{y_name}: target labels are required when targeted=True")
+        y = predict(logits_fn, x)
+        y = y.astype(np.int32) if isinstance(y, np.ndarray) else y.astype(jnp.int32)
+    else:
+        y = _check_y(y, x.shape[0], k, y_name)
+    return x, y, bounds, k
+
+
+# ---------------------------------------------------------------------------
+# Batching and sharding
+# ---------------------------------------------------------------------------
+
+
+class _Static:
+    """Hash a callable by identity so that it can be a static jit argument."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __hash__(self):
+        return id(self.fn)
+
+    def __eq__(self, other):
+        return isinstance(other, _Static) and other.fn is self.fn
+
+
+def _freeze(static: dict) -> tuple:
+    return tuple(sorted((k, _Static(v) if callable(v) else v) for k, v in static.items()))
+
+
+def _thaw(items: tuple) -> dict:
+    return {k: (v.fn if isinstance(v, _Static) else v) for k, v in items}
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(core: Callable, static_items: tuple, devices: tuple, n_batch: int, n_rep: int, out_axis: int):
+    fn = functools.partial(core, **_thaw(static_items))
+    if len(devices) == 1:
+        return jax.jit(fn)
+    mesh = Mesh(np.array(devices, dtype=object), ("batch",))
+    out_spec = P(*([None] * out_axis), "batch")
+    return jax.jit(
+        jax.shard_map(
+            fn,
+            mesh=mesh,
+            in_specs=(P("batch"),) * n_batch + (P(),) * n_rep,
+            out_specs=out_spec,
+            check_vma=False,
+        )
+    )
+
+
+def _pad_rows(a: np.ndarray, size: int) -> np.ndarray:
+    if a.shape[0] == size:
+        return a
+    return np.concatenate([a, np.repeat(a[-1:], size - a.shape[0], axis=0)], axis=0)
+
+
+def _key_data(key) -> np.ndarray:
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return np.asarray(jax.random.key_data(key))
+    return np.asarray(key)
+
+
+def _execute(
+    core: Callable,
+    static: dict,
+    batch_args: tuple,
+    rep_args: tuple,
+    *,
+    out_axis: int = 0,
+    batch_size: int | None = None,
+    progress: bool = False,
+    checkpoint: Any = None,
+    desc: str = "attack",
+):
+    """Run ``core(*batch_args, *rep_args, **static)`` over batches and devices.
+
+    Batch arguments are split along axis 0; outputs carry the batch on axis
+    ``out_axis``. Traced inputs call ``core`` directly.
+    """
+    if not all(_checks.is_concrete(a) for a in batch_args + rep_args):
+        return core(*batch_args, *rep_args, **static)
+    devices = tuple(jax.local_devices())
+    ndev = len(devices)
+    n = int(batch_args[0].shape[0])
+    bs = _DEFAULT_BATCH if batch_size is None else _checks.check_int(batch_size, "batch_size", low=1)
+    bs = max(1, min(bs, n))
+    bs = -(-bs // ndev) * ndev
+    fn = _compiled(core, _freeze(static), devices, len(batch_args), len(rep_args), out_axis)
+    batch_args = tuple(np.asarray(a) for a in batch_args)
+
+    ckpt = None
+    start, saved = 0, {}
+    if checkpoint is not None:
+        probe = np.asarray(jax.jit(static["logits_fn"])(batch_args[0][: min(n, 4)]))
+        parts_fp = [desc, repr(sorted((k, v) for k, v in static.items() if k != "logits_fn")), probe]
+        parts_fp += [a for a in batch_args] + [_key_data(a) if hasattr(a, "dtype") else a for a in rep_args]
+        ckpt = BlockCheckpoint(checkpoint, fingerprint(*parts_fp))
+        start, saved = ckpt.load()
+    parts: list[list[np.ndarray]] = []
+    treedef = None
+    if start:
+        chunk_shapes = tuple(jax.ShapeDtypeStruct((bs,) + a.shape[1:], a.dtype) for a in batch_args)
+        treedef = jax.tree.structure(jax.eval_shape(functools.partial(core, **static), *chunk_shapes, *rep_args))
+        parts.append([saved[f"out{i}"] for i in range(treedef.num_leaves)])
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, initial=start, desc=desc, unit="ex", disable=not progress, leave=False)
+    pending: list[list[np.ndarray]] = []
+    saved_to = start
+
+    def flush(stop):
+        nonlocal pending, saved_to
+        if ckpt is not None and pending:
+            seg = [np.concatenate(p) for p in zip(*pending)]
+            ckpt.save(saved_to, stop, {f"out{i}": a for i, a in enumerate(seg)})
+            saved_to, pending = stop, []
+
+    done = start
+    try:
+        for lo in range(start, n, bs):
+            hi = min(n, lo + bs)
+            nv = hi - lo
+            chunk = tuple(_pad_rows(a[lo:hi], bs) for a in batch_args)
+            out = fn(*chunk, *rep_args)
+            treedef = jax.tree.structure(out)
+            leaves = [np.moveaxis(np.asarray(leaf), out_axis, 0)[:nv] for leaf in jax.tree.leaves(out)]
+            parts.append(leaves)
+            pending.append(leaves)
+            done = hi
+            bar.update(nv)
+            if ckpt is not None and ckpt.due():
+                flush(hi)
+    except BaseException:
+        flush(done)  # keep finished batches when interrupted
+        raise
+    finally:
+        bar.close()
+    leaves = [np.moveaxis(np.concatenate(p), 0, out_axis) for p in zip(*parts)]
+    if ckpt is not None:
+        ckpt.remove()
+    return jax.tree.unflatten(treedef, leaves)
+
+
+# ---------------------------------------------------------------------------
+# Shared kernels
+# ---------------------------------------------------------------------------
+
+
+def _bcast(v, x):
+    """Per-example values ``[n]`` broadcast against ``x [n, ...]``."""
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def _flat_norms(delta):
+    d = delta.reshape(delta.shape[0], -1)
+    a = jnp.abs(d)
+    return jnp.sum(a, axis=1), jnp.sqrt(jnp.sum(d * d, axis=1)), jnp.max(a, axis=1, initial=0.0)
+
+
+def _norm_of(delta, norm: str):
+    l1, l2, linf = _flat_norms(delta)
+    return {"l1": l1, "l2": l2, "linf": linf}[norm]
+
+
+def _result(x, x_adv, success, logits) -> AttackResult:
+    l1, l2, linf = _flat_norms(x_adv - x)
+    return AttackResult(x_adv, success, logits, l1, l2, linf)
+
+
+def _is_success(logits, y, targeted: bool):
+    pred = jnp.argmax(logits, axis=-1)
+    return pred == y if targeted else pred != y
+
+
+def _margin(logits, y):
+    """``z_y - max_{j != y} z_j`` per example."""
+    zy = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
+    other = jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=bool), -jnp.inf, logits)
+    return zy - jnp.max(other, axis=1)
+
+
+def _objective(logits, y, *, loss: str, targeted: bool):
+    """Per-example attack objective to maximise."""
+    if loss == "ce":
+        ce = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), y[:, None], axis=1)[:, 0]
+        return -ce if targeted else ce
+    m = _margin(logits, y)
+    return m if targeted else -m
+
+
+def _example_keys(key, idx):
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
+
+
+def _project(delta, eps, norm: str):
+    """Euclidean projection of ``delta [n, ...]`` onto the ``norm`` ball of radius ``eps [n]``."""
+    if norm == "linf":
+        e = _bcast(eps, delta)
+        return jnp.clip(delta, -e, e)
+    flat = delta.reshape(delta.shape[0], -1)
+    if norm == "l2":
+        nrm = jnp.sqrt(jnp.sum(flat * flat, axis=1))
+        factor = jnp.where(nrm > eps, eps / jnp.maximum(nrm, _TINY), 1.0)
+        return delta * _bcast(factor, delta)
+    # l1: sort-based projection (Duchi et al. 2008).
+    a = jnp.abs(flat)
+    inside = jnp.sum(a, axis=1) <= eps
+    u = -jnp.sort(-a, axis=1)
+    css = jnp.cumsum(u, axis=1)
+    j = jnp.arange(1, flat.shape[1] + 1, dtype=flat.dtype)
+    cond = u - (css - eps[:, None]) / j > 0
+    rho = jnp.maximum(jnp.sum(cond, axis=1), 1)
+    theta = (jnp.take_along_axis(css, (rho - 1)[:, None], axis=1)[:, 0] - eps) / rho.astype(flat.dtype)
+    proj = jnp.sign(flat) * jnp.maximum(a - theta[:, None], 0.0)
+    out = jnp.where(inside[:, None], flat, proj)
+    out = jnp.where((eps > 0)[:, None], out, jnp.zeros_like(out))
+    return out.reshape(delta.shape)
+
+
+def _to_box(x, delta, eps, norm, bounds):
+    """``x + delta`` projected onto the eps ball and then clipped to the box (feasible for every norm)."""
+    x_new = x + _project(delta, eps, norm)
+    if bounds is not None:
+        x_new = jnp.clip(x_new, bounds[0], bounds[1])
+    return x_new
+
+
+def _random_start(keys, x, eps, norm: str):
+    """Uniform draws in the ``norm`` ball of radius ``eps`` around 0, one key per example."""
+    shape = x.shape[1:]
+    d = int(np.prod(shape))
+
+    def one(k, e):
+        if norm == "linf":
+            return jax.random.uniform(k, shape, x.dtype, -1.0, 1.0) * e
+        k1, k2 = jax.random.split(k)
+        if norm == "l2":
+            g = jax.random.normal(k1, (d,), x.dtype)
+            r = jax.random.uniform(k2, (), x.dtype) ** (1.0 / d)
+            v = g / jnp.maximum(jnp.linalg.norm(g), _TINY) * r
+        else:  # l1: exponential spacings give a uniform point of the l1 ball
+            ex = jax.random.exponential(k1, (d + 1,), x.dtype)
+            s = jnp.where(jax.random.bernoulli(k2, 0.5, (d,)), 1.0, -1.0).astype(x.dtype)
+            v = s * ex[:d] / jnp.sum(ex)
+        return (v * e).reshape(shape)
+
+    return jax.vmap(one)(keys, eps)
+
+
+def _ascent_direction(g, xa, norm: str, bounds, l1_fraction: float):
+    """Steepest-ascent direction of unit ``norm`` for the gradient ``g``."""
+    if norm == "linf":
+        return jnp.sign(g)
+    flat = g.reshape(g.shape[0], -1)
+    if norm == "l2":
+        nrm = jnp.sqrt(jnp.sum(flat * flat, axis=1, keepdims=True))
+        return (flat / jnp.maximum(nrm, _TINY)).reshape(g.shape)
+    a = jnp.abs(flat)
+    if bounds is not None:
+        xf = xa.reshape(xa.shape[0], -1)
+        blocked = ((xf <= bounds[0]) & (flat < 0)) | ((xf >= bounds[1]) & (flat > 0))
+        a = jnp.where(blocked, 0.0, a)
+    kk = max(1, int(round(l1_fraction * flat.shape[1])))
+    thr = lax.top_k(a, kk)[0][:, -1:]
+    mask = (a >= thr) & (a > 0)
+    cnt = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1).astype(flat.dtype)
+    return (jnp.where(mask, jnp.sign(flat), 0.0) / cnt).reshape(g.shape)
+
+
+# ---------------------------------------------------------------------------
+# One-step attacks
+# ---------------------------------------------------------------------------
+
+
+def _fgm_core(x, y, eps, *, logits_fn, norm, targeted, loss, bounds, l1_fraction):
+    def total(xa):
+        logits = logits_fn(xa)
+        return jnp.sum(_objective(logits, y, loss=loss, targeted=targeted)), logits
+
+    g, _ = jax.grad(total, has_aux=True)(x)
+    step = _bcast(eps, x) * _ascent_direction(g, x, norm, bounds, l1_fraction)
+    x_adv = _to_box(x, step, eps, norm, bounds)
+    logits = logits_fn(x_adv)
+    return _result(x, x_adv, _is_success(logits, y, targeted), logits)
+
+
+def _fgm_core_vec(x, y, eps_nk, **kw):
+    return jax.vmap(lambda e: _fgm_core(x, y, e, **kw), in_axes=1)(eps_nk)
+
+
+def fgm(
+    logits_fn: Callable,
+    x: Any,
+    y: Any = None,
+    *,
+    eps: Any,
+    norm: Any = "l2",
+    targeted: bool = False,
+    bounds: Sequence[float] | None = (0.0, 1.0),
+    loss: str = "ce",
+    l1_fraction: float = 0.05,
+    batch_size: int | None = None,
+) -> AttackResult:
+    """Fast gradient method: one step of size ``eps`` along the steepest-ascent direction.
+
+    Linearising the loss, ``max_{||d|| <= 1} d . grad`` is attained by the
+    signed gradient for ``linf`` (FGSM, Finlay et al. eq. 3.2) and the
+    normalised gradient for ``l2`` (eq. 3.4); for ``l1`` the step is spread
+    over the ``l1_fraction`` largest gradient coordinates (sparse l1 descent).
+    The step is exactly of length ``eps`` before clipping to ``bounds``.
+
+    Args:
+      logits_fn: ``x [n, ...] -> logits [n, k]``.
+      x: ``[n, ...]`` inputs inside ``bounds``.
+      y: ``[n]`` labels (targets when ``targeted``); ``None`` uses the predictions.
+      eps: budget (>= 0), or a 1-D array of ``K`` budgets (results get a leading ``[K]`` axis).
+      norm: ``"linf" | "l2" | "l1"``.
+      targeted: move towards ``y`` instead of away from it.
+      bounds: ``(low, high)`` box of valid inputs, or ``None`` for no box.
+      loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini-Wagner margin).
+      l1_fraction: fraction of coordinates moved by an ``l1`` step.
+      batch_size: examples per device batch group (default 512).
+
+    Returns:
+      :class:`AttackResult`.
+    """
+    norm = _check_attack_norm(norm)
+    loss = _check_choice(loss, "loss", _LOSSES)
+    l1_fraction = _checks.check_scalar(l1_fraction, "l1_fraction", low=0.0, high=1.0, low_inclusive=False)
+    x, y, bounds, _ = _prepare(logits_fn, x, y, bounds, targeted=targeted)
+    eps_k, vector = _check_eps(eps)
+    n = x.shape[0]
+    static = dict(logits_fn=logits_fn, norm=norm, targeted=bool(targeted), loss=loss, bounds=bounds,
+                  l1_fraction=float(l1_fraction))
+    if n == 0:
+        return _empty_result(logits_fn, x, len(eps_k) if vector else None)
+    if vector:
+        eps_nk = np.broadcast_to(eps_k, (n, eps_k.shape[0])).astype(np.float32)
+        return _execute(_fgm_core_vec, static, (x, y, eps_nk), (), out_axis=1, batch_size=batch_size)
+    return _execute(_fgm_core, static, (x, y, np.full(n, eps_k[0], np.float32)), (), batch_size=batch_size)
+
+
+def fgsm(
+    logits_fn: Callable,
+    x: Any,
+    y: Any = None,
+    *,
+    eps: Any,
+    targeted: bool = False,
+    bounds: Sequence[float] | None = (0.0, 1.0),
+    loss: str = "ce",
+    batch_size: int | None = None,
+) -> AttackResult:
+    """Fast gradient sign method: :func:`fgm` with ``norm="linf"`` (Finlay et al. eq. 3.2)."""
+    return fgm(logits_fn, x, y, eps=eps, norm="linf", targeted=targeted, bounds=bounds, loss=loss,
+               batch_size=batch_size)
+
+
+def _empty_result(logits_fn, x, k_vec):
+    k = _num_classes(logits_fn, x)
+    lead = () if k_vec is None else (k_vec,)
+    z = np.zeros(lead + (0,), np.float32)
+    return AttackResult(np.zeros(lead + x.shape, np.float32), np.zeros(lead + (0,), bool),
+                        np.zeros(lead + (0, k), np.float32), z, z.copy(), z.copy())
+
+
+# ---------------------------------------------------------------------------
+# PGD
+# ---------------------------------------------------------------------------
+
+
+def _pgd_core(x, y, idx, eps, step, key, *, logits_fn, norm, steps, restarts, random_start, targeted,
+              loss, bounds, l1_fraction):
+    """PGD on a batch with per-example ``eps [n]`` and ``step [n]``."""
+    n = x.shape[0]
+    keys = _example_keys(key, idx)
+
+    def total(xa):
+        logits = logits_fn(xa)
+        return jnp.sum(_objective(logits, y, loss=loss, targeted=targeted)), logits
+
+    vg = jax.value_and_grad(total, has_aux=True)
+    step_b = _bcast(step, x)
+
+    def track(state, xa, logits):
+        best_x, best_logits, best_obj, found = state
+        obj = _objective(logits, y, loss=loss, targeted=targeted)
+        succ = _is_success(logits, y, targeted)
+        take = (succ & ~found) | (~found & ~succ & (obj > best_obj))
+        best_x = jnp.where(_bcast(take, x), xa, best_x)
+        best_logits = jnp.where(take[:, None], logits, best_logits)
+        best_obj = jnp.where(take, obj, best_obj)
+        return best_x, best_logits, best_obj, found | succ
+
+    def restart(r, state):
+        if random_start:
+            rkeys = jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
+            xa = _to_box(x, _random_start(rkeys, x, eps, norm), eps, norm, bounds)
+        else:
+            xa = x
+
+        def body(_, carry):
+            xa, st = carry
+            (_, logits), g = vg(xa)
+            st = track(st, xa, logits)
+            xa = _to_box(x, xa + step_b * _ascent_direction(g, xa, norm, bounds, l1_fraction) - x, eps, norm, bounds)
+            return xa, st
+
+        xa, state = lax.fori_loop(0, steps, body, (xa, state))
+        return track(state, xa, logits_fn(xa))
+
+    k = jax.eval_shape(logits_fn, x).shape[1]
+    init = (x, jnp.zeros((n, k), jnp.float32), jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), bool))
+    best_x, best_logits, _, found = lax.fori_loop(0, restarts, restart, init)
+    return _result(x, best_x, found, best_logits.astype(jnp.float32))
+
+
+def _pgd_core_vec(x, y, idx, eps_nk, step_nk, key, **kw):
+    return jax.vmap(lambda e, s: _pgd_core(x, y, idx, e, s, key, **kw), in_axes=(1, 1))(eps_nk, step_nk)
+
+
+def pgd(
+    logits_fn: Callable,
+    x: Any,
+    y: Any = None,
+    *,
+    key: Any,
+    eps: Any,
+    norm: Any = "linf",
+    steps: int = 40,
+    step_size: Any = None,
+    random_start: bool = True,
+    restarts: int = 1,
+    targeted: bool = False,
+    bounds: Sequence[float] | None = (0.0, 1.0),
+    loss: str = "ce",
+    l1_fraction: float = 0.05,
+    batch_size: int | None = None,
+    progress: bool = False,
+    checkpoint: Any = None,
+) -> AttackResult:
+    """Projected gradient ascent on the attack loss within an ``eps`` ball (Madry et al.).
+
+    Each step moves ``x_adv`` by ``step_size`` along the steepest-ascent
+    direction of unit ``norm`` (sign of the gradient for ``linf``, normalised
+    gradient for ``l2``, sparse top-coordinate step for ``l1``), projects the
+    perturbation onto the ``eps`` ball and clips to ``bounds`` (a feasible
+    point of the intersection for all three norms). Ding et al.'s MNIST
+    setting is ``eps=0.3, steps=40, step_size=0.01``, ``linf``.
+
+    Args:
+      logits_fn: ``x [n, ...] -> logits [n, k]``.
+      x: ``[n, ...]`` inputs inside ``bounds``.
+      y: ``[n]`` labels (targets when ``targeted``); ``None`` attacks the model's
+        own predictions ("robustness w.r.t. predictions", Ding et al. §3.2).
+      key: ``jax.random`` key (random starts).
+      eps: budget (>= 0), or a 1-D array of ``K`` budgets run vmapped: every
+        field then gets a leading ``[K]`` axis (``success`` is ``[K, n]``).
+      norm: ``"linf" | "l2" | "l1"``.
+      steps: gradient steps per restart (static).
+      step_size: step length, scalar or one per eps; default ``2.5 * eps / steps``.
+      random_start: start from a uniform point of the eps ball (clipped to the box).
+      restarts: independent restarts; per example the first success is kept.
+      targeted: minimise the loss towards the target labels ``y``.
+      bounds: ``(low, high)`` input box or ``None`` (no box: Ding et al. Table 7).
+      loss: ``"ce"`` or ``"margin"``.
+      l1_fraction: fraction of coordinates moved by one ``l1`` step.
+      batch_size: examples per batch group (split over local devices).
+      progress: show a progress bar over batches.
+      checkpoint: optional folder keeping finished batches (saved every 30 s and on
+        interruption) so that a rerun with the same inputs resumes; removed when done.
+
+    Returns:
+      :class:`AttackResult`.
+    """
+    _checks.check_key(key)
+    norm = _check_attack_norm(norm)
+    loss = _check_choice(loss, "loss", _LOSSES)
+    steps = _checks.check_int(steps, "steps", low=1)
+    restarts = _checks.check_int(restarts, "restarts", low=1)
+    if not isinstance(random_start, (bool, np.bool_)):
+        raise ValueError(f"random_start: expected a bool, got {random_start!r}")
+    l1_fraction = _checks.check_scalar(l1_fraction, "l1_fraction", low=0.0, high=1.0, low_inclusive=False)
+    x, y, bounds, _ = _prepare(logits_fn, x, y, bounds, targeted=targeted)
+    eps_k, vector = _check_eps(eps)
+    step_k = _check_step(step_size, eps_k, steps)
+    n = x.shape[0]
+    if n == 0:
+        return _empty_result(logits_fn, x, len(eps_k) if vector else None)
+    static = dict(logits_fn=logits_fn, norm=norm, steps=steps, restarts=restarts, random_start=bool(random_start),
+                  targeted=bool(targeted), loss=loss, bounds=bounds, l1_fraction=float(l1_fraction))
+    idx = np.arange(n, dtype=np.int32) if _checks.is_concrete(x) else jnp.arange(n, dtype=jnp.int32)
+    opts = dict(batch_size=batch_size, progress=progress, checkpoint=checkpoint, desc="pgd")
+    if vector:
+        eps_nk = np.broadcast_to(eps_k, (n, eps_k.shape[0])).astype(np.float32)
+        step_nk = np.broadcast_to(step_k, (n, step_k.shape[0])).astype(np.float32)
+        return _execute(_pgd_core_vec, static, (x, y, idx, eps_nk, step_nk), (key,), out_axis=1, **opts)
+    eps_n = np.full(n, eps_k[0], np.float32)
+    step_n = np.full(n, step_k[0], np.float32)
+    return _execute(_pgd_core, static, (x, y, idx, eps_n, step_n), (key,), **opts)
+
+
+# ---------------------------------------------------------------------------
+# Minimal adversarial distance by bisection
+# ---------------------------------------------------------------------------
+
+
+def _mindist_core(x, y, idx, key, *, logits_fn, norm, eps_max, search_steps, steps, rel_step, restarts,
+                  random_start, targeted, loss, bounds, l1_fraction):
+    n = x.shape[0]
+    pgd_static = dict(logits_fn=logits_fn, norm=norm, steps=steps, restarts=restarts, random_start=random_start,
+                      targeted=targeted, loss=loss, bounds=bounds, l1_fraction=l1_fraction)
+    logits0 = logits_fn(x)
+    clean = _is_success(logits0, y, targeted)
+    hi = jnp.full((n,), eps_max, jnp.float32)
+    r = _pgd_core(x, y, idx, hi, rel_step * hi, jax.random.fold_in(key, 0), **pgd_static)
+    found = r.success & ~clean
+    d0 = _norm_of(r.x_adv - x, norm)
+    best = (jnp.where(_bcast(clean, x), x, r.x_adv), jnp.where(clean[:, None], logits0, r.logits))
+    best_d = jnp.where(clean, 0.0, jnp.where(found, d0, jnp.inf))
+    hi = jnp.where(found, jnp.minimum(hi, d0), hi)
+    lo = jnp.zeros((n,), jnp.float32)
+
+    def body(s, carry):
+        lo, hi, best_x, best_logits, best_d = carry
+        mid = 0.5 * (lo + hi)
+        r = _pgd_core(x, y, idx, mid, rel_step * mid, jax.random.fold_in(key, s + 1), **pgd_static)
+        d = _norm_of(r.x_adv - x, norm)
+        ok = r.success & found
+        better = ok & (d < best_d)
+        best_x = jnp.where(_bcast(better, x), r.x_adv, best_x)
+        best_logits = jnp.where(better[:, None], r.logits, best_logits)
+        best_d = jnp.where(better, d, best_d)
+        hi = jnp.where(ok, jnp.minimum(mid, d), hi)
+        lo = jnp.where(found & ~r.success, mid, lo)
+        return lo, hi, best_x, best_logits, best_d
+
+    lo, hi, best_x, best_logits, best_d = lax.fori_loop(0, search_steps, body, (lo, hi, *best, best_d))
+    lo = jnp.where(clean, 0.0, lo)
+    hi = jnp.where(clean, 0.0, hi)
+    res = _result(x, best_x, found | clean, best_logits)
+    return MinimalDistance(best_d, lo, hi, res)
+
+
+def minimal_adversarial_distance(
+    logits_fn: Callable,
+    x: Any,
+    y: Any = None,
+    *,
+    key: Any,
+    eps_max: float,
+    norm: Any = "l2",
+    search_steps: int = 12,
+    steps: int = 50,
+    rel_step_size: float | None = None,
+    random_start: bool = False,
+    restarts: int = 1,
+    targeted: bool = False,
+    bounds: Sequence[float] | None = (0.0, 1.0),
+    loss: str = "ce",
+    l1_fraction: float = 0.05,
+    batch_size: int | None = None,
+    progress: bool = False,
+    checkpoint: Any = None,
+) -> MinimalDistance:
+    """Per-example minimal adversarial distance: bisection over eps with PGD.
+
+    PGD first runs at ``eps_max``; where it succeeds, ``search_steps``
+    bisection rounds run PGD at the midpoint of ``[lower, upper]`` (all
+    examples in parallel, each with its own eps), shrinking ``upper`` to the
+    norm of the adversarial example found on success and raising ``lower`` on
+    failure. The reported distance is the norm of the closest adversarial
+    example found (Finlay et al. 2019, "median adversarial distance", §5).
+
+    Args:
+      logits_fn: ``x [n, ...] -> logits [n, k]``.
+      x: ``[n, ...]`` inputs inside ``bounds``.
+      y: ``[n]`` labels (targets when ``targeted``); ``None`` uses the predictions.
+      key: ``jax.random`` key.
+      eps_max: largest budget searched (> 0).
+      norm: ``"linf" | "l2" | "l1"``.
+      search_steps: bisection rounds (static); the bracket shrinks by ``2**search_steps``.
+      steps: PGD steps per round (static).
+      rel_step_size: PGD step as a fraction of the current eps (default ``2.5 / steps``).
+      random_start, restarts, targeted, bounds, loss, l1_fraction: as in :func:`pgd`.
+      batch_size, progress, checkpoint: as in :func:`pgd`.
+
+    Returns:
+      :class:`MinimalDistance`.
+    """
+    _checks.check_key(key)
+    norm = _check_attack_norm(norm)
+    loss = _check_choice(loss, "loss", _LOSSES)
+    eps_max = _checks.check_scalar(eps_max, "eps_max", low=0.0, low_inclusive=False)
+    search_steps = _checks.check_int(search_steps, "search_steps", low=0)
+    steps = _checks.check_int(steps, "steps", low=1)
+    restarts = _checks.check_int(restarts, "restarts", low=1)
+    rel = 2.5 / steps if rel_step_size is None else _checks.check_scalar(
+        rel_step_size, "rel_step_size", low=0.0, low_inclusive=False)
+    l1_fraction = _checks.check_scalar(l1_fraction, "l1_fraction", low=0.0, high=1.0, low_inclusive=False)
+    if not isinstance(random_start, (bool, np.bool_)):
+        raise ValueError(f"random_start: expected a bool, got {random_start!r}")
+    x, y, bounds, _ = _prepare(logits_fn, x, y, bounds, targeted=targeted)
+    n = x.shape[0]
+    if n == 0:
+        e = _empty_result(logits_fn, x, None)
+        z = np.zeros(0, np.float32)
+        return MinimalDistance(z, z.copy(), z.copy(), e)
+    static = dict(logits_fn=logits_fn, norm=norm, eps_max=float(eps_max), search_steps=search_steps, steps=steps,
+                  rel_step=float(rel), restarts=restarts, random_start=bool(random_start), targeted=bool(targeted),
+                  loss=loss, bounds=bounds, l1_fraction=float(l1_fraction))
+    idx = np.arange(n, dtype=np.int32) if _checks.is_concrete(x) else jnp.arange(n, dtype=jnp.int32)
+    return _execute(_mindist_core, static, (x, y, idx), (key,), batch_size=batch_size, progress=progress,
+                    checkpoint=checkpoint, desc="minimal distance")
+
+
+# ---------------------------------------------------------------------------
+# Carlini-Wagner l2 (and the evasive variant)
+# ---------------------------------------------------------------------------
+
+
+def _grad_penalty(logits_fn, xa, *, detector: str, dual: str):
+    """Per-example squared dual norm of the detector's input gradient at ``xa``."""
+    if detector == "loss":
+        logits = logits_fn(xa)
+        pred = lax.stop_gradient(jnp.argmax(logits, axis=-1))
+
+        def ce(z):
+            return -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(logits_fn(z)), pred[:, None], axis=1))
+
+        g = jax.grad(ce)(xa)
+        v = _norm_of(g, dual)
+    else:
+        probs_fn = lambda z: jax.nn.softmax(logits_fn(z), axis=-1)  # noqa: E731
+        _, vjp = jax.vjp(probs_fn, xa)
+        k = jax.eval_shape(logits_fn, xa).shape[1]
+        basis = jnp.broadcast_to(jnp.eye(k, dtype=xa.dtype)[:, None, :], (k, xa.shape[0], k))
+        jac = jax.vmap(lambda e: vjp(e)[0])(basis)  # [k, n, ...]
+        v = jnp.max(jax.vmap(lambda g: _norm_of(g, dual))(jac), axis=0)
+    return v * v
+
+
+def _cw_core(x, y, *, logits_fn, targeted, confidence, c_init, c_max, steps, search_steps, learning_rate, bounds,
+             penalty, detector, dual):
+    n = x.shape[0]
+    if bounds is not None:
+        lo, hi = bounds
+        w0 = jnp.arctanh(jnp.clip((x - lo) / (hi - lo) * 2.0 - 1.0, -1.0 + 1e-6, 1.0 - 1e-6))
+
+        def to_x(w):
+            return lo + (hi - lo) * (jnp.tanh(w) + 1.0) * 0.5
+    else:
+        w0 = x
+
+        def to_x(w):
+            return w
+
+    def total(mod, c):
+        xa = to_x(w0 + mod)
+        logits = logits_fn(xa)
+        d2 = jnp.sum(((xa - x) ** 2).reshape(n, -1), axis=1)
+        m = _margin(logits, y)
+        f = -m if targeted else m
+        obj = d2 + c * jnp.maximum(f + confidence, 0.0)
+        if penalty > 0:
+            obj = obj + penalty * _grad_penalty(logits_fn, xa, detector=detector, dual=dual)
+        return jnp.sum(obj), (xa, logits, d2)
+
+    vg = jax.grad(total, has_aux=True)
+    opt = optax.adam(learning_rate)
+    k = jax.eval_shape(logits_fn, x).shape[1]
+
+    def search(s, carry):
+        c, c_lo, c_hi, best_x, best_logits, best_d2 = carry
+        mod = jnp.zeros_like(x)
+        opt_state = opt.init(mod)
+
+        def body(_, st):
+            mod, opt_state, best_x, best_logits, best_d2, hit = st
+            g, (xa, logits, d2) = vg(mod, c)
+            succ = _is_success(logits, y, targeted)
+            better = succ & (d2 < best_d2)
+            best_x = jnp.where(_bcast(better, x), xa, best_x)
+            best_logits = jnp.where(better[:, None], logits, best_logits)
+            best_d2 = jnp.where(better, d2, best_d2)
+            upd, opt_state = opt.update(g, opt_state, mod)
+            return optax.apply_updates(mod, upd), opt_state, best_x, best_logits, best_d2, hit | succ
+
+        init = (mod, opt_state, best_x, best_logits, best_d2, jnp.zeros((n,), bool))
+        _, _, best_x, best_logits, best_d2, hit = lax.fori_loop(0, steps, body, init)
+        c_hi = jnp.where(hit, jnp.minimum(c_hi, c), c_hi)
+        c_lo = jnp.where(hit, c_lo, jnp.maximum(c_lo, c))
+        bracketed = c_hi < c_max
+        c = jnp.where(bracketed, 0.5 * (c_lo + c_hi), jnp.minimum(c * 10.0, c_max))
+        return c, c_lo, c_hi, best_x, best_logits, best_d2
+
+    init = (jnp.full((n,), c_init, jnp.float32), jnp.zeros((n,), jnp.float32), jnp.full((n,), c_max, jnp.float32),
+            x, logits_fn(x).astype(jnp.float32), jnp.full((n,), jnp.inf, jnp.float32))
+    _, _, _, best_x, best_logits, best_d2 = lax.fori_loop(0, search_steps, search, init)
+    return _result(x, best_x, jnp.isfinite(best_d2), best_logits)
+
+
+def carlini_wagner_l2(
+    logits_fn: Callable,
+    x: Any,
+    y: Any = None,
+    *,
+    targeted: bool = False,
+    confidence: float = 0.0,
+    c_init: float = 1e-2,
+    search_steps: int = 9,
+    steps: int = 200,
+    learning_rate: float = 1e-2,
+    bounds: Sequence[float] | None = (0.0, 1.0),
+    batch_size: int | None = None,
+) -> AttackResult:
+    """Carlini-Wagner l2 attack with a per-example binary search on ``c``.
+
+    Minimises ``||x' - x||_2^2 + c * max(z_y - max_{j != y} z_j + kappa, 0)``
+    (targeted: ``max_{j != t} z_j - z_t``) with Adam, in ``tanh`` space when
+    ``bounds`` is given (``x' = low + (high-low)(tanh(w)+1)/2``) and directly
+    in input space for ``bounds=None``. After each of ``search_steps`` rounds
+    of ``steps`` Adam steps, ``c`` is bisected where a success was seen and
+    multiplied by 10 where none was (until bracketed). Returns the smallest-l2
+    successful iterate per example; failures return ``x`` with ``success=False``.
+
+    Args:
+      logits_fn: ``x [n, ...] -> logits [n, k]``.
+      x: ``[n, ...]`` inputs inside ``bounds``.
+      y: labels (targets when ``targeted``); ``None`` uses the predictions.
+      targeted: reach the target class ``y``.
+      confidence: margin ``kappa >= 0`` demanded by the hinge.
+      c_init: initial constant (> 0).
+      search_steps: binary-search rounds on ``c`` (static).
+      steps: Adam steps per round (static).
+      learning_rate: Adam learning rate.
+      bounds: ``(low, high)`` or ``None``.
+      batch_size: examples per batch group.
+
+    Returns:
+      :class:`AttackResult`.
+    """
+    return _cw(logits_fn, x, y, targeted=targeted, confidence=confidence, c_init=c_init, search_steps=search_steps,
+               steps=steps, learning_rate=learning_rate, bounds=bounds, batch_size=batch_size, penalty=0.0,
+               detector="loss", norm="l2")
+
+
+def evasive_carlini_wagner(
+    logits_fn: Callable,
+    x: Any,
+    y: Any = None,
+    *,
+    penalty: float = 1.0,
+    detector: str = "loss",
+    norm: Any = "l2",
+    targeted: bool = False,
+    confidence: float = 0.0,
+    c_init: float = 1e-2,
+    search_steps: int = 9,
+    steps: int = 200,
+    learning_rate: float = 1e-2,
+    bounds: Sequence[float] | None = (0.0, 1.0),
+    batch_size: int | None = None,
+) -> AttackResult:
+    """Evasive Carlini-Wagner attack (Finlay et al. 2019, §7).
+
+    The Carlini-Wagner objective plus ``penalty * ||grad||_*^2`` so that the
+    adversarial example avoids gradient-norm detection:
+
+    * ``detector="loss"``: ``grad_x l(x')`` of the cross-entropy at the model's
+      own (stop-gradient) prediction, the quantity penalised by Finlay et al.;
+    * ``detector="model"``: the model Jacobian norm ``||grad f(x')||_{*,inf} =
+      max_k ||grad_x softmax_k(x')||_*``, the detection statistic of eq. 7.1.
+
+    ``||.||_*`` is the dual of ``norm``. Needs reverse-over-reverse
+    differentiation of ``logits_fn``. Other arguments as in :func:`carlini_wagner_l2`.
+    """
+    penalty = _checks.check_scalar(penalty, "penalty", low=0.0)
+    detector = _check_choice(detector, "detector", ("loss", "model"))
+    return _cw(logits_fn, x, y, targeted=targeted, confidence=confidence, c_init=c_init, search_steps=search_steps,
+               steps=steps, learning_rate=learning_rate, bounds=bounds, batch_size=batch_size, penalty=penalty,
+               detector=detector, norm=norm)
+
+
+def _cw(logits_fn, x, y, *, targeted, confidence, c_init, search_steps, steps, learning_rate, bounds, batch_size,
+        penalty, detector, norm):
+    dual = _checks.dual_norm(_check_attack_norm(norm))
+    confidence = _checks.check_scalar(confidence, "confidence", low=0.0)
+    c_init = _checks.check_scalar(c_init, "c_init", low=0.0, low_inclusive=False)
+    search_steps = _checks.check_int(search_steps, "search_steps", low=1)
+    steps = _checks.check_int(steps, "steps", low=1)
+    learning_rate = _checks.check_scalar(learning_rate, "learning_rate", low=0.0, low_inclusive=False)
+    x, y, bounds, _ = _prepare(logits_fn, x, y, bounds, targeted=targeted)
+    if x.shape[0] == 0:
+        return _empty_result(logits_fn, x, None)
+    static = dict(logits_fn=logits_fn, targeted=bool(targeted), confidence=float(confidence), c_init=float(c_init),
+                  c_max=1e10, steps=steps, search_steps=search_steps, learning_rate=float(learning_rate),
+                  bounds=bounds, penalty=float(penalty), detector=detector, dual=dual)
+    return _execute(_cw_core, static, (x, y), (), batch_size=batch_size, desc="carlini-wagner")
+
+
+# ---------------------------------------------------------------------------
+# Boundary attack (decision-based)
+# ---------------------------------------------------------------------------
+
+
+def _boundary_core(x, y, idx, x_start, has_start, key, *, logits_fn, steps, spherical_step, source_step,
+                   step_adaptation, adapt_every, init_attempts, init_scale, bounds, targeted):
+    n = x.shape[0]
+    shape = x.shape[1:]
+    keys = _example_keys(key, idx)
+
+    def is_adv(z):
+        return _is_success(logits_fn(z), y, targeted)
+
+    def clip(z):
+        return z if bounds is None else jnp.clip(z, bounds[0], bounds[1])
+
+    clean = is_adv(x)
+    # Initial adversarial point: the given start, else random draws.
+    start_ok = has_start & is_adv(x_start)
+
+    def draw(t, carry):
+        cand_x, ok = carry
+        tk = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), t))(keys)
+        if bounds is None:
+            noise = jax.vmap(lambda k: jax.random.normal(k, shape, x.dtype))(tk)
+            z = x + init_scale * noise
+        else:
+            z = jax.vmap(lambda k: jax.random.uniform(k, shape, x.dtype, bounds[0], bounds[1]))(tk)
+        adv = is_adv(z)
+        take = adv & ~ok
+        return jnp.where(_bcast(take, x), z, cand_x), ok | adv
+
+    x0, ok0 = lax.fori_loop(0, init_attempts, draw, (x_start, start_ok))
+    found = clean | ok0
+    # Bisection on the segment from x to the starting point.
+
+    def bisect(_, carry):
+        a_lo, a_hi = carry
+        mid = 0.5 * (a_lo + a_hi)
+        adv = is_adv(x + _bcast(mid, x) * (x0 - x))
+        return jnp.where(adv, a_lo, mid), jnp.where(adv, mid, a_hi)
+
+    _, a_hi = lax.fori_loop(0, 25, bisect, (jnp.zeros((n,)), jnp.ones((n,))))
+    xa = jnp.where(_bcast(clean, x), x, x + _bcast(a_hi, x) * (x0 - x))
+    active = found & ~clean
+
+    def step_fn(t, carry):
+        xa, delta, eps, s1, s2 = carry
+        tk = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 2), t))(keys)
+        diff = (x - xa).reshape(n, -1)
+        dist = jnp.sqrt(jnp.sum(diff * diff, axis=1))
+        safe = jnp.maximum(dist, _TINY)
+        u = diff / safe[:, None]
+        eta = jax.vmap(lambda k: jax.random.normal(k, (diff.shape[1],), x.dtype))(tk)
+        eta = eta - jnp.sum(eta * u, axis=1, keepdims=True) * u
+        eta = eta / jnp.maximum(jnp.linalg.norm(eta, axis=1, keepdims=True), _TINY) * (delta * dist)[:, None]
+        v = -diff + eta  # (xa + eta) - x
+        v = v / jnp.maximum(jnp.linalg.norm(v, axis=1, keepdims=True), _TINY) * dist[:, None]
+        c1 = clip(x + v.reshape(x.shape))
+        c2 = clip(c1 + _bcast(eps, x) * (x - c1))
+        adv1 = is_adv(c1)
+        adv2 = is_adv(c2)
+        d2 = jnp.sqrt(jnp.sum(((c2 - x) ** 2).reshape(n, -1), axis=1))
+        accept = active & adv2 & (d2 < dist)
+        xa = jnp.where(_bcast(accept, x), c2, xa)
+        s1 = s1 + adv1.astype(jnp.float32)
+        s2 = s2 + adv2.astype(jnp.float32)
+        adapt = (t + 1) % adapt_every == 0
+        p1 = s1 / adapt_every
+        p2 = s2 / adapt_every
+        up = step_adaptation
+        new_delta = jnp.where(p1 > 0.5, delta * up, jnp.where(p1 < 0.2, delta / up, delta))
+        new_eps = jnp.where(p1 > 0.5, eps * up, jnp.where(p1 < 0.2, eps / up, eps))
+        new_eps = jnp.where(p2 > 0.5, new_eps * up, jnp.where(p2 < 0.2, new_eps / up, new_eps))
+        delta = jnp.where(adapt, jnp.clip(new_delta, 1e-6, 1.0), delta)
+        eps = jnp.where(adapt, jnp.clip(new_eps, 1e-7, 0.9), eps)
+        s1 = jnp.where(adapt, 0.0, s1)
+        s2 = jnp.where(adapt, 0.0, s2)
+        return xa, delta, eps, s1, s2
+
+    init = (xa, jnp.full((n,), spherical_step, jnp.float32), jnp.full((n,), source_step, jnp.float32),
+            jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.float32))
+    xa = lax.fori_loop(0, steps, step_fn, init)[0]
+    xa = jnp.where(_bcast(found, x), xa, x)
+    return _result(x, xa, found, logits_fn(xa))
+
+
+def boundary_attack(
+    logits_fn: Callable,
+    x: Any,
+    y: Any = None,
+    *,
+    key: Any,
+    steps: int = 1000,
+    spherical_step: float = 0.01,
+    source_step: float = 0.01,
+    step_adaptation: float = 1.5,
+    adapt_every: int = 10,
+    init_attempts: int = 100,
+    init_scale: float = 1.0,
+    starting_points: Any = None,
+    targeted: bool = False,
+    bounds: Sequence[float] | None = (0.0, 1.0),
+    batch_size: int | None = None,
+) -> AttackResult:
+    """Decision-based Boundary attack (Brendel et al. 2018), l2; uses only predicted labels.
+
+    Starts from an adversarial point (``starting_points`` where given and
+    adversarial, else the first of ``init_attempts`` uniform draws in the box
+    -- Gaussian draws of scale ``init_scale`` around ``x`` when ``bounds`` is
+    None -- that is adversarial), bisects the segment towards ``x``, then
+    repeats: a random step orthogonal to ``x - x_adv`` of relative size
+    ``spherical_step`` projected back onto the sphere around ``x``, followed
+    by a step of relative size ``source_step`` towards ``x``; the candidate
+    is kept when it is still adversarial and closer. Every ``adapt_every``
+    steps both step sizes are multiplied or divided by ``step_adaptation``
+    according to the success rates of the orthogonal step (target 20-50%)
+    and of the full step.
+
+    Args:
+      logits_fn: ``x [n, ...] -> logits [n, k]`` (only its argmax is used).
+      x: ``[n, ...]`` inputs inside ``bounds``.
+      y: labels (targets when ``targeted``); ``None`` uses the predictions.
+      key: ``jax.random`` key.
+      steps: iterations (static); two model calls each.
+      spherical_step, source_step: initial relative step sizes.
+      step_adaptation: multiplicative step-size adaptation factor (> 1).
+      adapt_every: window (steps) of the success-rate estimates.
+      init_attempts: random draws for the starting point (static).
+      init_scale: scale of the Gaussian draws when ``bounds`` is None.
+      starting_points: optional ``[n, ...]`` adversarial starting points.
+      targeted: reach the target class ``y``.
+      bounds: ``(low, high)`` or ``None``.
+      batch_size: examples per batch group.
+
+    Returns:
+      :class:`AttackResult` (``success`` False where no adversarial start was found).
+    """
+    _checks.check_key(key)
+    steps = _checks.check_int(steps, "steps", low=1)
+    adapt_every = _checks.check_int(adapt_every, "adapt_every", low=1)
+    init_attempts = _checks.check_int(init_attempts, "init_attempts", low=0)
+    spherical_step = _checks.check_scalar(spherical_step, "spherical_step", low=0.0, low_inclusive=False)
+    source_step = _checks.check_scalar(source_step, "source_step", low=0.0, high=1.0, low_inclusive=False,
+                                       high_inclusive=False)
+    step_adaptation = _checks.check_scalar(step_adaptation, "step_adaptation", low=1.0, low_inclusive=False)
+    init_scale = _checks.check_scalar(init_scale, "init_scale", low=0.0, low_inclusive=False)
+    x, y, bounds, _ = _prepare(logits_fn, x, y, bounds, targeted=targeted)
+    n = x.shape[0]
+    if starting_points is None:
+        xs = np.zeros_like(x) if isinstance(x, np.ndarray) else jnp.zeros_like(x)
+        has = np.zeros(n, bool) if isinstance(x, np.ndarray) else jnp.zeros(n, bool)
+    else:
+        xs = _check_x(starting_points, bounds, "starting_points")
+        if tuple(xs.shape) != tuple(x.shape):
+            raise ValueError(f"starting_points: shape {tuple(xs.shape)} does not match x's {tuple(x.shape)}")
+        has = np.ones(n, bool) if isinstance(x, np.ndarray) else jnp.ones(n, bool)
+    if n == 0:
+        return _empty_result(logits_fn, x, None)
+    static = dict(logits_fn=logits_fn, steps=steps, spherical_step=float(spherical_step),
+                  source_step=float(source_step), step_adaptation=float(step_adaptation), adapt_every=adapt_every,
+                  init_attempts=init_attempts, init_scale=float(init_scale), bounds=bounds, targeted=bool(targeted))
+    idx = np.arange(n, dtype=np.int32) if _checks.is_concrete(x) else jnp.arange(n, dtype=jnp.int32)
+    return _execute(_boundary_core, static, (x, y, idx, xs, has), (key,), batch_size=batch_size,
+                    desc="boundary attack")
+
+
+# ---------------------------------------------------------------------------
+# Small public helpers
+# ---------------------------------------------------------------------------
+
+
+def _predict_core(x, *, logits_fn):
+    return jnp.argmax(logits_fn(x), axis=-1).astype(jnp.int32)
+
+
+def predict(logits_fn: Callable, x: Any, *, batch_size: int | None = None) -> Any:
+    """Predicted labels ``[n]`` (argmax of the logits), batched and sharded like the attacks."""
+    _check_logits_fn(logits_fn)
+    x = _check_x(x, None)
+    if x.shape[0] == 0:
+        return np.zeros(0, np.int32)
+    return _execute(_predict_core, dict(logits_fn=logits_fn), (x,), (), batch_size=batch_size)
+
+
+def perturbation_norms(x: Any, x_adv: Any, norm: Any = "l2") -> Any:
+    """``||x_adv_i - x_i||`` per example, flattening all but the first axis."""
+    n = _check_attack_norm(norm)
+    a = np.asarray(x, np.float64) if _checks.is_concrete(x) else x
+    b = np.asarray(x_adv, np.float64) if _checks.is_concrete(x_adv) else x_adv
+    if a.shape != b.shape:
+        raise ValueError(f"x_adv: shape {tuple(b.shape)} does not match x's {tuple(a.shape)}")
+    d = (b - a).reshape(a.shape[0], -1)
+    xp = np if isinstance(d, np.ndarray) else jnp
+    if n == "l1":
+        return xp.abs(d).sum(axis=1)
+    if n == "l2":
+        return xp.sqrt((d * d).sum(axis=1))
+    return xp.abs(d).max(axis=1, initial=0.0)
