@@ -774,26 +774,6 @@ def _full_rows(xj: jax.Array, rows: np.ndarray, chunk: int) -> jax.Array:
     return jnp.concatenate(parts, axis=1)
 
 
-class _precision:
-    def __init__(self, precision):
-        if precision not in ("float32", "float64"):
-            raise ValueError(f"precision: must be 'float32' or 'float64', got {precision!r}")
-        self.precision = precision
-        self._ctx = None
-
-    def __enter__(self):
-        if self.precision == "float64":
-            self._ctx = jax.enable_x64(True)
-            self._ctx.__enter__()
-            return jnp.float64
-        return jnp.float32
-
-    def __exit__(self, *exc):
-        if self._ctx is not None:
-            return self._ctx.__exit__(*exc)
-        return False
-
-
 def fit_balls(
     x: Any,
     *,
@@ -865,7 +845,7 @@ def fit_balls(
     n_tot = int(math.ceil(N * alpha * (1.0 + delta) - 1e-9))
     if n_tot >= N:
         raise ValueError(f"alpha: target coverage ceil(N alpha (1+delta)) = {n_tot} must be below N = {N}")
-    with _precision(precision) as dt:
+    with geometry._precision_ctx(geometry._check_precision(precision)) as dt:
         if neighbours is None:
             L = min(N - 1, max(list_size, n_tot))
             neighbours = geometry.knn(x, k=L, norm="l2", precision=precision, progress=progress)

@@ -338,8 +338,6 @@ def _prepare(
     *,
     norm: Any,
     precision: str,
-    q_labels: Any = None,
-    r_labels: Any = None,
 ):
     """Validate inputs; return host arrays, canonical norm and whether refs is queries."""
     norm = _checks.canonical_norm(norm)
