@@ -231,17 +231,11 @@ def main():
             for p, job in jobs.items():
                 if job in done:
                     continue
-                recs = [C._record(ds, "balls", "l2", eps, 0.01, T, None, p, name, [C.measure(reg, xs)], [], fit_s,
-                                  {"delta": reg.delta, "n_target": reg.n_target, "balls": int(reg.radii.size),
-                                   "n_exact": reg.n_exact.tolist(), "objective": reg.objective.tolist(),
-                                   "radii": reg.radii.tolist(), "center_indices": reg.center_indices.tolist()})
-                                        for name, xs in C._split_sets(splits[p])]
-                for r in recs:
-                    if r.split in ("train", "fit"):
-                        r.n = N
-                        m = C.measure(reg, fit_x)
-                        r.risk, r.adv_risk, r.risk_ci, r.adv_risk_ci = m.risk, m.adv_risk, m.risk_ci, m.adv_risk_ci
-                        r.repeats = [m.to_dict()]
+                recs = C.records(reg, splits[p], dataset=ds, seconds=fit_s,
+                                 extra={"delta": reg.delta, "n_target": reg.n_target, "balls": int(reg.radii.size),
+                                        "n_exact": reg.n_exact.tolist(), "objective": reg.objective.tolist(),
+                                        "radii": reg.radii.tolist(), "center_indices": reg.center_indices.tolist(),
+                                        "count_bounds": reg.count_bounds})
                 save(job, recs, {"lists_seconds": float(nb["seconds"]), "full_run_seconds": full,
                                  "target_seconds": 1800.0, "n_fit": N, "subset": args.l2_subset is not None})
             print(f"  full l2 run at eps={eps}: {full:.0f}s = lists {float(nb['seconds']):.0f}s + greedy "

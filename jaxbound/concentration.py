@@ -74,6 +74,7 @@ __all__ = [
     "run_rectangles",
     "run_balls",
     "run_halfspace",
+    "records",
 ]
 
 _BIG = np.int32(2**30)
@@ -184,6 +185,7 @@ class Balls(_ToDict):
       n_target: target number of covered fit points.
       n_regions: requested ``T``.
       n_exact: candidate centres evaluated on full distance rows, per ball.
+      count_bounds: whether counting tables pruned the candidates.
     """
 
     centers: np.ndarray
@@ -199,6 +201,7 @@ class Balls(_ToDict):
     n_target: int
     n_regions: int
     n_exact: np.ndarray
+    count_bounds: bool = False
 
     kind = "balls"
     norm = "l2"
@@ -679,7 +682,7 @@ def _row_tables(dist, eps):
 
 
 @functools.partial(jax.jit, static_argnames=("complete",))
-def _eval_rows(idx, S, te, covered, expanded, lo, hi, *, complete):
+def _eval_rows(idx, S, te, covered, expanded, lo, hi, counts=None, *, complete):
     """Greedy objective of candidate centres from their sorted neighbour rows.
 
     A row lists points in ascending distance from the candidate (ties by
@@ -712,7 +715,10 @@ def _eval_rows(idx, S, te, covered, expanded, lo, hi, *, complete):
     else:
         c_ok = te < L - 1
         exact = valid & c_ok & (S < L)
-        lower = jnp.where(c_ok, jnp.where(S < L, obj, ce[:, -1:] - C), -big)
+        beyond = ce[:, -1:] - C
+        if counts is not None:  # tighter bound from the counting tables (see _CountBounds)
+            beyond = jnp.maximum(beyond, _count_lower(*counts, S, ce, C))
+        lower = jnp.where(c_ok, jnp.where(S < L, obj, beyond), -big)
     val = jnp.where(exact, obj, big)
     best = jnp.min(val, axis=1)
     j = jnp.argmin(val, axis=1)
@@ -774,6 +780,83 @@ def _full_rows(xj: jax.Array, rows: np.ndarray, chunk: int) -> jax.Array:
     return jnp.concatenate(parts, axis=1)
 
 
+@functools.partial(jax.jit, static_argnames=("G",))
+def _bucket_counts(q, refs, refs_sq, g0, inv, *, G):
+    """Per-row histogram of squared l2 distances (one GEMM, geometry's kernel) on a uniform grid.
+
+    Bucket ``b`` of a value ``v`` is ``ceil((v - g0) * inv)`` clipped to
+    ``[0, G]``, so bucket ``<= k`` means ``v <= g0 + k / inv`` up to one bucket
+    of rounding (the queries below step one bucket further for safety).
+    """
+    d2 = geometry._l2_sq_gemm(q, refs, refs_sq)
+    b = jnp.clip(jnp.ceil((d2 - g0) * inv), 0, G).astype(jnp.int32)
+    return jax.vmap(lambda r: jnp.bincount(r, length=G + 1))(b)[:, :G]
+
+
+class _CountBounds:
+    """Coarse counting tables that turn truncated neighbour lists into tight objective bounds.
+
+    For large ``eps`` a neighbour list rarely reaches ``r_m + eps``, and the
+    list alone only says ``E >=`` (non-expanded entries of the list). These
+    tables give, for every candidate centre ``c`` and any radius ``R``, a lower
+    bound on ``#{j : d(c, j) <= R}`` (``A``, from one streamed pass over all
+    pairs) and an upper bound on ``#{j expanded : d(c, j) <= R}`` (``X``,
+    updated with each ball's newly expanded points), hence ``E >= A_lo(R) -
+    X_hi(R)``. Both are cumulative histograms of squared distances on a
+    uniform grid; the GEMM rounding band of :mod:`jaxbound.geometry` (the
+    same worst-case bound ``radius_pairs`` uses) and one bucket of slack on
+    each side make the bounds sound for the exact distances.
+    """
+
+    def __init__(self, xj, x_sq, g0, g1, *, grid, chunk, block, progress):
+        from tqdm.auto import tqdm
+
+        N, d = xj.shape
+        self.G = int(grid)
+        self.g0 = float(g0)
+        self.inv = float((self.G - 1) / max(g1 - g0, 1e-12))
+        unit = 2.0**-24 if xj.dtype == jnp.float32 else 2.0**-53
+        self.rel = 4 * (d + 4) * unit + 1e-6  # geometry's band for the GEMM identity, plus rounding of R^2
+        self.sq_max = float(jnp.max(x_sq)) if N else 0.0
+        self.xj, self.x_sq, self.chunk = xj, x_sq, int(chunk)
+        A = np.zeros((N, self.G), np.int32)
+        for s in tqdm(range(0, N, block), desc="count tables", disable=not progress, leave=False):
+            q = xj[s : s + block]
+            h = sum(np.asarray(_bucket_counts(q, xj[c : c + self.chunk], x_sq[c : c + self.chunk],
+                                              self.g0, self.inv, G=self.G))
+                    for c in range(0, N, self.chunk))
+            A[s : s + block] = np.cumsum(h, axis=1)
+        self.A = A
+        self.X = np.zeros((N, self.G), np.int32)
+        self.n_exp = 0
+
+    def add_expanded(self, new_idx: np.ndarray) -> None:
+        """Add newly expanded points to the ``X`` table."""
+        if new_idx.size == 0:
+            return
+        refs = self.xj[jnp.asarray(new_idx)]
+        refs_sq = self.x_sq[jnp.asarray(new_idx)]
+        N = self.xj.shape[0]
+        for s in range(0, N, 4096):
+            h = np.asarray(_bucket_counts(self.xj[s : s + 4096], refs, refs_sq, self.g0, self.inv, G=self.G))
+            self.X[s : s + 4096] += np.cumsum(h, axis=1, dtype=np.int32)
+        self.n_exp += int(new_idx.size)
+
+
+@functools.partial(jax.jit, static_argnames=())
+def _count_lower(dist, A, X, c_sq, n_exp, g0, inv, rel, sq_max, eps, S, ce, C):
+    """Lower bound of the objective ``E - C`` for list entries whose expansion leaves the list."""
+    G = A.shape[1]
+    R2 = jnp.square(dist + eps)
+    tol = rel * (c_sq[:, None] + sq_max) + rel * R2
+    k_lo = jnp.floor((R2 - tol - g0) * inv).astype(jnp.int32) - 1
+    lo_all = jnp.where(k_lo >= 0, jnp.take_along_axis(A, jnp.clip(k_lo, 0, G - 1), axis=1), 0)
+    k_hi = jnp.ceil((R2 + tol - g0) * inv).astype(jnp.int32) + 1
+    hi_exp = jnp.where(k_hi <= G - 1, jnp.take_along_axis(X, jnp.clip(k_hi, 0, G - 1), axis=1), n_exp)
+    E_lo = jnp.maximum(ce[:, -1:], lo_all - hi_exp)
+    return E_lo - C
+
+
 def fit_balls(
     x: Any,
     *,
@@ -787,6 +870,8 @@ def fit_balls(
     block_size: int = 1024,
     exact_block: int = 32,
     chunk: int = 8192,
+    count_bounds: bool | None = None,
+    count_grid: int = 1024,
     progress: bool = False,
 ) -> Balls:
     """Greedy union of ``T`` l2 balls (paper §4.2, Algorithm 2), exact and without an ``N x N`` table.
@@ -811,6 +896,16 @@ def fit_balls(
     sort), which decides the ball. The covered/expanded sets are updated from
     the winner's full row, so ``B(c, r + eps)`` is exact.
 
+    Large ``eps`` (e.g. 4.74 on MNIST): lists seldom reach ``r_m + eps`` and
+    the list bound ``E >= (non-expanded entries of the list)`` prunes almost
+    nothing, so nearly every candidate would need a full row per ball. With
+    ``count_bounds`` one streamed pass over all pairs builds per-point
+    cumulative histograms of squared distances (``count_grid`` buckets), and
+    each ball adds its newly expanded points to a second table; together they
+    bound ``E`` from below for any radius (sound for the exact distances; see
+    ``_CountBounds``), so only near-optimal candidates get full rows. The
+    chosen balls are unchanged: the bounds only prune.
+
     Args:
       x: ``[N, d]`` fit points.
       alpha: risk threshold in ``(0, 1)``.
@@ -825,6 +920,10 @@ def fit_balls(
       block_size: candidate rows per list-evaluation block.
       exact_block: candidate rows per full-row block.
       chunk: columns per :func:`geometry.block_distances` call.
+      count_bounds: build the counting tables (``None``: when more than 5% of
+        the lists end before ``r + eps`` at the first ball's smallest ``m``).
+      count_grid: histogram buckets per point for ``count_bounds`` (memory
+        ``2 N count_grid`` int32).
       progress: show a progress bar over balls.
 
     Returns:
@@ -841,6 +940,9 @@ def fit_balls(
     block_size = _checks.check_int(block_size, "block_size", low=1)
     exact_block = _checks.check_int(exact_block, "exact_block", low=1)
     chunk = _checks.check_int(chunk, "chunk", low=1)
+    count_grid = _checks.check_int(count_grid, "count_grid", low=2)
+    if count_bounds not in (None, True, False):
+        raise ValueError(f"count_bounds: expected None, True or False, got {count_bounds!r}")
     N = x.shape[0]
     n_tot = int(math.ceil(N * alpha * (1.0 + delta) - 1e-9))
     if n_tot >= N:
@@ -860,12 +962,36 @@ def fit_balls(
         xj = jnp.asarray(x, dt)
         # Tables of every list that stay fixed across balls (per-row S and tie ends).
         n_blk = -(-N // block_size)
-        tables = []
+        tables, dblks = [], []
         for s in range(0, N, block_size):
             dblk = jnp.asarray(nd[s : s + block_size], dt)
             if dblk.shape[0] < block_size:
                 dblk = jnp.pad(dblk, ((0, block_size - dblk.shape[0]), (0, 0)), constant_values=jnp.inf)
             tables.append(_row_tables(dblk, eps))
+            dblks.append(dblk)
+        x_sq = jnp.sum(xj * xj, axis=1)
+        if count_bounds is None:
+            lo1 = -(-n_tot // T)
+            count_bounds = bool(np.mean(nd[:, -1] < nd[:, lo1 - 1] + eps) > 0.05)
+        cb = None
+        if count_bounds:
+            g0 = float(nd[:, -1].min()) ** 2 * (1.0 - 1e-3)
+            spread = float(np.sqrt(((x - x.mean(axis=0)) ** 2).sum(axis=1).max()))
+            cb = _CountBounds(xj, x_sq, g0, (2.0 * spread) ** 2 * (1.0 + 1e-3) + 1e-6, grid=count_grid,
+                              chunk=chunk, block=256, progress=progress)
+
+        def counts_for(bi):
+            if cb is None:
+                return None
+            sl = slice(bi * block_size, (bi + 1) * block_size)
+            A_, X_, csq = cb.A[sl], cb.X[sl], x_sq[sl]
+            pad = block_size - A_.shape[0]
+            if pad:
+                A_ = np.pad(A_, ((0, pad), (0, 0)))
+                X_ = np.pad(X_, ((0, pad), (0, 0)))
+                csq = jnp.pad(csq, (0, pad))
+            return (dblks[bi], jnp.asarray(A_), jnp.asarray(X_), csq, jnp.int32(cb.n_exp), jnp.asarray(cb.g0, dt),
+                    jnp.asarray(cb.inv, dt), jnp.asarray(cb.rel, dt), jnp.asarray(cb.sq_max, dt), jnp.asarray(eps, dt))
         iblks = [ni_j[s : s + block_size] for s in range(0, N, block_size)]
         iblks = [jnp.pad(b_, ((0, block_size - b_.shape[0]), (0, 0))) if b_.shape[0] < block_size else b_
                  for b_ in iblks]
@@ -886,7 +1012,7 @@ def fit_balls(
             for bi in range(n_blk):
                 S_, te_ = tables[bi]
                 b_, _, l_ = _eval_rows(iblks[bi], S_, te_, cov_j, exp_j, jnp.int32(lo), jnp.int32(hi),
-                                       complete=False)
+                                       counts_for(bi), complete=False)
                 best[bi * block_size : (bi + 1) * block_size] = np.asarray(b_)
                 low[bi * block_size : (bi + 1) * block_size] = np.asarray(l_)
             best, low = best[:N], low[:N]
@@ -926,6 +1052,8 @@ def fit_balls(
             r = float(row64[j_m])
             in_ball = row64 <= r
             in_exp = row64 <= r + eps
+            if cb is not None:
+                cb.add_expanded(np.nonzero(in_exp & ~expanded)[0])
             covered |= in_ball
             expanded |= in_exp
             out["center"].append(c)
@@ -952,6 +1080,7 @@ def fit_balls(
         n_target=n_tot,
         n_regions=T,
         n_exact=np.asarray(out["n_exact"], np.int64),
+        count_bounds=cb is not None,
     )
 
 
@@ -1196,6 +1325,56 @@ def _split_sets(splits: Splits):
     return [("fit", splits.fit), ("select", splits.select), ("report", splits.report)]
 
 
+def records(
+    regions: Any,
+    splits: Splits,
+    *,
+    dataset: str = "",
+    seconds: float = 0.0,
+    seeds: Sequence[Any] | None = None,
+    extra: dict | None = None,
+) -> list[ConcentrationRecord]:
+    """Measure fitted regions on every split of a protocol: one :class:`ConcentrationRecord` per split.
+
+    Use it to report one fit under several protocols (a ball or half-space
+    fit does not depend on the protocol once ``T`` is fixed) or to record
+    regions fitted outside :func:`run_rectangles` / :func:`run_balls`.
+
+    Args:
+      regions: one region, or a list of repeats of the same kind (same
+        ``eps``, ``alpha``, ``T``) whose measurements are averaged.
+      splits: from :func:`make_splits`; the splits are named ``train``/``test``
+        (paper protocol) or ``fit``/``select``/``report`` (honest protocol).
+      dataset: name stored in the records.
+      seconds: fitting time stored in the records.
+      seeds: one seed per repeat (key data), stored in the records.
+      extra: any JSON-serialisable details stored under ``extra``.
+
+    Returns:
+      A list with one record per split.
+    """
+    regs = list(regions) if isinstance(regions, (list, tuple)) else [regions]
+    if not regs:
+        raise ValueError("regions: give at least one fitted region")
+    kinds = {type(r) for r in regs}
+    if len(kinds) != 1 or not isinstance(regs[0], (Rectangles, Balls, HalfSpace)):
+        raise ValueError(f"regions: expected Rectangles, Balls or HalfSpace of one kind, got {sorted(k.__name__ for k in kinds)}")
+    if not isinstance(splits, Splits):
+        raise ValueError(f"splits: expected a Splits from make_splits, got {type(splits).__name__}")
+    seeds = list(seeds) if seeds is not None else []
+    if seeds and len(seeds) != len(regs):
+        raise ValueError(f"seeds: expected one per region ({len(regs)}), got {len(seeds)}")
+    r0 = regs[0]
+    if isinstance(r0, Rectangles):
+        method, norm, T, q = "rectangles", "linf", r0.n_regions, r0.q
+    elif isinstance(r0, Balls):
+        method, norm, T, q = "balls", "l2", r0.n_regions, None
+    else:
+        method, norm, T, q = "halfspace", str(r0.norm), 1, None
+    return [_record(dataset, method, norm, r0.eps, r0.alpha, T, q, splits.protocol, name,
+                    [measure(r, xs) for r in regs], seeds, seconds, extra) for name, xs in _split_sets(splits)]
+
+
 def run_rectangles(
     key: jax.Array,
     splits: Splits,
@@ -1284,9 +1463,7 @@ def run_balls(
     seconds = time.perf_counter() - t0
     extra = {"delta": reg.delta, "n_target": reg.n_target, "balls": int(reg.radii.size),
              "n_exact": reg.n_exact.tolist(), "T_candidates": [int(t) for t in Ts]}
-    recs = [_record(dataset, "balls", "l2", eps, alpha, T_best, None, splits.protocol, name, [measure(reg, xs)],
-                    [], seconds, extra) for name, xs in _split_sets(splits)]
-    return recs, reg
+    return records(reg, splits, dataset=dataset, seconds=seconds, extra=extra), reg
 
 
 def run_halfspace(
@@ -1296,7 +1473,4 @@ def run_halfspace(
     t0 = time.perf_counter()
     reg = fit_halfspace(splits.fit, alpha=alpha, eps=eps, norm=norm)
     seconds = time.perf_counter() - t0
-    nm = str(reg.norm)
-    recs = [_record(dataset, "halfspace", nm, eps, alpha, 1, None, splits.protocol, name, [measure(reg, xs)], [],
-                    seconds) for name, xs in _split_sets(splits)]
-    return recs, reg
+    return records(reg, splits, dataset=dataset, seconds=seconds), reg

@@ -255,6 +255,23 @@ def test_greedy_balls_equal_bruteforce_continuous(list_size):
     assert m.n_risk >= reg.n_target and m.adv_risk >= m.risk
 
 
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_greedy_balls_count_bounds_prune_without_changing_the_balls(precision):
+    # Large eps and short lists: the lists alone prune little; the counting tables must prune
+    # more and still give exactly the brute-force greedy balls.
+    rng = np.random.default_rng(17)
+    x = np.concatenate([rng.normal(0, 1, (110, 4)), rng.normal(2.5, 0.6, (70, 4))]).astype(np.float32)
+    ref = brute_greedy_balls(x, alpha=0.1, eps=1.5, T=4, delta=0.1)
+    kw = dict(alpha=0.1, eps=1.5, n_regions=4, delta=0.1, list_size=20, precision=precision, block_size=64,
+              exact_block=4)
+    plain = C.fit_balls(x, count_bounds=False, **kw)
+    tight = C.fit_balls(x, count_bounds=True, count_grid=256, **kw)
+    assert tight.count_bounds and not plain.count_bounds
+    _compare_balls(tight, ref)
+    _compare_balls(plain, ref)
+    assert tight.n_exact.sum() < plain.n_exact.sum()
+
+
 def test_greedy_balls_equal_bruteforce_with_ties_float32():
     rng = np.random.default_rng(8)
     x = rng.integers(0, 4, (90, 3)).astype(np.float32)  # duplicates and equal distances
@@ -434,3 +451,24 @@ def test_greedy_balls_equal_bruteforce_larger():
     ref = brute_greedy_balls(x, alpha=0.1, eps=0.5, T=6, delta=0.2)
     reg = C.fit_balls(x, alpha=0.1, eps=0.5, n_regions=6, delta=0.2, list_size=45, precision="float64")
     _compare_balls(reg, ref)
+
+
+def test_records_measure_one_fit_under_both_protocols():
+    rng = np.random.default_rng(21)
+    train = rng.normal(size=(300, 3)).astype(np.float32)
+    test = rng.normal(size=(200, 3)).astype(np.float32)
+    reg = C.fit_halfspace(train, alpha=0.1, eps=0.2, norm="l2")
+    for protocol, names in (("paper", ["train", "test"]), ("honest", ["fit", "select", "report"])):
+        splits = C.make_splits(jax.random.key(0), train, test, protocol=protocol)
+        recs = C.records(reg, splits, dataset="toy", seconds=1.5, extra={"a": 1})
+        assert [r.split for r in recs] == names
+        for r, xs in zip(recs, [splits.fit, splits.select, splits.report] if protocol == "honest"
+                         else [splits.fit, splits.report]):
+            m = C.measure(reg, xs)
+            assert (r.risk, r.adv_risk, r.n) == (m.risk, m.adv_risk, xs.shape[0])
+            assert r.method == "halfspace" and r.extra == {"a": 1} and r.seconds == 1.5
+        json.dumps([r.to_dict() for r in recs])
+    with pytest.raises(ValueError, match="regions"):
+        C.records([], splits)
+    with pytest.raises(ValueError, match="splits"):
+        C.records(reg, (train, test))
