@@ -1,0 +1,265 @@
+"""Intrinsic robustness of ACGAN-generated MNIST (Zhang et al. 2020) on a reduced CPU budget.
+
+Pipeline (every stage is cached under ``--work-dir`` so that a rerun resumes):
+
+1. train the ACGAN of §5.1 on real MNIST (``--gan-steps`` Adam steps of batch 64;
+   the paper trains 25 epochs = 23 425 steps), checkpointed;
+2. local Lipschitz constants per digit (Algorithm 1, Table 1) in the corrected
+   convention (neighbours uniform in the latent ball, ratios in the
+   classifier's [0, 1] pixel space) with the sampling and the gradient-ascent
+   estimators, and in the authors' convention (orthant-cone neighbours,
+   ratios on the [-1, 1] tanh output), at r = 0.5 and a larger radius;
+3. the Theorem 4.4 bound over alpha and eps in {1, 2, 3} (Table 3: 98.2 /
+   97.8 / 97.2 % with the paper's L = 11.0, alpha = 0.015, delta = 0.001);
+4. generated train and test sets; a standard and PGD-l2-trained classifiers
+   (several training lengths: "models produced during robust training");
+5. unconstrained (PGD-l2) versus in-distribution robust accuracy beside the
+   bound (Figure 2);
+6. speed of the vmapped Lipschitz estimator against a one-latent-at-a-time
+   loop in the same run (same keys, so the same numbers).
+
+Writes ``benchmarks/results/generative_mnist.json`` atomically. Run with
+``nice -n 5 python benchmarks/generative_mnist.py`` (``--quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+
+from jaxbound import attacks, data, generative, training  # noqa: E402
+from jaxbound._io import atomic_write_json, to_jsonable  # noqa: E402
+
+PAPER_TABLE1 = {0: 7.9, 1: 8.6, 2: 8.3, 3: 7.8, 4: 10.3, 5: 11.0, 6: 9.5, 7: 7.8, 8: 9.3, 9: 10.9}
+PAPER_TABLE3 = {1.0: 0.982, 2.0: 0.978, 3.0: 0.972}
+EPS = (1.0, 2.0, 3.0)
+
+
+def _data_dir(arg):
+    cands = [arg] if arg else []
+    if os.environ.get("JAXBOUND_DATA_DIR"):
+        cands.append(os.environ["JAXBOUND_DATA_DIR"])
+    cands.append(str(REPO.parent / "shared" / "data"))
+    for c in cands:
+        if c and (Path(c) / "mnist").is_dir():
+            return c
+    return None
+
+
+def _cached(path: Path, fn):
+    if path.is_file():
+        return json.loads(path.read_text())
+    out = to_jsonable(fn())
+    atomic_write_json(path, out)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--work-dir", default="/tmp/issue8_bench")
+    ap.add_argument("--gan-checkpoint", default="/tmp/issue8_acgan")
+    ap.add_argument("--gan-steps", type=int, default=600)
+    ap.add_argument("--n-latents", type=int, default=16)
+    ap.add_argument("--n-neighbors", type=int, default=128)
+    ap.add_argument("--grad-steps", type=int, default=20)
+    ap.add_argument("--n-train", type=int, default=10000)
+    ap.add_argument("--n-test", type=int, default=1000)
+    ap.add_argument("--n-indist", type=int, default=40)
+    ap.add_argument("--pgd", default="3:1,3:4",
+                    help="PGD-l2-trained classifiers as eps:epochs pairs (the paper trains eps=3 for 100 epochs)")
+    ap.add_argument("--quick", action="store_true", help="tiny smoke settings")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "generative_mnist.json"))
+    args = ap.parse_args()
+    if args.quick:
+        args.n_latents, args.n_neighbors, args.grad_steps = 2, 8, 2
+        args.n_train, args.n_test, args.n_indist, args.pgd = 512, 128, 4, "3:1"
+        args.work_dir = args.work_dir + "_quick"
+        args.gan_steps = 0  # use whatever the GAN checkpoint holds
+        args.out = str(Path(args.work_dir) / "generative_mnist_quick.json")
+    ddir = _data_dir(args.data_dir)
+    if ddir is None:
+        print("SKIP: real MNIST IDX files not found (set JAXBOUND_DATA_DIR or --data-dir)")
+        return
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    record = {"benchmark": "generative_mnist", "paper": "Zhang et al. 2020",
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
+                          "devices": [str(d) for d in jax.devices()]},
+              "settings": vars(args)}
+
+    # 1. ACGAN ------------------------------------------------------------------
+    mnist = data.load("mnist", split="train", data_dir=ddir)
+    mnist_test = data.load("mnist", split="test", data_dir=ddir)
+    t0 = time.perf_counter()
+    gan_res = generative.train_acgan(jax.random.key(0), mnist, epochs=25, batch_size=64, max_steps=args.gan_steps,
+                                     checkpoint_dir=args.gan_checkpoint, checkpoint_every=50, progress=True)
+    gan = gan_res.gan
+    info = generative.checkpoint_info(args.gan_checkpoint) or {}
+    record["acgan"] = {"steps": gan_res.steps, "epochs_equivalent": gan_res.steps / gan_res.config["steps_per_epoch"],
+                       "paper_steps": 25 * (60000 // 64), "history": gan_res.history,
+                       "train_seconds_total": info.get("seconds"), "this_run_seconds": time.perf_counter() - t0,
+                       **gan.to_dict()}
+    print(f"ACGAN: {gan_res.steps} steps ({record['acgan']['epochs_equivalent']:.2f} epochs)")
+
+    # 2. Local Lipschitz constants ----------------------------------------------
+    classes = list(range(10))
+    lip_kw = dict(n_latents=args.n_latents, n_neighbors=args.n_neighbors, deltas=(0.001, 0.1, 0.25),
+                  latent_batch=8, neighbor_chunk=64, progress=True)
+    lips = {}
+    for name, g, r, directions, gsteps in [
+        ("corrected_r0.5", gan, 0.5, "ball", args.grad_steps),
+        ("corrected_r1.0", gan, 1.0, "ball", args.grad_steps),
+        ("authors_r0.5", gan.raw, 0.5, "orthant", 0),
+    ]:
+        def run(g=g, r=r, directions=directions, gsteps=gsteps):
+            res = generative.local_lipschitz(jax.random.key(11), g, classes, r=r, latent_dim=gan.latent_dim,
+                                             directions=directions, grad_steps=gsteps, **lip_kw)
+            return res.to_dict(per_latent=True)
+
+        lips[name] = _cached(work / f"lip_{name}_{args.n_latents}_{args.n_neighbors}_{args.grad_steps}.json", run)
+        L = np.asarray(lips[name]["L"])
+        print(f"L {name}: sample {np.round(L[:, 0], 2)} grad {np.round(np.asarray(lips[name]['L_grad'])[:, 0], 2)}")
+    record["lipschitz"] = lips
+    record["lipschitz_table1_comparison"] = {
+        "paper_table1_L": PAPER_TABLE1,
+        "note": "paper: S=1000, N=2000, r=0.5, delta=0.001, orthant-cone neighbours, [-1,1] output, 25-epoch ACGAN",
+        "authors_convention_sampling_delta0.001": lips["authors_r0.5"]["L"],
+        "corrected_sampling_delta0.001": lips["corrected_r0.5"]["L"],
+        "corrected_grad_delta0.001": lips["corrected_r0.5"]["L_grad"],
+    }
+
+    # 3. Bounds ---------------------------------------------------------------------
+    alphas = np.round(np.linspace(0.005, 0.1, 20), 4)
+    p = np.full(10, 0.1)
+    bounds = {"alpha_grid": alphas, "eps": EPS}
+    paper = generative.intrinsic_robustness_bound(eps=EPS, alpha=0.015, L=list(PAPER_TABLE1.values()), p=p,
+                                                  delta=0.001, family="per_class")
+    bounds["paper_L_per_class_alpha0.015"] = {"rob": paper.rob[:, 0], "table3": list(PAPER_TABLE3.values())}
+    for conv, key, est, radii in [("authors", "authors_r0.5", "L", (0.5,)),
+                                  ("corrected_sampling", "corrected", "L", (0.5, 1.0)),
+                                  ("corrected_grad", "corrected", "L_grad", (0.5, 1.0))]:
+        per_eps = {}
+        for e in EPS:
+            chosen = None
+            for r in radii:
+                lk = f"{key}_r{r}" if key != "authors_r0.5" else key
+                L_max = float(np.max(np.asarray(lips[lk][est])[:, 0]))
+                if r * L_max >= e:  # Theorem 4.3's condition r L(r) >= eps
+                    chosen = (r, L_max)
+                    break
+            if chosen is None:
+                per_eps[str(e)] = {"valid": False, "reason": f"r * L_max(r) < eps for r in {radii}"}
+                continue
+            r, L_max = chosen
+            entry = {"valid": True, "r": r, "L_max": L_max}
+            for fam in ("per_class", "F_alpha"):
+                b = generative.intrinsic_robustness_bound(eps=e, alpha=alphas, L=L_max, p=p, delta=0.001,
+                                                          family=fam, r=r)
+                entry[fam] = b.rob[0]
+                entry[f"{fam}_alpha0.015"] = float(
+                    generative.intrinsic_robustness_bound(eps=e, alpha=0.015, L=L_max, p=p, delta=0.001,
+                                                          family=fam).rob[0, 0])
+            per_eps[str(e)] = entry
+        bounds[conv] = per_eps
+    record["bounds"] = bounds
+    for conv in ("authors", "corrected_sampling", "corrected_grad"):
+        print(conv, {e: (round(v.get("per_class_alpha0.015", float("nan")), 4) if v["valid"] else None)
+                     for e, v in bounds[conv].items()})
+
+    # 4. Generated datasets and classifiers ---------------------------------------------
+    gen_train = generative.sample_dataset(jax.random.key(1), gan, n=args.n_train, p=p, progress=True)
+    gen_test = generative.sample_dataset(jax.random.key(2), gan, n=args.n_test, p=p, progress=True)
+    record["generated"] = {"train": gen_train.to_dict(), "test": gen_test.to_dict()}
+    tr_ds, te_ds = gen_train.dataset("acgan_mnist", "train"), gen_test.dataset("acgan_mnist", "test")
+    models = {}
+    cfgs = [("standard", dict(recipe="standard", epochs=4))]
+    for pair in [v for v in args.pgd.split(",") if v]:
+        e_str, ep_str = pair.split(":")
+        e, ep = float(e_str), int(ep_str)
+        cfgs.append((f"pgd_l2_eps{e:g}_epochs{ep}", dict(recipe="pgd", epochs=ep, eps=e, norm="l2", attack_steps=10,
+                                                         attack_step_size=min(0.5, 0.25 * e))))
+    for name, cfg in cfgs:
+        t0 = time.perf_counter()
+        res = training.train(jax.random.key(3), "mlp", tr_ds, batch_size=128, optimizer="adam", learning_rate=1e-3,
+                             checkpoint_dir=str(work / f"clf_{name}_{args.n_train}"), progress=True, **cfg)
+        models[name] = (res, time.perf_counter() - t0)
+
+    # 5. Unconstrained vs in-distribution robustness -------------------------------------
+    evals = {}
+    n_ev = min(args.n_test, 500)
+    x_ev, y_ev = gen_test.images[:n_ev], gen_test.labels[:n_ev]
+    x_in, y_in, z_in = gen_test.images[: args.n_indist], gen_test.labels[: args.n_indist], gen_test.z[: args.n_indist]
+    real_x, real_y = mnist_test.images[:2000], mnist_test.labels[:2000]
+    for name, (res, secs) in models.items():
+        f = res.logits_fn()
+
+        def evaluate(f=f, res=res, secs=secs, name=name):
+            out = {"config": res.to_dict()["config"], "history": res.to_dict()["history"], "train_seconds": secs,
+                   "clean_accuracy_generated": float(np.mean(np.asarray(attacks.predict(f, x_ev)) == y_ev)),
+                   "clean_accuracy_real_mnist": float(np.mean(np.asarray(attacks.predict(f, real_x)) == real_y))}
+            unc = {}
+            for e, step in zip(EPS, (0.1, 0.3, 0.5)):
+                a = attacks.pgd(f, x_ev, y_ev, key=jax.random.key(4), eps=e, norm="l2", steps=20,
+                                step_size=2.5 * e / 20, batch_size=250)
+                unc[str(e)] = float(np.mean((np.asarray(attacks.predict(f, x_ev)) == y_ev) & ~np.asarray(a.success)))
+            out["unconstrained_robust_accuracy"] = unc
+            t0 = time.perf_counter()
+            ind = generative.in_distribution_attack(jax.random.key(5), f, gan, x_in, y_in, eps=np.array(EPS),
+                                                    z_init=z_in, search_steps=3, steps=50, learning_rate=0.01,
+                                                    batch_size=args.n_indist, progress=True)
+            out["in_distribution"] = ind.to_dict()
+            out["in_distribution_seconds"] = time.perf_counter() - t0
+            # The same points' unconstrained robustness, for a like-for-like comparison.
+            sub = {}
+            for e in EPS:
+                a = attacks.pgd(f, x_in, y_in, key=jax.random.key(4), eps=e, norm="l2", steps=20,
+                                step_size=2.5 * e / 20)
+                sub[str(e)] = float(np.mean((np.asarray(attacks.predict(f, x_in)) == y_in) & ~np.asarray(a.success)))
+            out["unconstrained_robust_accuracy_same_points"] = sub
+            return out
+
+        evals[name] = _cached(work / f"eval_{name}_{args.n_train}_{args.n_test}_{args.n_indist}.json", evaluate)
+        ev = evals[name]
+        print(f"{name}: clean {ev['clean_accuracy_generated']:.3f} real {ev['clean_accuracy_real_mnist']:.3f} "
+              f"unc {ev['unconstrained_robust_accuracy_same_points']} in {ev['in_distribution']['robust_accuracy']}")
+    record["classifiers"] = evals
+
+    # 6. Speed: vmapped estimator vs one latent at a time ------------------------------------
+    sp_kw = dict(r=0.5, n_latents=args.n_latents, n_neighbors=args.n_neighbors, deltas=0.001,
+                 latent_dim=gan.latent_dim, grad_steps=0, neighbor_chunk=args.n_neighbors)
+    timings = {}
+    outs = {}
+    for label, lb in [("vmapped_latent_batch16", 16), ("loop_one_latent", 1)]:
+        lb = min(lb, args.n_latents)
+        generative.local_lipschitz(jax.random.key(12), gan, [0], **dict(sp_kw, n_latents=min(lb, args.n_latents)),
+                                   latent_batch=lb)  # compile
+        t0 = time.perf_counter()
+        outs[label] = generative.local_lipschitz(jax.random.key(12), gan, [0], latent_batch=lb, **sp_kw)
+        timings[label] = time.perf_counter() - t0
+    record["lipschitz_speed"] = {
+        "seconds": timings, "speedup_vs_loop": timings["loop_one_latent"] / timings["vmapped_latent_batch16"],
+        "max_abs_difference": float(np.max(np.abs(outs["loop_one_latent"].ratios
+                                                  - outs["vmapped_latent_batch16"].ratios))),
+        "generator_evaluations": args.n_latents * (args.n_neighbors + 1)}
+    print("Lipschitz speed:", record["lipschitz_speed"])
+    record["total_seconds"] = time.perf_counter() - t_start
+    atomic_write_json(args.out, record)
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
