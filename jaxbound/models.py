@@ -18,6 +18,20 @@ Models:
   pool, 5x5 conv (64) + ReLU + 2x2 max pool, fully connected 1024 + ReLU,
   fully connected ``num_classes``. ``widen_factor`` multiplies every width
   (Ding et al. §4.3 use 0.125 ... 4).
+* ``"mlp"``: :class:`MLP`, fully connected ReLU network on the flattened image.
+* ``"smallcnn"``: :class:`SmallCNN`, the seven-layer CNN of Zhang et al.
+  (2020, App. B.1; the TRADES MNIST network): 3x3 conv 32, conv 32, 2x2 max
+  pool, conv 64, conv 64, max pool, fc 200, fc 200, fc ``num_classes``.
+* ``"wong_kolter"``: :class:`WongKolter`, the small network of Wong & Kolter
+  (2018) used by Ding et al. (2019, App. B.2): 4x4 conv 16 stride 2, 4x4
+  conv 32 stride 2, fc 100, fc ``num_classes``, ReLU, no pooling.
+* ``"wideresnet"``: :class:`WideResNet`, WRN-``depth``-``widen_factor``
+  (Zagoruyko & Komodakis 2016; Ding et al.'s CIFAR-10 model is WRN-28-4)
+  with GroupNorm in place of BatchNorm (see the class docstring).
+
+Every model takes ``num_classes`` (default 10) and uses no batch statistics,
+so each example is classified independently of the others in its batch (the
+attacks and :func:`logits_fn` rely on this).
 
 Convolution lowering (``impl``). XLA's CPU backend runs a plain NHWC forward
 convolution at full speed, but the convolutions that automatic
@@ -57,6 +71,10 @@ from jaxbound import _checks
 
 __all__ = [
     "LeNet5",
+    "MLP",
+    "SmallCNN",
+    "WongKolter",
+    "WideResNet",
     "conv2d_same",
     "relu_maxpool2",
     "register",
@@ -112,12 +130,40 @@ def init_params(model: nn.Module, key: Any, input_shape: Sequence[int]) -> Any:
 
     Returns:
       The parameter pytree (``{"params": ...}``) accepted by ``model.apply``.
+      With a concrete key the init is jitted once per (model, shape) and
+      cached (compiled without backend optimisation: it runs once).
     """
     _checks.check_key(key)
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s < 1 for s in shape):
         raise ValueError(f"input_shape: expected positive sizes, got {input_shape!r}")
-    return model.init(key, jnp.zeros((1, *shape), jnp.float32))
+    dummy = jnp.zeros((1, *shape), jnp.float32)
+    if not _checks.is_concrete(key):
+        return model.init(key, dummy)
+    try:
+        cache_key = (model, shape, str(key.dtype), tuple(key.shape))
+        hash(cache_key)
+    except Exception:  # noqa: BLE001 - unhashable module attributes
+        cache_key = None
+    init = _INIT_CACHE.get(cache_key) if cache_key is not None else None
+    if init is None:
+        lowered = jax.jit(model.init).lower(key, dummy)
+        try:
+            init = lowered.compile(compiler_options=_FAST_COMPILE)
+        except Exception:  # noqa: BLE001 - backends without these options
+            init = lowered.compile()
+        if cache_key is not None:
+            if len(_INIT_CACHE) >= 32:
+                _INIT_CACHE.pop(next(iter(_INIT_CACHE)))
+            _INIT_CACHE[cache_key] = init
+    return init(key, dummy)
+
+
+# XLA's CPU backend spends seconds optimising the unrolled threefry hash of
+# every initializer; an init runs once, so it is compiled without backend
+# optimisation (same values up to float rounding of the initializers' math).
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+_INIT_CACHE: dict = {}
 
 
 def logits_fn(model: nn.Module, params: Any) -> Callable[[jax.Array], jax.Array]:
@@ -323,3 +369,232 @@ class LeNet5(nn.Module):
         h = h.reshape(h.shape[0], -1)
         h = jax.nn.relu(nn.Dense(_width(1024, w), name="fc1")(h))
         return nn.Dense(self.num_classes, name="fc2")(h)
+
+
+# ---------------------------------------------------------------------------
+# Further models (issue 6)
+# ---------------------------------------------------------------------------
+
+
+def _validate_common(x, num_classes, std, *, min_hw: int = 1):
+    _checks.check_int(num_classes, "num_classes", low=2)
+    if x.ndim != 4:
+        raise ValueError(f"x: expected images shaped [n, H, W, C], got shape {tuple(x.shape)}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"x: expected floating-point images, got dtype {x.dtype}")
+    if x.shape[1] < min_hw or x.shape[2] < min_hw:
+        raise ValueError(f"x: height and width must be at least {min_hw}, got {tuple(x.shape[1:3])}")
+    s = np.asarray(std, dtype=np.float64)
+    if not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise ValueError(f"std: must be positive and finite, got {std!r}")
+
+
+def _standardise(x, mean, std):
+    return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
+
+
+@register("mlp")
+class MLP(nn.Module):
+    """Fully connected ReLU network on the flattened image.
+
+    ``flatten - [fc(h) - ReLU] for h in hidden - fc(num_classes)``.
+
+    Attributes:
+      num_classes: number of outputs.
+      hidden: widths of the hidden layers (may be empty: a linear model).
+      mean: per-channel (or scalar) mean subtracted inside the model.
+      std: per-channel (or scalar) standard deviation divided inside the model.
+
+    Input: ``[n, H, W, C]`` (or any ``[n, ...]``). Output: ``[n, num_classes]``.
+    """
+
+    num_classes: int = 10
+    hidden: Sequence[int] = (256, 256)
+    mean: Any = 0.0
+    std: Any = 1.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        _checks.check_int(self.num_classes, "num_classes", low=2)
+        if x.ndim < 2 or not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"x: expected floating-point inputs shaped [n, ...], got {x.dtype} {tuple(x.shape)}")
+        for i, h in enumerate(self.hidden):
+            _checks.check_int(h, f"hidden[{i}]", low=1)
+        s = np.asarray(self.std, dtype=np.float64)
+        if not np.all(np.isfinite(s)) or np.any(s <= 0):
+            raise ValueError(f"std: must be positive and finite, got {self.std!r}")
+        h = _standardise(x, self.mean, self.std).reshape(x.shape[0], -1)
+        for i, width in enumerate(self.hidden):
+            h = jax.nn.relu(nn.Dense(int(width), name=f"fc{i + 1}")(h))
+        return nn.Dense(self.num_classes, name="out")(h)
+
+
+@register("smallcnn")
+class SmallCNN(nn.Module):
+    """The seven-layer CNN of Zhang et al. (2020, App. B.1), TRADES' MNIST network.
+
+    ``conv3x3(32) - ReLU - conv3x3(32) - ReLU - maxpool2 - conv3x3(64) - ReLU -
+    conv3x3(64) - ReLU - maxpool2 - fc(200) - ReLU - fc(200) - ReLU -
+    fc(num_classes)`` with ``VALID`` convolutions (28x28 -> 4x4x64 features on
+    MNIST). TRADES' reference network also has dropout (0.5) between the
+    fully connected layers; it is left out here so that the model stays
+    deterministic (``widen_factor`` scales every width).
+
+    Attributes:
+      num_classes: number of outputs.
+      widen_factor: multiplies every width (> 0).
+      mean, std: normalisation inside the model (default none).
+
+    Input: ``[n, H, W, C]`` with ``H, W >= 16``.
+    """
+
+    num_classes: int = 10
+    widen_factor: float = 1.0
+    mean: Any = 0.0
+    std: Any = 1.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        _validate_common(x, self.num_classes, self.std, min_hw=16)
+        w = _checks.check_scalar(self.widen_factor, "widen_factor", low=0.0, low_inclusive=False)
+        h = _standardise(x, self.mean, self.std)
+        for i, (c, pool) in enumerate(((32, False), (32, True), (64, False), (64, True))):
+            h = jax.nn.relu(nn.Conv(_width(c, w), (3, 3), padding="VALID", name=f"conv{i + 1}")(h))
+            if pool:
+                h = nn.max_pool(h, (2, 2), strides=(2, 2), padding="VALID")
+        h = h.reshape(h.shape[0], -1)
+        h = jax.nn.relu(nn.Dense(_width(200, w), name="fc1")(h))
+        h = jax.nn.relu(nn.Dense(_width(200, w), name="fc2")(h))
+        return nn.Dense(self.num_classes, name="fc3")(h)
+
+
+@register("wong_kolter")
+class WongKolter(nn.Module):
+    """The small convolutional network of Wong & Kolter (2018) (Ding et al. 2019, App. B.2).
+
+    ``conv4x4(16, stride 2, pad 1) - ReLU - conv4x4(32, stride 2, pad 1) - ReLU
+    - fc(100) - ReLU - fc(num_classes)``, no pooling (28x28 -> 7x7x32 on MNIST).
+
+    Attributes:
+      num_classes: number of outputs.
+      widen_factor: multiplies every width (> 0).
+      mean, std: normalisation inside the model (default none).
+
+    Input: ``[n, H, W, C]`` with ``H, W >= 4``.
+    """
+
+    num_classes: int = 10
+    widen_factor: float = 1.0
+    mean: Any = 0.0
+    std: Any = 1.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        _validate_common(x, self.num_classes, self.std, min_hw=4)
+        w = _checks.check_scalar(self.widen_factor, "widen_factor", low=0.0, low_inclusive=False)
+        h = _standardise(x, self.mean, self.std)
+        h = jax.nn.relu(nn.Conv(_width(16, w), (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), name="conv1")(h))
+        h = jax.nn.relu(nn.Conv(_width(32, w), (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), name="conv2")(h))
+        h = h.reshape(h.shape[0], -1)
+        h = jax.nn.relu(nn.Dense(_width(100, w), name="fc1")(h))
+        return nn.Dense(self.num_classes, name="fc2")(h)
+
+
+def _group_norm(channels: int, name: str) -> nn.Module:
+    groups = 1
+    for g in (32, 16, 8, 4, 2, 1):
+        if channels % g == 0 and channels // g >= 2 or g == 1:
+            groups = g
+            break
+    return nn.GroupNorm(num_groups=groups, name=name)
+
+
+class _WideBlock(nn.Module):
+    """Pre-activation wide basic block: norm-ReLU-conv3x3-norm-ReLU-conv3x3 + shortcut."""
+
+    features: int
+    stride: int
+    norm: str
+
+    @nn.compact
+    def __call__(self, x):
+        def act(h, name):
+            if self.norm == "group":
+                h = _group_norm(h.shape[-1], name)(h)
+            return jax.nn.relu(h)
+
+        o = act(x, "norm1")
+        shortcut = x
+        if x.shape[-1] != self.features or self.stride != 1:
+            shortcut = nn.Conv(self.features, (1, 1), strides=(self.stride, self.stride), use_bias=False,
+                               name="shortcut")(o)
+        h = nn.Conv(self.features, (3, 3), strides=(self.stride, self.stride), padding=((1, 1), (1, 1)),
+                    use_bias=False, name="conv1")(o)
+        h = act(h, "norm2")
+        h = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name="conv2")(h)
+        return h + shortcut
+
+
+@register("wideresnet")
+class WideResNet(nn.Module):
+    """Wide residual network WRN-``depth``-``widen_factor`` (Zagoruyko & Komodakis 2016).
+
+    Ding et al. (2019, App. B.1) train WRN-28-4 on CIFAR-10 with per-image
+    standardisation. Structure: conv3x3(16), three groups of ``(depth - 4) / 6``
+    pre-activation basic blocks with widths ``16k, 32k, 64k`` (strides 1, 2,
+    2), norm - ReLU - global average pool - fc(num_classes).
+
+    Deviation: BatchNorm is replaced by GroupNorm (``norm="group"``, default;
+    or ``"none"``). BatchNorm in training mode mixes the examples of a batch,
+    which the attacks and the training recipes here must not see; GroupNorm
+    normalises each example on its own.
+
+    Attributes:
+      num_classes: number of outputs.
+      depth: total depth, ``6 m + 4`` for ``m >= 1`` blocks per group (28 in Ding et al.).
+      widen_factor: width multiplier ``k`` (4 in Ding et al.; 0.25 and 1 in §4.3).
+      norm: ``"group"`` or ``"none"``.
+      standardize: ``"per_image"`` (subtract each image's mean, divide by
+        ``max(std, 1/sqrt(H W C))``, as ``tf.image.per_image_standardization``)
+        or ``"none"`` (then ``mean``/``std`` apply).
+      mean, std: normalisation inside the model when ``standardize="none"``.
+
+    Input: ``[n, H, W, C]`` with ``H, W >= 4``.
+    """
+
+    num_classes: int = 10
+    depth: int = 28
+    widen_factor: float = 4.0
+    norm: str = "group"
+    standardize: str = "per_image"
+    mean: Any = 0.0
+    std: Any = 1.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        _validate_common(x, self.num_classes, self.std, min_hw=4)
+        depth = _checks.check_int(self.depth, "depth", low=10)
+        if (depth - 4) % 6:
+            raise ValueError(f"depth: must be 6 m + 4 (10, 16, 22, 28, ...), got {depth}")
+        k = _checks.check_scalar(self.widen_factor, "widen_factor", low=0.0, low_inclusive=False)
+        if self.norm not in ("group", "none"):
+            raise ValueError(f"norm: must be 'group' or 'none', got {self.norm!r}")
+        if self.standardize == "per_image":
+            d = x.shape[1] * x.shape[2] * x.shape[3]
+            m = jnp.mean(x, axis=(1, 2, 3), keepdims=True)
+            s = jnp.std(x, axis=(1, 2, 3), keepdims=True)
+            h = (x - m) / jnp.maximum(s, 1.0 / np.sqrt(d))
+        elif self.standardize == "none":
+            h = _standardise(x, self.mean, self.std)
+        else:
+            raise ValueError(f"standardize: must be 'per_image' or 'none', got {self.standardize!r}")
+        m_blocks = (depth - 4) // 6
+        h = nn.Conv(16, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name="conv0")(h)
+        for g, (base, stride) in enumerate(((16, 1), (32, 2), (64, 2))):
+            for b in range(m_blocks):
+                h = _WideBlock(_width(base, k), stride if b == 0 else 1, self.norm, name=f"group{g + 1}_block{b + 1}")(h)
+        if self.norm == "group":
+            h = _group_norm(h.shape[-1], "norm_final")(h)
+        h = jax.nn.relu(h)
+        h = jnp.mean(h, axis=(1, 2))
+        return nn.Dense(self.num_classes, name="fc")(h)

@@ -1,0 +1,277 @@
+"""Training throughput: jaxbound.training.train on LeNet5/MNIST against an equivalent PyTorch loop.
+
+Measures optimiser steps per second for two recipes on Ding et al.'s LeNet5
+(widen factor 1, App. B.1), Adam, batch 50, MNIST training images:
+
+* ``standard``: cross-entropy on clean batches;
+* ``pgd``: PGD adversarial training (l-inf eps = 0.3, ``--attack-steps`` steps of
+  ``--attack-step-size``, uniform random start, [0, 1] box, last iterate), the
+  recipe of Madry et al. / Ding et al. (who use 40 steps of 0.01).
+
+Side by side in the same run:
+
+* ``jax_1dev``: :func:`jaxbound.training.train` (one whole call per round:
+  shuffling, the jitted step, host-to-device copies, the per-epoch evaluation
+  on 50 images) on JAX's default single CPU device;
+* ``jax``: the same with one host device per core
+  (``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>``): ``train``
+  splits every batch over the devices with ``NamedSharding``;
+* ``torch``: the equivalent PyTorch CPU loop (same architecture and
+  initial weights, ``torch.optim.Adam``, the same PGD), all threads.
+
+Each framework runs in its own worker process, compiled/warmed up before
+timing; rounds alternate between the workers and medians are reported, so a
+shared, noisy machine affects them alike. CPU time (all threads) is recorded
+as well (``steps_per_cpu_s``), and the load average.
+
+Usage:
+  nice -n 5 python benchmarks/training.py            # a few minutes on 2 shared cores
+  python benchmarks/training.py --quick              # smoke test
+
+Writes ``benchmarks/results/training_<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def data_dir() -> Path | None:
+    env = os.environ.get("JAXBOUND_DATA_DIR")
+    for c in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+        if (c / "mnist").is_dir():
+            return c
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Workers
+# ---------------------------------------------------------------------------
+
+
+def _jax_worker(args, z):
+    import jax
+
+    from jaxbound import models, training
+
+    model = models.create("lenet5")
+    x, y = z["x"], z["y"]
+    ev = (x[:50], y[:50])
+
+    def run(recipe, n_steps, i):
+        kw = dict(eps=args.eps, attack_steps=args.attack_steps, attack_step_size=args.attack_step_size) \
+            if recipe == "pgd" else {}
+        n = n_steps * args.batch_size
+        r = training.train(jax.random.key(i), model, (x[:n], y[:n]), recipe=recipe, epochs=1,
+                           batch_size=args.batch_size, learning_rate=1e-4, eval_data=ev, eval_eps=0.0,
+                           progress=False, **kw)
+        assert r.steps == n_steps
+        return r.history[-1]["loss"]
+
+    info = {"jax": jax.__version__, "devices": len(jax.local_devices())}
+    return run, info
+
+
+def _torch_worker(args, z):
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 32, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(32, 64, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(7 * 7 * 64, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10),
+    )
+    with torch.no_grad():
+        for idx, name in ((0, "conv1"), (3, "conv2")):
+            net[idx].weight.copy_(torch.tensor(z[f"{name}_kernel"]).permute(3, 2, 0, 1))
+            net[idx].bias.copy_(torch.tensor(z[f"{name}_bias"]))
+        # Flax flattens NHWC, PyTorch NCHW: permute fc1's input rows accordingly.
+        w = z["fc1_kernel"].reshape(7, 7, 64, 1024).transpose(2, 0, 1, 3).reshape(-1, 1024)
+        net[7].weight.copy_(torch.tensor(w).T)
+        net[7].bias.copy_(torch.tensor(z["fc1_bias"]))
+        net[9].weight.copy_(torch.tensor(z["fc2_kernel"]).T)
+        net[9].bias.copy_(torch.tensor(z["fc2_bias"]))
+    state0 = {k: v.clone() for k, v in net.state_dict().items()}
+    x_all = torch.tensor(z["x"]).permute(0, 3, 1, 2).contiguous()
+    y_all = torch.tensor(z["y"]).long()
+
+    def attack(x, y, gen):
+        eps, step = args.eps, args.attack_step_size
+        xa = (x + torch.empty_like(x).uniform_(-eps, eps, generator=gen)).clamp(0, 1)
+        for _ in range(args.attack_steps):
+            xa.requires_grad_(True)
+            loss = F.cross_entropy(net(xa), y, reduction="sum")
+            (g,) = torch.autograd.grad(loss, xa)
+            with torch.no_grad():
+                xa = torch.min(torch.max(xa + step * g.sign(), x - eps), x + eps).clamp(0, 1)
+        return xa.detach()
+
+    def run(recipe, n_steps, i):
+        net.load_state_dict(state0)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+        gen = torch.Generator().manual_seed(i)
+        n = n_steps * args.batch_size
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for s in range(n_steps):
+            idx = perm[s * args.batch_size:(s + 1) * args.batch_size]
+            xb, yb = x_all[idx], y_all[idx]
+            if recipe == "pgd":
+                xb = attack(xb, yb, gen)
+            opt.zero_grad()
+            loss = F.cross_entropy(net(xb), yb)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        return total / n_steps
+
+    return run, {"torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def worker_main(args):
+    z = dict(np.load(args.data))
+    run, info = (_torch_worker if args.worker == "torch" else _jax_worker)(args, z)
+    plan = (("standard", args.steps_standard), ("pgd", args.steps_pgd))
+    for recipe, n in plan:  # warm-up: compiles the jitted steps
+        run(recipe, min(n, 2), 10_000)
+    print(json.dumps({"ready": True, **info}), flush=True)
+    for i, line in enumerate(sys.stdin):
+        if line.strip() != "go":
+            break
+        out = {}
+        for recipe, n in plan:
+            c0, t0 = time.process_time(), time.perf_counter()
+            loss = run(recipe, n, i)
+            out[recipe] = {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+                           "steps": n, "loss": loss}
+        print(json.dumps(out), flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps-standard", type=int, default=60)
+    ap.add_argument("--steps-pgd", type=int, default=6)
+    ap.add_argument("--attack-steps", type=int, default=40)
+    ap.add_argument("--attack-step-size", type=float, default=0.01)
+    ap.add_argument("--eps", type=float, default=0.3)
+    ap.add_argument("--batch-size", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--worker", choices=["jax", "torch"], default=None)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.steps_standard, args.steps_pgd, args.attack_steps, args.rounds = 5, 2, 3, 1
+    if args.worker:
+        return worker_main(args)
+
+    root = data_dir()
+    if root is None:
+        print("MNIST IDX files not found (set JAXBOUND_DATA_DIR or place them in ../shared/data); skipping")
+        return 0
+    import jax
+
+    from jaxbound import data, models
+    from jaxbound._io import atomic_write_json
+
+    tr = data.load("mnist", split="train", data_dir=root)
+    n = max(args.steps_standard, args.steps_pgd) * args.batch_size
+    params = models.init_params(models.create("lenet5"), jax.random.key(0), (28, 28, 1))["params"]
+    flat = {f"{layer}_{k}": np.asarray(v) for layer, d in params.items() for k, v in d.items()}
+    tmp = tempfile.mkdtemp(prefix="issue6_bench_")
+    path = os.path.join(tmp, "data.npz")
+    np.savez(path, x=tr.images[:n], y=tr.labels[:n].astype(np.int32), **flat)
+
+    cores = os.cpu_count() or 1
+    common = [sys.executable, __file__, "--data", path, "--steps-standard", str(args.steps_standard),
+              "--steps-pgd", str(args.steps_pgd), "--attack-steps", str(args.attack_steps),
+              "--attack-step-size", str(args.attack_step_size), "--eps", str(args.eps),
+              "--batch-size", str(args.batch_size)]
+    specs = {
+        "jax": (["--worker", "jax"], {"XLA_FLAGS": f"--xla_force_host_platform_device_count={cores}"}),
+        "jax_1dev": (["--worker", "jax"], {"XLA_FLAGS": ""}),
+        "torch": (["--worker", "torch"], {}),
+    }
+    procs, infos = {}, {}
+    for name, (extra, env_extra) in specs.items():
+        env = dict(os.environ, JAX_PLATFORMS="cpu", **env_extra)
+        p = subprocess.Popen(common + extra, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                             cwd=REPO)
+        procs[name] = p
+    for name, p in procs.items():
+        line = p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {name} failed to start")
+        infos[name] = json.loads(line)
+        print(name, "ready", infos[name], flush=True)
+    times: dict = {name: {"standard": [], "pgd": []} for name in procs}
+    for r in range(args.rounds):
+        for name, p in procs.items():
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            out = json.loads(p.stdout.readline())
+            for recipe, v in out.items():
+                times[name][recipe].append(v)
+            print(f"round {r + 1} {name}", {k: round(v['steps'] / v['seconds'], 3) for k, v in out.items()},
+                  flush=True)
+    for p in procs.values():
+        p.stdin.write("stop\n")
+        p.stdin.flush()
+        p.wait(timeout=60)
+
+    def med(name, recipe, key):
+        return float(np.median([v["steps"] / v[key] for v in times[name][recipe]]))
+
+    device = jax.devices()[0].platform
+    result = {
+        "benchmark": "training steps per second, LeNet5 (Ding et al. 2019) on MNIST, Adam, batch "
+                     f"{args.batch_size}: standard and PGD (linf eps {args.eps}, {args.attack_steps} x "
+                     f"{args.attack_step_size}) training; jaxbound.training.train vs a PyTorch loop",
+        "device": device,
+        "machine": {"platform": platform.platform(), "cpus": cores, "loadavg": os.getloadavg()},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "data", "out")},
+        "workers": infos,
+        "raw": times,
+    }
+    for recipe in ("standard", "pgd"):
+        row = {name: med(name, recipe, "seconds") for name in procs}
+        row_cpu = {name: med(name, recipe, "cpu_seconds") for name in procs}
+        result[recipe] = {
+            "steps_per_s": row,
+            "steps_per_cpu_s": row_cpu,
+            "ratio_jax_vs_torch": row["jax"] / row["torch"],
+            "ratio_jax_1dev_vs_torch": row["jax_1dev"] / row["torch"],
+            "ratio_cpu_jax_1dev_vs_torch": row_cpu["jax_1dev"] / row_cpu["torch"],
+        }
+        print(recipe, json.dumps(result[recipe]), flush=True)
+    out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"training_{device}.json"
+    if args.quick and not args.out:
+        out = Path(tmp) / "training_quick.json"
+    atomic_write_json(out, result)
+    print("wrote", out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""Models: registry, parameter counts from the papers' layer lists, a PyTorch reference forward pass,
+per-example independence, normalisation inside the model, and rejected configurations.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxbound import models
+
+SHAPES = {"mlp": (8, 8, 1), "lenet5": (8, 8, 1), "smallcnn": (28, 28, 1), "wong_kolter": (28, 28, 1),
+          "wideresnet": (16, 16, 3)}
+SMALL = {"mlp": dict(hidden=(32, 16)), "lenet5": dict(widen_factor=0.25), "smallcnn": dict(widen_factor=0.25),
+         "wong_kolter": {}, "wideresnet": dict(depth=10, widen_factor=0.5)}
+
+
+def _count(tree):
+    return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
+
+
+def _shapes(model, shape):
+    return jax.eval_shape(lambda: models.init_params(model, jax.random.key(0), shape))
+
+
+def test_registry_lists_all_models():
+    for name in ("mlp", "lenet5", "smallcnn", "wong_kolter", "wideresnet"):
+        assert name in models.available()
+    with pytest.raises(ValueError, match="^name"):
+        models.create("vgg19")
+
+
+def test_parameter_counts_match_layer_lists():
+    # SmallCNN (Zhang et al. App. B.1 / TRADES): 3x3 convs 1-32-32-64-64, fc 1024-200-200-10.
+    convs = [(1, 32), (32, 32), (32, 64), (64, 64)]
+    fcs = [(64 * 4 * 4, 200), (200, 200), (200, 10)]
+    ref = sum(9 * i * o + o for i, o in convs) + sum(i * o + o for i, o in fcs)
+    assert ref == 312202
+    assert _count(_shapes(models.create("smallcnn"), (28, 28, 1))) == ref
+    # Wong & Kolter (Ding et al. App. B.2): 4x4 stride-2 convs 1-16-32, fc 32*7*7-100-10.
+    ref = (16 * 1 * 16 + 16) + (16 * 16 * 32 + 32) + (32 * 7 * 7 * 100 + 100) + (100 * 10 + 10)
+    assert _count(_shapes(models.create("wong_kolter"), (28, 28, 1))) == ref
+    # MLP
+    ref = (64 * 32 + 32) + (32 * 16 + 16) + (16 * 7 + 7)
+    assert _count(_shapes(models.create("mlp", hidden=(32, 16), num_classes=7), (8, 8, 1))) == ref
+    # WRN-d-k: conv0 + per block (two 3x3 convs, 2 GroupNorms, 1x1 shortcut when the shape changes) + final norm + fc.
+    for depth, k in ((10, 1), (16, 2)):
+        m = (depth - 4) // 6
+        widths = [16 * k, 32 * k, 64 * k]
+        total = 27 * 16
+        cin = 16
+        for w in widths:
+            for b in range(m):
+                total += 9 * cin * w + 9 * w * w + 2 * cin + 2 * w  # convs (no bias) + norm scale/bias
+                if cin != w or b == 0 and w != widths[0]:
+                    total += cin * w
+                cin = w
+        total += 2 * cin + cin * 10 + 10
+        assert _count(_shapes(models.create("wideresnet", depth=depth, widen_factor=k), (32, 32, 3))) == total
+
+
+def _torch_forward(name, params, x):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    p = jax.tree.map(lambda a: torch.tensor(np.asarray(a, np.float64)), params["params"])
+    h = torch.tensor(np.asarray(x, np.float64)).permute(0, 3, 1, 2)
+
+    def conv(h, layer, stride=1, pad=0):
+        return F.conv2d(h, p[layer]["kernel"].permute(3, 2, 0, 1), p[layer]["bias"], stride=stride, padding=pad)
+
+    def dense(h, layer):
+        return h @ p[layer]["kernel"] + p[layer]["bias"]
+
+    def flat(h):  # NCHW -> NHWC order before flattening, like the Flax model
+        return h.permute(0, 2, 3, 1).reshape(h.shape[0], -1)
+
+    if name == "smallcnn":
+        h = F.relu(conv(h, "conv1"))
+        h = F.max_pool2d(F.relu(conv(h, "conv2")), 2)
+        h = F.relu(conv(h, "conv3"))
+        h = F.max_pool2d(F.relu(conv(h, "conv4")), 2)
+        h = F.relu(dense(flat(h), "fc1"))
+        h = F.relu(dense(h, "fc2"))
+        return dense(h, "fc3").numpy()
+    h = F.relu(conv(h, "conv1", 2, 1))
+    h = F.relu(conv(h, "conv2", 2, 1))
+    h = F.relu(dense(flat(h), "fc1"))
+    return dense(h, "fc2").numpy()
+
+
+@pytest.mark.parametrize("name", ["smallcnn", "wong_kolter"])
+def test_forward_matches_pytorch(name, rng):
+    model = models.create(name, widen_factor=0.5)
+    params = models.init_params(model, jax.random.key(1), (28, 28, 1))
+    x = rng.uniform(0, 1, size=(3, 28, 28, 1)).astype(np.float32)
+    out = np.asarray(jax.jit(model.apply)(params, x))
+    ref = _torch_forward(name, params, x)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_examples_are_independent_and_shapes(name, rng):
+    shape = SHAPES[name]
+    model = models.create(name, num_classes=7, **SMALL[name])
+    params = models.init_params(model, jax.random.key(0), shape)
+    x = rng.uniform(0, 1, size=(5, *shape)).astype(np.float32)
+    f = jax.jit(model.apply)
+    full = np.asarray(f(params, x))
+    assert full.shape == (5, 7) and np.isfinite(full).all()
+    alone = np.concatenate([np.asarray(f(params, np.concatenate([x[i:i + 1]] * 5))[:1]) for i in range(5)])
+    np.testing.assert_allclose(full, alone, rtol=1e-5, atol=1e-5)
+    # a different batch mate does not change an example's logits
+    other = np.asarray(f(params, np.concatenate([x[:1], rng.uniform(0, 1, size=(4, *shape)).astype(np.float32)])))
+    np.testing.assert_allclose(other[0], full[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mlp", "smallcnn", "wong_kolter"])
+def test_normalisation_inside_the_model(name, rng):
+    shape = SHAPES[name]
+    plain = models.create(name, **SMALL[name])
+    norm = models.create(name, mean=0.5, std=0.25, **SMALL[name])
+    params = models.init_params(plain, jax.random.key(0), shape)
+    x = rng.uniform(0, 1, size=(4, *shape)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(jax.jit(norm.apply)(params, x)),
+                               np.asarray(jax.jit(plain.apply)(params, (x - 0.5) / 0.25)), rtol=1e-4, atol=1e-4)
+
+
+def test_wideresnet_per_image_standardisation(rng):
+    model = models.create("wideresnet", depth=10, widen_factor=0.5)
+    params = models.init_params(model, jax.random.key(0), (16, 16, 3))
+    x = rng.uniform(0.2, 0.8, size=(3, 16, 16, 3)).astype(np.float32)
+    f = jax.jit(models.logits_fn(model, params))
+    # invariant to a positive affine change of the pixel values
+    np.testing.assert_allclose(np.asarray(f(0.5 * x + 0.1)), np.asarray(f(x)), rtol=1e-3, atol=1e-4)
+    # a constant image is not divided by zero
+    assert np.isfinite(np.asarray(f(np.full((3, 16, 16, 3), 0.3, np.float32)))).all()
+
+
+def _check_double_backprop(model, shape, rng):
+    params = models.init_params(model, jax.random.key(0), shape)
+    x = jnp.asarray(rng.uniform(0, 1, size=(2, *shape)).astype(np.float32))
+
+    def penalty(p):
+        g = jax.grad(lambda z: jnp.sum(jax.nn.log_softmax(model.apply(p, z))[:, 0]))(x)
+        return jnp.sum(g * g)
+
+    grads = jax.jit(jax.grad(penalty))(params)
+    assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(grads))
+    assert sum(float(jnp.abs(a).sum()) for a in jax.tree.leaves(grads)) > 0
+
+
+def test_lenet5_fast_lowering_differentiable_twice(rng):
+    """Double backpropagation (gradient regularisation) through the custom-VJP LeNet5."""
+    _check_double_backprop(models.create("lenet5", widen_factor=0.25), (8, 8, 1), rng)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smallcnn", "wong_kolter", "wideresnet", "wideresnet_plain"])
+def test_models_differentiable_twice(name, rng):
+    if name == "wideresnet_plain":
+        model = models.create("wideresnet", depth=10, widen_factor=0.5, norm="none", standardize="none")
+        _check_double_backprop(model, SHAPES["wideresnet"], rng)
+    else:
+        _check_double_backprop(models.create(name, **SMALL[name]), SHAPES[name], rng)
+
+
+@pytest.mark.parametrize(
+    "name, kw, shape, match",
+    [
+        ("wideresnet", dict(depth=11), (16, 16, 3), "depth"),
+        ("wideresnet", dict(depth=10, widen_factor=0.0), (16, 16, 3), "widen_factor"),
+        ("wideresnet", dict(depth=10, norm="batch"), (16, 16, 3), "norm"),
+        ("wideresnet", dict(depth=10, standardize="zca"), (16, 16, 3), "standardize"),
+        ("smallcnn", {}, (8, 8, 1), "x"),
+        ("smallcnn", dict(widen_factor=-1.0), (28, 28, 1), "widen_factor"),
+        ("wong_kolter", dict(num_classes=1), (28, 28, 1), "num_classes"),
+        ("wong_kolter", dict(std=0.0), (28, 28, 1), "std"),
+        ("mlp", dict(hidden=(0,)), (8, 8, 1), "hidden"),
+        ("mlp", dict(std=-1.0), (8, 8, 1), "std"),
+    ],
+)
+def test_bad_configurations_rejected(name, kw, shape, match):
+    with pytest.raises(ValueError, match=f"^{match}"):
+        models.init_params(models.create(name, **kw), jax.random.key(0), shape)
