@@ -63,6 +63,19 @@ def test_knn_command_writes_npz(tmp_path):
         (["demo", "--dataset", "mnist", "--data-dir", "/nonexistent/folder"], "is not a folder"),
         (["knn", "--norm", "l0.5", "--limit", "20"], "norm:"),
         (["knn", "--k", "0", "--limit", "20"], "k:"),
+        (["report", "--dataset", "cifar11"], "unknown dataset"),
+        (["report", "--dataset", "mnist", "--data-dir", "/nonexistent/folder"], "is not a folder"),
+        (["report", "--eps", "0.1,abc"], "eps: 'abc' is not a number"),
+        (["report", "--eps", ","], "eps: give at least one budget"),
+        (["report", "--eps=-0.1,0.2"], "eps: budgets must be finite and >= 0"),
+        (["report", "--eps", "0.1,0.1"], "eps: repeated budget"),
+        (["report", "--norm", "l7"], "norm:"),
+        (["report", "--models", "magic"], "models: unknown training recipe"),
+        (["report", "--model", "no_such_module_xyz:f", "--models", "none"], "model: cannot import"),
+        (["concentration", "--eps", "x"], "eps:"),
+        (["optprob", "--classes", "3"], "classes:"),
+        (["attack", "--model", "/nonexistent/model/folder"], "model:"),
+        (["lipschitz", "--dataset", "tfds_nothing"], "unknown dataset"),
     ],
 )
 def test_cli_errors_are_one_line(argv, needle, capsys, tmp_path):
@@ -77,3 +90,92 @@ def test_help_lists_every_option(capsys):
     text = capsys.readouterr().out
     for opt in ("--dataset", "--split", "--data-dir", "--limit", "--k", "--out", "--quiet"):
         assert opt in text
+
+
+def _subparsers():
+    import argparse
+
+    ap = cli.build_parser()
+    act = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    return act.choices
+
+
+@pytest.mark.parametrize("command", ["report", "concentration", "optprob", "attack", "train", "lipschitz", "demo",
+                                     "knn"])
+def test_every_subcommand_documents_every_option(command, capsys):
+    sub = _subparsers()[command]
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = capsys.readouterr().out
+    assert f"jaxbound {command}" in text
+    for action in sub._actions:
+        for opt in action.option_strings:
+            assert opt in text, (command, opt)
+        if action.option_strings and action.dest != "help":
+            assert action.help and len(action.help) > 5, (command, action.option_strings)
+
+
+def test_report_command_with_a_user_model(tmp_path, capsys, monkeypatch):
+    (tmp_path / "cli_model_i9.py").write_text(
+        "import jax.numpy as jnp\n"
+        "from jaxbound import data\n"
+        "_tr = data.load('digits')\n"
+        "_c = jnp.asarray([_tr.flat()[_tr.labels == k].mean(0) for k in range(10)])\n"
+        "def logits(x):\n"
+        "    f = x.reshape(x.shape[0], -1)\n"
+        "    return -jnp.sum((f[:, None, :] - _c[None]) ** 2, axis=-1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "rep"
+    argv = ["report", "--limit", "300", "--test-limit", "100", "--eps", "0.3,0.45", "--n-per-class", "20",
+            "--repeats", "1", "--regions", "3", "--attack-steps", "3", "--models", "none",
+            "--model", "cli_model_i9:logits", "--model-name", "centroid", "--out", str(out), "--quiet"]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "centroid rob. err" in text and "wrote" in text
+    rec = json.loads((out / "report.json").read_text())
+    assert [m["name"] for m in rec["models"]] == ["centroid"]
+    assert rec["eps"] == [0.3, 0.45] and (out / "robust_error.png").is_file() and (out / "report.md").is_file()
+    # rerunning the same command resumes: nothing is recomputed
+    assert cli.main(argv) == 0
+    rec2 = json.loads((out / "report.json").read_text())
+    assert rec2["stages"]["ran"] == [] and rec2["table"] == rec["table"]
+
+
+def test_method_subcommands_write_json(tmp_path, capsys):
+    from jaxbound import bounds, data, metrics
+
+    o = tmp_path / "o.json"
+    assert cli.main(["optprob", "--limit", "400", "--eps", "1.0,1.5", "--out", str(o), "--quiet"]) == 0
+    rec = json.loads(o.read_text())
+    ds = data.load("digits").subset(np.arange(400))
+    xa, xb = data.class_pair(ds, 3, 7)
+    g = bounds.conflict_graph(xa, xb, eps=1.5, norm="l2")
+    assert rec["rows"][1]["cross_entropy"] == pytest.approx(bounds.optprob(g).loss)
+    assert rec["rows"][1]["zero_one"] == pytest.approx(bounds.min_zero_one_loss(g).loss)
+    lp = tmp_path / "l.json"
+    assert cli.main(["lipschitz", "--limit", "400", "--out", str(lp), "--quiet"]) == 0
+    rec = json.loads(lp.read_text())
+    assert rec["lipschitz"]["lipschitz"] == pytest.approx(metrics.dataset_lipschitz(ds.flat(), ds.labels).lipschitz)
+    c = tmp_path / "c.json"
+    assert cli.main(["concentration", "--limit", "400", "--test-limit", "100", "--eps", "0.3", "--regions", "3",
+                     "--repeats", "1", "--out", str(c), "--quiet"]) == 0
+    rec = json.loads(c.read_text())
+    assert rec["method"] == "rectangles" and {r["split"] for r in rec["records"]} == {"fit", "select", "report"}
+    for r in rec["records"]:
+        assert r["adv_risk"] >= r["risk"] - 1e-12
+
+
+def test_train_then_attack(tmp_path, capsys):
+    m = tmp_path / "model"
+    assert cli.main(["train", "--limit", "300", "--arch", "mlp", "--epochs", "2",
+                     "--out", str(m), "--quiet"]) == 0
+    assert (m / "model.json").is_file() and (m / "model.msgpack").is_file()
+    rec = json.loads((m / "train.json").read_text())
+    assert 0.5 < rec["test_accuracy"] <= 1.0
+    a = tmp_path / "a.json"
+    capsys.readouterr()
+    assert cli.main(["attack", "--model", str(m), "--limit", "50", "--eps", "0,0.1,0.3", "--steps", "5",
+                     "--out", str(a), "--quiet"]) == 0
+    rec = json.loads(a.read_text())
+    ra = rec["robust_accuracy"]
+    assert ra[0] == pytest.approx(rec["clean_accuracy"]) and ra[0] >= ra[1] >= ra[2]

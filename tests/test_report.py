@@ -1,0 +1,242 @@
+"""The robustness report (jaxbound.report): end to end on digits with tiny settings, and its self-check."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxbound import bounds, data, metrics
+from jaxbound import report as R
+
+
+def _centroid_params(ds):
+    x = ds.flat()
+    return np.stack([x[ds.labels == k].mean(0) for k in range(ds.num_classes)]).astype(np.float32)
+
+
+def masked_centroid_model(ds):
+    """Nearest-centroid classifier behind a rounding step: zero input gradient, so PGD cannot move."""
+    c = jnp.asarray(_centroid_params(ds))
+
+    def fn(x):
+        q = jnp.round(x.reshape(x.shape[0], -1) * 16.0) / 16.0
+        return -jnp.sum((q[:, None, :] - c[None]) ** 2, axis=-1)
+
+    return fn
+
+
+def centroid_model(ds):
+    c = jnp.asarray(_centroid_params(ds))
+
+    def fn(x):
+        f = x.reshape(x.shape[0], -1)
+        return -jnp.sum((f[:, None, :] - c[None]) ** 2, axis=-1)
+
+    return fn
+
+
+def _walk(obj, path=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _walk(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _walk(v, f"{path}[{i}]")
+    else:
+        yield path, obj
+
+
+def _interval_pairs(obj):
+    """(estimate, interval) for every key X with a sibling X_ci."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k.endswith("_ci") and k[:-3] in obj and obj[k[:-3]] is not None:
+                yield k[:-3], obj[k[:-3]], v
+            yield from _interval_pairs(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _interval_pairs(v)
+
+
+TINY = dict(norm="linf", eps=(0.3, 0.45), limit=400, test_limit=120, n_regions=(3,), n_repeats=1,
+            n_per_class=30, check_per_class=20, attack_steps=5, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    tr = data.load("digits")
+    out = tmp_path_factory.mktemp("report")
+    rep = R.report("digits", out_dir=out, models=("standard",), epochs=1, arch="mlp", widen_factor=None, batch_size=64,
+                   model=masked_centroid_model(tr.subset(np.arange(400))), model_name="masked", **TINY)
+    return rep, out
+
+
+def test_report_files_schema_and_numbers(tiny_report):
+    rep, out = tiny_report
+    for name in ("report.json", "report.md", "robust_error.png", "pair_bounds.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    assert (out / "robust_error.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rec = json.loads((out / "report.json").read_text())
+    assert rec == json.loads(json.dumps(rep.to_dict()))
+    for key in ("schema", "config", "dataset", "definitions", "norm", "eps", "geometry", "concentration", "bounds",
+                "models", "table", "flags", "seconds", "files"):
+        assert key in rec
+    assert rec["eps"] == [0.3, 0.45] and rec["norm"] == "linf"
+    assert [m["name"] for m in rec["models"]] == ["standard", "masked"]
+    assert len(rec["table"]) == 2 and len(rec["concentration"]) == 2
+    # every number finite (JSON has no NaN/inf: to_jsonable writes None for them) and the key numbers present
+    for path, v in _walk(rec):
+        if isinstance(v, float):
+            assert math.isfinite(v), path
+    for row in rec["table"]:
+        for k, v in row.items():
+            assert v is not None, k
+    for m in rec["models"]:
+        assert 0.0 <= m["clean_error"] <= 1.0
+        for r in m["robust"]:
+            assert r["robust_error"] >= m["clean_error"] - 1e-12  # clean errors count as failures
+    # intervals contain their estimates
+    pairs = list(_interval_pairs(rec))
+    assert len(pairs) >= 10
+    for name, est, ci in pairs:
+        assert ci[0] - 1e-12 <= est <= ci[1] + 1e-12, (name, est, ci)
+    c = rec["concentration"][0]
+    assert c["intrinsic_robustness"] == pytest.approx(1 - c["adv_risk"])
+    assert rec["geometry"]["lipschitz"]["lipschitz"] > 0
+    md = (out / "report.md").read_text()
+    assert "## Definitions" in md and "weak attack" in md.lower()
+
+
+def test_report_bounds_match_direct_computation(tiny_report):
+    rep, _ = tiny_report
+    rec = rep.record
+    tr = data.load("digits").subset(np.arange(400))
+    sel = rec["bounds"]["selection"]
+    assert len(sel) == 45
+    hp = rec["bounds"]["hardest_pair"]
+    best = max(r["zero_one"] for r in sel)
+    assert next(r for r in sel if r["pair"] == hp)["zero_one"] == best
+    for row in rec["bounds"]["rows"]:
+        a, b = row["pair"]
+        xa, xb = data.class_pair(tr, a, b, n_per_class=30)
+        g = bounds.conflict_graph(xa, xb, eps=row["eps"], norm="linf")
+        assert row["zero_one"] == pytest.approx(bounds.min_zero_one_loss(g).loss, abs=1e-12)
+        assert row["cross_entropy"] == pytest.approx(bounds.optprob(g).loss, abs=1e-9)
+        assert row["cross_entropy"] >= math.log(2) * row["zero_one"] - 1e-9
+    # the geometry stage is metrics.dataset_lipschitz on the training split
+    lip = metrics.dataset_lipschitz(tr.flat(), tr.labels, norm="linf")
+    assert rec["geometry"]["lipschitz"]["min_distance"] == pytest.approx(lip.min_distance)
+
+
+def test_report_flags_gradient_masked_model_as_weak_attack(tiny_report):
+    rep, _ = tiny_report
+    masked = next(m for m in rep.record["models"] if m["name"] == "masked")
+    assert masked["self_check"], "the self-check ran"
+    tr = data.load("digits").subset(np.arange(400))
+    for c in masked["self_check"]:
+        assert c["weak_attack"] == (c["attacked_robust_error"] < c["zero_one_bound"] - 0.5 / c["n"])
+        # the check attacks the first 20 points per class and compares with the optimal loss of exactly those
+        a, b = c["pair"]
+        xa, xb = data.class_pair(tr, a, b, n_per_class=20)
+        assert c["n"] == 40
+        g = bounds.conflict_graph(xa, xb, eps=c["eps"], norm="linf")
+        assert c["zero_one_bound"] == pytest.approx(bounds.min_zero_one_loss(g).loss, abs=1e-12)
+    flagged = [f for f in rep.flags if f["model"] == "masked"]
+    assert flagged, "PGD cannot move a zero-gradient model: its attacked error must fall below the 0-1 bound"
+    assert all(f["kind"] == "weak_attack" and "weak attack" in f["message"] for f in flagged)
+    assert "weak attack" in rep.format_table() or rep.flags  # the CLI prints flags separately
+
+
+def test_report_resumes_from_stages(tiny_report):
+    rep, out = tiny_report
+    tr = data.load("digits")
+    rep2 = R.report("digits", out_dir=out, models=("standard",), epochs=1, arch="mlp", widen_factor=None, batch_size=64,
+                    model=masked_centroid_model(tr.subset(np.arange(400))), model_name="masked", **TINY)
+    assert rep2.record["stages"]["ran"] == []
+    assert "train standard" in rep2.record["stages"]["skipped"]
+    assert rep2.table == rep.table
+
+
+def test_weak_attack_check_and_restriction():
+    assert R.weak_attack_check(0.1, 0.2, n=100)
+    assert not R.weak_attack_check(0.2, 0.2, n=100)
+    assert not R.weak_attack_check(0.199, 0.2, n=100)  # within half a point: rounding
+    with pytest.raises(ValueError, match="^attacked_error"):
+        R.weak_attack_check(1.5, 0.2, n=10)
+    with pytest.raises(ValueError, match="^n"):
+        R.weak_attack_check(0.1, 0.2, n=0)
+    f = R.restrict_to_pair(lambda x: jnp.arange(10.0)[None].repeat(x.shape[0], 0) * x[:, :1], 3, 7)
+    out = np.asarray(f(jnp.ones((2, 1))))
+    np.testing.assert_array_equal(out, [[3.0, 7.0], [3.0, 7.0]])
+
+
+def test_self_check_is_sound_for_an_exact_model():
+    """For a model on which attacks are exact (a 1-D threshold), the attacked error never falls below the bound."""
+    rng = np.random.default_rng(0)
+    xa = rng.uniform(0.0, 0.5, size=(40, 1, 1, 1)).astype(np.float32)
+    xb = rng.uniform(0.4, 1.0, size=(40, 1, 1, 1)).astype(np.float32)
+    x = np.concatenate([xa, xb])
+    y = np.r_[np.zeros(40, int), np.ones(40, int)]
+
+    def fn(z):
+        t = z.reshape(z.shape[0], 1) - 0.45
+        return jnp.concatenate([-t, t], axis=1) * 50.0
+
+    import jax
+
+    for eps in (0.02, 0.05, 0.1):
+        g = bounds.conflict_graph(xa, xb, eps=eps, norm="linf")
+        zb = bounds.min_zero_one_loss(g).loss
+        res = metrics.robust_error_curve(fn, x, y, key=jax.random.key(0), eps=np.array([eps], np.float32),
+                                         norm="linf", steps=20)
+        assert not R.weak_attack_check(float(res.robust_error[0]), zb, n=80)
+
+
+def test_parse_eps():
+    assert R.parse_eps("0.2, 0.1") == (0.1, 0.2)
+    assert R.parse_eps([1, 2]) == (1.0, 2.0)
+    assert R.parse_eps(0.5) == (0.5,)
+    for bad, msg in (("", "at least one"), ("0.1,abc", "not a number"), ("-0.1", ">= 0"), ("nan", "finite"),
+                     ("0.1,0.1", "repeated")):
+        with pytest.raises(ValueError, match=f"^eps: .*{msg}"):
+            R.parse_eps(bad)
+    assert R.default_eps("inf") == R.DEFAULT_EPS["linf"]
+
+
+def test_load_callable(tmp_path, monkeypatch):
+    (tmp_path / "mymodels_i9.py").write_text(
+        "def logits(x):\n    return x.reshape(x.shape[0], -1)[:, :10]\n"
+        "def factory():\n    return logits\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    f = R.load_callable("mymodels_i9:logits")
+    assert f(np.ones((2, 4, 4, 1))).shape == (2, 10)
+    assert R.load_callable("mymodels_i9:factory") is f
+    assert R.load_callable("mymodels_i9.logits") is f
+    with pytest.raises(ValueError, match="^model: cannot import"):
+        R.load_callable("no_such_module_i9:f")
+    with pytest.raises(ValueError, match="^model: .*no attribute"):
+        R.load_callable("mymodels_i9:nothing")
+    with pytest.raises(ValueError, match="^model: folder"):
+        R.load_model(tmp_path)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(norm="l3"), "^norm"),
+    (dict(eps="x"), "^eps"),
+    (dict(pairs="some"), "^pairs"),
+    (dict(models=("magic",)), "^models"),
+    (dict(protocol="other"), "^protocol"),
+    (dict(alpha=1.5), "^alpha"),
+    (dict(dataset="cifar11"), "^name: unknown dataset"),
+    (dict(arch="mlp", widen_factor=0.5), "^widen_factor"),
+    (dict(arch="no_such_net"), "^arch"),
+])
+def test_report_rejects_bad_settings(kw, msg, tmp_path):
+    kw = dict(kw)
+    ds = kw.pop("dataset", "digits")
+    with pytest.raises(ValueError, match=msg):
+        R.report(ds, out_dir=tmp_path, progress=False, **kw)
