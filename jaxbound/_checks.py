@@ -259,6 +259,22 @@ def check_bounds(arr: Any, name: str, bounds: Sequence[float] | None) -> None:
         )
 
 
+def check_interval(bounds: Any, name: str = "bounds", *, allow_none: bool = False) -> tuple[float, float] | None:
+    """A pair ``(low, high)`` of finite numbers with ``low < high`` (``None`` passes when ``allow_none``)."""
+    if bounds is None and allow_none:
+        return None
+    try:
+        lo, hi = bounds
+    except (TypeError, ValueError):
+        want = "None or a pair (low, high)" if allow_none else "a pair (low, high)"
+        raise ValueError(f"{name}: expected {want}, got {bounds!r}") from None
+    lo = check_scalar(lo, name)
+    hi = check_scalar(hi, name)
+    if not lo < hi:
+        raise ValueError(f"{name}: need low < high, got ({lo}, {hi})")
+    return (lo, hi)
+
+
 def check_key(key: Any, name: str = "key"):
     """A ``jax.random`` key: new-style typed key or legacy uint32 ``[2]``."""
     if isinstance(key, jax.Array) or isinstance(key, jax.core.Tracer):

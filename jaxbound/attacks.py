@@ -184,17 +184,7 @@ def _check_logits_fn(logits_fn: Any) -> None:
 
 
 def _check_bounds(bounds: Any) -> tuple[float, float] | None:
-    if bounds is None:
-        return None
-    try:
-        lo, hi = bounds
-    except (TypeError, ValueError):
-        raise ValueError(f"bounds: expected None or a pair (low, high), got {bounds!r}") from None
-    lo = _checks.check_scalar(lo, "bounds")
-    hi = _checks.check_scalar(hi, "bounds")
-    if not lo < hi:
-        raise ValueError(f"bounds: need low < high, got ({lo}, {hi})")
-    return (lo, hi)
+    return _checks.check_interval(bounds, "bounds", allow_none=True)
 
 
 def _check_x(x: Any, bounds, name: str = "x"):

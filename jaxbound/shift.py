@@ -133,15 +133,7 @@ def perturbable_volume(x: Any, *, eps: Any, bounds: Sequence[float] = (0.0, 1.0)
 
 
 def _check_bounds(bounds) -> tuple[float, float]:
-    try:
-        lo, hi = bounds
-    except (TypeError, ValueError):
-        raise ValueError(f"bounds: expected (low, high), got {bounds!r}") from None
-    lo = _checks.check_scalar(lo, "bounds")
-    hi = _checks.check_scalar(hi, "bounds")
-    if not lo < hi:
-        raise ValueError(f"bounds: low must be < high, got {bounds!r}")
-    return lo, hi
+    return _checks.check_interval(bounds, "bounds")
 
 
 # ---------------------------------------------------------------------------
