@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--eps", type=float, default=None, help="budget of adversarial training (pgd, trades)")
     tp.add_argument("--norm", default="linf", help="norm of adversarial training (default linf)")
     tp.add_argument("--attack-steps", type=int, default=10, help="PGD steps inside training (default 10)")
+    tp.add_argument("--eps-warmup", type=int, default=0,
+                    help="optimiser steps over which the training budget ramps up to --eps (default 0: no ramp)")
     tp.add_argument("--test-split", default="test", help="split for the final clean accuracy (default test)")
     _add_common(tp, "jaxbound_model", "output folder (model.json, model.msgpack, train.json)")
 
@@ -409,7 +411,7 @@ def run_train(args) -> dict:
     kw = dict(recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
               progress=not args.quiet, checkpoint_dir=str(Path(args.out) / "checkpoint"))
     if args.recipe != "standard":
-        kw.update(eps=args.eps, norm=args.norm, attack_steps=args.attack_steps)
+        kw.update(eps=args.eps, norm=args.norm, attack_steps=args.attack_steps, eps_warmup=args.eps_warmup)
     t0 = time.perf_counter()
     res = training.train(jax.random.key(args.seed), module, (tr.images, tr.labels), **kw)
     seconds = time.perf_counter() - t0

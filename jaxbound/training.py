@@ -238,6 +238,7 @@ class _Settings:
     fd_step: float
     eval_eps: float | None
     eval_steps: int
+    eps_warmup: int = 0
 
     @property
     def step_size(self) -> float:
@@ -251,29 +252,33 @@ class _Settings:
 
 
 def _make_step(apply: Callable, tx: optax.GradientTransformation, s: _Settings) -> Callable:
-    """The training step ``(params, opt_state, x, t, key) -> (params, opt_state, metrics)`` (not jitted).
+    """The training step ``(params, opt_state, x, t, key, scale) -> (params, opt_state, metrics)`` (not jitted).
+
+    ``scale`` in ``(0, 1]`` multiplies the attack budget and step length (the ``eps_warmup`` ramp).
 
     ``t`` holds integer labels ``[b]``, or target probabilities ``[b, k]`` for
     ``soft_labels``. ``metrics`` is a dict of scalars.
     """
     recipe, norm = s.recipe, s.norm
 
-    def step(params, opt_state, x, t, key):
+    def step(params, opt_state, x, t, key, scale=1.0):
         stopped = lax.stop_gradient(params)
+        eps_t = s.eps * scale if s.eps is not None else None
+        step_t = s.step_size * scale
 
         def f0(z):
             return apply(stopped, z)
 
         # 1) Inputs the objective is evaluated at (no gradient to the parameters).
         if recipe == "pgd":
-            xin = _pgd_train(f0, x, lambda lg: _ce(lg, t), key, eps=s.eps, step_size=s.step_size,
+            xin = _pgd_train(f0, x, lambda lg: _ce(lg, t), key, eps=eps_t, step_size=step_t,
                              steps=s.attack_steps, norm=norm, start="uniform")
         elif recipe == "soft_labels" and s.adversarial:
-            xin = _pgd_train(f0, x, lambda lg: _soft_ce(lg, t), key, eps=s.eps, step_size=s.step_size,
+            xin = _pgd_train(f0, x, lambda lg: _soft_ce(lg, t), key, eps=eps_t, step_size=step_t,
                              steps=s.attack_steps, norm=norm, start="uniform")
         elif recipe == "trades":
             p_clean = lax.stop_gradient(f0(x))
-            xin = _pgd_train(f0, x, lambda lg: _kl(p_clean, lg), key, eps=s.eps, step_size=s.step_size,
+            xin = _pgd_train(f0, x, lambda lg: _kl(p_clean, lg), key, eps=eps_t, step_size=step_t,
                              steps=s.attack_steps, norm=norm, start="gaussian")
         else:
             xin = x
@@ -524,6 +529,7 @@ def train(
     norm: Any = "linf",
     attack_steps: int = 10,
     attack_step_size: float | None = None,
+    eps_warmup: int = 0,
     beta: float = 6.0,
     tv_weight: float = 0.0,
     lip_weight: float = 0.0,
@@ -569,6 +575,12 @@ def train(
       norm: attack norm ``"linf" | "l2" | "l1"``; gradient norms use its dual.
       attack_steps: PGD steps of the training attack (>= 1).
       attack_step_size: PGD step length (default ``2.5 * eps / attack_steps``).
+      eps_warmup: optimiser steps over which the training budget (and the
+        attack step length) ramps linearly from ``eps / eps_warmup`` up to
+        ``eps`` (the epsilon schedule of Wong & Kolter 2018, used by Ding et
+        al. 2019, App. B.2); ``0`` trains at ``eps`` from the first step.
+        PGD training from scratch at a large budget (MNIST at 0.3) can sit
+        at the chance-level loss ``ln K`` for a long time without it.
       beta: TRADES trade-off (>= 0).
       tv_weight: ``gradient_reg`` total-variation weight (Finlay's epsilon, >= 0).
       lip_weight: ``gradient_reg`` Lipschitz weight (Finlay's lambda, >= 0).
@@ -612,6 +624,7 @@ def train(
     eps = _optional_eps(eps, "eps")
     norm = _attacks._check_attack_norm(norm)
     attack_steps = _checks.check_int(attack_steps, "attack_steps", low=1)
+    eps_warmup = _checks.check_int(eps_warmup, "eps_warmup", low=0)
     if attack_step_size is not None:
         attack_step_size = _checks.check_scalar(attack_step_size, "attack_step_size", low=0.0, low_inclusive=False)
     beta = _checks.check_scalar(beta, "beta", low=0.0)
@@ -670,7 +683,7 @@ def train(
     settings = _Settings(recipe, epochs, batch_size, optimizer, learning_rate, momentum, weight_decay,
                          schedule if not callable(schedule) else repr(schedule), eps, norm, attack_steps,
                          attack_step_size, beta, tv_weight, lip_weight, gradient_mode, fd_step, eval_eps,
-                         eval_steps)
+                         eval_steps, eps_warmup=eps_warmup)
     steps_per_epoch = n // batch_size
     total_steps = steps_per_epoch * epochs
     tx, sched = _make_optimizer(dataclasses.replace(settings, schedule=schedule), total_steps)
@@ -716,7 +729,7 @@ def train(
     step_fn = _cached(("step", model, dataclasses.replace(settings, schedule=schedule, epochs=0), sched_steps,
                        dev_key),
                       lambda: jax.jit(_make_step(model.apply, tx, settings),
-                                      in_shardings=(repl, repl, data_sh, data_sh, repl),
+                                      in_shardings=(repl, repl, data_sh, data_sh, repl, repl),
                                       out_shardings=(repl, repl, repl)))
     eval_fn = _cached(("eval", model, norm, eval_eps, eval_steps),
                       lambda: jax.jit(_make_eval(model.apply, norm, eval_eps, eval_steps)))
@@ -742,7 +755,9 @@ def train(
             idx = perm[i * batch_size:(i + 1) * batch_size]
             xb = jax.device_put(x[idx], data_sh)
             tb = jax.device_put(targets[idx], data_sh)
-            params, opt_state, m = step_fn(params, opt_state, xb, tb, jax.random.fold_in(k_step, step_count))
+            scale = min(1.0, (step_count + 1) / eps_warmup) if eps_warmup else 1.0
+            params, opt_state, m = step_fn(params, opt_state, xb, tb, jax.random.fold_in(k_step, step_count),
+                                           jnp.asarray(scale, jnp.float32))
             step_count += 1
             pending.append(m)
             if progress and (i % 10 == 9 or i == steps_per_epoch - 1):

@@ -446,3 +446,27 @@ def test_mnist_lenet5_pgd_vs_standard(mnist_train, mnist_test):
     assert std.history[-1]["clean_accuracy"] > 0.9
     assert adv.history[-1]["clean_accuracy"] > 0.85
     assert adv.history[-1]["robust_accuracy"] > std.history[-1]["robust_accuracy"] + 0.1
+
+
+def test_eps_warmup_scales_the_training_attack(digits):
+    """A step at ramp scale 0.5 equals a full-scale step with half the budget and half the step length."""
+    tr, _ = digits
+    model = _mlp()
+    params = models.init_params(model, jax.random.key(0), (8, 8, 1))
+    x, y = tr.images[:16], tr.labels[:16].astype(np.int32)
+    tx = optax.sgd(0.1)
+    full = _settings(recipe="pgd", eps=0.2, norm="linf", attack_steps=3, attack_step_size=0.08)
+    half = _settings(recipe="pgd", eps=0.1, norm="linf", attack_steps=3, attack_step_size=0.04)
+    key = jax.random.key(3)
+    a, _, ma = jax.jit(training._make_step(model.apply, tx, full))(params, tx.init(params), x, y, key,
+                                                                   jnp.float32(0.5))
+    b, _, mb = jax.jit(training._make_step(model.apply, tx, half))(params, tx.init(params), x, y, key)
+    c, _, _ = jax.jit(training._make_step(model.apply, tx, full))(params, tx.init(params), x, y, key)
+    assert _tree_maxdiff(a, b) < 1e-6
+    assert float(ma["loss"]) == pytest.approx(float(mb["loss"]), rel=1e-6)
+    assert _tree_maxdiff(a, c) > 1e-6  # the ramp changes the step
+    r = training.train(jax.random.key(1), model, (x, y), recipe="pgd", eps=0.2, attack_steps=2, epochs=1,
+                       batch_size=8, eps_warmup=10, eval_eps=0, progress=False)
+    assert r.to_dict()["config"]["eps_warmup"] == 10 and r.steps == 2
+    with pytest.raises(ValueError, match="eps_warmup"):
+        training.train(jax.random.key(1), model, (x, y), recipe="pgd", eps=0.2, eps_warmup=-1, progress=False)
