@@ -62,6 +62,9 @@ def main(argv=None):
     ap.add_argument("--epochs-pgd", type=int, default=1)
     ap.add_argument("--attack-steps", type=int, default=10, help="PGD steps during training")
     ap.add_argument("--attack-step-size", type=float, default=0.03)
+    ap.add_argument("--eps-warmup", type=int, default=0,
+                    help="PGD training: steps over which eps ramps up to 0.3 (recorded as pgd_warmup<N>)")
+    ap.add_argument("--pgd-widen", type=float, default=1.0, help="LeNet5 widen factor of the PGD-trained model")
     ap.add_argument("--n-train-reg", type=int, default=20000)
     ap.add_argument("--epochs-reg", type=int, default=1)
     ap.add_argument("--tv-weight", type=float, default=0.5)
@@ -114,10 +117,10 @@ def main(argv=None):
     lenet = models.create("lenet5")
     key = jax.random.key(0)
 
-    def fit(name, n, **kw):
+    def fit(name, n, model=None, **kw):
         sub = data.random_subset(jax.random.fold_in(key, n), tr, n=n) if n < len(tr) else tr
         t0 = time.perf_counter()
-        r = training.train(key, lenet, sub, batch_size=args.batch_size, learning_rate=args.lr,
+        r = training.train(key, model or lenet, sub, batch_size=args.batch_size, learning_rate=args.lr,
                            eval_data=te.subset(np.arange(500)), eval_eps=0.0, checkpoint_dir=work / name,
                            history_path=work / f"{name}_history.json", progress=True, **kw)
         return r, time.perf_counter() - t0
@@ -132,18 +135,23 @@ def main(argv=None):
                 "n_eval": int(test.labels.shape[0]), "train_steps": r.steps, "train_seconds": seconds,
                 "eval_seconds": time.perf_counter() - t0, "history": r.history, "config": r.config}
 
-    if args.only in (None, "A", "B"):
+    if args.only in (None, "B") or "standard" not in record["results"]:
         std, s_std = fit("standard", args.n_train, recipe="standard", epochs=args.epochs_standard)
         if "standard" not in record["results"]:
             record["results"]["standard"] = evaluate(std, s_std, "standard")
             save()
             print("standard", {k: v for k, v in record["results"]["standard"].items() if k not in ("history", "config")})
     if args.only in (None, "A"):
-        adv, s_adv = fit("pgd", args.n_train_pgd, recipe="pgd", eps=0.3, norm="linf", epochs=args.epochs_pgd,
-                         attack_steps=args.attack_steps, attack_step_size=args.attack_step_size)
-        record["results"]["pgd"] = evaluate(adv, s_adv, "pgd")
+        name = "pgd" if not args.eps_warmup else f"pgd_warmup{args.eps_warmup}"
+        if args.pgd_widen != 1.0:
+            name += f"_w{args.pgd_widen:g}"
+        adv, s_adv = fit(name, args.n_train_pgd, model=models.create("lenet5", widen_factor=args.pgd_widen),
+                         recipe="pgd", eps=0.3, norm="linf", epochs=args.epochs_pgd,
+                         attack_steps=args.attack_steps, attack_step_size=args.attack_step_size,
+                         eps_warmup=args.eps_warmup)
+        record["results"][name] = evaluate(adv, s_adv, name)
         save()
-        print("pgd", {k: v for k, v in record["results"]["pgd"].items() if k not in ("history", "config")})
+        print(name, {k: v for k, v in record["results"][name].items() if k not in ("history", "config")})
     if args.only in (None, "B"):
         reg, s_reg = fit("gradient_reg", args.n_train_reg, recipe="gradient_reg", norm="l2",
                          tv_weight=args.tv_weight, lip_weight=args.lip_weight, gradient_mode="fd",
