@@ -139,6 +139,13 @@ def training() -> list[str]:
     for name, r in d["results"].items():
         if not isinstance(r, dict):
             continue
+        if isinstance(r.get("tv_lipschitz"), dict) and isinstance(r.get("undefended"), dict):
+            # Finlay et al.: regularised vs undefended median l2 adversarial distance
+            tv, und = r["tv_lipschitz"], r["undefended"]
+            rows.append([f"{name} (TV + Lipschitz)", _num(tv.get("clean_accuracy")), "–",
+                         f"{_num(tv.get('median_l2_distance'))} vs undefended {_num(und.get('median_l2_distance'))}"
+                         f" (ratio {_num(r.get('ratio'))})", str(r.get("n", "–")), str(tv.get("train_steps", "–"))])
+            continue
         rob = {k: v for k, v in r.items() if k.startswith("robust_accuracy") and not isinstance(v, (list, dict))}
         dist = {k: v for k, v in r.items() if "median" in k and not isinstance(v, (list, dict))}
         rows.append([name, _num(r.get("clean_accuracy")),
