@@ -84,7 +84,6 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "piecewise", "cosine")
 _GRADIENT_MODES = ("exact", "fd")
 _BOUNDS = (0.0, 1.0)
-_TINY = 1e-12
 _EVAL_CHUNK = 500
 
 
@@ -165,13 +164,10 @@ def _dual_norms(g, norm: str):
 
 def _unit_direction(g, norm: str):
     """Unit-``norm`` direction ``d`` with ``g . d = ||g||_*`` (Finlay et al. eqs. 3.2, 3.4)."""
-    if norm == "linf":
-        return jnp.sign(g)
-    flat = g.reshape(g.shape[0], -1)
-    if norm == "l2":
-        nrm = jnp.sqrt(jnp.sum(flat * flat, axis=1, keepdims=True))
-        return (flat / jnp.maximum(nrm, _TINY)).reshape(g.shape)
+    if norm in ("linf", "l2"):
+        return _attacks._ascent_direction(g, g, norm, None, 1.0)  # sign(g) / g / ||g||_2, no box
     # l1: all mass on one largest coordinate.
+    flat = g.reshape(g.shape[0], -1)
     i = jnp.argmax(jnp.abs(flat), axis=1)
     onehot = jax.nn.one_hot(i, flat.shape[1], dtype=flat.dtype)
     return (onehot * jnp.sign(flat)).reshape(g.shape)
@@ -349,24 +345,9 @@ def _make_eval(apply: Callable, norm: str, eps: float | None, steps: int) -> Cal
         gn = _dual_norms(g, norm)
         if not eps:
             robust = correct
-        else:
-            n = x.shape[0]
-            eps_v = jnp.full((n,), eps, x.dtype)
-            step_size = 2.5 * eps / steps
-            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
-            xa = _attacks._to_box(x, _attacks._random_start(keys, x, eps_v, norm), eps_v, norm, _BOUNDS)
-
-            def body(_, carry):
-                xa, broken = carry
-                (_, lg), gx = jax.value_and_grad(lambda z: (lambda o: (jnp.sum(_ce(o, y)), o))(f(z)),
-                                                 has_aux=True)(xa)
-                broken = broken | (jnp.argmax(lg, -1) != y)
-                d = _attacks._ascent_direction(gx, xa, norm, _BOUNDS, 0.05)
-                return _attacks._to_box(x, xa + step_size * d - x, eps_v, norm, _BOUNDS), broken
-
-            xa, broken = lax.fori_loop(0, steps, body, (xa, ~correct))
-            broken = broken | (jnp.argmax(f(xa), -1) != y)
-            robust = correct & ~broken
+        else:  # the attacks module's PGD, run traced inside this jitted evaluation
+            res = _attacks.pgd(f, x, y, key=key, eps=eps, norm=norm, steps=steps)
+            robust = correct & ~res.success
         return correct, robust, v, gn
 
     return evaluate
