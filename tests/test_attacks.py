@@ -24,40 +24,14 @@ import pytest
 from jax import lax
 
 from jaxbound import attacks, models
+from _affine import DUAL, Affine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DUAL = {"l2": 2, "linf": 1, "l1": np.inf}
 
 
 # ---------------------------------------------------------------------------
 # Fixtures
 # ---------------------------------------------------------------------------
-
-
-class Affine:
-    """Binary affine classifier with its exact distances to the decision boundary."""
-
-    def __init__(self, d=12, n=10, seed=0):
-        rng = np.random.default_rng(seed)
-        self.w = rng.normal(size=d).astype(np.float32)
-        x = rng.uniform(0.35, 0.65, size=(4 * n, d)).astype(np.float32)
-        s0 = x.astype(np.float64) @ self.w
-        self.b = np.float32(-np.median(s0))
-        s = s0 + self.b
-        keep = np.abs(s) > 0.05
-        self.x = x[keep][:n]
-        self.s = s[keep][:n]
-        self.y = (self.s > 0).astype(np.int64)
-        w, b = jnp.asarray(self.w), jnp.asarray(self.b)
-
-        def f(z):
-            t = z.reshape(z.shape[0], -1) @ w + b
-            return jnp.stack([jnp.zeros_like(t), t], axis=1)
-
-        self.f = f
-
-    def dist(self, norm):
-        return np.abs(self.s) / np.linalg.norm(self.w.astype(np.float64), DUAL[norm])
 
 
 @pytest.fixture(scope="module")

@@ -11,40 +11,12 @@ import pytest
 from scipy.spatial.distance import cdist
 
 from jaxbound import attacks, metrics
-
-DUAL = {"l2": 2, "linf": 1, "l1": np.inf}
-
-
-class Affine:
-    """Binary affine classifier ``logits = [0, w.x + b]``; some labels flipped to create clean errors."""
-
-    def __init__(self, d=12, n=16, seed=0):
-        rng = np.random.default_rng(seed)
-        self.w = rng.normal(size=d).astype(np.float32)
-        x = rng.uniform(0.35, 0.65, size=(4 * n, d)).astype(np.float32)
-        s0 = x.astype(np.float64) @ self.w
-        self.b = np.float32(-np.median(s0))
-        s = s0 + self.b
-        keep = np.abs(s) > 0.05
-        self.x, self.s = x[keep][:n], s[keep][:n]
-        self.pred = (self.s > 0).astype(np.int64)
-        self.y = self.pred.copy()
-        self.y[[1, 4, 9]] = 1 - self.y[[1, 4, 9]]
-        w, b = jnp.asarray(self.w), jnp.asarray(self.b)
-
-        def f(z):
-            t = z.reshape(z.shape[0], -1) @ w + b
-            return jnp.stack([jnp.zeros_like(t), t], axis=1)
-
-        self.f = f
-
-    def dist(self, norm):
-        return np.abs(self.s) / np.linalg.norm(self.w.astype(np.float64), DUAL[norm])
+from _affine import DUAL, Affine  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def aff():
-    return Affine()
+    return Affine(n=16, flip=(1, 4, 9))
 
 
 def fake_result(success):
