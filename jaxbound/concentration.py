@@ -717,7 +717,7 @@ def _eval_rows(idx, S, te, covered, expanded, lo, hi, counts=None, *, complete):
         exact = valid & c_ok & (S < L)
         beyond = ce[:, -1:] - C
         if counts is not None:  # tighter bound from the counting tables (see _CountBounds)
-            beyond = jnp.maximum(beyond, _count_lower(*counts, S, ce, C))
+            beyond = jnp.maximum(beyond, _count_lower(*counts, ce, C))
         lower = jnp.where(c_ok, jnp.where(S < L, obj, beyond), -big)
     val = jnp.where(exact, obj, big)
     best = jnp.min(val, axis=1)
@@ -844,7 +844,7 @@ class _CountBounds:
 
 
 @functools.partial(jax.jit, static_argnames=())
-def _count_lower(dist, A, X, c_sq, n_exp, g0, inv, rel, sq_max, eps, S, ce, C):
+def _count_lower(dist, A, X, c_sq, n_exp, g0, inv, rel, sq_max, eps, ce, C):
     """Lower bound of the objective ``E - C`` for list entries whose expansion leaves the list."""
     G = A.shape[1]
     R2 = jnp.square(dist + eps)
