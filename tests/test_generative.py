@@ -59,6 +59,29 @@ def test_conv_layers_match_bruteforce_definitions():
     ref = out[:, 1:-1, 1:-1]
     got = np.asarray(G.deconv4x4_s2(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32)))
     np.testing.assert_allclose(got, ref, atol=1e-4)
+    # Narrow layers (few output channels) take lax's transposed convolution: same definition.
+    for cout in (1, 8, 9):
+        w1 = rng.normal(size=(4, 4, 3, cout))
+        ref1 = np.zeros((n, 2 * h + 2, 2 * wd + 2, cout))
+        for i in range(h):
+            for j in range(wd):
+                for kh in range(4):
+                    for kw in range(4):
+                        ref1[:, 2 * i + kh, 2 * j + kw, :] += x[:, i, j, :] @ w1[kh, kw]
+        got1 = G.deconv4x4_s2(jnp.asarray(x, jnp.float32), jnp.asarray(w1, jnp.float32))
+        np.testing.assert_allclose(np.asarray(got1), ref1[:, 1:-1, 1:-1], atol=1e-4)
+        # and its gradient matches the adjoint: <deconv(x), u> = <x, deconv^T(u)>, checked through jax.vjp
+        u = rng.normal(size=got1.shape).astype(np.float32)
+        _, vjp = jax.vjp(lambda a: G.deconv4x4_s2(a, jnp.asarray(w1, jnp.float32)), jnp.asarray(x, jnp.float32))
+        gx = np.asarray(vjp(jnp.asarray(u))[0])
+        ref_gx = np.zeros_like(x)
+        up = np.pad(u, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        for i in range(h):
+            for j in range(wd):
+                for kh in range(4):
+                    for kw in range(4):
+                        ref_gx[:, i, j, :] += up[:, 2 * i + kh, 2 * j + kw, :] @ w1[kh, kw].T
+        np.testing.assert_allclose(gx, ref_gx, atol=1e-3)
 
     x2 = rng.normal(size=(2, 6, 4, 3))
     xp = np.pad(x2, ((0, 0), (1, 1), (1, 1), (0, 0)))
