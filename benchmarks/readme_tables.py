@@ -186,6 +186,7 @@ def generative() -> list[str]:
     lip = d["lipschitz"]
     paper = d.get("lipschitz_table1_comparison", {}).get("paper_table1_L", {})
     cor, aut = lip.get("corrected_r0.5", {}), lip.get("authors_r0.5", {})
+    rc = d.get("generated", {}).get("real_mnist_classifier", {})
     rows = []
     for i, c in enumerate(cor.get("classes", [])):
         rows.append([str(c), _num(aut["L"][i][0], "{:.2f}") if aut else "–", _num(cor["L"][i][0], "{:.2f}"),
@@ -195,7 +196,10 @@ def generative() -> list[str]:
             f"25 epochs = {g.get('paper_steps')} steps). Local Lipschitz constants per digit at r = 0.5, δ = 0.001 "
             f"(S = {cor.get('n_latents')} latents, N = {cor.get('n_neighbors')} neighbours; the paper: S = 1000, "
             f"N = 2000): the authors' convention (orthant-cone neighbours, [−1, 1] output), the corrected one "
-            f"(uniform ball, [0, 1] pixels) by sampling and by gradient ascent, and Table 1.", ""]
+            f"(uniform ball, [0, 1] pixels) by sampling and by gradient ascent, and Table 1."
+            + (f" A classifier trained on real MNIST ({_pct(rc.get('accuracy_real_test'))}% on its test set) labels "
+               f"{_pct(rc.get('agreement_with_conditioning_labels'))}% of the generated test images as the class "
+               f"they were generated for." if rc else ""), ""]
     out += _table(["digit", "authors' convention", "corrected, sampling", "corrected, gradient", "paper Table 1"],
                   rows) + [""]
     b = d.get("bounds", {})
