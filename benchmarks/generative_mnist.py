@@ -67,6 +67,23 @@ def _cached(path: Path, fn):
     return out
 
 
+def save_sample_grid(gan, path, *, per_class: int = 10, seed: int = 0) -> None:
+    """Write a ``K x per_class`` grid of generated digits (row i conditioned on class i) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k, (h, w, _) = gan.num_classes, gan.image_shape
+    z = jax.random.normal(jax.random.key(seed), (k * per_class, gan.latent_dim))
+    x = np.asarray(gan(z, np.repeat(np.arange(k), per_class)))[..., 0]
+    grid = x.reshape(k, per_class, h, w).transpose(0, 2, 1, 3).reshape(k * h, per_class * w)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(path) + ".tmp.png")
+    plt.imsave(tmp, grid, cmap="gray", vmin=0.0, vmax=1.0)
+    os.replace(tmp, path)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=None)
@@ -90,6 +107,8 @@ def main():
     ap.add_argument("--n-eval", type=int, default=500, help="generated test points for the unconstrained PGD")
     ap.add_argument("--speed-latents", type=int, default=16)
     ap.add_argument("--speed-neighbors", type=int, default=2000)
+    ap.add_argument("--samples", default=str(REPO / "docs" / "acgan_samples.png"),
+                    help="PNG grid of generated digits ('' to skip)")
     ap.add_argument("--quick", action="store_true", help="tiny smoke settings")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "generative_mnist.json"))
     args = ap.parse_args()
@@ -126,6 +145,8 @@ def main():
                        **gan.to_dict()}
     print(f"ACGAN: {gan_res.steps} steps ({record['acgan']['epochs_equivalent']:.2f} epochs)")
     work = work / f"acgan_step{gan_res.steps}"  # every cached stage below depends on this generator
+    if args.samples and not args.quick:
+        save_sample_grid(gan, args.samples)
     work.mkdir(parents=True, exist_ok=True)
 
     # 2. Local Lipschitz constants ----------------------------------------------

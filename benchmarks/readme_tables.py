@@ -200,6 +200,8 @@ def generative() -> list[str]:
             + (f" A classifier trained on real MNIST ({_pct(rc.get('accuracy_real_test'))}% on its test set) labels "
                f"{_pct(rc.get('agreement_with_conditioning_labels'))}% of the generated test images as the class "
                f"they were generated for." if rc else ""), ""]
+    if (HERE.parent / "docs" / "acgan_samples.png").is_file():
+        out += ["![Digits 0-9 (one row each) drawn from the trained ACGAN](docs/acgan_samples.png)", ""]
     out += _table(["digit", "authors' convention", "corrected, sampling", "corrected, gradient", "paper Table 1"],
                   rows) + [""]
     b = d.get("bounds", {})
