@@ -104,6 +104,8 @@ def main():
     ap.add_argument("--eps-warmup", type=int, default=300,
                     help="optimiser steps over which the PGD/TRADES budget ramps up to eps")
     ap.add_argument("--attack-steps", type=int, default=10, help="PGD steps during training (the paper: 40)")
+    ap.add_argument("--n-inversion", type=int, default=100,
+                    help="points attacked in distribution from inverted latents (last PGD model)")
     ap.add_argument("--n-eval", type=int, default=500, help="generated test points for the unconstrained PGD")
     ap.add_argument("--speed-latents", type=int, default=16)
     ap.add_argument("--speed-neighbors", type=int, default=2000)
@@ -116,6 +118,7 @@ def main():
         args.n_latents, args.n_neighbors, args.grad_steps = 2, 8, 2
         args.n_train, args.n_test, args.n_indist, args.pgd, args.trades = 512, 128, 4, "3:1", ""
         args.n_eval, args.speed_latents, args.speed_neighbors, args.eps_warmup = 64, 2, 64, 4
+        args.n_inversion = 4
         args.work_dir = args.work_dir + "_quick"
         args.gan_steps = 0  # use whatever the GAN checkpoint holds
         args.out = str(Path(args.work_dir) / "generative_mnist_quick.json")
@@ -305,13 +308,15 @@ def main():
 
         def inverted(f=f):
             t0 = time.perf_counter()
-            ind = generative.in_distribution_attack(jax.random.key(7), f, gan, x_in, y_in, eps=np.array(EPS),
+            m = min(args.n_inversion, args.n_indist)
+            ind = generative.in_distribution_attack(jax.random.key(7), f, gan, x_in[:m], y_in[:m], eps=np.array(EPS),
                                                     init_restarts=3, init_steps=1000, search_steps=4, steps=100,
-                                                    learning_rate=0.01, batch_size=args.n_indist, progress=True)
+                                                    learning_rate=0.01, batch_size=m, progress=True)
             return {"model": name, **ind.to_dict(), "seconds": time.perf_counter() - t0}
 
         record["in_distribution_inversion_init"] = _cached(
-            work / f"indist_inverted_{args.clf_model}_{name}_{args.n_train}_{args.n_indist}.json", inverted)
+            work / f"indist_inverted_{args.clf_model}_{name}_{args.n_train}_{min(args.n_inversion, args.n_indist)}.json",
+            inverted)
         print("inversion init:", {k: record["in_distribution_inversion_init"][k]
                                   for k in ("robust_accuracy", "median_init_distance")})
 
