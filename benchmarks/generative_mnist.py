@@ -89,13 +89,14 @@ def main():
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--work-dir", default="/tmp/issue8_bench")
     ap.add_argument("--gan-checkpoint", default="/tmp/issue8_acgan")
-    ap.add_argument("--gan-steps", type=int, default=600)
-    ap.add_argument("--n-latents", type=int, default=16)
-    ap.add_argument("--n-neighbors", type=int, default=128)
+    ap.add_argument("--gan-steps", type=int, default=15933,
+                    help="ACGAN steps (15933 = 17 epochs, the recorded run; the paper: 25 epochs = 23425)")
+    ap.add_argument("--n-latents", type=int, default=100)
+    ap.add_argument("--n-neighbors", type=int, default=500)
     ap.add_argument("--grad-steps", type=int, default=20)
-    ap.add_argument("--n-train", type=int, default=10000)
-    ap.add_argument("--n-test", type=int, default=1000)
-    ap.add_argument("--n-indist", type=int, default=40)
+    ap.add_argument("--n-train", type=int, default=20000)
+    ap.add_argument("--n-test", type=int, default=2000)
+    ap.add_argument("--n-indist", type=int, default=300)
     ap.add_argument("--clf-model", default="mlp", help="classifier architecture (the paper: a SmallCNN)")
     ap.add_argument("--pgd", default="3:2,3:5,3:10",
                     help="PGD-l2-trained classifiers as eps:epochs pairs, snapshots of one constant-rate run "
@@ -106,7 +107,7 @@ def main():
     ap.add_argument("--attack-steps", type=int, default=10, help="PGD steps during training (the paper: 40)")
     ap.add_argument("--n-inversion", type=int, default=100,
                     help="points attacked in distribution from inverted latents (last PGD model)")
-    ap.add_argument("--n-eval", type=int, default=500, help="generated test points for the unconstrained PGD")
+    ap.add_argument("--n-eval", type=int, default=1000, help="generated test points for the unconstrained PGD")
     ap.add_argument("--speed-latents", type=int, default=16)
     ap.add_argument("--speed-neighbors", type=int, default=2000)
     ap.add_argument("--samples", default=str(REPO / "docs" / "acgan_samples.png"),
