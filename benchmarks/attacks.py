@@ -62,14 +62,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
-
-
-def data_dir() -> Path:
-    env = os.environ.get("JAXBOUND_DATA_DIR")
-    path = Path(env) if env else REPO.parent / "shared" / "data"
-    if not (path / "mnist").is_dir():
-        sys.exit(f"MNIST IDX files not found in {path}: set JAXBOUND_DATA_DIR (skipping the benchmark)")
-    return path
+from _common import require_data_dir  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
@@ -265,7 +258,7 @@ def main():
     from jaxbound import data
     from jaxbound._io import atomic_write_json
 
-    ddir = data_dir()
+    ddir = require_data_dir()
     train = data.load("mnist", split="train", data_dir=ddir)
     test = data.load("mnist", split="test", data_dir=ddir)
     t0 = time.perf_counter()

@@ -46,6 +46,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from _common import find_data_dir  # noqa: E402
 
 import jax  # noqa: E402
 
@@ -62,13 +63,6 @@ TABLE2 = {0.3: (10, 1.35, 8.28)}  # alpha = 0.012
 # Table 3: eps -> (Gilmer risk, Gilmer adv, T, ours risk, ours adv), test set.
 TABLE3 = {1.58: (1.18, 3.92, 20, 1.07, 2.19), 3.16: (1.18, 9.73, 20, 1.02, 4.15),
           4.74: (1.18, 23.40, 20, 1.07, 10.09)}
-
-
-def data_dir(arg):
-    if arg:
-        return Path(arg)
-    env = os.environ.get("JAXBOUND_DATA_DIR")
-    return Path(env) if env else REPO.parent / "shared" / "data"
 
 
 def load_results(path: Path) -> list:
@@ -129,9 +123,9 @@ def main():
     args = ap.parse_args()
 
     t_start = time.perf_counter()
-    folder = data_dir(args.data_dir)
-    if not folder.is_dir():
-        print(f"SKIP: data folder {folder} not found (set JAXBOUND_DATA_DIR)")
+    folder = find_data_dir(args.data_dir, need=("mnist", "fashion-mnist"))
+    if folder is None:
+        print("SKIP: MNIST / Fashion-MNIST IDX files not found (pass --data-dir or set JAXBOUND_DATA_DIR)")
         return
     train = data.load(args.dataset, split="train", data_dir=folder).flat()
     test = data.load(args.dataset, split="test", data_dir=folder).flat()

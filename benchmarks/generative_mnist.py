@@ -36,6 +36,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from _common import find_data_dir  # noqa: E402
 
 import jax  # noqa: E402
 
@@ -46,17 +47,6 @@ PAPER_TABLE1 = {0: 7.9, 1: 8.6, 2: 8.3, 3: 7.8, 4: 10.3, 5: 11.0, 6: 9.5, 7: 7.8
 PAPER_TABLE3 = {1.0: 0.982, 2.0: 0.978, 3.0: 0.972}
 EPS = (1.0, 2.0, 3.0)
 PGD_EVAL_STEP = (0.1, 0.3, 0.5)
-
-
-def _data_dir(arg):
-    cands = [arg] if arg else []
-    if os.environ.get("JAXBOUND_DATA_DIR"):
-        cands.append(os.environ["JAXBOUND_DATA_DIR"])
-    cands.append(str(REPO.parent / "shared" / "data"))
-    for c in cands:
-        if c and (Path(c) / "mnist").is_dir():
-            return c
-    return None
 
 
 def _cached(path: Path, fn):
@@ -123,7 +113,7 @@ def main():
         args.work_dir = args.work_dir + "_quick"
         args.gan_steps = 0  # use whatever the GAN checkpoint holds
         args.out = str(Path(args.work_dir) / "generative_mnist_quick.json")
-    ddir = _data_dir(args.data_dir)
+    ddir = find_data_dir(args.data_dir)
     if ddir is None:
         print("SKIP: real MNIST IDX files not found (set JAXBOUND_DATA_DIR or --data-dir)")
         return

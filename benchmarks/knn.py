@@ -37,24 +37,17 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+from _common import require_data_dir  # noqa: E402
 
 FAISS_METRIC = {"l1": "METRIC_L1", "l2": "METRIC_L2", "linf": "METRIC_Linf"}
 SKLEARN_METRIC = {"l1": "manhattan", "l2": "euclidean", "linf": "chebyshev"}
 
 
-def data_dir() -> Path:
-    env = os.environ.get("JAXBOUND_DATA_DIR")
-    path = Path(env) if env else REPO.parent / "shared" / "data"
-    if not (path / "mnist").is_dir():
-        sys.exit(f"MNIST IDX files not found in {path}: set JAXBOUND_DATA_DIR (skipping the benchmark)")
-    return path
-
-
 def load(nq: int, nr: int):
     from jaxbound import data
 
-    tr = data.load("mnist", split="train", data_dir=data_dir()).flat()[:nr]
-    te = data.load("mnist", split="test", data_dir=data_dir()).flat()[:nq]
+    tr = data.load("mnist", split="train", data_dir=require_data_dir()).flat()[:nr]
+    te = data.load("mnist", split="test", data_dir=require_data_dir()).flat()[:nq]
     return np.ascontiguousarray(te), np.ascontiguousarray(tr)
 
 

@@ -50,18 +50,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+from _common import require_data_dir  # noqa: E402
 
 DATASETS = {"mnist": "mnist", "fmnist": "fashion_mnist"}
 L2_EPS = [2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0]
 LINF_EPS = [0.3, 0.4, 0.5]
-
-
-def data_dir() -> Path:
-    env = os.environ.get("JAXBOUND_DATA_DIR")
-    path = Path(env) if env else REPO.parent / "shared" / "data"
-    if not ((path / "mnist").is_dir() or (path / "fashion-mnist").is_dir()):
-        sys.exit(f"MNIST / Fashion-MNIST IDX files not found in {path}: set JAXBOUND_DATA_DIR (skipping the benchmark)")
-    return path
 
 
 def peak_rss_gb() -> float:
@@ -73,7 +66,7 @@ def peak_rss_gb() -> float:
 def load_pair(dataset: str, n_per_class: int | None):
     from jaxbound import data
 
-    ds = data.load(DATASETS[dataset], split="train", data_dir=data_dir())
+    ds = data.load(DATASETS[dataset], split="train", data_dir=require_data_dir(need=("mnist", "fashion-mnist")))
     xa, xb = data.class_pair(ds, 3, 7, n_per_class=n_per_class)
     return (np.ascontiguousarray(xa.reshape(xa.shape[0], -1)), np.ascontiguousarray(xb.reshape(xb.shape[0], -1)))
 
@@ -318,7 +311,7 @@ def main() -> None:
 
     from jaxbound._io import atomic_write_json
 
-    data_dir()  # exits with a clear message when the data is absent
+    require_data_dir(need=("mnist", "fashion-mnist"))  # exits with a clear message when the data is absent
     out_path = Path(args.out) if args.out else HERE / "results" / ("optprob_quick.json" if args.quick else "optprob.json")
     results: dict = {}
     if args.resume and out_path.exists():

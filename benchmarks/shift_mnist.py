@@ -50,6 +50,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from _common import require_data_dir  # noqa: E402
 
 import jax  # noqa: E402
 
@@ -68,14 +69,6 @@ LEVELS = [("binarize", "binarize", None), ("original", "identity", None), ("smoo
 # s x 1 vertical windows: the smoothing that reproduces the paper's Table 1 and Table 6 numbers
 LEVELS_V = [("smooth-2", "smooth_vertical", 2), ("smooth-3", "smooth_vertical", 3),
             ("smooth-4", "smooth_vertical", 4), ("smooth-5", "smooth_vertical", 5)]
-
-
-def data_dir() -> Path:
-    env = os.environ.get("JAXBOUND_DATA_DIR")
-    path = Path(env) if env else REPO.parent / "shared" / "data"
-    if not (path / "mnist").is_dir():
-        sys.exit(f"MNIST IDX files not found under {path}: set JAXBOUND_DATA_DIR")
-    return path
 
 
 def load_results() -> dict:
@@ -255,7 +248,7 @@ def main() -> None:
     ap.add_argument("--eval-n", type=int, default=1000)
     ap.add_argument("--work", type=Path, default=Path("/tmp/i7_bench"))
     args = ap.parse_args()
-    dd = data_dir()
+    dd = require_data_dir()
     train = data.load("mnist", split="train", data_dir=dd)
     test = data.load("mnist", split="test", data_dir=dd)
     for part in args.parts:

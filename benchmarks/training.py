@@ -47,14 +47,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def data_dir() -> Path | None:
-    env = os.environ.get("JAXBOUND_DATA_DIR")
-    for c in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if (c / "mnist").is_dir():
-            return c
-    return None
+from _common import find_data_dir  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
@@ -186,7 +179,7 @@ def main(argv=None):
     if args.worker:
         return worker_main(args)
 
-    root = data_dir()
+    root = find_data_dir()
     if root is None:
         print("MNIST IDX files not found (set JAXBOUND_DATA_DIR or place them in ../shared/data); skipping")
         return 0

@@ -41,17 +41,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from _common import find_data_dir  # noqa: E402
 
 from jaxbound import attacks, data, metrics, models, training  # noqa: E402
 from jaxbound._io import atomic_write_json  # noqa: E402
-
-
-def data_dir() -> Path | None:
-    env = os.environ.get("JAXBOUND_DATA_DIR")
-    for c in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if (c / "mnist").is_dir():
-            return c
-    return None
 
 
 def main(argv=None):
@@ -80,7 +73,7 @@ def main(argv=None):
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "training_mnist.json"))
     args = ap.parse_args(argv)
 
-    root = data_dir()
+    root = find_data_dir()
     if root is None:
         print("MNIST IDX files not found (set JAXBOUND_DATA_DIR or place them in ../shared/data); skipping")
         return 0
