@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbound.lp import canonical_norm, dual_norm, norm_exponent  # noqa: F401  (re-exported for checks)
+
 __all__ = [
     "canonical_norm",
     "dual_norm",
@@ -35,78 +37,6 @@ __all__ = [
     "check_key",
     "check_weights",
 ]
-
-_NORM_ALIASES = {
-    "l1": "l1",
-    "1": "l1",
-    "l2": "l2",
-    "2": "l2",
-    "linf": "linf",
-    "inf": "linf",
-    "l_inf": "linf",
-    "infinity": "linf",
-}
-
-
-def canonical_norm(norm: Any, name: str = "norm") -> str | float:
-    """Normalise a norm specifier.
-
-    Accepts ``"l1" | "l2" | "linf"``, ``1 | 2 | inf`` (``np.inf``,
-    ``float("inf")``) and any real ``p >= 1`` for a general ``lp`` norm.
-
-    Returns:
-      ``"l1"``, ``"l2"`` or ``"linf"`` for the three common norms, otherwise
-      the exponent ``p`` as a Python float.
-
-    Raises:
-      ValueError: unknown name, ``p < 1`` or a non-finite, non-infinite value.
-    """
-    if isinstance(norm, str):
-        key = norm.strip().lower()
-        if key in _NORM_ALIASES:
-            return _NORM_ALIASES[key]
-        if key.startswith("l"):
-            key = key[1:]
-        try:
-            p = float(key)
-        except ValueError:
-            raise ValueError(
-                f"{name}: unknown norm {norm!r}; use 'l1', 'l2', 'linf', 1, 2, inf "
-                "or a number p >= 1"
-            ) from None
-        return canonical_norm(p, name)
-    if isinstance(norm, bool) or not isinstance(norm, numbers.Real):
-        raise ValueError(f"{name}: unknown norm {norm!r}; use 'l1', 'l2', 'linf', 1, 2 or inf")
-    p = float(norm)
-    if math.isinf(p) and p > 0:
-        return "linf"
-    if not math.isfinite(p) or p < 1:
-        raise ValueError(f"{name}: an lp norm needs p >= 1, got {norm!r}")
-    if p == 1:
-        return "l1"
-    if p == 2:
-        return "l2"
-    return p
-
-
-def norm_exponent(norm: Any) -> float:
-    """The exponent p of a norm (``inf`` for linf)."""
-    n = canonical_norm(norm)
-    return {"l1": 1.0, "l2": 2.0, "linf": math.inf}.get(n, n)  # type: ignore[arg-type]
-
-
-def dual_norm(norm: Any) -> str | float:
-    """The dual norm: l1 <-> linf, l2 <-> l2, lp <-> lq with 1/p + 1/q = 1."""
-    n = canonical_norm(norm)
-    if n == "l1":
-        return "linf"
-    if n == "linf":
-        return "l1"
-    if n == "l2":
-        return "l2"
-    p = float(n)
-    return canonical_norm(p / (p - 1.0))
-
 
 def is_concrete(x: Any) -> bool:
     """True when ``x`` holds values (not a tracer inside ``jit``/``vmap``)."""

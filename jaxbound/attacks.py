@@ -51,6 +51,7 @@ Conventions:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -65,6 +66,8 @@ from jaxbound import _checks
 from jaxbound._io import BlockCheckpoint, fingerprint, to_jsonable
 
 __all__ = [
+    "AttackConfig",
+    "attack_config",
     "AttackResult",
     "MinimalDistance",
     "fgm",
@@ -134,6 +137,106 @@ class AttackResult(NamedTuple):
         if include_x_adv:
             out["x_adv"] = to_jsonable(self.x_adv)
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+    """The threat model and the settings of a gradient attack (PGD, FGM, the evaluation of every model).
+
+    One frozen, hashable object that :func:`pgd`, :func:`fgm`,
+    :func:`minimal_adversarial_distance`, :mod:`jaxbound.metrics`,
+    :func:`jaxbound.training.train`, :func:`jaxbound.report.report` and
+    :func:`jaxbound.shift.sensitivity_sweep` all take, so that every default
+    lives here. Fields are validated in ``__post_init__`` with errors that
+    name the field; :meth:`replace` returns a checked copy.
+
+    Attributes:
+      norm: threat-model norm, ``"linf" | "l2" | "l1"`` (no default: a
+        threat model is always stated).
+      eps: budget ``>= 0``: a number, or a tuple of numbers (a vector of
+        budgets, run vmapped).
+      steps: gradient steps per restart.
+      step_size: step length, a number or one per budget; ``None`` takes
+        ``2.5 * eps / steps`` (Madry et al.).
+      restarts: independent random restarts (the best one is kept).
+      random_start: start from a uniform point of the ``eps`` ball.
+      bounds: ``(low, high)`` input box, or ``None`` for no box.
+      loss: attack objective, ``"ce"`` (cross-entropy) or ``"margin"``
+        (Carlini-Wagner margin).
+      targeted: move towards the labels given instead of away from them.
+      l1_fraction: fraction of coordinates moved by one sparse ℓ1 step.
+
+    References:
+      Madry et al. "Towards deep learning models resistant to adversarial
+      attacks." ICLR 2018, arXiv:1706.06083.
+    """
+
+    norm: Any = dataclasses.field(metadata={"help": "threat-model norm: linf, l2 or l1"})
+    eps: Any = dataclasses.field(metadata={"help": "attack budget (pixels in [0, 1])"})
+    steps: int = dataclasses.field(default=40, metadata={"help": "gradient steps per restart"})
+    step_size: Any = dataclasses.field(default=None, metadata={"help": "step length (default 2.5 eps / steps)"})
+    restarts: int = dataclasses.field(default=1, metadata={"help": "random restarts"})
+    random_start: bool = dataclasses.field(default=True, metadata={"help": "start from a random point of the ball"})
+    bounds: Any = dataclasses.field(default=(0.0, 1.0), metadata={"help": "input box (low, high) or None"})
+    loss: str = dataclasses.field(default="ce", metadata={"help": "attack loss: ce or margin"})
+    targeted: bool = dataclasses.field(default=False, metadata={"help": "targeted attack"})
+    l1_fraction: float = dataclasses.field(default=0.05, metadata={"help": "fraction of coordinates per l1 step"})
+
+    def __post_init__(self):
+        put = functools.partial(object.__setattr__, self)
+        put("norm", _check_attack_norm(self.norm))
+        eps_k, vector = _check_eps(self.eps)
+        put("eps", tuple(float(e) for e in eps_k) if vector else float(eps_k[0]))
+        put("steps", _checks.check_int(self.steps, "steps", low=1))
+        if self.step_size is not None:
+            st = _check_step(self.step_size, eps_k, self.steps)
+            vec = np.ndim(self.step_size) == 1
+            put("step_size", tuple(float(s) for s in st) if vec else float(st[0]))
+        put("restarts", _checks.check_int(self.restarts, "restarts", low=1))
+        for name in ("random_start", "targeted"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name}: expected a bool, got {getattr(self, name)!r}")
+            put(name, bool(getattr(self, name)))
+        put("bounds", _check_bounds(self.bounds))
+        put("loss", _check_choice(self.loss, "loss", _LOSSES))
+        put("l1_fraction", _checks.check_scalar(self.l1_fraction, "l1_fraction", low=0.0, high=1.0,
+                                                low_inclusive=False))
+
+    @property
+    def eps_array(self) -> np.ndarray:
+        """Budgets as a float64 ``[K]`` array (``K = 1`` for a scalar ``eps``)."""
+        return np.atleast_1d(np.asarray(self.eps, np.float64))
+
+    @property
+    def step_array(self) -> np.ndarray:
+        """Step sizes ``[K]``, one per budget (``2.5 eps / steps`` when ``step_size`` is None)."""
+        return _check_step(self.step_size, self.eps_array, self.steps)
+
+    def replace(self, **changes: Any) -> "AttackConfig":
+        """A validated copy with ``changes`` applied (unknown names raise ``TypeError``)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields."""
+        return to_jsonable(dataclasses.asdict(self))
+
+
+def attack_config(attack: "AttackConfig | None" = None, /, **settings: Any) -> AttackConfig:
+    """``attack`` with ``settings`` applied, or a new :class:`AttackConfig` from ``settings``.
+
+    Raises:
+      TypeError: ``attack`` is not an :class:`AttackConfig`, or a setting is
+        not one of its fields.
+    """
+    if attack is not None and not isinstance(attack, AttackConfig):
+        raise TypeError(f"attack: expected an AttackConfig, got {type(attack).__name__}")
+    names = {f.name for f in dataclasses.fields(AttackConfig)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise TypeError(f"{unknown[0]}: not a setting of AttackConfig (fields: {', '.join(sorted(names))})")
+    if attack is None:
+        return AttackConfig(**settings)
+    return dataclasses.replace(attack, **settings) if settings else attack
 
 
 class MinimalDistance(NamedTuple):
