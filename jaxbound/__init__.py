@@ -12,6 +12,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
+    "lp",
     "geometry",
     "data",
     "concentration",
@@ -28,7 +29,14 @@ _SUBMODULES = (
     "cli",
 )
 
-__all__ = ["__version__", *_SUBMODULES]
+__all__ = ["__version__", "clear_caches", *_SUBMODULES]
+
+
+def clear_caches() -> None:
+    """Drop every compiled kernel that jaxbound's block engine keeps (one cache for all modules)."""
+    from jaxbound import _engine
+
+    _engine.clear_cache()
 
 
 def __getattr__(name: str):
