@@ -16,6 +16,8 @@ Public API:
 * :func:`conflict_graph` / :func:`graph_from_edges` -> :class:`ConflictGraph`
 * :func:`optprob` -> :class:`OptProbResult` (``q``, ``z``, ``loss``, ``verify()``)
 * :func:`min_zero_one_loss` -> :class:`ZeroOneResult`
+* :func:`pair_bounds` -> :class:`PairBounds` (class pair -> graph -> 0-1 loss
+  and OptProb cross-entropy in one call)
 * :func:`gaussian_bounds` -> :class:`GaussianBounds`
 * :func:`clipped_soft_labels`
 
@@ -29,6 +31,14 @@ general float weights can need integers beyond int32 and then run on the exact
 (slower) networkx backend. See :mod:`jaxbound.flow`.
 
 Vertex order: every per-vertex array lists class ``a`` first, then class ``b``.
+
+References:
+  Bhagoji, Cullina, Sehwag, Mittal. "Lower bounds on cross-entropy loss in the
+  presence of test-time adversaries." ICML 2021, arXiv:2104.08382 (program
+  (3), Algorithm 1, Theorems 1-3, Lemma 3, §4.3).
+  Bhagoji, Cullina, Mittal. "Lower bounds on adversarial robustness from
+  optimal transport." NeurIPS 2019, arXiv:1909.12272 (the 0-1 loss of the
+  conflict graph; Lemma 1, the optimal Gaussian translation).
 """
 
 from __future__ import annotations
@@ -36,25 +46,28 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import time
 from fractions import Fraction
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbound import _checks, flow
+from jaxbound import _checks, flow, lp
 
 __all__ = [
     "ConflictGraph",
     "Verification",
     "OptProbResult",
     "ZeroOneResult",
+    "PairBounds",
     "GaussianBounds",
     "conflict_graph",
     "graph_from_edges",
     "optprob",
     "min_zero_one_loss",
+    "pair_bounds",
     "gaussian_bounds",
     "clipped_soft_labels",
 ]
@@ -260,7 +273,7 @@ def graph_from_edges(
     wa = _input_weights(weights_a, "weights_a", n_a)
     wb = _input_weights(weights_b, "weights_b", n_b)
     wa_i, wb_i = _exact_integer_weights(wa, wb)
-    total = flow._sum_int(wa_i) + flow._sum_int(wb_i)
+    total = flow.sum_int(wa_i) + flow.sum_int(wb_i)
     if total == 0:
         raise ValueError("weights_a: all vertex weights (weights_a and weights_b) are zero")
     p = np.concatenate([_normalised(wa_i, total), _normalised(wb_i, total)])
@@ -310,6 +323,10 @@ def conflict_graph(
 
     Returns:
       :class:`ConflictGraph`.
+
+    References:
+      Bhagoji, Cullina, Sehwag, Mittal. "Lower bounds on cross-entropy loss
+      in the presence of test-time adversaries." ICML 2021, arXiv:2104.08382 (§2.2, §4.1).
     """
     from jaxbound import geometry
 
@@ -481,6 +498,10 @@ def optprob(graph: ConflictGraph, *, backend: str = "auto", progress: bool = Fal
 
     Returns:
       :class:`OptProbResult`.
+
+    References:
+      Bhagoji, Cullina, Sehwag, Mittal. "Lower bounds on cross-entropy loss
+      in the presence of test-time adversaries." ICML 2021, arXiv:2104.08382 (program (3), Algorithm 1, Lemma 2, Theorem 3).
     """
     graph = _check_graph(graph)
     n_a, n_b = graph.sizes
@@ -573,12 +594,18 @@ def min_zero_one_loss(graph: ConflictGraph, *, backend: str = "auto") -> ZeroOne
 
     Returns:
       :class:`ZeroOneResult`.
+
+    References:
+      Bhagoji, Cullina, Sehwag, Mittal. "Lower bounds on cross-entropy loss
+      in the presence of test-time adversaries." ICML 2021, arXiv:2104.08382 (remark after Theorem 1).
+      Bhagoji, Cullina, Mittal. "Lower bounds on adversarial robustness from
+      optimal transport." NeurIPS 2019, arXiv:1909.12272.
     """
     graph = _check_graph(graph)
     n_a, n_b = graph.sizes
     wa, wb = graph.weights
     cov = flow.min_vertex_cover(n_a, n_b, graph.edges[:, 0], graph.edges[:, 1], wa, wb, backend=backend)
-    total = flow._sum_int(wa) + flow._sum_int(wb)
+    total = flow.sum_int(wa) + flow.sum_int(wb)
     loss = cov.weight / total
     fe = cov.flow_e
     if fe.dtype != object and total < 2**53:
@@ -587,6 +614,95 @@ def min_zero_one_loss(graph: ConflictGraph, *, backend: str = "auto") -> ZeroOne
         z = np.array([int(v) / total for v in fe.tolist()], np.float64)
     correct = np.concatenate([~cov.cover_a, ~cov.cover_b])
     return ZeroOneResult(graph, float(loss), correct, z, cov.backend)
+
+
+# ---------------------------------------------------------------------------
+# A class pair's bounds in one call
+# ---------------------------------------------------------------------------
+
+
+class PairBounds(NamedTuple):
+    """The optimal adversarial 0-1 and cross-entropy losses of one class pair at one budget.
+
+    Attributes:
+      eps: the budget.
+      norm: the canonical norm name of the budget.
+      n: ``(n_a, n_b)`` points per class.
+      num_edges: edges of the conflict graph.
+      zero_one: optimal adversarial 0-1 loss (:func:`min_zero_one_loss`).
+      cross_entropy: optimal adversarial cross-entropy, natural log (:func:`optprob`).
+      verified: both certificates pass their checks (``None`` when not checked).
+      rounds: max-flow rounds of OptProb.
+      seconds: wall time of graph, 0-1 loss, OptProb and checks.
+    """
+
+    eps: float
+    norm: str
+    n: tuple
+    num_edges: int
+    zero_one: float
+    cross_entropy: float
+    verified: bool | None
+    rounds: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        """JSON-ready record."""
+        return {"eps": float(self.eps), "norm": str(self.norm), "n": [int(v) for v in self.n],
+                "num_edges": int(self.num_edges), "zero_one": float(self.zero_one),
+                "cross_entropy": float(self.cross_entropy),
+                "verified": None if self.verified is None else bool(self.verified), "rounds": int(self.rounds),
+                "seconds": float(self.seconds)}
+
+
+def pair_bounds(
+    x_a: Any,
+    x_b: Any,
+    *,
+    eps: float,
+    norm: Any,
+    weights_a: Any = None,
+    weights_b: Any = None,
+    backend: str = "auto",
+    verify: bool = True,
+    progress: bool = False,
+) -> PairBounds:
+    """Class pair -> conflict graph -> optimal 0-1 loss and OptProb cross-entropy, in one call.
+
+    The pipeline piece of the report, the sensitivity sweep and ``jaxbound
+    optprob``: :func:`conflict_graph` at ``eps``, :func:`min_zero_one_loss`
+    (a minimum vertex cover) and :func:`optprob` (Algorithm 1) on it, and the
+    certificate checks of both (Lemma 2 for OptProb, the dual matching for the
+    0-1 loss) when ``verify``.
+
+    Args:
+      x_a: ``[n_a, d]`` (or ``[n_a, ...]``) points of class ``a``.
+      x_b: ``[n_b, d]`` points of class ``b``.
+      eps: budget ``>= 0``.
+      norm: the adversary's norm (``"l1" | "l2" | "linf"`` or ``p >= 1``); no default.
+      weights_a: ``[n_a]`` non-negative weights (default uniform).
+      weights_b: ``[n_b]`` non-negative weights (default uniform).
+      backend: max-flow backend, ``"auto"``, ``"scipy"`` or ``"networkx"``.
+      verify: check both certificates (``verified`` is ``None`` otherwise).
+      progress: progress bars of the distance pass and the OptProb recursion.
+
+    Returns:
+      :class:`PairBounds`.
+
+    References:
+      Bhagoji, Cullina, Sehwag, Mittal. "Lower bounds on cross-entropy loss
+      in the presence of test-time adversaries." ICML 2021, arXiv:2104.08382.
+      Bhagoji, Cullina, Mittal. "Lower bounds on adversarial robustness from
+      optimal transport." NeurIPS 2019, arXiv:1909.12272.
+    """
+    t0 = time.perf_counter()
+    g = conflict_graph(x_a, x_b, eps=eps, norm=norm, weights_a=weights_a, weights_b=weights_b,
+                       progress=progress)
+    z = min_zero_one_loss(g, backend=backend)
+    o = optprob(g, backend=backend, progress=progress)
+    verified = bool(o.verify().passed and z.verify().passed) if verify else None
+    return PairBounds(float(g.eps), str(g.norm), tuple(int(s) for s in g.sizes), g.num_edges, float(z.loss),
+                      float(o.loss), verified, int(o.rounds), time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------
@@ -613,6 +729,10 @@ def clipped_soft_labels(result: Any, labels: Any, clip: float = 0.6, *, num_clas
 
     Returns:
       ``[N, num_classes]`` float32 rows summing to 1.
+
+    References:
+      Bhagoji, Cullina, Sehwag, Mittal. "Lower bounds on cross-entropy loss
+      in the presence of test-time adversaries." ICML 2021, arXiv:2104.08382 (§4.3).
     """
     if isinstance(result, OptProbResult):
         q = result.q
@@ -714,33 +834,6 @@ def _sigma_matrix(sigma: Any, d: int) -> tuple[np.ndarray, bool]:
     return s, bool(np.all(s == np.diag(np.diag(s))))
 
 
-def _dual_norm_value(w: jax.Array, norm: str) -> jax.Array:
-    if norm == "l2":
-        return jnp.sqrt(jnp.sum(w * w, axis=-1))
-    if norm == "linf":  # dual l1
-        return jnp.sum(jnp.abs(w), axis=-1)
-    return jnp.max(jnp.abs(w), axis=-1)  # l1 threat model: dual linf
-
-
-def _project(v: jax.Array, eps: jax.Array, norm: str) -> jax.Array:
-    """Euclidean projection onto the ``eps``-ball of ``norm`` (``v`` is ``[d]``)."""
-    if norm == "linf":
-        return jnp.clip(v, -eps, eps)
-    if norm == "l2":
-        nv = jnp.sqrt(jnp.sum(v * v))
-        return jnp.where(nv > eps, v * (eps / jnp.where(nv > 0, nv, 1.0)), v)
-    # l1 ball: sort-based projection (Duchi et al. 2008)
-    a = jnp.abs(v)
-    u = jnp.sort(a)[::-1]
-    css = jnp.cumsum(u)
-    j = jnp.arange(1, v.shape[0] + 1, dtype=v.dtype)
-    cond = u - (css - eps) / j > 0
-    rho = jnp.max(jnp.where(cond, j, 1.0))
-    theta = (jnp.take(css, rho.astype(jnp.int32) - 1) - eps) / rho
-    proj = jnp.sign(v) * jnp.maximum(a - theta, 0.0)
-    return jnp.where(jnp.sum(a) <= eps, v, jnp.where(eps > 0, proj, jnp.zeros_like(v)))
-
-
 def _solve_translation(mu, prec, eps, lip, *, norm: str, tol: float, max_iter: int):
     """Accelerated projected gradient for ``min_{||z|| <= eps} (mu - z)^T P (mu - z)``.
 
@@ -752,7 +845,7 @@ def _solve_translation(mu, prec, eps, lip, *, norm: str, tol: float, max_iter: i
     def gap_of(z):
         w = 2.0 * prec @ (mu - z)
         f = 0.5 * jnp.dot(w, mu - z)
-        return eps * _dual_norm_value(w, norm) - jnp.dot(w, z), f
+        return eps * lp.lp_norm(w, lp.dual_norm(norm), axis=-1) - jnp.dot(w, z), f
 
     def cond(state):
         k, z, _, _, gap, f = state
@@ -761,7 +854,7 @@ def _solve_translation(mu, prec, eps, lip, *, norm: str, tol: float, max_iter: i
     def body(state):
         k, z, y, t, _, _ = state
         grad = -2.0 * prec @ (mu - y)
-        z_new = _project(y - grad / lip, eps, norm)
+        z_new = lp.project((y - grad / lip)[None], eps, norm)[0]
         t_new = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t * t))
         restart = jnp.dot(y - z_new, z_new - z) > 0
         t_new = jnp.where(restart, 1.0, t_new)
@@ -769,7 +862,7 @@ def _solve_translation(mu, prec, eps, lip, *, norm: str, tol: float, max_iter: i
         gap, f = gap_of(z_new)
         return k + 1, z_new, y_new, t_new, gap, f
 
-    z0 = _project(mu, eps, norm)
+    z0 = lp.project(mu[None], eps, norm)[0]
     gap0, f0 = gap_of(z0)
     state = (jnp.asarray(0), z0, z0, jnp.asarray(1.0, mu.dtype), gap0, f0)
     k, z, *_ = jax.lax.while_loop(cond, body, state)
@@ -779,7 +872,7 @@ def _solve_translation(mu, prec, eps, lip, *, norm: str, tol: float, max_iter: i
 def _solve_l2(mu_t, lam, eps, *, iters: int = 200):
     """Closed form for l2 in the eigenbasis: ``z~ = t mu~ / (lam + t)`` with ``||z|| = eps``.
 
-    ``t = 2 delta`` of the ANCHORS form ``w = 2 (Sigma + 2 delta I)^{-1} mu``;
+    ``t = 2 delta`` of the form ``w = 2 (Sigma + 2 delta I)^{-1} mu`` used by the authors' code;
     ``t`` is bracketed in ``[lam_min, lam_max] * eps / (||mu|| - eps)`` and
     found by bisection in ``log t``; the lower end is kept so ``||z|| <= eps``.
     """
@@ -903,6 +996,12 @@ def gaussian_bounds(
 
     Returns:
       :class:`GaussianBounds`.
+
+    References:
+      Bhagoji, Cullina, Sehwag, Mittal. "Lower bounds on cross-entropy loss
+      in the presence of test-time adversaries." ICML 2021, arXiv:2104.08382 (Theorem 2, Lemma 3, eq. (9)).
+      Bhagoji, Cullina, Mittal. "Lower bounds on adversarial robustness from
+      optimal transport." NeurIPS 2019, arXiv:1909.12272 (Lemma 1).
     """
     mu = np.asarray(mu, dtype=np.float64) if not isinstance(mu, jax.Array) else np.asarray(mu, np.float64)
     if mu.ndim != 1 or mu.size == 0:
@@ -950,7 +1049,7 @@ def gaussian_bounds(
         w = 2.0 * (r_t / jnp.asarray(lam)) @ jnp.asarray(vec).T  # 2 Sigma^{-1} (mu - z)
         delta2 = jnp.maximum(jnp.sum(r_t * r_t / jnp.asarray(lam), axis=-1), 0.0)
         delta = jnp.sqrt(delta2)
-        gap = eps_j * _dual_norm_value(w, norm) - jnp.sum(w * z, axis=-1)
+        gap = eps_j * lp.lp_norm(w, lp.dual_norm(norm), axis=-1) - jnp.sum(w * z, axis=-1)
         zo, ce = _losses_jit(delta, jnp.asarray(b), jnp.asarray(p1))
         out = [np.asarray(v, np.float64)[:n_eps] for v in (z, w, delta, zo, ce, gap)]
     z, w, delta, zo, ce, gap = out

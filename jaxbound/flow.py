@@ -57,6 +57,14 @@ cover contains a whole side, so the trivial cut is minimum; there
 Vertices of weight 0 are outside the support of the distribution: they get
 ``q = 0`` and ``z = 0`` and their edges are removed (``q_v = 0`` satisfies
 every constraint they take part in and leaves the others free).
+
+References:
+  Bhagoji, Cullina, Sehwag, Mittal. "Lower bounds on cross-entropy loss in the
+  presence of test-time adversaries." ICML 2021, arXiv:2104.08382
+  (Algorithm 1 OptProb, Lemmas 2-5, Theorem 3).
+  Bhagoji, Cullina, Mittal. "Lower bounds on adversarial robustness from
+  optimal transport." NeurIPS 2019, arXiv:1909.12272 (the 0-1 loss as a
+  minimum vertex cover of the conflict graph).
 """
 
 from __future__ import annotations
@@ -75,6 +83,7 @@ __all__ = [
     "bipartite_max_flow",
     "min_vertex_cover",
     "optprob_parts",
+    "sum_int",
 ]
 
 #: Largest capacity SciPy's max-flow stores without overflow.
@@ -149,8 +158,16 @@ def _max_int(a: np.ndarray) -> int:
     return int(max(a.tolist())) if a.dtype == object and a.size else (int(a.max()) if a.size else 0)
 
 
-def _sum_int(a: np.ndarray) -> int:
-    """Exact sum of an int64 or object array as a Python int."""
+def sum_int(a: np.ndarray) -> int:
+    """Exact sum of an int64 or object array of integers as a Python int.
+
+    Args:
+      a: ``[n]`` int64 array, or an object array of Python ints (values beyond int64).
+
+    Returns:
+      The sum, computed in int64 when it cannot overflow and in Python
+      integers otherwise.
+    """
     if a.size == 0:
         return 0
     if a.dtype == object:
@@ -163,7 +180,7 @@ def _sum_int(a: np.ndarray) -> int:
 def _segment_sum(values: np.ndarray, seg: np.ndarray, nseg: int) -> np.ndarray:
     """Exact per-segment sums (int64 when safe, else Python ints in an object array)."""
     if values.dtype != object:
-        total = _sum_int(values)
+        total = sum_int(values)
         if total < 2**62:
             out = np.zeros(nseg, np.int64)
             np.add.at(out, seg, values)
@@ -416,7 +433,7 @@ def bipartite_max_flow(
         out = np.empty_like(fe)
         out[perm] = fe
         fe = out
-    return BipartiteFlow(_sum_int(fa), fa, fb, fe, sa, sb, used)
+    return BipartiteFlow(sum_int(fa), fa, fb, fe, sa, sb, used)
 
 
 # ---------------------------------------------------------------------------
@@ -540,6 +557,189 @@ def _ratio_to_float(w: np.ndarray, total: int) -> np.ndarray:
     return np.array([int(v) / total for v in w.tolist()], np.float64)
 
 
+class _OptProbState:
+    """The mutable state of the iterative OptProb recursion (one instance per :func:`optprob_parts` call).
+
+    ``alive_*`` mark the vertices and edges not yet assigned to a final part;
+    ``part_*`` hold the (creation-order) part of each settled vertex and
+    ``parts_wa`` / ``parts_wb`` the exact class weights of each part.
+    """
+
+    def __init__(self, n_a, n_b, ea, eb, w_a, w_b, total):
+        self.n_a, self.n_b, self.ea, self.eb = n_a, n_b, ea, eb
+        self.w_a, self.w_b, self.total = w_a, w_b, total
+        big = w_a.dtype == object or w_b.dtype == object
+        self.pos_a = (w_a > 0) if not big else np.array([int(v) > 0 for v in w_a.tolist()], bool)
+        self.pos_b = (w_b > 0) if not big else np.array([int(v) > 0 for v in w_b.tolist()], bool)
+        self.part_a = np.full(n_a, -1, np.int64)
+        self.part_b = np.full(n_b, -1, np.int64)
+        self.alive_a, self.alive_b = self.pos_a.copy(), self.pos_b.copy()
+        self.alive_e = self.alive_a[ea] & self.alive_b[eb]
+        self.z_edge = np.zeros(ea.size, np.float64)
+        self.z_a = np.zeros(n_a, np.float64)
+        self.z_b = np.zeros(n_b, np.float64)
+        self.parts_wa: list[int] = []
+        self.parts_wb: list[int] = []
+        self.backends: list[str] = []
+        self.rounds = 0
+
+    def new_part(self, wa: int, wb: int) -> int:
+        self.parts_wa.append(int(wa))
+        self.parts_wb.append(int(wb))
+        return len(self.parts_wa) - 1
+
+    def alive(self):
+        return np.flatnonzero(self.alive_a), np.flatnonzero(self.alive_b)
+
+    def settle_isolated(self, lab_a, lab_b, ncomp) -> int:
+        """One-sided components are isolated vertices: ``q = 1``, ``z_v = p_v`` (final). Returns the count."""
+        ia, ib = self.alive()
+        has_a = np.zeros(ncomp, bool)
+        has_a[lab_a[ia]] = True
+        has_b = np.zeros(ncomp, bool)
+        has_b[lab_b[ib]] = True
+        lone_a = ia[~has_b[lab_a[ia]]]
+        lone_b = ib[~has_a[lab_b[ib]]]
+        done = 0
+        for lone, part, zv, w, alive in ((lone_a, self.part_a, self.z_a, self.w_a, self.alive_a),
+                                         (lone_b, self.part_b, self.z_b, self.w_b, self.alive_b)):
+            if lone.size:
+                ws = w[lone]
+                wsum = sum_int(ws)
+                pid = self.new_part(wsum, 0) if part is self.part_a else self.new_part(0, wsum)
+                part[lone] = pid
+                zv[lone] = _ratio_to_float(ws, self.total)
+                alive[lone] = False
+                done += lone.size
+        return done
+
+    def settle_complete(self, lab_a, lab_b, ncomp) -> int:
+        """Complete bipartite components are final without a flow (the trivial cut is minimum).
+
+        ``q`` = class frequencies, ``z_uv = p_u p_v P(A+B) / (P(A) P(B))`` and
+        ``z_v = 0`` (Lemma 4.2). Returns the number of vertices settled.
+        """
+        ea, eb, w_a, w_b = self.ea, self.eb, self.w_a, self.w_b
+        ia, ib = self.alive()
+        na_c = np.bincount(lab_a[ia], minlength=ncomp)
+        nb_c = np.bincount(lab_b[ib], minlength=ncomp)
+        e_alive = np.flatnonzero(self.alive_e)
+        ne_c = np.bincount(lab_a[ea[e_alive]], minlength=ncomp)
+        complete = (na_c > 0) & (nb_c > 0) & (ne_c == na_c * nb_c)
+        if not complete.any():
+            return 0
+        ua = ia[complete[lab_a[ia]]]
+        ub = ib[complete[lab_b[ib]]]
+        cids = np.flatnonzero(complete)
+        cmap = np.full(ncomp, -1, np.int64)
+        cmap[cids] = np.arange(cids.size)
+        WA_c = _segment_sum(w_a[ua], cmap[lab_a[ua]], cids.size).tolist()
+        WB_c = _segment_sum(w_b[ub], cmap[lab_b[ub]], cids.size).tolist()
+        pid = np.empty(cids.size, np.int64)
+        factor = np.empty(cids.size, np.float64)
+        for i, (wa_c, wb_c) in enumerate(zip(WA_c, WB_c)):
+            wa_c, wb_c = int(wa_c), int(wb_c)
+            pid[i] = self.new_part(wa_c, wb_c)
+            factor[i] = _fraction_float(wa_c + wb_c, wa_c * wb_c * self.total)
+        self.part_a[ua] = pid[cmap[lab_a[ua]]]
+        self.part_b[ub] = pid[cmap[lab_b[ub]]]
+        ec = e_alive[complete[lab_a[ea[e_alive]]]]
+        self.z_edge[ec] = (_to_float(w_a[ea[ec]]) * _to_float(w_b[eb[ec]])) * factor[cmap[lab_a[ea[ec]]]]
+        self.alive_a[ua] = False
+        self.alive_b[ub] = False
+        self.alive_e[ec] = False
+        return ua.size + ub.size
+
+    def linopt_round(self, lab_a, lab_b, ncomp, backend) -> int:
+        """One LinOpt round (one max flow) on the disjoint union of the remaining components.
+
+        Components whose minimal minimum cut is trivial become final parts (q
+        from the class weights, z from the flow, Lemma 4.2); the others are
+        split by dropping the edges between ``A-`` (sink side) and ``B-``
+        (source side). Returns the number of vertices settled.
+        """
+        ia, ib = self.alive()
+        self.rounds += 1
+        comps = np.unique(np.concatenate([lab_a[ia], lab_b[ib]]))
+        cid = np.full(ncomp, -1, np.int64)
+        cid[comps] = np.arange(comps.size)
+        ca, cb = cid[lab_a[ia]], cid[lab_b[ib]]
+        k = comps.size
+        wa_sub, wb_sub = self.w_a[ia], self.w_b[ib]
+        WA = _segment_sum(wa_sub, ca, k)
+        WB = _segment_sum(wb_sub, cb, k)
+        if WA.dtype != object and WB.dtype != object:
+            g = np.gcd(WA, WB)
+            mult_a, mult_b = WB // g, WA // g
+        else:
+            g = np.array([math.gcd(int(x), int(y)) for x, y in zip(WA.tolist(), WB.tolist())], dtype=object)
+            mult_a = np.array([int(y) // int(d) for y, d in zip(WB.tolist(), g.tolist())], dtype=object)
+            mult_b = np.array([int(x) // int(d) for x, d in zip(WA.tolist(), g.tolist())], dtype=object)
+        cap_a = _scaled(wa_sub, mult_a[ca])
+        cap_b = _scaled(wb_sub, mult_b[cb])
+        # local edge list (edges of alive vertices stay sorted under the monotone relabelling)
+        loc_a = np.full(self.n_a, -1, np.int64)
+        loc_a[ia] = np.arange(ia.size)
+        loc_b = np.full(self.n_b, -1, np.int64)
+        loc_b[ib] = np.arange(ib.size)
+        eidx = np.flatnonzero(self.alive_e)
+        la, lb = loc_a[self.ea[eidx]], loc_b[self.eb[eidx]]
+        fa, fb, fe, sa, sb, used = _max_flow_sorted(ia.size, ib.size, la, lb, cap_a, cap_b, backend)
+        self.backends.append(used)
+        comp_split = np.zeros(k, bool)
+        comp_split[ca[sa]] = True
+        comp_split[cb[sb]] = True
+        done = 0
+        fin = np.flatnonzero(~comp_split)
+        if fin.size:
+            fin_pid = np.full(k, -1, np.int64)
+            factor = np.zeros(k, np.float64)
+            WAl, WBl, gl = WA.tolist(), WB.tolist(), g.tolist()
+            for c in fin.tolist():
+                wa_c, wb_c, g_c = int(WAl[c]), int(WBl[c]), int(gl[c])
+                fin_pid[c] = self.new_part(wa_c, wb_c)
+                # r / cap = g (W_A + W_B) / (W_A W_B W_total)
+                factor[c] = _fraction_float(g_c * (wa_c + wb_c), wa_c * wb_c * self.total)
+            fa_mask = ~comp_split[ca]
+            fb_mask = ~comp_split[cb]
+            ua, ub = ia[fa_mask], ib[fb_mask]
+            self.part_a[ua] = fin_pid[ca[fa_mask]]
+            self.part_b[ub] = fin_pid[cb[fb_mask]]
+            self.z_a[ua] = _to_float(_sub(cap_a[fa_mask], fa[fa_mask])) * factor[ca[fa_mask]]
+            self.z_b[ub] = _to_float(_sub(cap_b[fb_mask], fb[fb_mask])) * factor[cb[fb_mask]]
+            e_fin = ~comp_split[ca[la]]
+            self.z_edge[eidx[e_fin]] = _to_float(fe[e_fin]) * factor[ca[la[e_fin]]]
+            self.alive_a[ua] = False
+            self.alive_b[ub] = False
+            self.alive_e[eidx[e_fin]] = False
+            done += ua.size + ub.size
+        drop = comp_split[ca[la]] & ~sa[la] & sb[lb]
+        self.alive_e[eidx[drop]] = False
+        return done
+
+    def result(self, perm) -> OptProbParts:
+        """Parts numbered by increasing ``q_a = W_A / (W_A + W_B)`` (exact comparison), ties by creation."""
+        from fractions import Fraction
+
+        pwa, pwb = self.parts_wa, self.parts_wb
+        # the float key is monotone in the exact ratio; the Fraction only breaks float ties exactly
+        order = sorted(range(len(pwa)), key=lambda i: (pwa[i] / (pwa[i] + pwb[i]),
+                                                       Fraction(pwa[i], pwa[i] + pwb[i]), i))
+        rank = np.empty(len(order), np.int64)
+        rank[np.asarray(order, np.int64)] = np.arange(len(order))
+        part_a = np.where(self.part_a >= 0, rank[np.maximum(self.part_a, 0)] if rank.size else -1, -1)
+        part_b = np.where(self.part_b >= 0, rank[np.maximum(self.part_b, 0)] if rank.size else -1, -1)
+        weight_a = [pwa[i] for i in order]
+        weight_b = [pwb[i] for i in order]
+        z_edge = self.z_edge
+        if perm is not None:
+            out = np.empty_like(z_edge)
+            out[perm] = z_edge
+            z_edge = out
+        return OptProbParts(part_a.astype(np.int64), part_b.astype(np.int64), weight_a, weight_b,
+                            z_edge, self.z_a, self.z_b, self.rounds, tuple(self.backends))
+
+
 def optprob_parts(
     n_a: int,
     n_b: int,
@@ -553,6 +753,10 @@ def optprob_parts(
 ) -> OptProbParts:
     """Algorithm 1 (OptProb) of Bhagoji et al. (2021) on integer vertex weights.
 
+    Each pass splits the alive vertices into connected components, settles
+    isolated vertices and complete bipartite components without a flow, and
+    runs one max flow (a LinOpt round) on the rest; see the module docstring.
+
     Args:
       n_a, n_b: part sizes (class ``a`` = ``A``, class ``b`` = ``B``).
       edge_a, edge_b: ``[E]`` unique conflict edges.
@@ -560,10 +764,15 @@ def optprob_parts(
         of Python ints), not all zero; the distribution is ``p = w / sum(w)``.
       backend: max-flow backend, see :func:`bipartite_max_flow`. With
         ``"auto"`` each round uses SciPy when its capacities fit int32.
-      progress: show a progress bar over rounds.
+      progress: show a progress bar over the settled vertices.
 
     Returns:
       :class:`OptProbParts`.
+
+    References:
+      Bhagoji, Cullina, Sehwag, Mittal. "Lower bounds on cross-entropy loss in
+      the presence of test-time adversaries." ICML 2021, arXiv:2104.08382
+      (Algorithm 1, Lemmas 2-5).
     """
     from tqdm.auto import tqdm
 
@@ -574,171 +783,27 @@ def optprob_parts(
     w_a = _check_integer_weights(w_a, "w_a", n_a)
     w_b = _check_integer_weights(w_b, "w_b", n_b)
     backend = _check_backend(backend)
-    total = _sum_int(w_a) + _sum_int(w_b)
+    total = sum_int(w_a) + sum_int(w_b)
     if total == 0:
         raise ValueError("w_a: all vertex weights are zero")
     ea, eb, perm = _sort_edges(n_b, ea, eb)
-    n_e = ea.size
-
-    big = w_a.dtype == object or w_b.dtype == object
-    pos_a = (w_a > 0) if not big else np.array([int(v) > 0 for v in w_a.tolist()], bool)
-    pos_b = (w_b > 0) if not big else np.array([int(v) > 0 for v in w_b.tolist()], bool)
-    part_a = np.full(n_a, -1, np.int64)
-    part_b = np.full(n_b, -1, np.int64)
-    alive_a, alive_b = pos_a.copy(), pos_b.copy()
-    alive_e = alive_a[ea] & alive_b[eb]
-    z_edge = np.zeros(n_e, np.float64)
-    z_a = np.zeros(n_a, np.float64)
-    z_b = np.zeros(n_b, np.float64)
-    parts_wa: list[int] = []
-    parts_wb: list[int] = []
-    backends: list[str] = []
-    rounds = 0
-
-    def new_part(wa: int, wb: int) -> int:
-        parts_wa.append(int(wa))
-        parts_wb.append(int(wb))
-        return len(parts_wa) - 1
-
-    bar = tqdm(total=int(pos_a.sum() + pos_b.sum()), desc="OptProb", unit="vertex",
+    st = _OptProbState(n_a, n_b, ea, eb, w_a, w_b, total)
+    bar = tqdm(total=int(st.pos_a.sum() + st.pos_b.sum()), desc="OptProb", unit="vertex",
                disable=not progress, leave=False)
     try:
-        while alive_a.any() or alive_b.any():
-            lab_a, lab_b = _components(n_a, n_b, ea, eb, alive_e)
+        while st.alive_a.any() or st.alive_b.any():
+            lab_a, lab_b = _components(n_a, n_b, ea, eb, st.alive_e)
             ncomp = int(max(lab_a.max(initial=-1), lab_b.max(initial=-1))) + 1
-            ia, ib = np.flatnonzero(alive_a), np.flatnonzero(alive_b)
-            has_a = np.zeros(ncomp, bool)
-            has_a[lab_a[ia]] = True
-            has_b = np.zeros(ncomp, bool)
-            has_b[lab_b[ib]] = True
-            # one-sided components are isolated vertices: q = 1, z_v = p_v (final)
-            lone_a = ia[~has_b[lab_a[ia]]]
-            lone_b = ib[~has_a[lab_b[ib]]]
-            done = 0
-            for lone, part, zv, w, alive in ((lone_a, part_a, z_a, w_a, alive_a),
-                                             (lone_b, part_b, z_b, w_b, alive_b)):
-                if lone.size:
-                    ws = w[lone]
-                    wsum = _sum_int(ws)
-                    pid = new_part(wsum, 0) if part is part_a else new_part(0, wsum)
-                    part[lone] = pid
-                    zv[lone] = _ratio_to_float(ws, total)
-                    alive[lone] = False
-                    done += lone.size
-            ia, ib = np.flatnonzero(alive_a), np.flatnonzero(alive_b)
-            # complete bipartite components are final without a flow (the trivial cut is minimum):
-            # q = class frequencies, z_uv = p_u p_v P(A+B) / (P(A) P(B)) and z_v = 0 (Lemma 4.2)
-            na_c = np.bincount(lab_a[ia], minlength=ncomp)
-            nb_c = np.bincount(lab_b[ib], minlength=ncomp)
-            e_alive = np.flatnonzero(alive_e)
-            ne_c = np.bincount(lab_a[ea[e_alive]], minlength=ncomp)
-            complete = (na_c > 0) & (nb_c > 0) & (ne_c == na_c * nb_c)
-            if complete.any():
-                ua = ia[complete[lab_a[ia]]]
-                ub = ib[complete[lab_b[ib]]]
-                cids = np.flatnonzero(complete)
-                cmap = np.full(ncomp, -1, np.int64)
-                cmap[cids] = np.arange(cids.size)
-                WA_c = _segment_sum(w_a[ua], cmap[lab_a[ua]], cids.size).tolist()
-                WB_c = _segment_sum(w_b[ub], cmap[lab_b[ub]], cids.size).tolist()
-                pid = np.empty(cids.size, np.int64)
-                factor = np.empty(cids.size, np.float64)
-                for i, (wa_c, wb_c) in enumerate(zip(WA_c, WB_c)):
-                    wa_c, wb_c = int(wa_c), int(wb_c)
-                    pid[i] = new_part(wa_c, wb_c)
-                    factor[i] = _fraction_float(wa_c + wb_c, wa_c * wb_c * total)
-                part_a[ua] = pid[cmap[lab_a[ua]]]
-                part_b[ub] = pid[cmap[lab_b[ub]]]
-                ec = e_alive[complete[lab_a[ea[e_alive]]]]
-                z_edge[ec] = (_to_float(w_a[ea[ec]]) * _to_float(w_b[eb[ec]])) * factor[cmap[lab_a[ea[ec]]]]
-                alive_a[ua] = False
-                alive_b[ub] = False
-                alive_e[ec] = False
-                done += ua.size + ub.size
-                ia, ib = np.flatnonzero(alive_a), np.flatnonzero(alive_b)
-            if ia.size == 0 and ib.size == 0:
+            done = st.settle_isolated(lab_a, lab_b, ncomp)
+            done += st.settle_complete(lab_a, lab_b, ncomp)
+            if not (st.alive_a.any() or st.alive_b.any()):
                 bar.update(done)
                 break
-            # --- one LinOpt round on the disjoint union of the remaining components
-            rounds += 1
-            comps = np.unique(np.concatenate([lab_a[ia], lab_b[ib]]))
-            cid = np.full(ncomp, -1, np.int64)
-            cid[comps] = np.arange(comps.size)
-            ca, cb = cid[lab_a[ia]], cid[lab_b[ib]]
-            k = comps.size
-            wa_sub, wb_sub = w_a[ia], w_b[ib]
-            WA = _segment_sum(wa_sub, ca, k)
-            WB = _segment_sum(wb_sub, cb, k)
-            if WA.dtype != object and WB.dtype != object:
-                g = np.gcd(WA, WB)
-                mult_a, mult_b = WB // g, WA // g
-            else:
-                g = np.array([math.gcd(int(x), int(y)) for x, y in zip(WA.tolist(), WB.tolist())], dtype=object)
-                mult_a = np.array([int(y) // int(d) for y, d in zip(WB.tolist(), g.tolist())], dtype=object)
-                mult_b = np.array([int(x) // int(d) for x, d in zip(WA.tolist(), g.tolist())], dtype=object)
-            cap_a = _scaled(wa_sub, mult_a[ca])
-            cap_b = _scaled(wb_sub, mult_b[cb])
-            # local edge list (edges of alive vertices stay sorted under the monotone relabelling)
-            loc_a = np.full(n_a, -1, np.int64)
-            loc_a[ia] = np.arange(ia.size)
-            loc_b = np.full(n_b, -1, np.int64)
-            loc_b[ib] = np.arange(ib.size)
-            eidx = np.flatnonzero(alive_e)
-            la, lb = loc_a[ea[eidx]], loc_b[eb[eidx]]
-            fa, fb, fe, sa, sb, used = _max_flow_sorted(ia.size, ib.size, la, lb, cap_a, cap_b, backend)
-            backends.append(used)
-            comp_split = np.zeros(k, bool)
-            comp_split[ca[sa]] = True
-            comp_split[cb[sb]] = True
-            # --- final components: q from the class weights, z from the flow (Lemma 4.2)
-            fin = np.flatnonzero(~comp_split)
-            if fin.size:
-                fin_pid = np.full(k, -1, np.int64)
-                factor = np.zeros(k, np.float64)
-                WAl, WBl, gl = WA.tolist(), WB.tolist(), g.tolist()
-                for c in fin.tolist():
-                    wa_c, wb_c, g_c = int(WAl[c]), int(WBl[c]), int(gl[c])
-                    fin_pid[c] = new_part(wa_c, wb_c)
-                    # r / cap = g (W_A + W_B) / (W_A W_B W_total)
-                    factor[c] = _fraction_float(g_c * (wa_c + wb_c), wa_c * wb_c * total)
-                fa_mask = ~comp_split[ca]
-                fb_mask = ~comp_split[cb]
-                ua, ub = ia[fa_mask], ib[fb_mask]
-                part_a[ua] = fin_pid[ca[fa_mask]]
-                part_b[ub] = fin_pid[cb[fb_mask]]
-                z_a[ua] = _to_float(_sub(cap_a[fa_mask], fa[fa_mask])) * factor[ca[fa_mask]]
-                z_b[ub] = _to_float(_sub(cap_b[fb_mask], fb[fb_mask])) * factor[cb[fb_mask]]
-                e_fin = ~comp_split[ca[la]]
-                z_edge[eidx[e_fin]] = _to_float(fe[e_fin]) * factor[ca[la[e_fin]]]
-                alive_a[ua] = False
-                alive_b[ub] = False
-                alive_e[eidx[e_fin]] = False
-                done += ua.size + ub.size
-            # --- split components: drop the edges between A- (sink side) and B- (source side)
-            drop = comp_split[ca[la]] & ~sa[la] & sb[lb]
-            alive_e[eidx[drop]] = False
+            done += st.linopt_round(lab_a, lab_b, ncomp, backend)
             bar.update(done)
     finally:
         bar.close()
-
-    # number parts by increasing q_a = W_A / (W_A + W_B) (exact comparison), ties by creation
-    from fractions import Fraction
-
-    # the float key is monotone in the exact ratio; the Fraction only breaks float ties exactly
-    order = sorted(range(len(parts_wa)), key=lambda i: (parts_wa[i] / (parts_wa[i] + parts_wb[i]),
-                                                        Fraction(parts_wa[i], parts_wa[i] + parts_wb[i]), i))
-    rank = np.empty(len(order), np.int64)
-    rank[np.asarray(order, np.int64)] = np.arange(len(order))
-    part_a = np.where(part_a >= 0, rank[np.maximum(part_a, 0)] if rank.size else -1, -1)
-    part_b = np.where(part_b >= 0, rank[np.maximum(part_b, 0)] if rank.size else -1, -1)
-    weight_a = [parts_wa[i] for i in order]
-    weight_b = [parts_wb[i] for i in order]
-    if perm is not None:
-        out = np.empty_like(z_edge)
-        out[perm] = z_edge
-        z_edge = out
-    return OptProbParts(part_a.astype(np.int64), part_b.astype(np.int64), weight_a, weight_b,
-                        z_edge, z_a, z_b, rounds, tuple(backends))
+    return st.result(perm)
 
 
 def _scaled(w: np.ndarray, mult: np.ndarray) -> np.ndarray:

@@ -669,3 +669,19 @@ def test_mnist_5000_per_class_backends_agree(mnist_train):
     zs = bounds.min_zero_one_loss(g, backend="scipy")
     zn = bounds.min_zero_one_loss(g, backend="networkx")
     assert zs.loss == zn.loss and zs.verify(1e-12).passed
+
+
+def test_pair_bounds_is_graph_zero_one_and_optprob():
+    rng = np.random.default_rng(3)
+    xa, xb = rng.uniform(size=(40, 7)), rng.uniform(size=(30, 7))
+    for norm in ("l2", "linf"):
+        r = bounds.pair_bounds(xa, xb, eps=0.35, norm=norm)
+        g = bounds.conflict_graph(xa, xb, eps=0.35, norm=norm)
+        assert r.zero_one == bounds.min_zero_one_loss(g).loss
+        assert r.cross_entropy == bounds.optprob(g).loss
+        assert r.num_edges == g.num_edges and r.n == (40, 30) and r.norm == norm and r.verified is True
+        d = r.to_dict()
+        assert d["zero_one"] == r.zero_one and d["n"] == [40, 30]
+    assert bounds.pair_bounds(xa, xb, eps=0.35, norm="l2", verify=False).verified is None
+    with pytest.raises(ValueError, match="eps"):
+        bounds.pair_bounds(xa, xb, eps=-1.0, norm="l2")
