@@ -230,3 +230,107 @@ def check_weights(w: Any, name: str, *, n: int) -> np.ndarray:
     if (arr < 0).any():
         raise ValueError(f"{name}: weights must be non-negative")
     return arr
+
+
+# ---------------------------------------------------------------------------
+# Model and attack arguments (shared by attacks, metrics, generative, training)
+# ---------------------------------------------------------------------------
+
+_ATTACK_NORMS = ("linf", "l2", "l1")
+
+
+def check_attack_norm(norm: Any, name: str = "norm") -> str:
+    """A threat-model norm supported by the attacks: ``"linf" | "l2" | "l1"`` (canonical name)."""
+    n = canonical_norm(norm, name)
+    if n not in _ATTACK_NORMS:
+        raise ValueError(f"{name}: attacks support 'linf', 'l2' and 'l1', got {norm!r}")
+    return n
+
+
+def check_logits_fn(logits_fn: Any) -> None:
+    """``logits_fn`` must be callable (``x [n, ...] -> logits [n, k]``)."""
+    if not callable(logits_fn):
+        raise ValueError(f"logits_fn: expected a callable x -> logits, got {type(logits_fn).__name__}")
+
+
+def check_model_inputs(x: Any, bounds: Sequence[float] | None, name: str = "x"):
+    """A batch ``[n, ...]`` (at least 2-D) of finite reals inside ``bounds``, as float32.
+
+    Concrete inputs come back as NumPy float32, traced ones as JAX float32.
+    """
+    if isinstance(x, (jax.Array, np.ndarray, jax.core.Tracer)):
+        arr = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"{name}: cannot be converted to an array ({exc})") from None
+    if not hasattr(arr, "ndim") or arr.ndim < 2:
+        raise ValueError(f"{name}: expected a batch shaped [n, ...] with at least 2 dimensions, "
+                         f"got shape {tuple(getattr(arr, 'shape', ()))}")
+    dt = np.dtype(arr.dtype)
+    if not (np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer)) or dt == np.bool_:
+        raise ValueError(f"{name}: expected real numbers, got dtype {dt}")
+    check_finite(arr, name)
+    check_bounds(arr, name, bounds)
+    if is_concrete(arr):
+        return np.asarray(arr, dtype=np.float32)
+    return arr.astype(jnp.float32)
+
+
+def num_classes_of(logits_fn: Any, x: Any) -> int:
+    """Number of classes ``k`` of ``logits_fn`` on inputs shaped like ``x`` (checked by ``eval_shape``)."""
+    try:
+        out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct((max(1, x.shape[0]),) + tuple(x.shape[1:]), jnp.float32))
+    except Exception as exc:  # noqa: BLE001 - re-raised with the argument name
+        raise ValueError(f"logits_fn: failed on inputs shaped {tuple(x.shape)}: {exc}") from exc
+    if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != max(1, x.shape[0]):
+        raise ValueError(f"logits_fn: must return logits shaped [n, num_classes], got {getattr(out, 'shape', out)}")
+    if out.shape[1] < 2:
+        raise ValueError(f"logits_fn: needs at least 2 classes, got {out.shape[1]}")
+    return int(out.shape[1])
+
+
+def check_model_labels(y: Any, n: int, k: int, name: str = "y"):
+    """Integer labels ``[n]`` in ``[0, k)`` as int32 (NumPy when concrete)."""
+    arr = check_labels(y, name, n=n, num_classes=k)
+    if is_concrete(arr):
+        return np.asarray(arr).astype(np.int32)
+    return arr.astype(jnp.int32)
+
+
+def check_eps(eps: Any, name: str = "eps") -> tuple[np.ndarray, bool]:
+    """Scalar or 1-D vector of non-negative finite budgets -> (float64 ``[K]``, is_vector)."""
+    if not is_concrete(eps):
+        raise ValueError(f"{name}: must be concrete numbers, not traced values")
+    arr = np.asarray(eps, dtype=np.float64) if not isinstance(eps, (bool, np.bool_)) else None
+    if arr is None or arr.dtype.kind not in "fiu":
+        raise ValueError(f"{name}: expected a number or a 1-D array of numbers, got {eps!r}")
+    if arr.ndim > 1:
+        raise ValueError(f"{name}: expected a scalar or a 1-D array, got shape {arr.shape}")
+    if arr.ndim == 1 and arr.size == 0:
+        raise ValueError(f"{name}: is an empty array")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: must be finite, got {eps!r}")
+    if np.any(arr < 0):
+        raise ValueError(f"{name}: must be >= 0, got {arr.min()}")
+    return np.atleast_1d(arr).astype(np.float64), arr.ndim == 1
+
+
+def check_step(step_size: Any, eps: np.ndarray, steps: int, name: str = "step_size") -> np.ndarray:
+    """Step sizes ``[K]`` for budgets ``eps [K]``: ``2.5 eps / steps`` when None, else positive, one or per eps."""
+    if step_size is None:
+        return 2.5 * eps / steps
+    arr = np.asarray(step_size, dtype=np.float64)
+    if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != eps.shape[0]):
+        raise ValueError(f"{name}: expected a scalar or one value per eps ({eps.shape[0]}), got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{name}: must be positive and finite, got {step_size!r}")
+    return np.broadcast_to(arr, eps.shape).astype(np.float64)
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """``value`` must be one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name}: must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value

@@ -81,7 +81,6 @@ __all__ = [
     "perturbation_norms",
 ]
 
-_ATTACK_NORMS = ("linf", "l2", "l1")
 _LOSSES = ("ce", "margin")
 _DEFAULT_BATCH = 512
 _TINY = 1e-12
@@ -114,7 +113,7 @@ class AttackResult(NamedTuple):
 
     def norm(self, norm: Any) -> Any:
         """Perturbation norms ``[n]`` in ``"l1" | "l2" | "linf"``."""
-        n = _check_attack_norm(norm)
+        n = _checks.check_attack_norm(norm)
         return {"l1": self.l1, "l2": self.l2, "linf": self.linf}[n]
 
     @property
@@ -184,12 +183,12 @@ class AttackConfig:
 
     def __post_init__(self):
         put = functools.partial(object.__setattr__, self)
-        put("norm", _check_attack_norm(self.norm))
-        eps_k, vector = _check_eps(self.eps)
+        put("norm", _checks.check_attack_norm(self.norm))
+        eps_k, vector = _checks.check_eps(self.eps)
         put("eps", tuple(float(e) for e in eps_k) if vector else float(eps_k[0]))
         put("steps", _checks.check_int(self.steps, "steps", low=1))
         if self.step_size is not None:
-            st = _check_step(self.step_size, eps_k, self.steps)
+            st = _checks.check_step(self.step_size, eps_k, self.steps)
             vec = np.ndim(self.step_size) == 1
             put("step_size", tuple(float(s) for s in st) if vec else float(st[0]))
         put("restarts", _checks.check_int(self.restarts, "restarts", low=1))
@@ -198,7 +197,7 @@ class AttackConfig:
                 raise ValueError(f"{name}: expected a bool, got {getattr(self, name)!r}")
             put(name, bool(getattr(self, name)))
         put("bounds", _check_bounds(self.bounds))
-        put("loss", _check_choice(self.loss, "loss", _LOSSES))
+        put("loss", _checks.check_choice(self.loss, "loss", _LOSSES))
         put("l1_fraction", _checks.check_scalar(self.l1_fraction, "l1_fraction", low=0.0, high=1.0,
                                                 low_inclusive=False))
 
@@ -210,7 +209,7 @@ class AttackConfig:
     @property
     def step_array(self) -> np.ndarray:
         """Step sizes ``[K]``, one per budget (``2.5 eps / steps`` when ``step_size`` is None)."""
-        return _check_step(self.step_size, self.eps_array, self.steps)
+        return _checks.check_step(self.step_size, self.eps_array, self.steps)
 
     def replace(self, **changes: Any) -> "AttackConfig":
         """A validated copy with ``changes`` applied (unknown names raise ``TypeError``)."""
@@ -274,103 +273,24 @@ class MinimalDistance(NamedTuple):
 # ---------------------------------------------------------------------------
 
 
-def _check_attack_norm(norm: Any, name: str = "norm") -> str:
-    n = _checks.canonical_norm(norm, name)
-    if n not in _ATTACK_NORMS:
-        raise ValueError(f"{name}: attacks support 'linf', 'l2' and 'l1', got {norm!r}")
-    return n
-
-
-def _check_logits_fn(logits_fn: Any) -> None:
-    if not callable(logits_fn):
-        raise ValueError(f"logits_fn: expected a callable x -> logits, got {type(logits_fn).__name__}")
-
-
 def _check_bounds(bounds: Any) -> tuple[float, float] | None:
     return _checks.check_interval(bounds, "bounds", allow_none=True)
 
 
-def _check_x(x: Any, bounds, name: str = "x"):
-    if isinstance(x, (jax.Array, np.ndarray, jax.core.Tracer)):
-        arr = x
-    else:
-        try:
-            arr = np.asarray(x)
-        except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"{name}: cannot be converted to an array ({exc})") from None
-    if not hasattr(arr, "ndim") or arr.ndim < 2:
-        raise ValueError(f"{name}: expected a batch shaped [n, ...] with at least 2 dimensions, "
-                         f"got shape {tuple(getattr(arr, 'shape', ()))}")
-    dt = np.dtype(arr.dtype)
-    if not (np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer)) or dt == np.bool_:
-        raise ValueError(f"{name}: expected real numbers, got dtype {dt}")
-    _checks.check_finite(arr, name)
-    _checks.check_bounds(arr, name, bounds)
-    if _checks.is_concrete(arr):
-        return np.asarray(arr, dtype=np.float32)
-    return arr.astype(jnp.float32)
-
-
-def _num_classes(logits_fn, x) -> int:
-    try:
-        out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct((max(1, x.shape[0]),) + tuple(x.shape[1:]), jnp.float32))
-    except Exception as exc:  # noqa: BLE001 - re-raised with the argument name
-        raise ValueError(f"logits_fn: failed on inputs shaped {tuple(x.shape)}: {exc}") from exc
-    if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != max(1, x.shape[0]):
-        raise ValueError(f"logits_fn: must return logits shaped [n, num_classes], got {getattr(out, 'shape', out)}")
-    if out.shape[1] < 2:
-        raise ValueError(f"logits_fn: needs at least 2 classes, got {out.shape[1]}")
-    return int(out.shape[1])
-
-
-def _check_y(y, n: int, k: int, name: str = "y"):
-    arr = _checks.check_labels(y, name, n=n, num_classes=k)
-    if _checks.is_concrete(arr):
-        return np.asarray(arr).astype(np.int32)
-    return arr.astype(jnp.int32)
-
-
-def _check_eps(eps: Any, name: str = "eps") -> tuple[np.ndarray, bool]:
-    """Scalar or 1-D vector of non-negative finite budgets -> (float64 [K], is_vector)."""
-    if not _checks.is_concrete(eps):
-        raise ValueError(f"{name}: must be concrete numbers, not traced values")
-    arr = np.asarray(eps, dtype=np.float64) if not isinstance(eps, (bool, np.bool_)) else None
-    if arr is None or arr.dtype.kind not in "fiu":
-        raise ValueError(f"{name}: expected a number or a 1-D array of numbers, got {eps!r}")
-    if arr.ndim > 1:
-        raise ValueError(f"{name}: expected a scalar or a 1-D array, got shape {arr.shape}")
-    if arr.ndim == 1 and arr.size == 0:
-        raise ValueError(f"{name}: is an empty array")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: must be finite, got {eps!r}")
-    if np.any(arr < 0):
-        raise ValueError(f"{name}: must be >= 0, got {arr.min()}")
-    return np.atleast_1d(arr).astype(np.float64), arr.ndim == 1
-
-
-def _check_step(step_size: Any, eps: np.ndarray, steps: int, name: str = "step_size") -> np.ndarray:
-    if step_size is None:
-        return 2.5 * eps / steps
-    arr = np.asarray(step_size, dtype=np.float64)
-    if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != eps.shape[0]):
-        raise ValueError(f"{name}: expected a scalar or one value per eps ({eps.shape[0]}), got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"{name}: must be positive and finite, got {step_size!r}")
-    return np.broadcast_to(arr, eps.shape).astype(np.float64)
-
-
-def _check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name}: must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
+# Transitional aliases: jaxbound.training still reads these until it moves to jaxbound._checks.
+_check_attack_norm = _checks.check_attack_norm
+_check_logits_fn = _checks.check_logits_fn
+_check_x = _checks.check_model_inputs
+_num_classes = _checks.num_classes_of
+_check_y = _checks.check_model_labels
 
 
 def _prepare(logits_fn, x, y, bounds, *, targeted: bool, y_name: str = "y"):
     """Validate the common arguments; fill ``y`` with predictions when None."""
-    _check_logits_fn(logits_fn)
+    _checks.check_logits_fn(logits_fn)
     bounds = _check_bounds(bounds)
-    x = _check_x(x, bounds)
-    k = _num_classes(logits_fn, x)
+    x = _checks.check_model_inputs(x, bounds)
+    k = _checks.num_classes_of(logits_fn, x)
     if not isinstance(targeted, (bool, np.bool_)):
         raise ValueError(f"targeted: expected a bool, got {targeted!r}")
     if y is None:
@@ -379,7 +299,7 @@ def _prepare(logits_fn, x, y, bounds, *, targeted: bool, y_name: str = "y"):
         y = predict(logits_fn, x)
         y = y.astype(np.int32) if isinstance(y, np.ndarray) else y.astype(jnp.int32)
     else:
-        y = _check_y(y, x.shape[0], k, y_name)
+        y = _checks.check_model_labels(y, x.shape[0], k, y_name)
     return x, y, bounds, k
 
 
@@ -705,11 +625,11 @@ def fgm(
     Returns:
       :class:`AttackResult`.
     """
-    norm = _check_attack_norm(norm)
-    loss = _check_choice(loss, "loss", _LOSSES)
+    norm = _checks.check_attack_norm(norm)
+    loss = _checks.check_choice(loss, "loss", _LOSSES)
     l1_fraction = _checks.check_scalar(l1_fraction, "l1_fraction", low=0.0, high=1.0, low_inclusive=False)
     x, y, bounds, _ = _prepare(logits_fn, x, y, bounds, targeted=targeted)
-    eps_k, vector = _check_eps(eps)
+    eps_k, vector = _checks.check_eps(eps)
     n = x.shape[0]
     static = dict(logits_fn=logits_fn, norm=norm, targeted=bool(targeted), loss=loss, bounds=bounds,
                   l1_fraction=float(l1_fraction))
@@ -738,7 +658,7 @@ def fgsm(
 
 
 def _empty_result(logits_fn, x, k_vec):
-    k = _num_classes(logits_fn, x)
+    k = _checks.num_classes_of(logits_fn, x)
     lead = () if k_vec is None else (k_vec,)
     z = np.zeros(lead + (0,), np.float32)
     return AttackResult(np.zeros(lead + x.shape, np.float32), np.zeros(lead + (0,), bool),
@@ -855,16 +775,16 @@ def pgd(
       :class:`AttackResult`.
     """
     _checks.check_key(key)
-    norm = _check_attack_norm(norm)
-    loss = _check_choice(loss, "loss", _LOSSES)
+    norm = _checks.check_attack_norm(norm)
+    loss = _checks.check_choice(loss, "loss", _LOSSES)
     steps = _checks.check_int(steps, "steps", low=1)
     restarts = _checks.check_int(restarts, "restarts", low=1)
     if not isinstance(random_start, (bool, np.bool_)):
         raise ValueError(f"random_start: expected a bool, got {random_start!r}")
     l1_fraction = _checks.check_scalar(l1_fraction, "l1_fraction", low=0.0, high=1.0, low_inclusive=False)
     x, y, bounds, _ = _prepare(logits_fn, x, y, bounds, targeted=targeted)
-    eps_k, vector = _check_eps(eps)
-    step_k = _check_step(step_size, eps_k, steps)
+    eps_k, vector = _checks.check_eps(eps)
+    step_k = _checks.check_step(step_size, eps_k, steps)
     n = x.shape[0]
     if n == 0:
         return _empty_result(logits_fn, x, len(eps_k) if vector else None)
@@ -970,8 +890,8 @@ def minimal_adversarial_distance(
       :class:`MinimalDistance`.
     """
     _checks.check_key(key)
-    norm = _check_attack_norm(norm)
-    loss = _check_choice(loss, "loss", _LOSSES)
+    norm = _checks.check_attack_norm(norm)
+    loss = _checks.check_choice(loss, "loss", _LOSSES)
     eps_max = _checks.check_scalar(eps_max, "eps_max", low=0.0, low_inclusive=False)
     search_steps = _checks.check_int(search_steps, "search_steps", low=0)
     steps = _checks.check_int(steps, "steps", low=1)
@@ -1157,7 +1077,7 @@ def evasive_carlini_wagner(
     differentiation of ``logits_fn``. Other arguments as in :func:`carlini_wagner_l2`.
     """
     penalty = _checks.check_scalar(penalty, "penalty", low=0.0)
-    detector = _check_choice(detector, "detector", ("loss", "model"))
+    detector = _checks.check_choice(detector, "detector", ("loss", "model"))
     return _cw(logits_fn, x, y, targeted=targeted, confidence=confidence, c_init=c_init, search_steps=search_steps,
                steps=steps, learning_rate=learning_rate, bounds=bounds, batch_size=batch_size, penalty=penalty,
                detector=detector, norm=norm)
@@ -1165,7 +1085,7 @@ def evasive_carlini_wagner(
 
 def _cw(logits_fn, x, y, *, targeted, confidence, c_init, search_steps, steps, learning_rate, bounds, batch_size,
         penalty, detector, norm):
-    dual = _checks.dual_norm(_check_attack_norm(norm))
+    dual = _checks.dual_norm(_checks.check_attack_norm(norm))
     confidence = _checks.check_scalar(confidence, "confidence", low=0.0)
     c_init = _checks.check_scalar(c_init, "c_init", low=0.0, low_inclusive=False)
     search_steps = _checks.check_int(search_steps, "search_steps", low=1)
@@ -1334,7 +1254,7 @@ def boundary_attack(
         xs = np.zeros_like(x) if isinstance(x, np.ndarray) else jnp.zeros_like(x)
         has = np.zeros(n, bool) if isinstance(x, np.ndarray) else jnp.zeros(n, bool)
     else:
-        xs = _check_x(starting_points, bounds, "starting_points")
+        xs = _checks.check_model_inputs(starting_points, bounds, "starting_points")
         if tuple(xs.shape) != tuple(x.shape):
             raise ValueError(f"starting_points: shape {tuple(xs.shape)} does not match x's {tuple(x.shape)}")
         has = np.ones(n, bool) if isinstance(x, np.ndarray) else jnp.ones(n, bool)
@@ -1359,8 +1279,8 @@ def _predict_core(x, *, logits_fn):
 
 def predict(logits_fn: Callable, x: Any, *, batch_size: int | None = None) -> Any:
     """Predicted labels ``[n]`` (argmax of the logits), batched and sharded like the attacks."""
-    _check_logits_fn(logits_fn)
-    x = _check_x(x, None)
+    _checks.check_logits_fn(logits_fn)
+    x = _checks.check_model_inputs(x, None)
     if x.shape[0] == 0:
         return np.zeros(0, np.int32)
     return _execute(_predict_core, dict(logits_fn=logits_fn), (x,), (), batch_size=batch_size)
@@ -1368,7 +1288,7 @@ def predict(logits_fn: Callable, x: Any, *, batch_size: int | None = None) -> An
 
 def perturbation_norms(x: Any, x_adv: Any, norm: Any = "l2") -> Any:
     """``||x_adv_i - x_i||`` per example, flattening all but the first axis."""
-    n = _check_attack_norm(norm)
+    n = _checks.check_attack_norm(norm)
     a = np.asarray(x, np.float64) if _checks.is_concrete(x) else x
     b = np.asarray(x_adv, np.float64) if _checks.is_concrete(x_adv) else x_adv
     if a.shape != b.shape:

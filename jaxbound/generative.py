@@ -889,7 +889,7 @@ def in_distribution_attack(
       :class:`InDistributionResult`.
     """
     _checks.check_key(key)
-    _attacks._check_logits_fn(logits_fn)
+    _checks.check_logits_fn(logits_fn)
     d = _check_generator(g, latent_dim)
     init_restarts = _checks.check_int(init_restarts, "init_restarts", low=1)
     init_steps = _checks.check_int(init_steps, "init_steps", low=0)
@@ -900,17 +900,17 @@ def in_distribution_attack(
     learning_rate = _checks.check_scalar(learning_rate, "learning_rate", low=0.0, low_inclusive=False)
     c_init = _checks.check_scalar(c_init, "c_init", low=0.0, low_inclusive=False)
     confidence = _checks.check_scalar(confidence, "confidence", low=0.0)
-    x = _attacks._check_x(x, None)
+    x = _checks.check_model_inputs(x, None)
     out_shape = jax.eval_shape(g, jax.ShapeDtypeStruct((1, d), jnp.float32),
                                jax.ShapeDtypeStruct((1,), jnp.int32)).shape
     if tuple(x.shape[1:]) != tuple(out_shape[1:]):
         raise ValueError(f"x: examples shaped {tuple(x.shape[1:])} do not match g's outputs {tuple(out_shape[1:])}")
-    k = _attacks._num_classes(logits_fn, x)
-    y = _attacks._check_y(y, x.shape[0], k)
+    k = _checks.num_classes_of(logits_fn, x)
+    y = _checks.check_model_labels(y, x.shape[0], k)
     kg = _num_classes_of(g, None)
     if kg is not None:
         _checks.check_labels(y, "y", num_classes=kg)
-    eps_e, vector = _attacks._check_eps(eps)
+    eps_e, vector = _checks.check_eps(eps)
     n = x.shape[0]
     if z_init is not None:
         z0 = _checks.check_points(z_init, "z_init", allow_empty=True)

@@ -103,14 +103,14 @@ class RobustAccuracy(NamedTuple):
 
 
 def _labels_for(logits_fn, x, y):
-    x = _attacks._check_x(x, None)
-    k = _attacks._num_classes(logits_fn, x)
-    return x, _attacks._check_y(y, x.shape[0], k), k
+    x = _checks.check_model_inputs(x, None)
+    k = _checks.num_classes_of(logits_fn, x)
+    return x, _checks.check_model_labels(y, x.shape[0], k), k
 
 
 def accuracy(logits_fn: Callable, x: Any, y: Any, *, batch_size: int | None = None) -> float:
     """Clean accuracy of ``logits_fn`` on ``(x [n, ...], y [n])``."""
-    _attacks._check_logits_fn(logits_fn)
+    _checks.check_logits_fn(logits_fn)
     x, y, _ = _labels_for(logits_fn, x, y)
     if x.shape[0] == 0:
         return float("nan")
@@ -158,7 +158,7 @@ def robust_accuracy(
     Returns:
       :class:`RobustAccuracy`; ``robust_accuracy <= clean_accuracy`` always.
     """
-    _attacks._check_logits_fn(logits_fn)
+    _checks.check_logits_fn(logits_fn)
     x, y, _ = _labels_for(logits_fn, x, y)
     n = x.shape[0]
     succ = _success_stack(results, n)
@@ -269,11 +269,11 @@ def evaluate_robustness(
     wrt = None
     if wrt_predictions:
         wrt = robustness_wrt_predictions(_attacks.pgd(logits_fn, x, None, **kw))
-    eps_k, vector = _attacks._check_eps(eps)
-    step_k = _attacks._check_step(step_size, eps_k, steps)
+    eps_k, vector = _checks.check_eps(eps)
+    step_k = _checks.check_step(step_size, eps_k, steps)
     as_out = (lambda a: a.astype(float).tolist()) if vector else (lambda a: float(a[0]))
     return RobustnessReport(
-        n=ra.n, norm=_attacks._check_attack_norm(norm), eps=as_out(eps_k), steps=int(steps), step_size=as_out(step_k),
+        n=ra.n, norm=_checks.check_attack_norm(norm), eps=as_out(eps_k), steps=int(steps), step_size=as_out(step_k),
         restarts=int(restarts), random_start=bool(random_start), bounds=None if bounds is None else list(bounds),
         loss=loss, clean_accuracy=ra.clean_accuracy, robust_accuracy=ra.robust_accuracy,
         robustness_wrt_predictions=wrt,
@@ -327,7 +327,7 @@ def robust_error_curve(
     ``step_size=None`` scales the step with each budget (``2.5 eps / steps``).
     Other arguments as in :func:`jaxbound.attacks.pgd`.
     """
-    eps_k, _ = _attacks._check_eps(eps)
+    eps_k, _ = _checks.check_eps(eps)
     res = _attacks.pgd(logits_fn, x, y, key=key, eps=eps_k, norm=norm, steps=steps, step_size=step_size,
                        restarts=restarts, random_start=random_start, bounds=bounds, loss=loss,
                        batch_size=batch_size, progress=progress)
@@ -360,7 +360,7 @@ def error_curve(distances: Any, eps: Any) -> ErrorCurve:
       :class:`ErrorCurve` (``clean_error`` is the fraction at distance 0).
     """
     d = _check_distances(distances)
-    eps_k, _ = _attacks._check_eps(eps)
+    eps_k, _ = _checks.check_eps(eps)
     e = eps_k.astype(np.float64)
     if d.size == 0:
         return ErrorCurve(e, np.full(e.shape, np.nan), float("nan"), 0)
@@ -484,13 +484,13 @@ def gradient_norms(
     Returns:
       :class:`GradientNorms`.
     """
-    _attacks._check_logits_fn(logits_fn)
-    norm = _attacks._check_attack_norm(norm)
+    _checks.check_logits_fn(logits_fn)
+    norm = _checks.check_attack_norm(norm)
     dual = _checks.dual_norm(norm)
-    output = _attacks._check_choice(output, "output", ("probs", "logits"))
-    x = _attacks._check_x(x, None)
-    k = _attacks._num_classes(logits_fn, x)
-    y = _attacks.predict(logits_fn, x, batch_size=batch_size) if y is None else _attacks._check_y(y, x.shape[0], k)
+    output = _checks.check_choice(output, "output", ("probs", "logits"))
+    x = _checks.check_model_inputs(x, None)
+    k = _checks.num_classes_of(logits_fn, x)
+    y = _attacks.predict(logits_fn, x, batch_size=batch_size) if y is None else _checks.check_model_labels(y, x.shape[0], k)
     if x.shape[0] == 0:
         z = np.zeros(0, np.float32)
         return GradientNorms(z, z.copy(), z.copy(), norm, dual, output)
@@ -528,7 +528,7 @@ def predicted_minimal_distance(
     Returns:
       ``[n]`` predicted distances.
     """
-    _attacks._check_logits_fn(logits_fn)
+    _checks.check_logits_fn(logits_fn)
     x, y, k = _labels_for(logits_fn, x, y)
     l0 = math.log(k) if l0 is None else _checks.check_scalar(l0, "l0", low=0.0, low_inclusive=False)
     gn = gradient_norms(logits_fn, x, y, norm=norm, batch_size=batch_size)
@@ -705,7 +705,7 @@ def detect_adversarial(
     ``statistic="model"`` uses ``||grad f(x)||_{*,inf}`` (eq. 7.1);
     ``"loss"`` the loss gradient at the predicted class.
     """
-    statistic = _attacks._check_choice(statistic, "statistic", ("model", "loss"))
+    statistic = _checks.check_choice(statistic, "statistic", ("model", "loss"))
     sc = gradient_norms(logits_fn, x_clean, None, norm=norm, output=output, batch_size=batch_size)
     sa = gradient_norms(logits_fn, x_adv, None, norm=norm, output=output, batch_size=batch_size)
     return gradient_norm_detection(getattr(sc, statistic), getattr(sa, statistic), fpr=fpr)
