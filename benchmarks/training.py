@@ -190,7 +190,7 @@ def main(argv=None):
 
     tr = data.load("mnist", split="train", data_dir=root)
     n = max(args.steps_standard, args.steps_pgd) * args.batch_size
-    params = models.init_params(models.create("lenet5"), jax.random.key(0), (28, 28, 1))["params"]
+    params = models.init_params(models.create("lenet5"), (28, 28, 1), key=jax.random.key(0))["params"]
     flat = {f"{layer}_{k}": np.asarray(v) for layer, d in params.items() for k, v in d.items()}
     tmp = tempfile.mkdtemp(prefix="issue6_bench_")
     path = os.path.join(tmp, "data.npz")

@@ -9,7 +9,10 @@ Registry: :func:`create` builds a registered model by name,
 :func:`available` lists the names and :func:`register` adds one.
 :func:`init_params` and :func:`logits_fn` are the two helpers every caller
 needs (parameters from a key; the plain ``x -> logits`` function the attacks
-take).
+take). :func:`build` makes a registered architecture for a dataset (with the
+``widen_factor`` rules of :func:`resolve_widen`), :func:`save` writes a trained
+model as ``model.json`` + ``model.msgpack`` and :func:`load` reads it back
+(:class:`SavedModel`).
 
 Models:
 
@@ -55,11 +58,32 @@ wherever the max is unique); ``impl="xla"`` gives the plain
 primitives can be differentiated again in reverse mode (gradient penalties,
 the evasive Carlini-Wagner attack) but not in forward mode (``jax.jvp``).
 Parameters have the same layout under either ``impl``.
+
+References:
+  Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial robustness
+  to input data distributions." ICLR 2019, arXiv:1902.08336 (LeNet5 and
+  WRN-28-4 settings, App. B).
+  Madry, Makelov, Schmidt, Tsipras, Vladu. "Towards deep learning models
+  resistant to adversarial attacks." ICLR 2018, arXiv:1706.06083 (the MNIST
+  network).
+  Zhang, Yu, Jiao, Xing, El Ghaoui, Jordan. "Theoretically principled
+  trade-off between robustness and accuracy." ICML 2019, arXiv:1901.08573
+  (TRADES; its MNIST network is ``smallcnn``).
+  Zhang, Chen, Gu, Evans. "Understanding the intrinsic robustness of image
+  distributions using conditional generative models." AISTATS 2020,
+  arXiv:2003.00378 (App. B.1: ``smallcnn``).
+  Wong, Kolter. "Provable defenses against adversarial examples via the
+  convex outer adversarial polytope." ICML 2018, arXiv:1711.00851
+  (``wong_kolter``).
+  Zagoruyko, Komodakis. "Wide residual networks." BMVC 2016,
+  arXiv:1605.07146 (``wideresnet``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import json
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -68,6 +92,7 @@ import numpy as np
 from jax import lax
 
 from jaxbound import _checks
+from jaxbound._io import atomic_write_bytes, atomic_write_json, to_jsonable
 
 __all__ = [
     "LeNet5",
@@ -80,6 +105,12 @@ __all__ = [
     "register",
     "create",
     "available",
+    "accepts_widen",
+    "resolve_widen",
+    "build",
+    "SavedModel",
+    "save",
+    "load",
     "init_params",
     "logits_fn",
 ]
@@ -120,13 +151,178 @@ def create(name: str, **kwargs: Any) -> nn.Module:
     return _REGISTRY[name.lower()](**kwargs)
 
 
-def init_params(model: nn.Module, key: Any, input_shape: Sequence[int]) -> Any:
+def _check_input_shape(input_shape: Any) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"input_shape: expected a sequence of positive sizes, got {input_shape!r}") from None
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"input_shape: expected positive sizes, got {input_shape!r}")
+    return shape
+
+
+def accepts_widen(arch: str) -> bool:
+    """Whether the registered architecture ``arch`` has a ``widen_factor`` attribute."""
+    cls = _REGISTRY.get(str(arch).lower())
+    return cls is not None and "widen_factor" in getattr(cls, "__dataclass_fields__", {})
+
+
+def resolve_widen(arch: str, widen_factor: Any) -> float | None:
+    """The ``widen_factor`` to build ``arch`` with.
+
+    Args:
+      arch: a registered architecture name.
+      widen_factor: a number, ``None`` (the architecture's own default) or
+        ``"auto"`` (0.5 for architectures that have a widen factor, else
+        ``None``).
+
+    Returns:
+      A float or ``None``.
+
+    Raises:
+      ValueError: an unknown string, or a number for an architecture without
+        a widen factor.
+    """
+    if isinstance(widen_factor, str):
+        if widen_factor != "auto":
+            raise ValueError(f"widen_factor: expected a number, None or 'auto', got {widen_factor!r}")
+        return 0.5 if accepts_widen(arch) else None
+    if widen_factor is not None and not accepts_widen(arch):
+        raise ValueError(f"widen_factor: architecture {arch!r} has no widen factor")
+    return widen_factor
+
+
+def build(arch: str, *, num_classes: int, input_shape: Sequence[int] | None = None,
+          widen_factor: Any = None) -> nn.Module:
+    """The registered architecture ``arch`` for ``num_classes`` classes.
+
+    Args:
+      arch: a registered name (:func:`available`).
+      num_classes: number of outputs (>= 2).
+      input_shape: shape of one example, e.g. ``(28, 28, 1)``; when given,
+        the model is checked to accept it (shapes only, nothing is compiled).
+      widen_factor: a number, ``None`` (the architecture's default) or
+        ``"auto"`` (see :func:`resolve_widen`).
+
+    Returns:
+      The Flax module.
+
+    Raises:
+      ValueError: unknown architecture, ``num_classes < 2``, a widen factor
+        the architecture does not take, or inputs it cannot process.
+    """
+    if not isinstance(arch, str) or arch.lower() not in _REGISTRY:
+        raise ValueError(f"arch: unknown architecture {arch!r}; available: {', '.join(available())}")
+    kw: dict[str, Any] = {"num_classes": _checks.check_int(num_classes, "num_classes", low=2)}
+    widen_factor = resolve_widen(arch, widen_factor)
+    if widen_factor is not None:
+        kw["widen_factor"] = _checks.check_scalar(widen_factor, "widen_factor", low=0.0, low_inclusive=False)
+    module = create(arch, **kw)
+    if input_shape is not None:
+        shape = _check_input_shape(input_shape)
+        try:
+            jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, *shape), jnp.float32)))
+        except ValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported against the argument
+            raise ValueError(f"input_shape: {arch!r} fails on inputs shaped {shape}: {exc}") from exc
+    return module
+
+
+class SavedModel(NamedTuple):
+    """A model read by :func:`load`.
+
+    Attributes:
+      model: the Flax module.
+      params: its parameters (``{"params": ...}``, NumPy leaves).
+      arch: the registered architecture name.
+      num_classes: number of outputs.
+      widen_factor: the widen factor it was built with (``None``: the
+        architecture's default).
+      input_shape: shape of one example.
+      record: the free-form record saved with it (settings, accuracies).
+    """
+
+    model: nn.Module
+    params: Any
+    arch: str
+    num_classes: int
+    widen_factor: float | None
+    input_shape: tuple
+    record: dict
+
+    def logits_fn(self) -> Callable[[jax.Array], jax.Array]:
+        """The plain ``x [n, ...] -> logits [n, k]`` function."""
+        return logits_fn(self.model, self.params)
+
+    def to_dict(self) -> dict:
+        """JSON-ready description (no parameters)."""
+        return to_jsonable({"arch": self.arch, "num_classes": self.num_classes, "widen_factor": self.widen_factor,
+                            "input_shape": list(self.input_shape), "record": self.record})
+
+
+def save(folder: str | Path, *, arch: str, num_classes: int, widen_factor: float | None, input_shape: Sequence[int],
+         params: Any, record: dict | None = None) -> Path:
+    """Write a trained model as ``model.json`` (architecture, record) and ``model.msgpack`` (parameters).
+
+    Args:
+      folder: created if missing; both files are written atomically.
+      arch, num_classes, widen_factor: as for :func:`build`.
+      input_shape: shape of one example.
+      params: the parameters (``{"params": ...}``).
+      record: JSON-ready facts stored beside the architecture.
+
+    Returns:
+      ``folder`` as a :class:`pathlib.Path`.
+    """
+    from flax import serialization
+
+    folder = Path(folder)
+    build(arch, num_classes=num_classes, widen_factor=widen_factor)  # validates the architecture
+    shape = _check_input_shape(input_shape)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "model.msgpack", serialization.to_bytes(params))
+    spec = {"arch": arch, "num_classes": int(num_classes), "widen_factor": widen_factor,
+            "input_shape": list(shape), "record": record or {}}
+    atomic_write_json(folder / "model.json", spec)
+    return folder
+
+
+def load(path: str | Path, *, name: str = "path") -> SavedModel:
+    """Read a model written by :func:`save` (or ``jaxbound train --out``).
+
+    Args:
+      path: the folder holding ``model.json`` and ``model.msgpack``.
+      name: the argument named in errors.
+
+    Returns:
+      :class:`SavedModel`.
+
+    Raises:
+      ValueError: the folder lacks either file.
+    """
+    from flax import serialization
+
+    p = Path(str(path)).expanduser()
+    if not (p / "model.json").is_file() or not (p / "model.msgpack").is_file():
+        raise ValueError(f"{name}: folder {str(p)!r} has no model.json and model.msgpack "
+                         "(written by 'jaxbound train --out')")
+    spec = json.loads((p / "model.json").read_text())
+    shape = tuple(int(s) for s in spec["input_shape"])
+    module = build(spec["arch"], num_classes=spec["num_classes"], widen_factor=spec.get("widen_factor"))
+    template = jax.eval_shape(lambda: init_params(module, shape, key=jax.random.key(0)))
+    params = serialization.from_bytes(template, (p / "model.msgpack").read_bytes())
+    return SavedModel(module, params, spec["arch"], int(spec["num_classes"]), spec.get("widen_factor"), shape,
+                      spec.get("record") or {})
+
+
+def init_params(model: nn.Module, input_shape: Sequence[int], *, key: Any) -> Any:
     """Initial parameters of ``model`` for inputs shaped ``[n, *input_shape]``.
 
     Args:
       model: a Flax module.
-      key: ``jax.random`` key.
       input_shape: shape of one example, e.g. ``(28, 28, 1)``.
+      key: ``jax.random`` key.
 
     Returns:
       The parameter pytree (``{"params": ...}``) accepted by ``model.apply``.
@@ -134,9 +330,7 @@ def init_params(model: nn.Module, key: Any, input_shape: Sequence[int]) -> Any:
       cached (compiled without backend optimisation: it runs once).
     """
     _checks.check_key(key)
-    shape = tuple(int(s) for s in input_shape)
-    if not shape or any(s < 1 for s in shape):
-        raise ValueError(f"input_shape: expected positive sizes, got {input_shape!r}")
+    shape = _check_input_shape(input_shape)
     dummy = jnp.zeros((1, *shape), jnp.float32)
     if not _checks.is_concrete(key):
         return model.init(key, dummy)

@@ -22,7 +22,7 @@ def _count(tree):
 
 
 def _shapes(model, shape):
-    return jax.eval_shape(lambda: models.init_params(model, jax.random.key(0), shape))
+    return jax.eval_shape(lambda: models.init_params(model, shape, key=jax.random.key(0)))
 
 
 def test_registry_lists_all_models():
@@ -93,7 +93,7 @@ def _torch_forward(name, params, x):
 @pytest.mark.parametrize("name", ["smallcnn", "wong_kolter"])
 def test_forward_matches_pytorch(name, rng):
     model = models.create(name, widen_factor=0.5)
-    params = models.init_params(model, jax.random.key(1), (28, 28, 1))
+    params = models.init_params(model, (28, 28, 1), key=jax.random.key(1))
     x = rng.uniform(0, 1, size=(3, 28, 28, 1)).astype(np.float32)
     out = np.asarray(jax.jit(model.apply)(params, x))
     ref = _torch_forward(name, params, x)
@@ -104,7 +104,7 @@ def test_forward_matches_pytorch(name, rng):
 def test_examples_are_independent_and_shapes(name, rng):
     shape = SHAPES[name]
     model = models.create(name, num_classes=7, **SMALL[name])
-    params = models.init_params(model, jax.random.key(0), shape)
+    params = models.init_params(model, shape, key=jax.random.key(0))
     x = rng.uniform(0, 1, size=(5, *shape)).astype(np.float32)
     f = jax.jit(model.apply)
     full = np.asarray(f(params, x))
@@ -121,7 +121,7 @@ def test_normalisation_inside_the_model(name, rng):
     shape = SHAPES[name]
     plain = models.create(name, **SMALL[name])
     norm = models.create(name, mean=0.5, std=0.25, **SMALL[name])
-    params = models.init_params(plain, jax.random.key(0), shape)
+    params = models.init_params(plain, shape, key=jax.random.key(0))
     x = rng.uniform(0, 1, size=(4, *shape)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(jax.jit(norm.apply)(params, x)),
                                np.asarray(jax.jit(plain.apply)(params, (x - 0.5) / 0.25)), rtol=1e-4, atol=1e-4)
@@ -129,7 +129,7 @@ def test_normalisation_inside_the_model(name, rng):
 
 def test_wideresnet_per_image_standardisation(rng):
     model = models.create("wideresnet", depth=10, widen_factor=0.5)
-    params = models.init_params(model, jax.random.key(0), (16, 16, 3))
+    params = models.init_params(model, (16, 16, 3), key=jax.random.key(0))
     x = rng.uniform(0.2, 0.8, size=(3, 16, 16, 3)).astype(np.float32)
     f = jax.jit(models.logits_fn(model, params))
     # invariant to a positive affine change of the pixel values
@@ -139,7 +139,7 @@ def test_wideresnet_per_image_standardisation(rng):
 
 
 def _check_double_backprop(model, shape, rng):
-    params = models.init_params(model, jax.random.key(0), shape)
+    params = models.init_params(model, shape, key=jax.random.key(0))
     x = jnp.asarray(rng.uniform(0, 1, size=(2, *shape)).astype(np.float32))
 
     def penalty(p):
@@ -183,4 +183,67 @@ def test_models_differentiable_twice(name, rng):
 )
 def test_bad_configurations_rejected(name, kw, shape, match):
     with pytest.raises(ValueError, match=f"^{match}"):
-        models.init_params(models.create(name, **kw), jax.random.key(0), shape)
+        models.init_params(models.create(name, **kw), shape, key=jax.random.key(0))
+
+
+def test_init_params_key_is_keyword_only():
+    model = models.create("mlp", hidden=(4,))
+    with pytest.raises(TypeError):
+        models.init_params(model, jax.random.key(0), (8, 8, 1))  # the old positional order
+    with pytest.raises(ValueError, match="^input_shape"):
+        models.init_params(model, (8, 0, 1), key=jax.random.key(0))
+
+
+# ---------------------------------------------------------------------------
+# build / save / load
+# ---------------------------------------------------------------------------
+
+
+def test_build_resolves_widen_factor():
+    m = models.build("lenet5", num_classes=10, input_shape=(28, 28, 1), widen_factor="auto")
+    assert m == models.create("lenet5", num_classes=10, widen_factor=0.5)
+    assert models.build("lenet5", num_classes=3).widen_factor == 1.0  # the architecture's default
+    assert models.build("mlp", num_classes=4, widen_factor="auto") == models.create("mlp", num_classes=4)
+    assert models.accepts_widen("smallcnn") and not models.accepts_widen("mlp")
+    assert models.resolve_widen("mlp", "auto") is None and models.resolve_widen("lenet5", 0.25) == 0.25
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(arch="vgg19"), "^arch"),
+    (dict(arch="mlp", widen_factor=0.5), "^widen_factor"),
+    (dict(arch="lenet5", widen_factor="wide"), "^widen_factor"),
+    (dict(arch="lenet5", widen_factor=-1.0), "^widen_factor"),
+    (dict(arch="lenet5", num_classes=1), "^num_classes"),
+    (dict(arch="lenet5", input_shape=(30, 30, 1)), "^(input_shape|x)"),
+    (dict(arch="lenet5", input_shape=(0, 28, 1)), "^input_shape"),
+])
+def test_build_rejects_bad_settings(kw, match):
+    args = {"num_classes": 10, **kw}
+    arch = args.pop("arch")
+    with pytest.raises(ValueError, match=match):
+        models.build(arch, **args)
+
+
+@pytest.mark.parametrize("arch, widen", [("lenet5", 0.25), ("mlp", None)])
+def test_save_load_roundtrip(tmp_path, rng, arch, widen):
+    shape = (8, 8, 1)
+    model = models.build(arch, num_classes=5, input_shape=shape, widen_factor=widen)
+    params = models.init_params(model, shape, key=jax.random.key(3))
+    out = models.save(tmp_path / "m", arch=arch, num_classes=5, widen_factor=widen, input_shape=shape,
+                      params=params, record={"accuracy": 0.5})
+    assert (out / "model.json").is_file() and (out / "model.msgpack").is_file()
+    got = models.load(out)
+    assert isinstance(got, models.SavedModel)
+    assert got.model == model and got.input_shape == shape and got.widen_factor == widen
+    assert got.record == {"accuracy": 0.5} and got.to_dict()["arch"] == arch
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(got.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    x = rng.uniform(0, 1, size=(3, *shape)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(got.logits_fn()(x)), np.asarray(model.apply(params, x)))
+
+
+def test_load_missing_files(tmp_path):
+    with pytest.raises(ValueError, match="^path: folder"):
+        models.load(tmp_path)
+    with pytest.raises(ValueError, match="^model: folder"):
+        models.load(tmp_path, name="model")
