@@ -12,12 +12,16 @@ Design:
   axis and updates a ``[b, m]`` accumulator (XLA vectorises it over ``m``);
   for ``l2`` candidate selection uses the GEMM identity
   ``||x||^2 + ||y||^2 - 2 x.y`` and the winners are recomputed directly.
-* The public functions stream over blocks of query rows from the host, so
-  memory is ``O(block x m)`` and an ``n x m`` matrix is never held (except by
-  :func:`pairwise_distances`, whose output is that matrix). Each block is
-  split across all local devices with ``jax.shard_map`` (references are
-  replicated), so the same call uses one CPU, eight forced host devices or
-  several GPUs unchanged.
+* The public functions stream over blocks of query rows through the block
+  engine (:mod:`jaxbound._engine`), so memory is ``O(block x m)`` and an
+  ``n x m`` matrix is never held (except by :func:`pairwise_distances`, whose
+  output is that matrix). Each block is split across all local devices with
+  ``jax.shard_map`` (references are replicated), so the same call uses one
+  CPU, eight forced host devices or several GPUs unchanged.
+* Public primitives for other modules: :func:`l2_sq_gemm` (squared ℓ2
+  distances by one GEMM), :func:`gemm_rounding_bound` (its worst-case
+  rounding band) and :func:`mean_k_smallest` (streamed mean of the ``k``
+  smallest distances per query).
 * Outputs are NumPy arrays on the host. Long jobs show a progress bar
   (``progress=True``) and can keep finished blocks in a checkpoint file
   (``checkpoint=folder``) to resume after an interruption.
@@ -34,23 +38,28 @@ own first neighbour at distance 0 (the convention of Mahloujifar et al., whose
 "k = 50" density rank counts the point itself). Exact duplicates of a point
 are other points: ties at equal distance are ordered by reference index, so a
 lower-index duplicate can come before the point itself.
+
+References:
+  Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring concentration:
+  fundamental limits on intrinsic robustness." NeurIPS 2019, arXiv:1905.12202.
+  Bhagoji, Cullina, Sehwag, Mittal. "Lower bounds on cross-entropy loss in the
+  presence of test-time adversaries." ICML 2021, arXiv:2104.08382.
+  Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural networks
+  generalize and are adversarially robust." arXiv:1808.09540.
+  Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial robustness to
+  input data distributions." ICLR 2019, arXiv:1902.08336.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import math
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, PartitionSpec as P
 
-from jaxbound import _checks
-from jaxbound._io import BlockCheckpoint, fingerprint
+from jaxbound import _checks, _engine, lp
 
 __all__ = [
     "KNN",
@@ -62,7 +71,9 @@ __all__ = [
     "radius_pairs",
     "count_within",
     "nearest_other_class",
-    "lp_norm",
+    "l2_sq_gemm",
+    "gemm_rounding_bound",
+    "mean_k_smallest",
 ]
 
 # Extra l2 candidates taken from the GEMM pass before exact re-ranking.
@@ -74,8 +85,6 @@ _DEFAULT_BLOCK = {"l2": 256}
 _DEFAULT_BLOCK_OTHER = 128
 # Upper bound on the distance block held per device (bytes) when choosing a default.
 _BLOCK_BYTES = 256 * 2**20
-# Seconds between checkpoint saves of a streaming job.
-_CHECKPOINT_EVERY_S = 30.0
 # Upper bound on the gathered candidates of the l2 re-ranking (bytes).
 _RERANK_BYTES = 64 * 2**20
 
@@ -157,13 +166,66 @@ def _finish(acc: jax.Array, norm: str | float) -> jax.Array:
     return acc ** (1.0 / norm)
 
 
-def _l2_sq_gemm(xq: jax.Array, refs: jax.Array, refs_sq: jax.Array) -> jax.Array:
-    """Squared l2 distances by ``||x||^2 + ||y||^2 - 2 x.y`` (one GEMM), clamped at 0."""
+def l2_sq_gemm(xq: jax.Array, refs: jax.Array, refs_sq: jax.Array | None = None) -> jax.Array:
+    """Squared ℓ2 distances by the GEMM identity ``||x||^2 + ||y||^2 - 2 x.y`` (jittable).
+
+    One matrix product at ``HIGHEST`` precision, clamped at 0. Fast, but the
+    identity cancels: the error is bounded by
+    ``gemm_rounding_bound(d, dtype) * (||x||^2 + ||y||^2)`` (see
+    :func:`gemm_rounding_bound`), so equal points need not give exactly 0.
+    Use it to rank or bucket candidates; decide boundary cases exactly
+    (:func:`radius_pairs` does).
+
+    Args:
+      xq: ``[b, d]`` queries.
+      refs: ``[m, d]`` references.
+      refs_sq: ``[m]`` squared norms ``||refs_j||^2`` when already known
+        (e.g. shared by many query blocks); ``None`` computes them.
+
+    Returns:
+      ``[b, m]`` squared distances ``>= 0``.
+    """
+    if refs_sq is None:
+        refs_sq = jnp.sum(refs * refs, axis=1)
     xq_sq = jnp.sum(xq * xq, axis=1)
     cross = lax.dot_general(
         xq, refs, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST
     )
     return jnp.maximum(xq_sq[:, None] + refs_sq[None, :] - 2.0 * cross, 0.0)
+
+
+def gemm_rounding_bound(d: int, dtype: Any = "float32") -> float:
+    """Worst-case relative rounding band of :func:`l2_sq_gemm` for ``d`` features.
+
+    For any summation order of the squared norms and the dot product in
+    ``dtype`` (unit roundoff ``u``: ``2^-24`` for float32, ``2^-53`` for
+    float64), the computed squared distance ``s`` of ``x`` and ``y`` obeys
+
+    ``|s - ||x - y||^2| <= rel * (||x||^2 + ||y||^2)`` with
+    ``rel = 4 (d + 4) u``
+
+    (the classical ``gamma_n = n u / (1 - n u)`` bound of a length-``n`` dot
+    product, with a factor 2 of margin). Comparing with a squared radius
+    ``r^2`` rounded to ``dtype`` adds ``rel * r^2``. The one place of this
+    band: :func:`radius_pairs`, :func:`count_within` and the count tables of
+    :func:`jaxbound.concentration.fit_balls` use it.
+
+    Args:
+      d: number of features.
+      dtype: the compute dtype (``"float32"``, ``"float64"`` or a dtype).
+
+    Returns:
+      ``rel`` as a Python float.
+
+    References:
+      Higham. "Accuracy and Stability of Numerical Algorithms", 2nd ed.,
+      SIAM 2002, §3.1 (error of inner products).
+    """
+    return 4 * (int(d) + 4) * _unit_roundoff(dtype)
+
+
+def _unit_roundoff(dtype: Any) -> float:
+    return float(np.finfo(np.dtype(dtype)).eps) / 2.0
 
 
 def block_distances(xq: jax.Array, refs: jax.Array, *, norm: Any = "l2") -> jax.Array:
@@ -189,19 +251,6 @@ def block_distances(xq: jax.Array, refs: jax.Array, *, norm: Any = "l2") -> jax.
     return _finish(_accumulate(xq, refs.T, norm), norm)
 
 
-def lp_norm(v: jax.Array, norm: Any, axis: int | Sequence[int] = -1) -> jax.Array:
-    """``||v||_p`` along ``axis`` (jittable)."""
-    norm = _checks.canonical_norm(norm)
-    a = jnp.abs(v)
-    if norm == "l1":
-        return jnp.sum(a, axis=axis)
-    if norm == "l2":
-        return jnp.sqrt(jnp.sum(a * a, axis=axis))
-    if norm == "linf":
-        return jnp.max(a, axis=axis)
-    return jnp.sum(a**norm, axis=axis) ** (1.0 / norm)
-
-
 def _exact_rerank(xq, refs, cand, norm):
     """Recompute candidate distances directly and sort by (distance, index).
 
@@ -212,12 +261,12 @@ def _exact_rerank(xq, refs, cand, norm):
     d = refs.shape[1]
     rows = int(max(1, min(b, _RERANK_BYTES // max(1, c * d * refs.dtype.itemsize))))
     if rows >= b:
-        dist = lp_norm(xq[:, None, :] - refs[cand], norm, axis=-1)
+        dist = lp.lp_norm(xq[:, None, :] - refs[cand], norm, axis=-1)
     else:
         pad = (-b) % rows
         xs = jnp.pad(xq, ((0, pad), (0, 0))).reshape(-1, rows, d)
         cs = jnp.pad(cand, ((0, pad), (0, 0))).reshape(-1, rows, c)
-        dist = lax.map(lambda a: lp_norm(a[0][:, None, :] - refs[a[1]], norm, axis=-1), (xs, cs))
+        dist = lax.map(lambda a: lp.lp_norm(a[0][:, None, :] - refs[a[1]], norm, axis=-1), (xs, cs))
         dist = dist.reshape(-1, c)[:b]
     dist, cand = lax.sort((dist, cand), dimension=1, num_keys=2)
     return dist, cand
@@ -227,7 +276,7 @@ def _knn_block(xq, q_ids, q_lab, q_val, refs, refs_t, refs_sq, r_lab, *, k, norm
     """k-NN of one query block against all references (runs per device)."""
     m = refs.shape[0]
     if norm == "l2":
-        score = _l2_sq_gemm(xq, refs, refs_sq)
+        score = l2_sq_gemm(xq, refs, refs_sq)
     else:
         score = _accumulate(xq, refs_t, norm)
     inf = jnp.asarray(jnp.inf, score.dtype)
@@ -262,7 +311,7 @@ def _radius_block(xq, q_ids, q_lab, q_val, refs, refs_t, refs_sq, r_lab, *, norm
     """
     radius = q_val[:, None]
     if norm == "l2":
-        score = _l2_sq_gemm(xq, refs, refs_sq)
+        score = l2_sq_gemm(xq, refs, refs_sq)
         r = radius * radius
         # |computed - exact| <= rel_tol * (||x||^2 + ||y||^2) for the GEMM identity.
         tol = rel_tol * (jnp.sum(xq * xq, axis=1)[:, None] + refs_sq[None, :]) + rel_tol * r
@@ -288,43 +337,45 @@ def _dist_block(xq, q_ids, q_lab, q_val, refs, refs_t, refs_sq, r_lab, *, norm):
     return (_finish(_accumulate(xq, refs_t, norm), norm),)
 
 
+def _mean_k_block(xq, refs, refs_sq, valid, k, *, norm):
+    """Mean of the ``k`` smallest float32 distances from each query row to the valid references.
+
+    The ``k``-th smallest value is found by bisection on the float32 bit
+    pattern (monotone for non-negative floats, 31 halvings), so ties and
+    duplicates are handled exactly: ``sum(d < t) + (k - #(d < t)) t``.
+    References with ``valid = False`` count as ``+inf``; ``k`` is traced.
+    """
+    if norm == "l2":
+        d = jnp.sqrt(l2_sq_gemm(xq, refs, refs_sq))
+    else:
+        d = block_distances(xq, refs, norm=norm)
+    d = jnp.where(valid[None, :], d.astype(jnp.float32), jnp.inf)
+    bits = lax.bitcast_convert_type(d, jnp.int32)
+    b = d.shape[0]
+    lo = jnp.zeros((b,), jnp.int32)
+    hi = jnp.full((b,), 0x7F800000, jnp.int32)
+
+    def body(_, state):
+        lo, hi = state
+        mid = lo + (hi - lo) // 2
+        ok = jnp.sum(bits <= mid[:, None], axis=1) >= k
+        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+
+    lo, _ = lax.fori_loop(0, 31, body, (lo, hi))
+    t = lax.bitcast_convert_type(lo, jnp.float32)
+    below = d < t[:, None]
+    s = jnp.sum(jnp.where(below, d, 0.0), axis=1)
+    c = jnp.sum(below, axis=1)
+    return (s + (k - c).astype(jnp.float32) * t) / k.astype(jnp.float32)
+
+
 # ---------------------------------------------------------------------------
 # Host-side streaming driver
 # ---------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(kernel: Callable, devices: tuple, n_out: int, static: tuple) -> Callable:
-    """jit(shard_map(kernel)) over a 1-D mesh of ``devices``; queries are split, refs replicated."""
-    mesh = Mesh(np.array(devices, dtype=object), ("q",))
-    fn = functools.partial(kernel, **dict(static))
-    q, r = P("q"), P()
-    mapped = jax.shard_map(
-        fn,
-        mesh=mesh,
-        in_specs=(q, q, q, q, r, r, r, r),
-        out_specs=tuple([q] * n_out) if n_out > 1 else (q,),
-        check_vma=False,
-    )
-    return jax.jit(mapped)
-
-
-@contextlib.contextmanager
-def _precision_ctx(precision: str):
-    if precision == "float64":
-        with jax.enable_x64(True):
-            yield jnp.float64
-    else:
-        yield jnp.float32
-
-
-def _check_precision(precision: Any) -> str:
-    if precision not in ("float32", "float64"):
-        raise ValueError(f"precision: must be 'float32' or 'float64', got {precision!r}")
-    return precision
-
-
 def _block_rows(block_size: int | None, norm, m: int, itemsize: int) -> int:
+    """Query rows per device and call: ``block_size``, else the per-norm default capped by memory."""
     if block_size is not None:
         return _checks.check_int(block_size, "block_size", low=1)
     b = _DEFAULT_BLOCK.get(norm, _DEFAULT_BLOCK_OTHER)
@@ -341,7 +392,7 @@ def _prepare(
 ):
     """Validate inputs; return host arrays, canonical norm and whether refs is queries."""
     norm = _checks.canonical_norm(norm)
-    _check_precision(precision)
+    _engine.check_precision(precision)
     xq = np.asarray(_checks.check_points(queries, "queries" if refs is not None else "x"))
     same = refs is None
     xr = xq if same else np.asarray(_checks.check_points(refs, "refs"))
@@ -359,7 +410,6 @@ def _stream(
     precision: str,
     block_size: int | None,
     static: dict,
-    n_out: int,
     q_labels: np.ndarray | None = None,
     r_labels: np.ndarray | None = None,
     q_values: np.ndarray | None = None,
@@ -367,73 +417,37 @@ def _stream(
     desc: str = "",
     checkpoint: Any = None,
     collect: Callable[[tuple, int], tuple] | None = None,
-    checkpoint_outputs: bool = True,
 ) -> list:
-    """Run ``kernel`` over blocks of query rows; returns the per-block host outputs.
+    """Run a distance kernel over blocks of query rows through :mod:`jaxbound._engine`.
 
-    ``collect(outputs, n_valid)`` turns the device outputs of one block into
-    host arrays (default: ``np.asarray`` and the first ``n_valid`` rows).
+    The kernel sees ``(xq, q_ids, q_lab, q_val)`` split by rows (padded rows:
+    zeros, id and label ``-1``) and ``(refs, refs_t, refs_sq, r_lab)``
+    replicated. A block holds ``block_size`` rows per device. Returns the
+    per-block host outputs; ``collect(outputs, n_valid)`` post-processes a
+    block on the host (default: the first ``n_valid`` rows of every output).
     """
-    from tqdm.auto import tqdm
-
-    devices = tuple(jax.local_devices())
-    n_dev = len(devices)
     n = xq.shape[0]
-    with _precision_ctx(precision) as dtype:
-        itemsize = np.dtype(dtype).itemsize
-        rows = _block_rows(block_size, norm, xr.shape[0], itemsize)
-        chunk = rows * n_dev
-        fn = _compiled(kernel, devices, n_out, tuple(sorted(static.items())))
+    with _engine.precision_ctx(precision) as dtype:
+        rows = _block_rows(block_size, norm, xr.shape[0], np.dtype(dtype).itemsize)
         refs = jnp.asarray(xr, dtype=dtype)
         refs_t = refs.T if norm != "l2" or kernel is _dist_block else jnp.zeros((0,), dtype)
         refs_sq = jnp.sum(refs * refs, axis=1) if norm == "l2" else jnp.zeros((0,), dtype)
         r_lab = jnp.asarray(r_labels if r_labels is not None else np.zeros(0, np.int32), jnp.int32)
-        q_lab_all = q_labels if q_labels is not None else np.zeros(n, np.int32)
-        q_val_all = q_values if q_values is not None else np.zeros(n, dtype)
-
-        ckpt = BlockCheckpoint(
-            checkpoint,
-            fingerprint(kernel.__name__, norm, precision, sorted(static.items()), xq, xr, q_labels, r_labels,
-                        q_values),
-            every_s=_CHECKPOINT_EVERY_S,
+        batch = [
+            np.asarray(xq, dtype),
+            np.arange(n, dtype=np.int32),
+            np.asarray(q_labels, np.int32) if q_labels is not None else np.zeros(n, np.int32),
+            np.asarray(q_values, dtype) if q_values is not None else np.zeros(n, dtype),
+        ]
+        _, blocks = _engine.stream(
+            kernel, static, batch, (refs, refs_t, refs_sq, r_lab),
+            block_size=rows * len(jax.local_devices()), pad=(0, -1, -1, 0), collect=collect,
+            progress=progress, desc=desc, unit="pt", checkpoint=checkpoint, job=(norm, precision),
         )
-        start, saved = ckpt.load() if checkpoint_outputs else (0, {})
-        results: list = []
-        if start:
-            results.append(tuple(saved[f"out{i}"] for i in range(len(saved))))
-        pending: list = []  # blocks finished since the last checkpoint save
-        saved_rows = start
-        collect = collect or (lambda outs, nv: tuple(np.asarray(o)[:nv] for o in outs))
-        bar = tqdm(total=n, initial=start, desc=desc, unit="pt", disable=not progress, leave=False)
-        try:
-            for lo in range(start, n, chunk):
-                hi = min(n, lo + chunk)
-                nv = hi - lo
-                xb = np.zeros((chunk, xq.shape[1]), dtype=dtype)
-                xb[:nv] = xq[lo:hi]
-                ids = np.full(chunk, -1, np.int32)
-                ids[:nv] = np.arange(lo, hi, dtype=np.int32)
-                lab = np.full(chunk, -1, np.int32)
-                lab[:nv] = q_lab_all[lo:hi]
-                val = np.zeros(chunk, dtype)
-                val[:nv] = q_val_all[lo:hi]
-                outs = fn(jnp.asarray(xb), jnp.asarray(ids), jnp.asarray(lab), jnp.asarray(val),
-                          refs, refs_t, refs_sq, r_lab)
-                block = collect(outs, nv)
-                results.append(block)
-                bar.update(nv)
-                if checkpoint is not None and checkpoint_outputs:
-                    pending.append(block)
-                    if ckpt.due() and hi < n:
-                        ckpt.save(saved_rows, hi, {f"out{i}": np.concatenate(p) for i, p in enumerate(zip(*pending))})
-                        saved_rows, pending = hi, []
-        finally:
-            bar.close()
-        ckpt.remove()
-    return results
+    return blocks
 
 
-def _concat(results: list, n_out: int, empty: Sequence[np.ndarray]) -> tuple:
+def _concat(results: list, n_out: int, empty: list[np.ndarray]) -> tuple:
     if not results:
         return tuple(empty)
     return tuple(np.concatenate([r[i] for r in results]) for i in range(n_out))
@@ -472,7 +486,7 @@ def pairwise_distances(
     norm, xq, xr, _ = _prepare(x, y, norm=norm, precision=precision)
     res = _stream(
         _dist_block, xq, xr, norm=norm, precision=precision, block_size=block_size,
-        static={"norm": norm}, n_out=1, progress=progress, desc="distances",
+        static={"norm": norm}, progress=progress, desc="distances",
     )
     return _concat(res, 1, [np.zeros((0, xr.shape[0]))])[0]
 
@@ -525,7 +539,7 @@ def knn(
     res = _stream(
         _knn_block, xq, xr, norm=norm, precision=precision, block_size=block_size,
         static={"k": k, "norm": norm, "exclude_self": exclude_self, "exclude_label": False},
-        n_out=2, progress=progress, desc=f"knn {norm}", checkpoint=checkpoint,
+        progress=progress, desc=f"knn {norm}", checkpoint=checkpoint,
     )
     dist, idx = _concat(res, 2, [np.zeros((0, k)), np.zeros((0, k), np.int64)])
     return KNN(dist, idx.astype(np.int64))
@@ -557,12 +571,12 @@ def _radius_setup(x, y, radius, norm, precision):
             raise ValueError(f"radius: must be >= 0, got {float(r.min())}")
         radii = r
     d = xq.shape[1]
-    unit = 2.0**-24 if precision == "float32" else 2.0**-53
+    unit = _unit_roundoff(precision)
     # Worst-case relative error of the accumulations (any summation order), with margin.
     if norm == "linf":
         rel = 4 * unit
     elif norm == "l2":
-        rel = 4 * (d + 4) * unit
+        rel = gemm_rounding_bound(d, precision)
     else:
         rel = 4 * (d + 16) * unit
     # radii rounded to the compute dtype could move the boundary: decide those in float64 too
@@ -666,8 +680,8 @@ def radius_pairs(
 
     _stream(
         _radius_block, xq, xr, norm=norm, precision=precision, block_size=block_size,
-        static={"norm": norm, "rel_tol": rel, "count_only": False}, n_out=2, q_values=radii,
-        progress=progress, desc=f"radius pairs {norm}", collect=collect, checkpoint_outputs=False,
+        static={"norm": norm, "rel_tol": rel, "count_only": False}, q_values=radii,
+        progress=progress, desc=f"radius pairs {norm}", collect=collect,
     )
     rows = np.concatenate(rows_all) if rows_all else np.zeros(0, np.int64)
     cols = np.concatenate(cols_all) if cols_all else np.zeros(0, np.int64)
@@ -721,8 +735,8 @@ def count_within(
 
     res = _stream(
         _radius_block, xq, xr, norm=norm, precision=precision, block_size=block_size,
-        static={"norm": norm, "rel_tol": rel, "count_only": True}, n_out=2, q_values=radii,
-        progress=progress, desc=f"counts {norm}", collect=collect, checkpoint_outputs=False,
+        static={"norm": norm, "rel_tol": rel, "count_only": True}, q_values=radii,
+        progress=progress, desc=f"counts {norm}", collect=collect,
     )
     return np.concatenate([r[0] for r in res]) if res else np.zeros(0, np.int64)
 
@@ -778,8 +792,77 @@ def nearest_other_class(
         raise ValueError("labels: values must fit in int32")
     res = _stream(
         _nearest_block, xq, xr, norm=norm, precision=precision, block_size=block_size,
-        static={"norm": norm}, n_out=2, q_labels=q_lab.astype(np.int32),
+        static={"norm": norm}, q_labels=q_lab.astype(np.int32),
         r_labels=r_lab.astype(np.int32), progress=progress, desc="nearest other class",
     )
     dist, idx = _concat(res, 2, [np.zeros(0), np.zeros(0, np.int64)])
     return NearestOther(dist, idx.astype(np.int64))
+
+
+def mean_k_smallest(
+    queries: Any,
+    refs: Any,
+    *,
+    k: int,
+    norm: Any = "l2",
+    block_size: int = 256,
+    ref_rows: int | None = None,
+    progress: bool = False,
+    desc: str = "mean of k smallest",
+) -> np.ndarray:
+    """Mean of the ``k`` smallest distances from every query to ``refs``, streamed.
+
+    The per-point margin of Ding et al. (2019, App. D.2.1) is this mean over
+    the out-of-class points (:func:`jaxbound.shift.point_margins`). Computed
+    in float32: ``l2`` distances by :func:`l2_sq_gemm` (``HIGHEST``
+    precision, relative error about ``1e-6`` on MNIST-scale data), the other
+    norms by :func:`block_distances`. The ``k`` smallest are selected exactly
+    (ties and duplicates included) by bisection on the float32 bits. Query
+    blocks stream through the block engine; memory is
+    ``O(block_size x ref_rows)``.
+
+    ``block_size`` and ``ref_rows`` fix the shapes of the compiled kernel
+    (``k`` is traced): a loop over several reference sets (one per class)
+    that passes the same two values compiles once and gets the same numbers
+    for a query whatever its set's size.
+
+    Args:
+      queries: ``[n, d]`` query points.
+      refs: ``[m, d]`` reference points, ``m >= 1``.
+      k: neighbours averaged, ``1 <= k <= m``.
+      norm: ``"l1" | "l2" | "linf"``, ``1 | 2 | inf`` or a real ``p >= 1``.
+      block_size: query rows per call (rounded up to a multiple of the device
+        count; not reduced for small ``n``).
+      ref_rows: the references are padded to this many rows (padding counts
+        as ``+inf``); default: ``m`` rounded up to a multiple of 256.
+      progress: show a progress bar.
+      desc: the progress bar's label.
+
+    Returns:
+      ``[n]`` float32 means.
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336.
+    """
+    norm = lp.canonical_norm(norm)
+    xq = np.asarray(_checks.check_points(queries, "queries", allow_empty=True))
+    xr = np.asarray(_checks.check_points(refs, "refs"))
+    _checks.check_same_dim(xq, xr, "queries", "refs")
+    m = xr.shape[0]
+    k = _checks.check_int(k, "k", low=1, high=m)
+    block_size = _checks.check_int(block_size, "block_size", low=1)
+    m_pad = -(-m // 256) * 256 if ref_rows is None else _checks.check_int(ref_rows, "ref_rows", low=m)
+    if xq.shape[0] == 0:
+        return np.zeros(0, np.float32)
+    refs_np = np.zeros((m_pad, xr.shape[1]), np.float32)
+    refs_np[:m] = xr
+    refs_j = jnp.asarray(refs_np)
+    valid = jnp.asarray(np.arange(m_pad) < m)
+    refs_sq = jnp.sum(refs_j * refs_j, axis=1) if norm == "l2" else jnp.zeros((0,), jnp.float32)
+    nd = len(jax.local_devices())
+    _, blocks = _engine.stream(
+        _mean_k_block, {"norm": norm}, [np.asarray(xq, np.float32)], (refs_j, refs_sq, valid, jnp.int32(k)),
+        block_size=-(-block_size // nd) * nd, progress=progress, desc=desc, unit="pt",
+    )
+    return np.concatenate([b[0] for b in blocks])

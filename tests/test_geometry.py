@@ -159,23 +159,40 @@ def test_knn_real_mnist_subset(mnist_train):
         assert_knn_matches(res, dref, iref, D, atol=2e-4)
 
 
-def test_knn_checkpoint_resume(tmp_path, rng):
+def _job_key(monkeypatch, run):
+    """The checkpoint fingerprint the block engine uses for ``run(path)``."""
+    from jaxbound import _engine
+
+    keys = []
+
+    class Recording(_engine.BlockCheckpoint):
+        def __init__(self, path, key, **kw):
+            keys.append(key)
+            super().__init__(path, key, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(_engine, "BlockCheckpoint", Recording)
+        run()
+    return keys[0]
+
+
+def test_knn_checkpoint_resume(tmp_path, rng, monkeypatch):
+    from jaxbound import _engine
+
     x = rng.random((50, 5)).astype(np.float32)
     path = tmp_path / "knn.ckpt"
     full = g.knn(x, k=3, norm="l1", block_size=7)
     # Simulate an interrupted run: keep a checkpoint with the first 21 rows, then resume.
-    from jaxbound._io import BlockCheckpoint, fingerprint
+    from jaxbound._io import BlockCheckpoint
 
-    key = fingerprint("_knn_block", "l1", "float32",
-                      sorted({"k": 3, "norm": "l1", "exclude_self": False, "exclude_label": False}.items()),
-                      x, x, None, None, None)
+    key = _job_key(monkeypatch, lambda: g.knn(x, k=3, norm="l1", block_size=7, checkpoint=tmp_path / "probe"))
     ck = BlockCheckpoint(path, key)
     ck.save(0, 14, {"out0": full.distances[:14], "out1": full.indices[:14].astype(np.int32)})
     ck.save(14, 21, {"out0": full.distances[14:21], "out1": full.indices[14:21].astype(np.int32)})
     # a segment that does not continue the prefix is ignored
     ck.save(28, 35, {"out0": full.distances[28:35] * 0, "out1": full.indices[28:35].astype(np.int32) * 0})
     calls = []
-    orig = g._compiled
+    orig = _engine.compiled
 
     def spy(*a, **k):
         fn = orig(*a, **k)
@@ -186,11 +203,8 @@ def test_knn_checkpoint_resume(tmp_path, rng):
 
         return wrapped
 
-    g._compiled = spy
-    try:
-        res = g.knn(x, k=3, norm="l1", block_size=7, checkpoint=path)
-    finally:
-        g._compiled = orig
+    monkeypatch.setattr(_engine, "compiled", spy)
+    res = g.knn(x, k=3, norm="l1", block_size=7, checkpoint=path)
     assert calls[0] == 21  # resumed after the finished rows
     np.testing.assert_array_equal(res.indices, full.indices)
     np.testing.assert_array_equal(res.distances, full.distances)
@@ -198,11 +212,13 @@ def test_knn_checkpoint_resume(tmp_path, rng):
 
 
 def test_knn_interrupted_then_resumed(tmp_path, rng, monkeypatch):
+    from jaxbound import _engine
+
     x = rng.random((60, 5)).astype(np.float32)
     path = tmp_path / "ck"
     full = g.knn(x, k=4, norm="l2", block_size=8)
-    monkeypatch.setattr(g, "_CHECKPOINT_EVERY_S", 0.0)
-    orig = g._compiled
+    monkeypatch.setattr(_engine, "CHECKPOINT_EVERY_S", 0.0)
+    orig = _engine.compiled
     starts = []
 
     def spy(*a, **k):
@@ -218,7 +234,7 @@ def test_knn_interrupted_then_resumed(tmp_path, rng, monkeypatch):
 
         return wrapped
 
-    monkeypatch.setattr(g, "_compiled", spy)
+    monkeypatch.setattr(_engine, "compiled", spy)
     with pytest.raises(KeyboardInterrupt):
         g.knn(x, k=4, norm="l2", block_size=8, checkpoint=path)
     assert path.is_dir()
@@ -378,10 +394,12 @@ def test_block_distances_jit_equals_eager(rng):
 
 
 def test_lp_norm(rng):
+    from jaxbound import lp
+
     v = rng.normal(size=(4, 6))
-    np.testing.assert_allclose(g.lp_norm(jnp.asarray(v), "l1"), np.abs(v).sum(1), rtol=1e-6)
-    np.testing.assert_allclose(g.lp_norm(jnp.asarray(v), np.inf), np.abs(v).max(1), rtol=1e-6)
-    np.testing.assert_allclose(g.lp_norm(jnp.asarray(v), 3), (np.abs(v) ** 3).sum(1) ** (1 / 3), rtol=1e-5)
+    np.testing.assert_allclose(lp.lp_norm(jnp.asarray(v), "l1"), np.abs(v).sum(1), rtol=1e-6)
+    np.testing.assert_allclose(lp.lp_norm(jnp.asarray(v), np.inf), np.abs(v).max(1), rtol=1e-6)
+    np.testing.assert_allclose(lp.lp_norm(jnp.asarray(v), 3), (np.abs(v) ** 3).sum(1) ** (1 / 3), rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -476,3 +494,76 @@ def test_sharded_over_8_devices_identical_to_one_device():
     for norm in one:
         for a, b in zip(one[norm], eight[norm]):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=norm)
+
+
+# ----------------------------------------------------------------------------- public primitives
+
+
+def test_l2_sq_gemm_within_rounding_bound(rng):
+    x = rng.random((13, 40)).astype(np.float32)
+    y = rng.random((17, 40)).astype(np.float32)
+    exact = ref_dist(x, y, "l2") ** 2
+    got = np.asarray(g.l2_sq_gemm(jnp.asarray(x), jnp.asarray(y)))
+    assert got.shape == (13, 17) and (got >= 0).all()
+    rel = g.gemm_rounding_bound(40, "float32")
+    band = rel * ((x.astype(np.float64) ** 2).sum(1)[:, None] + (y.astype(np.float64) ** 2).sum(1)[None, :])
+    assert np.all(np.abs(got - exact) <= band)
+    # the precomputed squared norms give the same numbers
+    ysq = jnp.sum(jnp.asarray(y) ** 2, axis=1)
+    np.testing.assert_array_equal(np.asarray(g.l2_sq_gemm(jnp.asarray(x), jnp.asarray(y), ysq)), got)
+
+
+def test_gemm_rounding_bound_values():
+    assert g.gemm_rounding_bound(784, "float32") == 4 * (784 + 4) * 2.0**-24
+    assert g.gemm_rounding_bound(10, np.float64) == 4 * 14 * 2.0**-53
+    assert g.gemm_rounding_bound(10, jnp.float32) == 4 * 14 * 2.0**-24
+
+
+def brute_mean_k(x, y, k, norm):
+    D = np.sort(ref_dist(x, y, norm), axis=1)
+    return D[:, :k].mean(axis=1)
+
+
+@pytest.mark.parametrize("norm", [n for n, _, _ in NORMS])
+def test_mean_k_smallest_matches_brute_force(norm, rng):
+    x = rng.random((37, 9)).astype(np.float32)
+    y = rng.random((50, 9)).astype(np.float32)
+    y[10] = y[3]  # duplicates: ties are counted with their multiplicity
+    for k in (1, 5, 50):
+        got = g.mean_k_smallest(x, y, k=k, norm=norm, block_size=8)
+        assert got.shape == (37,) and got.dtype == np.float32
+        np.testing.assert_allclose(got, brute_mean_k(x, y, k, norm), rtol=2e-5, atol=1e-6)
+
+
+def test_mean_k_smallest_shapes_fixed_by_block_and_ref_rows(rng):
+    x = rng.random((21, 6)).astype(np.float32)
+    y = rng.random((40, 6)).astype(np.float32)
+    a = g.mean_k_smallest(x, y, k=4, block_size=5, ref_rows=512)
+    b = g.mean_k_smallest(x, y[:40], k=4, block_size=5)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    # one query at a time in a block of 5 gives the same number as a block of 5 queries
+    one = np.concatenate([g.mean_k_smallest(x[i:i + 1], y, k=4, block_size=5, ref_rows=512) for i in range(3)])
+    np.testing.assert_array_equal(one, a[:3])
+    assert g.mean_k_smallest(x[:0], y, k=4).shape == (0,)
+    with pytest.raises(ValueError, match="k"):
+        g.mean_k_smallest(x, y, k=41)
+    with pytest.raises(ValueError, match="ref_rows"):
+        g.mean_k_smallest(x, y, k=4, ref_rows=10)
+
+
+def test_mean_k_smallest_reproduces_point_margins(rng):
+    """shift.point_margins' numbers: per class, out-of-class refs padded to one shape, one block size."""
+    from jaxbound import shift
+
+    x = rng.random((60, 7)).astype(np.float32)
+    y = rng.integers(0, 3, 60)
+    ref = shift.point_margins(x, y, fraction=0.1, block_size=16)
+    counts = np.bincount(y)
+    m_pad = -(-int(60 - counts.min()) // 256) * 256
+    b = int(min(16, counts.max()))
+    got = np.zeros(60)
+    for c in range(3):
+        r = np.flatnonzero(y != c)
+        k = max(1, int(np.ceil(0.1 * r.size - 1e-9)))
+        got[y == c] = g.mean_k_smallest(x[y == c], x[r], k=k, block_size=b, ref_rows=m_pad)
+    np.testing.assert_array_equal(got, ref)
