@@ -43,7 +43,7 @@ def _mlp():
     return models.create("mlp", hidden=(64,))
 
 
-COMMON = dict(epochs=5, batch_size=32, eval_eps=EPS, eval_steps=10, progress=False)
+COMMON = dict(epochs=5, batch_size=32, norm="linf", eval_eps=EPS, eval_steps=10, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +52,11 @@ def runs(digits):
     tr, te = digits
     key = jax.random.key(0)
     out = {}
-    out["standard"] = training.train(key, _mlp(), tr, recipe="standard", eval_data=te, **COMMON)
-    out["pgd"] = training.train(key, _mlp(), tr, recipe="pgd", eps=EPS, attack_steps=5, eval_data=te, **COMMON)
-    out["trades"] = training.train(key, _mlp(), tr, recipe="trades", eps=EPS, attack_steps=5, beta=1.0,
+    out["standard"] = training.train(_mlp(), tr, key=key, recipe="standard", eval_data=te, **COMMON)
+    out["pgd"] = training.train(_mlp(), tr, key=key, recipe="pgd", eps=EPS, attack_steps=5, eval_data=te, **COMMON)
+    out["trades"] = training.train(_mlp(), tr, key=key, recipe="trades", eps=EPS, attack_steps=5, beta=1.0,
                                    eval_data=te, **COMMON)
-    out["gradient_reg"] = training.train(key, _mlp(), tr, recipe="gradient_reg", norm="linf", tv_weight=0.05,
+    out["gradient_reg"] = training.train(_mlp(), tr, key=key, recipe="gradient_reg", tv_weight=0.05,
                                          lip_weight=0.005, gradient_mode="fd", eval_data=te, **COMMON)
     return out
 
@@ -86,7 +86,8 @@ def test_pgd_training_is_more_robust(runs, digits):
     rob = {}
     for name in ("standard", "pgd"):
         f = runs[name].logits_fn()
-        res = attacks.pgd(f, te.images, te.labels, key=jax.random.key(5), eps=EPS, steps=20, step_size=EPS / 8)
+        res = attacks.pgd(f, te.images, te.labels, key=jax.random.key(5), eps=EPS, norm="linf", steps=20,
+                          step_size=EPS / 8)
         rob[name] = metrics.robust_accuracy(f, te.images, te.labels, res).robust_accuracy
         # the in-training evaluation (PGD-10, any iterate) is an upper estimate close to PGD-20
         assert runs[name].history[-1]["robust_accuracy"] >= rob[name] - 0.05
@@ -112,7 +113,7 @@ def test_soft_labels_from_optimal_probabilities(digits):
     q = bounds.optprob(g)
     t = bounds.clipped_soft_labels(q, y, num_classes=10)
     assert np.all(t[np.arange(len(y)), y] >= 0.5)
-    r = training.train(jax.random.key(1), _mlp(), (x, y), recipe="soft_labels", soft_labels=t, epochs=8,
+    r = training.train(_mlp(), (x, y), key=jax.random.key(1), recipe="soft_labels", soft_labels=t, epochs=8,
                        batch_size=32, progress=False)
     mask = (te.labels == a) | (te.labels == b)
     acc = metrics.accuracy(r.logits_fn(), te.images[mask], te.labels[mask])
@@ -136,7 +137,7 @@ def test_recipes_reduce_to_standard(digits):
     """One step of TRADES (beta=0), PGD (eps=0), gradient_reg (zero weights), soft labels (one-hot) = standard."""
     tr, _ = digits
     model = _mlp()
-    params = models.init_params(model, jax.random.key(0), (8, 8, 1))
+    params = models.init_params(model, (8, 8, 1), key=jax.random.key(0))
     x, y = tr.images[:32], tr.labels[:32].astype(np.int32)
     tx = optax.sgd(0.1)
     p_std, _, m_std = _one_step(model, params, x, y, _settings(), tx)
@@ -213,7 +214,7 @@ def _settings(**kw):
                 attack_step_size=None, beta=6.0, tv_weight=0.0, lip_weight=0.0, gradient_mode="exact",
                 fd_step=1e-3, eval_eps=None, eval_steps=5)
     base.update(kw)
-    return training._Settings(**base)
+    return training.train_config(**base)
 
 
 @pytest.mark.parametrize("mode", ["exact", "fd"])
@@ -258,7 +259,7 @@ def test_gradient_reg_terms_and_update(mode, norm, rng):
 def test_jit_equals_eager_one_step(recipe, mode, digits):
     tr, _ = digits
     model = models.create("mlp", hidden=(16,))
-    params = models.init_params(model, jax.random.key(0), (8, 8, 1))
+    params = models.init_params(model, (8, 8, 1), key=jax.random.key(0))
     x, y = tr.images[:8], tr.labels[:8].astype(np.int32)
     s = _settings(recipe=recipe, eps=EPS, norm="linf", attack_steps=2, tv_weight=0.1, lip_weight=0.05, beta=2.0,
                   gradient_mode=mode)
@@ -281,9 +282,9 @@ def test_jit_equals_eager_one_step(recipe, mode, digits):
 def test_resume_equals_uninterrupted_run(digits, tmp_path, monkeypatch):
     tr, _ = digits
     x, y = tr.images[:320], tr.labels[:320]
-    kw = dict(recipe="pgd", eps=EPS, attack_steps=2, epochs=3, batch_size=64, progress=False,
+    kw = dict(recipe="pgd", eps=EPS, norm="linf", attack_steps=2, epochs=3, batch_size=64, progress=False,
               optimizer="sgd", momentum=0.9, learning_rate=0.05, schedule="piecewise")
-    full = training.train(jax.random.key(1), _mlp(), (x, y), history_path=tmp_path / "h.json", **kw)
+    full = training.train(_mlp(), (x, y), key=jax.random.key(1), history_path=tmp_path / "h.json", **kw)
     saved = json.loads((tmp_path / "h.json").read_text())
     assert saved["steps"] == full.steps == 15 and len(saved["history"]) == 3
     assert saved["history"][1]["lr"] == pytest.approx(0.005)  # x0.1 after 50 % of the steps
@@ -300,19 +301,19 @@ def test_resume_equals_uninterrupted_run(digits, tmp_path, monkeypatch):
 
     monkeypatch.setattr(training, "_permutation", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        training.train(jax.random.key(1), _mlp(), (x, y), checkpoint_dir=ck, **kw)
+        training.train(_mlp(), (x, y), key=jax.random.key(1), checkpoint_dir=ck, **kw)
     monkeypatch.setattr(training, "_permutation", orig)
     assert json.loads((ck / "meta.json").read_text())["epoch"] == 2
-    resumed = training.train(jax.random.key(1), _mlp(), (x, y), checkpoint_dir=ck, **kw)
+    resumed = training.train(_mlp(), (x, y), key=jax.random.key(1), checkpoint_dir=ck, **kw)
     assert _tree_maxdiff(full.params, resumed.params) == 0.0
     assert resumed.steps == full.steps
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
     assert strip(to_json(resumed.history)) == strip(to_json(full.history))
     # A finished checkpoint returns at once; another key (another run) is refused.
-    again = training.train(jax.random.key(1), _mlp(), (x, y), checkpoint_dir=ck, **kw)
+    again = training.train(_mlp(), (x, y), key=jax.random.key(1), checkpoint_dir=ck, **kw)
     assert _tree_maxdiff(again.params, full.params) == 0.0
     with pytest.raises(ValueError, match="checkpoint_dir"):
-        training.train(jax.random.key(2), _mlp(), (x, y), checkpoint_dir=ck, **kw)
+        training.train(_mlp(), (x, y), key=jax.random.key(2), checkpoint_dir=ck, **kw)
 
 
 def to_json(obj):
@@ -323,9 +324,9 @@ def test_other_key_gives_other_model(digits):
     tr, _ = digits
     x, y = tr.images[:128], tr.labels[:128]
     kw = dict(epochs=1, batch_size=64, progress=False)
-    a = training.train(jax.random.key(1), _mlp(), (x, y), **kw)
-    b = training.train(jax.random.key(1), _mlp(), (x, y), **kw)
-    c = training.train(jax.random.key(2), _mlp(), (x, y), **kw)
+    a = training.train(_mlp(), (x, y), key=jax.random.key(1), **kw)
+    b = training.train(_mlp(), (x, y), key=jax.random.key(1), **kw)
+    c = training.train(_mlp(), (x, y), key=jax.random.key(2), **kw)
     assert _tree_maxdiff(a.params, b.params) == 0.0
     assert _tree_maxdiff(a.params, c.params) > 1e-3
 
@@ -350,8 +351,8 @@ def test_data_parallel_matches_single_device(tmp_path, digits, recipe):
         import sys, jax, numpy as np
         from jaxbound import data, models, training
         ds = data.load("digits")
-        r = training.train(jax.random.key(1), models.create("mlp", hidden=(32,)),
-                           (ds.images[:256], ds.labels[:256]), **{DP_RUN!r})
+        r = training.train(models.create("mlp", hidden=(32,)),
+                           (ds.images[:256], ds.labels[:256]), key=jax.random.key(1), **{DP_RUN!r})
         np.savez(sys.argv[1], ndev=r.config["devices"], *[np.asarray(a) for a in jax.tree.leaves(r.params)])
         """
     )
@@ -361,8 +362,8 @@ def test_data_parallel_matches_single_device(tmp_path, digits, recipe):
     two = np.load(path)
     assert int(two["ndev"]) == 2
     tr, _ = digits
-    one = training.train(jax.random.key(1), models.create("mlp", hidden=(32,)), (tr.images[:256], tr.labels[:256]),
-                         **DP_RUN)
+    one = training.train(models.create("mlp", hidden=(32,)), (tr.images[:256], tr.labels[:256]),
+                         key=jax.random.key(1), **DP_RUN)
     assert one.config["devices"] == len(jax.local_devices()) == 1
     for i, leaf in enumerate(jax.tree.leaves(one.params)):
         np.testing.assert_allclose(np.asarray(leaf), two[f"arr_{i}"], rtol=1e-4, atol=1e-6)
@@ -400,32 +401,32 @@ def test_data_parallel_matches_single_device(tmp_path, digits, recipe):
 def test_bad_configurations_rejected(digits, kw, match):
     tr, _ = digits
     with pytest.raises(ValueError, match=f"^{match}"):
-        training.train(jax.random.key(0), _mlp(), (tr.images[:64], tr.labels[:64]), progress=False,
-                       **{"batch_size": 32, **kw})
+        training.train(_mlp(), (tr.images[:64], tr.labels[:64]), key=jax.random.key(0), progress=False,
+                       **{"batch_size": 32, "norm": "linf", **kw})
 
 
 def test_bad_model_and_data_rejected(digits):
     tr, _ = digits
     x, y = tr.images[:128], tr.labels[:128]
     with pytest.raises(ValueError, match="^model"):
-        training.train(jax.random.key(0), "resnet9000", (x, y))
+        training.train("resnet9000", (x, y), key=jax.random.key(0))
     with pytest.raises(ValueError, match="^model"):
-        training.train(jax.random.key(0), object(), (x, y))
+        training.train(object(), (x, y), key=jax.random.key(0))
     with pytest.raises(ValueError, match="^train_data"):
-        training.train(jax.random.key(0), _mlp(), (x * 2.0, y))
+        training.train(_mlp(), (x * 2.0, y), key=jax.random.key(0))
     with pytest.raises(ValueError, match="^train_data"):
-        training.train(jax.random.key(0), _mlp(), (np.where(x > 0.5, np.nan, x), y))
+        training.train(_mlp(), (np.where(x > 0.5, np.nan, x), y), key=jax.random.key(0))
     with pytest.raises(ValueError, match="^train_data"):
-        training.train(jax.random.key(0), _mlp(), (x, y[:10]))
+        training.train(_mlp(), (x, y[:10]), key=jax.random.key(0))
     with pytest.raises(ValueError, match="^train_data"):
-        training.train(jax.random.key(0), models.create("mlp", num_classes=5), (x, y))
+        training.train(models.create("mlp", num_classes=5), (x, y), key=jax.random.key(0))
     with pytest.raises(ValueError, match="^key"):
-        training.train(0, _mlp(), (x, y))
+        training.train(_mlp(), (x, y), key=0)
 
 
 def test_epochs_zero_returns_initial_model(digits):
     tr, _ = digits
-    r = training.train(jax.random.key(0), "mlp", tr, epochs=0, progress=False)
+    r = training.train("mlp", tr, key=jax.random.key(0), epochs=0, progress=False)
     assert r.steps == 0 and r.history == []
     assert r.logits_fn()(tr.images[:3]).shape == (3, 10)
 
@@ -439,10 +440,10 @@ def test_epochs_zero_returns_initial_model(digits):
 def test_mnist_lenet5_pgd_vs_standard(mnist_train, mnist_test):
     sub = data.random_subset(jax.random.key(0), mnist_train, n=2000)
     te = mnist_test.subset(np.arange(500))
-    kw = dict(epochs=4, batch_size=50, eval_data=te, eval_eps=0.1, eval_steps=10, progress=False)
+    kw = dict(epochs=4, batch_size=50, eval_data=te, norm="linf", eval_eps=0.1, eval_steps=10, progress=False)
     m = models.create("lenet5", widen_factor=0.25)
-    std = training.train(jax.random.key(0), m, sub, recipe="standard", **kw)
-    adv = training.train(jax.random.key(0), m, sub, recipe="pgd", eps=0.1, attack_steps=7, **kw)
+    std = training.train(m, sub, key=jax.random.key(0), recipe="standard", **kw)
+    adv = training.train(m, sub, key=jax.random.key(0), recipe="pgd", eps=0.1, attack_steps=7, **kw)
     assert std.history[-1]["clean_accuracy"] > 0.9
     assert adv.history[-1]["clean_accuracy"] > 0.85
     assert adv.history[-1]["robust_accuracy"] > std.history[-1]["robust_accuracy"] + 0.1
@@ -452,7 +453,7 @@ def test_eps_warmup_scales_the_training_attack(digits):
     """A step at ramp scale 0.5 equals a full-scale step with half the budget and half the step length."""
     tr, _ = digits
     model = _mlp()
-    params = models.init_params(model, jax.random.key(0), (8, 8, 1))
+    params = models.init_params(model, (8, 8, 1), key=jax.random.key(0))
     x, y = tr.images[:16], tr.labels[:16].astype(np.int32)
     tx = optax.sgd(0.1)
     full = _settings(recipe="pgd", eps=0.2, norm="linf", attack_steps=3, attack_step_size=0.08)
@@ -465,8 +466,99 @@ def test_eps_warmup_scales_the_training_attack(digits):
     assert _tree_maxdiff(a, b) < 1e-6
     assert float(ma["loss"]) == pytest.approx(float(mb["loss"]), rel=1e-6)
     assert _tree_maxdiff(a, c) > 1e-6  # the ramp changes the step
-    r = training.train(jax.random.key(1), model, (x, y), recipe="pgd", eps=0.2, attack_steps=2, epochs=1,
+    r = training.train(model, (x, y), key=jax.random.key(1), recipe="pgd", eps=0.2, norm="linf", attack_steps=2,
+                       epochs=1,
                        batch_size=8, eps_warmup=10, eval_eps=0, progress=False)
     assert r.to_dict()["config"]["eps_warmup"] == 10 and r.steps == 2
     with pytest.raises(ValueError, match="eps_warmup"):
-        training.train(jax.random.key(1), model, (x, y), recipe="pgd", eps=0.2, eps_warmup=-1, progress=False)
+        training.train(model, (x, y), key=jax.random.key(1), recipe="pgd", eps=0.2, norm="linf", eps_warmup=-1,
+                       progress=False)
+
+
+# ---------------------------------------------------------------------------
+# TrainConfig
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(recipe="magic"), "recipe"),
+        (dict(epochs=-1), "epochs"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(optimizer="lbfgs"), "optimizer"),
+        (dict(learning_rate=0.0), "learning_rate"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(weight_decay=-1.0), "weight_decay"),
+        (dict(schedule="weird"), "schedule"),
+        (dict(attack="linf"), "attack"),
+        (dict(recipe="pgd", attack=attacks.AttackConfig(norm="linf", eps=(0.1, 0.2))), "attack"),
+        (dict(recipe="pgd", attack=attacks.AttackConfig(norm="linf", eps=0.1, restarts=2)), "attack"),
+        (dict(recipe="pgd", attack=attacks.AttackConfig(norm="linf", eps=0.1, loss="margin")), "attack"),
+        (dict(eps_warmup=-1), "eps_warmup"),
+        (dict(beta=-1.0), "beta"),
+        (dict(tv_weight=-1.0), "tv_weight"),
+        (dict(lip_weight=-1.0), "lip_weight"),
+        (dict(gradient_mode="spectral"), "gradient_mode"),
+        (dict(fd_step=0.0), "fd_step"),
+        (dict(eval_attack=3), "eval_attack"),
+        (dict(recipe="pgd"), "eps"),
+        (dict(recipe="trades"), "eps"),
+        (dict(recipe="gradient_reg"), "norm"),
+    ],
+)
+def test_train_config_errors_name_the_field(kw, match):
+    with pytest.raises(ValueError, match=f"^{match}"):
+        training.TrainConfig(**kw)
+
+
+def test_train_config_fields_settings_and_old_keywords():
+    fields = {f.name: f for f in __import__("dataclasses").fields(training.TrainConfig)}
+    assert all(f.metadata.get("help") for f in fields.values())
+    cfg = training.TrainConfig(recipe="pgd", attack=attacks.AttackConfig(norm="l2", eps=0.5, steps=3))
+    assert hash(cfg) == hash(training.TrainConfig(recipe="pgd", attack=attacks.AttackConfig(norm="l2", eps=0.5,
+                                                                                             steps=3)))
+    json.dumps(cfg.to_dict())
+    assert cfg.to_dict()["attack"]["eps"] == 0.5 and cfg.threat_norm == "l2"
+    assert cfg.evaluation == attacks.AttackConfig(norm="l2", eps=0.5, steps=20)
+    # the old keywords build the same configuration
+    old = training.train_config(recipe="pgd", eps=0.5, norm="l2", attack_steps=3)
+    assert old == cfg
+    assert training.train_config(cfg, eval_eps=0.25, eval_steps=7).eval_attack == \
+        attacks.AttackConfig(norm="l2", eps=0.25, steps=7)
+    assert training.train_config(recipe="pgd", eps=0.1, norm="linf").attack.steps == 10  # the old default
+    assert training.train_config(recipe="gradient_reg", norm="l1").attack == attacks.AttackConfig(norm="l1", eps=0.0,
+                                                                                                  steps=10)
+    assert training.train_config(cfg, epochs=3).epochs == 3 and training.train_config(cfg) is cfg
+    with pytest.raises(TypeError, match="^attack_stepz"):
+        training.train_config(attack_stepz=3)
+    with pytest.raises(TypeError, match="^config"):
+        training.train_config({"recipe": "pgd"})
+    with pytest.raises(ValueError, match="^norm"):
+        training.train_config(recipe="pgd", eps=0.1)  # the threat model is never defaulted
+    with pytest.raises(ValueError, match="^norm"):
+        training.train_config(eval_eps=0.1)
+
+
+def test_config_equals_keywords_and_optax_optimizer(digits):
+    tr, te = digits
+    x, y = tr.images[:128], tr.labels[:128]
+    ev = (te.images[:64], te.labels[:64])
+    kw = dict(recipe="pgd", eps=0.1, norm="linf", attack_steps=2, epochs=1, batch_size=32, optimizer="sgd",
+              momentum=0.0, learning_rate=0.05, eval_eps=0.05, eval_steps=3)
+    a = training.train(_mlp(), (x, y), key=jax.random.key(4), eval_data=ev, progress=False, **kw)
+    cfg = training.TrainConfig(recipe="pgd", epochs=1, batch_size=32, optimizer="sgd", momentum=0.0,
+                               learning_rate=0.05, attack=attacks.AttackConfig(norm="linf", eps=0.1, steps=2),
+                               eval_attack=attacks.AttackConfig(norm="linf", eps=0.05, steps=3))
+    b = training.train(_mlp(), (x, y), cfg, key=jax.random.key(4), eval_data=ev, progress=False)
+    assert _tree_maxdiff(a.params, b.params) == 0.0
+    assert a.history[0]["robust_accuracy"] == b.history[0]["robust_accuracy"]
+    assert a.config == b.config
+    # any optax GradientTransformation: plain SGD gives the same parameters as optimizer="sgd"
+    c = training.train(_mlp(), (x, y), cfg.replace(optimizer=optax.sgd(0.05)), key=jax.random.key(4), eval_data=ev,
+                       progress=False)
+    assert _tree_maxdiff(a.params, c.params) < 1e-6
+    assert c.history[0]["lr"] is None and a.history[0]["lr"] == pytest.approx(0.05)
+    json.dumps(c.to_dict())
+    with pytest.raises(TypeError, match="^recipes"):
+        training.train(_mlp(), (x, y), cfg, key=jax.random.key(4), recipes="pgd")
