@@ -35,34 +35,116 @@ eps lists) print one line on stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 __all__ = ["main", "build_parser"]
 
 
+# ---------------------------------------------------------------------------
+# Options built from the configuration objects
+# ---------------------------------------------------------------------------
+
+
+def _field_kind(f: dataclasses.Field) -> str:
+    """How a configuration field is read from the command line, from its annotation (or default)."""
+    t = str(f.type).replace("typing.", "")
+    default = None if f.default is dataclasses.MISSING else f.default
+    if t == "Any":
+        if isinstance(default, bool):
+            return "bool"
+        if isinstance(default, tuple):
+            return "floats?"
+        if f.name == "eps":
+            return "eps"
+        return {int: "int", float: "float", str: "str"}.get(type(default), "float?" if f.default is None else "str")
+    kinds = {"bool": "bool", "int": "int", "float": "float", "str": "str", "int | None": "int?",
+             "float | None": "float?", "str | None": "str?", "tuple[int, ...]": "ints", "tuple[str, ...]": "strs",
+             "tuple[float, ...] | None": "str", "float | str | None": "widen"}
+    return kinds.get(t, "str")
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, tuple):
+        return ",".join(str(x) for x in v) if v else "none"
+    return "none" if v is None else str(v)
+
+
+def _add_fields(p: argparse.ArgumentParser, cls: type, names: tuple[str, ...] | None = None, *, prefix: str = "",
+                aliases: dict | None = None) -> None:
+    """One option per field of the configuration class ``cls``; help and default come from the field.
+
+    ``prefix`` goes before the option and destination names (``attack_`` ->
+    ``--attack-steps``); ``aliases`` maps field names to a second spelling.
+    """
+    for f in dataclasses.fields(cls):
+        if names is not None and f.name not in names:
+            continue
+        flags = ["--" + (prefix + f.name).replace("_", "-")]
+        flags += [a for a in ([f.metadata.get("flag")] + [(aliases or {}).get(f.name)]) if a]
+        help_ = f.metadata.get("help", f.name)
+        if f.default is dataclasses.MISSING:
+            help_ += " (required)" if not prefix else " (required with any other --" + prefix.replace("_", "-") + "* option)"
+        if _field_kind(f) == "bool":
+            p.add_argument(*flags, dest=prefix + f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=f"{help_} (default {'on' if f.default else 'off'})")
+        else:
+            given = f.default is dataclasses.MISSING or "default" in help_
+            shown = "" if given else f" (default {_show(f.default)})"
+            p.add_argument(*flags, dest=prefix + f.name, default=argparse.SUPPRESS, metavar=f.name.upper(),
+                           help=help_ + shown)
+
+
+def _convert(f: dataclasses.Field, text: Any) -> Any:
+    kind = _field_kind(f)
+    if kind == "bool" or not isinstance(text, str):
+        return text
+    low = text.strip().lower()
+    if kind.endswith("?") or kind == "widen":
+        if low in ("none", "all"):
+            return None
+        kind = kind.rstrip("?")
+    if kind == "widen":
+        return "auto" if low == "auto" else _number(text, f.name, float)
+    if kind in ("int", "float"):
+        return _number(text, f.name, int if kind == "int" else float)
+    if kind == "ints":
+        return tuple(_ints(text, f.name))
+    if kind == "strs":
+        return tuple(v.strip() for v in text.split(",") if v.strip())
+    if kind in ("floats", "eps"):
+        from jaxbound import report as R
+
+        return R.parse_eps(text, f.name) if kind == "eps" else tuple(_floats(text, f.name))
+    return text
+
+
+def _settings(args: argparse.Namespace, cls: type, prefix: str = "") -> dict:
+    """The options of ``args`` that name fields of ``cls``, converted (the others keep their dataclass defaults)."""
+    return {f.name: _convert(f, getattr(args, prefix + f.name)) for f in dataclasses.fields(cls)
+            if hasattr(args, prefix + f.name)}
+
+
 def _add_dataset_args(p: argparse.ArgumentParser, split: str = "train") -> None:
-    p.add_argument("--dataset", default="digits",
-                   help="'digits' (embedded, default), 'mnist', 'fashion_mnist' or 'tfds:<name>'")
+    from jaxbound import report as R
+
+    _add_fields(p, R.ReportConfig, ("dataset", "data_dir", "limit"))
     p.add_argument("--split", default=split, help=f"dataset split (default: {split})")
-    p.add_argument("--data-dir", default=None,
-                   help="folder with the IDX files (MNIST-style) or the tensorflow-datasets folder; "
-                        "default $JAXBOUND_DATA_DIR")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N examples")
 
 
 def _add_common(p: argparse.ArgumentParser, out_default: str, what: str = "output JSON file") -> None:
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice: key = jax.random.key(seed) "
+                                                       "(default 0)")
     p.add_argument("--out", default=out_default, help=f"{what} (default {out_default})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
 
 
 def _desc(name: str) -> str:
@@ -73,89 +155,35 @@ def _desc(name: str) -> str:
     return ""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="jaxbound",
-        description="Fundamental limits of adversarial robustness, measured from data, beside what models reach.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Main job: jaxbound report (see jaxbound report --help).",
-    )
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    raw = argparse.RawDescriptionHelpFormatter
+def _report_parser(sub) -> None:
+    from jaxbound import report as R
 
-    # -- report ---------------------------------------------------------------
     rp = sub.add_parser("report", help="limits of robustness beside trained models' robust error (main job)",
-                        description=_desc("report"), formatter_class=raw)
-    rp.add_argument("--dataset", default="digits",
-                    help="'digits' (embedded, default), 'mnist', 'fashion_mnist' or 'tfds:<name>'")
-    rp.add_argument("--data-dir", default=None, help="folder with the IDX files or the tensorflow-datasets "
-                                                     "folder; default $JAXBOUND_DATA_DIR")
-    rp.add_argument("--test-split", default="test", help="held-out split (default: test)")
-    rp.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
-    rp.add_argument("--test-limit", type=int, default=None, help="use only the first N held-out examples")
-    rp.add_argument("--norm", default="linf", help="threat model: linf (default), l2 or l1")
-    rp.add_argument("--eps", default=None,
-                    help="comma-separated budgets, e.g. 0.1,0.2,0.3 (default linf 0.1,0.2,0.3,0.4; "
-                         "l2 0.5,1,1.5,2; l1 2,4,6,8; pixels are in [0, 1])")
-    rp.add_argument("--alpha", type=float, default=0.01,
-                    help="concentration: risk threshold alpha of the error region (default 0.01, the paper's)")
-    rp.add_argument("--regions", default="5,10",
-                    help="concentration: candidate numbers T of boxes/balls, chosen on the select split (default 5,10)")
-    rp.add_argument("--repeats", type=int, default=5, help="concentration: repeats of the box search (default 5)")
-    rp.add_argument("--protocol", default="honest", choices=["honest", "paper"],
-                    help="concentration: 'honest' (select on half of the held-out split, report on the other) "
-                         "or 'paper' (select and report on all of it)")
-    rp.add_argument("--all-pairs", action="store_true",
-                    help="optimal bounds for all class pairs (default: the hardest pair only)")
-    rp.add_argument("--n-per-class", type=int, default=1000,
-                    help="optimal bounds: first N training points of each class of a pair (default 1000)")
-    rp.add_argument("--models", default="standard,pgd",
-                    help="recipes to train on the spot: comma-separated from standard, pgd, trades; "
-                         "'none' for no training (default standard,pgd)")
+                        description=_desc("report"), formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_fields(rp, R.ReportConfig)
+    rp.add_argument("--all-pairs", dest="pairs", action="store_const", const="all", default=argparse.SUPPRESS,
+                    help="optimal bounds for all class pairs (same as --pairs all)")
     rp.add_argument("--model", default=None,
                     help="your model: 'module:function' returning logits for images [n, H, W, C] in [0, 1] "
                          "(or a folder written by 'jaxbound train --out')")
-    rp.add_argument("--model-name", default="user", help="name of --model in the tables (default user)")
-    rp.add_argument("--arch", default="lenet5", help="architecture of the trained models (default lenet5)")
-    rp.add_argument("--widen", type=float, default=None,
-                    help="widen factor of the trained models (default 0.5 for architectures that have one; "
-                         "0 for the architecture's default)")
-    rp.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
-    rp.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
-    rp.add_argument("--lr", type=float, default=1e-3, help="training learning rate, Adam (default 1e-3)")
-    rp.add_argument("--train-eps", type=float, default=None,
-                    help="budget of adversarial training (default: the middle budget of --eps)")
-    rp.add_argument("--train-attack-steps", type=int, default=7, help="PGD steps inside adversarial training (default 7)")
-    rp.add_argument("--attack-steps", type=int, default=20, help="PGD steps of the evaluation (default 20)")
-    rp.add_argument("--restarts", type=int, default=1, help="PGD restarts of the evaluation (default 1)")
-    rp.add_argument("--eval-limit", type=int, default=1000,
-                    help="evaluate models on the first N held-out examples (default 1000; 0 for all)")
-    rp.add_argument("--no-self-check", action="store_true",
-                    help="skip the weak-attack check against the optimal 0-1 loss")
-    rp.add_argument("--check-per-class", type=int, default=200,
-                    help="the self-check attacks the first N training points of each class of the pair and compares "
-                         "with the optimal 0-1 loss of that sample (default 200; 0 for the whole pair sample)")
-    rp.add_argument("--no-figures", action="store_true", help="do not write the PNG figures")
     rp.add_argument("--fresh", action="store_true", help="recompute every stage (ignore out/stages)")
     _add_common(rp, "jaxbound_report", "output folder")
 
-    # -- concentration ----------------------------------------------------------
+
+def _method_parsers(sub) -> None:
+    from jaxbound import attacks
+    from jaxbound import report as R
+
+    raw = argparse.RawDescriptionHelpFormatter
     cp = sub.add_parser("concentration", help="intrinsic-robustness estimate (Mahloujifar et al. 2019)",
                         description=_desc("concentration"), formatter_class=raw)
     _add_dataset_args(cp)
-    cp.add_argument("--test-split", default="test", help="held-out split for selection and report (default test)")
-    cp.add_argument("--test-limit", type=int, default=None, help="use only the first N held-out examples")
-    cp.add_argument("--norm", default="linf", help="linf (union of boxes), l2 (union of balls) or l1 (half-space)")
+    _add_fields(cp, R.ReportConfig, ("test_split", "test_limit", "norm", "eps", "alpha", "n_regions", "n_repeats",
+                                     "protocol"))
     cp.add_argument("--method", default="auto", choices=["auto", "rectangles", "balls", "halfspace"],
                     help="error-region family (auto: by norm)")
-    cp.add_argument("--eps", default="0.1,0.2,0.3", help="comma-separated budgets (default 0.1,0.2,0.3)")
-    cp.add_argument("--alpha", type=float, default=0.01, help="risk threshold (default 0.01)")
-    cp.add_argument("--regions", default="5,10", help="candidate T (default 5,10)")
-    cp.add_argument("--repeats", type=int, default=5, help="repeats of the box search (default 5)")
-    cp.add_argument("--protocol", default="honest", choices=["honest", "paper"], help="selection protocol")
     _add_common(cp, "concentration.json")
 
-    # -- optprob ------------------------------------------------------------------
     op = sub.add_parser("optprob", help="optimal cross-entropy and 0-1 losses of a class pair (Bhagoji et al. 2021)",
                         description=_desc("optprob"), formatter_class=raw)
     _add_dataset_args(op)
@@ -165,48 +193,41 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--eps", default="1.0,2.0", help="comma-separated budgets (default 1.0,2.0)")
     _add_common(op, "optprob.json")
 
-    # -- attack -----------------------------------------------------------------------
     at = sub.add_parser("attack", help="clean and robust accuracy of a model under attack",
                         description=_desc("attack"), formatter_class=raw)
     _add_dataset_args(at, split="test")
     at.add_argument("--model", required=True,
                     help="'module:function' returning logits, or a folder written by 'jaxbound train --out'")
     at.add_argument("--attack", default="pgd", choices=["pgd", "fgm"], help="pgd (default) or fgm")
-    at.add_argument("--norm", default="linf", help="linf (default), l2 or l1")
-    at.add_argument("--eps", default="0.1,0.2", help="comma-separated budgets (default 0.1,0.2)")
-    at.add_argument("--steps", type=int, default=40, help="PGD steps (default 40)")
-    at.add_argument("--step-size", type=float, default=None, help="PGD step (default 2.5 eps / steps)")
-    at.add_argument("--restarts", type=int, default=1, help="PGD restarts (default 1)")
-    at.add_argument("--no-bounds", action="store_true", help="do not keep images in [0, 1]")
+    _add_fields(at, attacks.AttackConfig, ("norm", "eps", "steps", "step_size", "restarts", "random_start",
+                                           "bounds", "loss"))
     _add_common(at, "attack.json")
 
-    # -- train --------------------------------------------------------------------------
+
+def _train_parser(sub) -> None:
+    from jaxbound import attacks, training
+    from jaxbound import report as R
+
     tp = sub.add_parser("train", help="train a model (standard, PGD or TRADES) and save it",
-                        description=_desc("train"), formatter_class=raw)
+                        description=_desc("train"), formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_dataset_args(tp)
-    tp.add_argument("--recipe", default="standard", choices=["standard", "pgd", "trades"], help="training recipe")
-    tp.add_argument("--arch", default="lenet5", help="registered architecture (default lenet5)")
-    tp.add_argument("--widen", type=float, default=None,
-                    help="widen factor (default 0.5 for architectures that have one; 0 for the architecture's default)")
-    tp.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
-    tp.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    tp.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    tp.add_argument("--eps", type=float, default=None, help="budget of adversarial training (pgd, trades)")
-    tp.add_argument("--norm", default="linf", help="norm of adversarial training (default linf)")
-    tp.add_argument("--attack-steps", type=int, default=10, help="PGD steps inside training (default 10)")
-    tp.add_argument("--eps-warmup", type=int, default=0,
-                    help="optimiser steps over which the training budget ramps up to --eps (default 0: no ramp)")
-    tp.add_argument("--test-split", default="test", help="split for the final clean accuracy (default test)")
+    _add_fields(tp, R.ReportConfig, ("arch", "widen_factor", "test_split"))
+    _add_fields(tp, training.TrainConfig, ("recipe", "epochs", "batch_size", "optimizer", "learning_rate",
+                                           "momentum", "weight_decay", "schedule", "eps_warmup", "beta"),
+                aliases={"learning_rate": "--lr"})
+    _add_fields(tp, attacks.AttackConfig, ("norm", "eps", "steps", "step_size"), prefix="attack_",
+                aliases={"norm": "--norm", "eps": "--eps"})
     _add_common(tp, "jaxbound_model", "output folder (model.json, model.msgpack, train.json)")
 
-    # -- lipschitz ------------------------------------------------------------------------
+
+def _geometry_parsers(sub) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
     lp = sub.add_parser("lipschitz", help="dataset Lipschitz constant and inter-class distance",
                         description=_desc("lipschitz"), formatter_class=raw)
     _add_dataset_args(lp)
     lp.add_argument("--norm", default="l2", help="distance norm (default l2, Finlay et al.'s)")
     _add_common(lp, "lipschitz.json")
 
-    # -- demo ---------------------------------------------------------------------------------
     demo = sub.add_parser("demo", help="data geometry behind the robustness limits (default dataset: digits)",
                           description=_desc("demo"), formatter_class=raw)
     _add_dataset_args(demo)
@@ -214,7 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="jaxbound_demo", help="output folder (default ./jaxbound_demo)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    # -- knn --------------------------------------------------------------------------------------
     knn = sub.add_parser("knn", help="k nearest neighbours of every point of a dataset",
                          description=_desc("knn"), formatter_class=raw)
     _add_dataset_args(knn)
@@ -223,9 +243,25 @@ def build_parser() -> argparse.ArgumentParser:
     knn.add_argument("--exclude-self", action="store_true", help="do not count a point as its own neighbour")
     knn.add_argument("--precision", default="float32", choices=["float32", "float64"], help="distance precision")
     knn.add_argument("--block-size", type=int, default=None, help="query rows per device and block")
-    knn.add_argument("--checkpoint", default=None, help="folder keeping finished blocks; rerun the same command to resume after an interruption")
+    knn.add_argument("--checkpoint", default=None,
+                     help="folder keeping finished blocks; rerun the same command to resume after an interruption")
     knn.add_argument("--out", default="knn.npz", help="output .npz with distances and indices (default knn.npz)")
     knn.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``jaxbound`` argument parser: one subcommand per job (see the module docstring)."""
+    ap = argparse.ArgumentParser(
+        prog="jaxbound",
+        description="Fundamental limits of adversarial robustness, measured from data, beside what models reach.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Main job: jaxbound report (see jaxbound report --help).",
+    )
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _report_parser(sub)
+    _method_parsers(sub)
+    _train_parser(sub)
+    _geometry_parsers(sub)
     return ap
 
 
@@ -234,16 +270,33 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------
 
 
+def _report_settings(args) -> dict:
+    """Every :class:`jaxbound.report.ReportConfig` field: the options given, else the field defaults."""
+    from jaxbound import report as R
+
+    out = {f.name: f.default for f in dataclasses.fields(R.ReportConfig)}
+    out.update(_settings(args, R.ReportConfig))
+    return out
+
+
 def _load(args, split=None):
     from jaxbound import data
 
-    ds = data.load(args.dataset, split=split or args.split, data_dir=args.data_dir)
-    limit = getattr(args, "limit", None)
+    s = _report_settings(args)
+    ds = data.load(s["dataset"], split=split or args.split, data_dir=s["data_dir"])
+    limit = s["limit"]
     if limit is not None:
         if limit < 2:
             raise ValueError(f"limit: must be >= 2, got {limit}")
         ds = ds.subset(np.arange(min(limit, len(ds))))
     return ds
+
+
+def _number(text: str, name: str, kind: type) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{name}: expected a number, got {text!r}") from None
 
 
 def _ints(text: str, name: str) -> list[int]:
@@ -256,14 +309,17 @@ def _ints(text: str, name: str) -> list[int]:
     return vals
 
 
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(v) for v in str(text).replace(" ", ",").split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{name}: expected comma-separated numbers, got {text!r}") from None
+
+
 def _write_json(path: str, rec: dict) -> None:
     from jaxbound._io import atomic_write_json
 
     atomic_write_json(Path(path), rec)
-
-
-def _widen(w):
-    return None if w is None or w == 0 else float(w)
 
 
 # ---------------------------------------------------------------------------
@@ -272,21 +328,13 @@ def _widen(w):
 
 
 def run_report(args):
+    import jax
+
     from jaxbound import report as R
 
-    models = [] if args.models.strip().lower() in ("", "none") else [m.strip() for m in args.models.split(",") if m.strip()]
-    eps = None if args.eps is None else R.parse_eps(args.eps)
-    return R.report(
-        args.dataset, norm=args.norm, eps=eps, out_dir=args.out, data_dir=args.data_dir, test_split=args.test_split,
-        limit=args.limit, test_limit=args.test_limit, alpha=args.alpha, n_regions=_ints(args.regions, "regions"),
-        n_repeats=args.repeats, protocol=args.protocol, pairs="all" if args.all_pairs else "hardest",
-        n_per_class=args.n_per_class, models=models, model=args.model, model_name=args.model_name, arch=args.arch,
-        widen_factor="auto" if args.widen is None else _widen(args.widen), epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-        train_eps=args.train_eps, train_attack_steps=args.train_attack_steps, attack_steps=args.attack_steps,
-        attack_restarts=args.restarts, eval_limit=None if args.eval_limit == 0 else args.eval_limit,
-        self_check=not args.no_self_check,
-        check_per_class=None if args.check_per_class == 0 else args.check_per_class, seed=args.seed, figures=not args.no_figures, resume=not args.fresh,
-        progress=not args.quiet)
+    cfg = R.ReportConfig(**_settings(args, R.ReportConfig))
+    return R.report(cfg, key=jax.random.key(args.seed), model=args.model, out_dir=args.out, resume=not args.fresh,
+                    progress=not args.quiet)
 
 
 def _print_report(rep) -> None:
@@ -308,34 +356,26 @@ def _print_report(rep) -> None:
 def run_concentration(args) -> dict:
     import jax
 
-    from jaxbound import _checks, concentration as C
+    from jaxbound import concentration as C
     from jaxbound import report as R
 
+    s = _report_settings(args)
+    cfg = R.ReportConfig(**{k: s[k] for k in ("norm", "eps", "alpha", "n_regions", "n_repeats", "protocol")})
     tr = _load(args)
-    te = _load(args, split=args.test_split)
-    if args.test_limit is not None:
-        te = te.subset(np.arange(min(args.test_limit, len(te))))
-    eps = R.parse_eps(args.eps)
-    norm = _checks.canonical_norm(args.norm)
-    method = args.method
-    if method == "auto":
-        method = {"linf": "rectangles", "l2": "balls"}.get(norm, "halfspace")
+    te = _load(args, split=s["test_split"])
+    if s["test_limit"] is not None:
+        te = te.subset(np.arange(min(s["test_limit"], len(te))))
     key = jax.random.key(args.seed)
-    splits = C.make_splits(key, tr.flat(), te.flat(), protocol=args.protocol)
-    Ts = _ints(args.regions, "regions")
-    rows = []
-    for e in eps:
-        if method == "rectangles":
-            recs, _ = C.run_rectangles(jax.random.fold_in(key, 1), splits, alpha=args.alpha, eps=e, n_regions=Ts,
-                                       n_repeats=args.repeats, dataset=tr.name, k=min(50, len(tr) - 1))
-        elif method == "balls":
-            recs, _ = C.run_balls(splits, alpha=args.alpha, eps=e, n_regions=Ts, dataset=tr.name,
-                                  list_size=min(2048, len(tr) - 1))
-        else:
-            recs, _ = C.run_halfspace(splits, alpha=args.alpha, eps=e, norm=norm, dataset=tr.name)
-        rows.extend(r.to_dict() for r in recs)
+    rows, method = [], args.method
+    for e in cfg.eps_grid:
+        est = C.estimate(tr.flat(), te.flat(), norm=cfg.norm, eps=e, alpha=cfg.alpha, n_regions=list(cfg.n_regions),
+                         key=key, method=method, protocol=cfg.protocol, n_repeats=cfg.n_repeats, dataset=tr.name,
+                         progress=not args.quiet)
+        rows.extend(r.to_dict() for r in est.records)
+    method = C.method_for(cfg.norm) if method == "auto" else method
+    norm = cfg.norm
     rec = {"command": "concentration", "dataset": tr.to_dict(), "method": method, "norm": str(norm),
-           "eps": list(eps), "alpha": args.alpha, "protocol": args.protocol, "records": rows}
+           "eps": list(cfg.eps_grid), "alpha": cfg.alpha, "protocol": cfg.protocol, "records": rows}
     _write_json(args.out, rec)
     return {"written": args.out, "method": method,
             "report": [{"eps": r["eps"], "split": r["split"], "risk": r["risk"], "adv_risk": r["adv_risk"],
@@ -343,7 +383,7 @@ def run_concentration(args) -> dict:
 
 
 def run_optprob(args) -> dict:
-    from jaxbound import bounds
+    from jaxbound import bounds, data
     from jaxbound import report as R
 
     ds = _load(args)
@@ -351,18 +391,12 @@ def run_optprob(args) -> dict:
     if len(cls) != 2:
         raise ValueError(f"classes: give two classes like 3,7, got {args.classes!r}")
     eps = R.parse_eps(args.eps)
-    from jaxbound import data
-
     xa, xb = data.class_pair(ds, cls[0], cls[1], n_per_class=args.n_per_class)
     rows = []
     for e in eps:
-        t0 = time.perf_counter()
-        g = bounds.conflict_graph(xa, xb, eps=e, norm=args.norm, progress=not args.quiet)
-        o = bounds.optprob(g)
-        z = bounds.min_zero_one_loss(g)
-        rows.append({"eps": e, "num_edges": g.num_edges, "cross_entropy": o.loss, "zero_one": z.loss,
-                     "verified": bool(o.verify().passed and z.verify().passed), "rounds": o.rounds,
-                     "seconds": time.perf_counter() - t0})
+        r = bounds.pair_bounds(xa, xb, eps=e, norm=args.norm, progress=not args.quiet)
+        rows.append({"eps": e, "num_edges": r.num_edges, "cross_entropy": r.cross_entropy, "zero_one": r.zero_one,
+                     "verified": r.verified, "rounds": r.rounds, "seconds": r.seconds})
     rec = {"command": "optprob", "dataset": ds.to_dict(), "classes": cls, "n": [len(xa), len(xb)],
            "norm": str(args.norm), "rows": rows}
     _write_json(args.out, rec)
@@ -378,18 +412,20 @@ def run_attack(args) -> dict:
 
     ds = _load(args)
     fn = R.load_model(args.model)
-    eps = np.asarray(R.parse_eps(args.eps), np.float32)
-    bnds = None if args.no_bounds else (0.0, 1.0)
-    key = jax.random.key(args.seed)
+    settings = _settings(args, attacks.AttackConfig)
+    for name in ("norm", "eps"):
+        if name not in settings:
+            raise ValueError(f"{name}: give --{name} (the threat model is never defaulted)")
+    cfg = attacks.AttackConfig(**settings)
     if args.attack == "pgd":
-        res = attacks.pgd(fn, ds.images, ds.labels, key=key, eps=eps, norm=args.norm, steps=args.steps,
-                          step_size=args.step_size, restarts=args.restarts, bounds=bnds, progress=not args.quiet)
+        res = attacks.pgd(fn, ds.images, ds.labels, cfg, key=jax.random.key(args.seed), progress=not args.quiet)
     else:
-        res = attacks.fgm(fn, ds.images, ds.labels, eps=eps, norm=args.norm, bounds=bnds)
+        res = attacks.fgm(fn, ds.images, ds.labels, cfg)
     ra = metrics.robust_accuracy(fn, ds.images, ds.labels, res)
     rec = {"command": "attack", "dataset": ds.to_dict(), "model": args.model, "attack": args.attack,
-           "norm": str(args.norm), "eps": eps.astype(float).tolist(), "steps": args.steps, "restarts": args.restarts,
-           "bounds": bnds, "n": ra.n, "clean_accuracy": ra.clean_accuracy, "robust_accuracy": ra.robust_accuracy}
+           "norm": str(cfg.norm), "eps": np.asarray(cfg.eps_array, np.float32).astype(float).tolist(),
+           "steps": cfg.steps, "restarts": cfg.restarts, "bounds": cfg.bounds, "n": ra.n,
+           "clean_accuracy": ra.clean_accuracy, "robust_accuracy": ra.robust_accuracy}
     _write_json(args.out, rec)
     return {k: rec[k] for k in ("n", "eps", "clean_accuracy", "robust_accuracy")} | {"written": args.out}
 
@@ -397,31 +433,28 @@ def run_attack(args) -> dict:
 def run_train(args) -> dict:
     import jax
 
-    from jaxbound import metrics, models
-    from jaxbound import report as R
+    from jaxbound import attacks, metrics, models, training
 
+    rs = _report_settings(args)
     tr = _load(args)
-    te = _load(args, split=args.test_split)
-    if args.recipe != "standard" and args.eps is None:
-        raise ValueError(f"eps: recipe {args.recipe!r} needs --eps")
-    from jaxbound import training
-
-    widen = R._resolve_widen(args.arch, "auto" if args.widen is None else _widen(args.widen))
-    module = R._build_module(args.arch, tr.num_classes, widen)
-    kw = dict(recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-              progress=not args.quiet, checkpoint_dir=str(Path(args.out) / "checkpoint"))
-    if args.recipe != "standard":
-        kw.update(eps=args.eps, norm=args.norm, attack_steps=args.attack_steps, eps_warmup=args.eps_warmup)
+    te = _load(args, split=rs["test_split"])
+    attack = _settings(args, attacks.AttackConfig, prefix="attack_")
+    if len(attack.get("eps", ())) == 1:
+        attack["eps"] = attack["eps"][0]  # training attacks take one budget
+    config = training.TrainConfig(**_settings(args, training.TrainConfig),
+                                  attack=attacks.AttackConfig(**attack) if attack else None)
+    widen = models.resolve_widen(rs["arch"], rs["widen_factor"])
+    module = models.build(rs["arch"], num_classes=tr.num_classes, widen_factor=widen)
     t0 = time.perf_counter()
-    res = training.train(jax.random.key(args.seed), module, (tr.images, tr.labels), **kw)
+    res = training.train(module, (tr.images, tr.labels), config, key=jax.random.key(args.seed),
+                         progress=not args.quiet, checkpoint_dir=str(Path(args.out) / "checkpoint"))
     seconds = time.perf_counter() - t0
-    fn = models.logits_fn(module, res.params)
-    acc = metrics.accuracy(fn, te.images, te.labels)
-    rec = {"command": "train", "dataset": tr.to_dict(), "recipe": args.recipe, "arch": args.arch,
-           "widen_factor": widen, "epochs": args.epochs, "eps": args.eps, "norm": args.norm,
-           "seconds": seconds, "test_split": args.test_split, "test_accuracy": acc, "train": R._safe_dict(res)}
-    R.save_model(args.out, arch=args.arch, num_classes=tr.num_classes, widen_factor=widen,
-                 input_shape=tr.shape, params=res.params, record={k: v for k, v in rec.items() if k != "train"})
+    acc = metrics.accuracy(models.logits_fn(module, res.params), te.images, te.labels)
+    rec = {"command": "train", "dataset": tr.to_dict(), "recipe": config.recipe, "arch": rs["arch"],
+           "widen_factor": widen, "config": config.to_dict(), "seconds": seconds, "test_split": rs["test_split"],
+           "test_accuracy": acc, "train": res.to_dict()}
+    models.save(args.out, arch=rs["arch"], num_classes=tr.num_classes, widen_factor=widen,
+                input_shape=tr.shape, params=res.params, record={k: v for k, v in rec.items() if k != "train"})
     _write_json(str(Path(args.out) / "train.json"), rec)
     return {"written": args.out, "test_accuracy": acc, "seconds": seconds, "steps": int(res.steps)}
 
@@ -430,9 +463,7 @@ def run_lipschitz(args) -> dict:
     from jaxbound import report as R
 
     ds = _load(args)
-    from jaxbound import _checks
-
-    g = R._geometry_stage(ds, _checks.canonical_norm(args.norm), not args.quiet)
+    g = R.geometry_summary(ds.flat(), ds.labels, norm=args.norm, progress=not args.quiet)
     rec = {"command": "lipschitz", "dataset": ds.to_dict(), **g}
     _write_json(args.out, rec)
     out = {"written": args.out, "lipschitz": g["lipschitz"]["lipschitz"], "min_distance": g["lipschitz"]["min_distance"]}

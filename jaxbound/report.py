@@ -16,9 +16,10 @@ how far are real models from it?". For each ``eps`` it gathers
 * the **optimal adversarial 0-1 and cross-entropy losses** of Bhagoji et al.
   (2021) on the empirical distribution of a class pair (the first
   ``n_per_class`` training points of each class, in file order): certified
-  lower bounds for *every* two-class classifier of that sample. By default the
-  hardest pair (largest 0-1 bound at the largest ``eps``) is reported; all 45
-  pairs with ``pairs="all"``.
+  lower bounds for *every* two-class classifier of that sample
+  (:func:`jaxbound.bounds.pair_bounds`). By default the hardest pair (largest
+  0-1 bound at the largest ``eps``) is reported; all 45 pairs with
+  ``pairs="all"``.
 * the **dataset Lipschitz constant** (Finlay et al. 2019, Table 4:
   ``1 / min ||x_i - x_j||`` over pairs of different classes) and the
   **inter-class distance** (Ding et al. 2019, App. D.2.1) of the training set.
@@ -38,13 +39,32 @@ The bound allows any perturbation in the ``eps`` ball; PGD also keeps images in
 exactly when the midpoint between them, itself inside ``[0, 1]``, is within
 ``eps`` of both.
 
+Settings live in one frozen :class:`ReportConfig` (every default once; the
+command line builds its options from its fields). Every stage is cached by a
+:class:`StageCache` under ``out_dir/stages/`` (an interrupted report resumes)
+and reports its own progress: a log line when it starts and ends, and the
+progress bars of the library functions it runs (distances, pairs, OptProb,
+training, attacks), whose counts and ETA come from work done inside the stage.
+
 Output (``out_dir``): ``report.json`` (every number, the settings and the
 definitions), ``report.md`` (tables and definitions), ``robust_error.png``
 (robust error versus ``eps``: the limits beside the achieved errors, with
 intervals) and ``pair_bounds.png`` (the 0-1 bound of every class pair that was
-computed, at the largest ``eps``). Every stage writes an atomic JSON file under
-``out_dir/stages/`` named by a fingerprint of its inputs and settings; a rerun
-with the same settings skips finished stages (an interrupted report resumes).
+computed, at the largest ``eps``).
+
+References:
+  Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring concentration:
+  fundamental limits on intrinsic robustness." NeurIPS 2019, arXiv:1905.12202.
+  Bhagoji, Cullina, Sehwag, Mittal. "Lower bounds on cross-entropy loss in the
+  presence of test-time adversaries." ICML 2021, arXiv:2104.08382.
+  Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural networks
+  generalize and are adversarially robust." arXiv:1808.09540.
+  Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial robustness
+  to input data distributions." ICLR 2019, arXiv:1902.08336.
+  Madry, Makelov, Schmidt, Tsipras, Vladu. "Towards deep learning models
+  resistant to adversarial attacks." ICLR 2018, arXiv:1706.06083 (PGD).
+  Clopper, Pearson. "The use of confidence or fiducial limits illustrated in
+  the case of the binomial." Biometrika 26(4), 1934.
 """
 
 from __future__ import annotations
@@ -54,26 +74,33 @@ import importlib
 import inspect
 import json
 import math
+import shutil
+import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
-from jaxbound import _checks
+from jaxbound import _checks, _engine
 from jaxbound._io import atomic_write_bytes, atomic_write_json, fingerprint, to_jsonable
 
 __all__ = [
     "DEFAULT_EPS",
+    "DEFINITIONS",
+    "ReportConfig",
+    "report_config",
+    "StageCache",
     "Report",
     "report",
     "parse_eps",
     "default_eps",
     "load_callable",
     "load_model",
-    "save_model",
     "restrict_to_pair",
     "weak_attack_check",
+    "geometry_summary",
     "render_markdown",
     "plot_report",
 ]
@@ -85,6 +112,7 @@ __all__ = [
 DEFAULT_EPS = {"linf": (0.1, 0.2, 0.3, 0.4), "l2": (0.5, 1.0, 1.5, 2.0), "l1": (2.0, 4.0, 6.0, 8.0)}
 
 _SCHEMA_VERSION = 1
+_RECIPES = ("standard", "pgd", "trades")
 
 DEFINITIONS = {
     "robust_error": "fraction of test points misclassified or moved to a wrong class by the attack within eps "
@@ -192,33 +220,14 @@ def load_callable(path: str, name: str = "model") -> Callable:
     return obj
 
 
-def save_model(folder: str | Path, *, arch: str, num_classes: int, widen_factor: float | None, input_shape,
-               params: Any, record: dict | None = None) -> Path:
-    """Write a trained model as ``model.json`` (architecture) + ``model.msgpack`` (parameters)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    module = _build_module(arch, num_classes, widen_factor)
-    _params_io(folder / "model.msgpack", module, tuple(input_shape), params=params)
-    spec = {"arch": arch, "num_classes": int(num_classes), "widen_factor": widen_factor,
-            "input_shape": [int(s) for s in input_shape], "record": record or {}}
-    atomic_write_json(folder / "model.json", spec)
-    return folder
-
-
 def load_model(path: str | Path, name: str = "model") -> Callable:
-    """A logits function from a folder written by :func:`save_model` (``jaxbound train --out``)
+    """A logits function from a folder written by :func:`jaxbound.models.save` (``jaxbound train --out``)
     or from an import path ``"module:function"`` (:func:`load_callable`)."""
+    from jaxbound import models
+
     p = Path(str(path)).expanduser()
     if p.is_dir():
-        if not (p / "model.json").is_file() or not (p / "model.msgpack").is_file():
-            raise ValueError(f"{name}: folder {str(p)!r} has no model.json and model.msgpack "
-                             "(written by 'jaxbound train --out')")
-        from jaxbound import models
-
-        spec = json.loads((p / "model.json").read_text())
-        module = _build_module(spec["arch"], spec["num_classes"], spec.get("widen_factor"))
-        params = _params_io(p / "model.msgpack", module, tuple(spec["input_shape"]))
-        return models.logits_fn(module, params)
+        return models.load(p, name=name).logits_fn()
     return load_callable(str(path), name)
 
 
@@ -259,41 +268,305 @@ def _clopper(k: int, n: int) -> tuple[float, float]:
     return tuple(float(v) for v in clopper_pearson(int(k), int(n)))
 
 
+def geometry_summary(x: Any, labels: Any, *, norm: Any, progress: bool = False) -> dict:
+    """The data-geometry stage: dataset Lipschitz constant and inter-class distance of ``x [n, d]``.
+
+    Args:
+      x: ``[n, d]`` points.
+      labels: ``[n]`` integer labels.
+      norm: the distance (``l2`` is Finlay et al.'s); no default.
+      progress: progress bars of both distance passes.
+
+    Returns:
+      ``{"lipschitz": ..., "separation_eps": min_distance / 2,
+      "inter_class_distance": {"available", "value", "per_class", "norm"}}``.
+
+    References:
+      Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural
+      networks generalize and are adversarially robust." arXiv:1808.09540
+      (Table 4).
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336
+      (App. D.2.1).
+    """
+    from jaxbound import metrics, shift
+
+    norm = _checks.canonical_norm(norm)
+    lip = metrics.dataset_lipschitz(x, labels, norm=norm, progress=progress)
+    icd = shift.inter_class_distance(x, labels, norm=norm, progress=progress)
+    return {"lipschitz": lip.to_dict(), "separation_eps": lip.min_distance / 2.0,
+            "inter_class_distance": {"available": True, "value": float(icd.value),
+                                     "per_class": np.asarray(icd.per_class, dtype=float).tolist(),
+                                     "norm": str(norm)}}
+
+
 # ---------------------------------------------------------------------------
-# Stages (resumable)
+# Configuration
 # ---------------------------------------------------------------------------
 
 
-class _Stages:
-    """Atomic JSON per stage under ``out_dir/stages/``, named by a fingerprint of the stage's inputs."""
+def _f(default: Any, help: str, **extra: Any) -> Any:
+    """A dataclass field with its default and the command-line help (``metadata["help"]``)."""
+    return dataclasses.field(default=default, metadata={"help": help, **extra})
 
-    def __init__(self, out_dir: Path, base: str, resume: bool):
-        self.dir = out_dir / "stages"
+
+def _none_if_zero(v):
+    return None if v is not None and not isinstance(v, bool) and v == 0 else v
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    """Every setting of :func:`report`, each default in one place.
+
+    Frozen and hashable; checked in ``__post_init__`` (errors name the field).
+    Sequences are stored as tuples; ``eval_limit=0`` and
+    ``check_per_class=0`` mean ``None`` (all points). The command line builds
+    ``jaxbound report``'s options from these fields (``metadata["help"]``;
+    ``metadata["flag"]`` is a second, older spelling of the option).
+
+    The evaluation attack is :meth:`attack` (an
+    :class:`jaxbound.attacks.AttackConfig` at the report's norm and budgets);
+    the training settings of the models trained on the spot are
+    :meth:`train_config` (a :class:`jaxbound.training.TrainConfig`).
+    """
+
+    dataset: str = _f("digits", "'digits' (embedded), 'mnist', 'fashion_mnist' or 'tfds:<name>'")
+    data_dir: str | None = _f(None, "folder with the IDX files or the tensorflow-datasets folder "
+                                    "(default $JAXBOUND_DATA_DIR)")
+    test_split: str = _f("test", "held-out split")
+    limit: int | None = _f(None, "use only the first N training examples")
+    test_limit: int | None = _f(None, "use only the first N held-out examples")
+    norm: str = _f("linf", "threat model: linf, l2 or l1")
+    eps: tuple[float, ...] | None = _f(None, "budgets, e.g. 0.1,0.2,0.3 (default linf 0.1,0.2,0.3,0.4; "
+                                             "l2 0.5,1,1.5,2; l1 2,4,6,8; pixels are in [0, 1])")
+    alpha: float = _f(0.01, "concentration: risk threshold alpha of the error region (the paper's 0.01)")
+    n_regions: tuple[int, ...] = _f((5, 10), "concentration: candidate numbers T of boxes/balls, chosen on "
+                                             "the select split", flag="--regions")
+    n_repeats: int = _f(5, "concentration: repeats of the box search", flag="--repeats")
+    protocol: str = _f("honest", "concentration: 'honest' (select on half of the held-out split, report on "
+                                 "the other) or 'paper' (select and report on all of it)")
+    select_size: int | None = _f(None, "concentration: held-out points used for selection (honest protocol; "
+                                       "default half)")
+    pairs: str = _f("hardest", "optimal bounds for the 'hardest' class pair or for 'all' pairs")
+    n_per_class: int | None = _f(1000, "optimal bounds: first N training points of each class of a pair")
+    models: tuple[str, ...] = _f(("standard", "pgd"), "recipes to train on the spot, from standard, pgd, "
+                                                      "trades; 'none' for no training")
+    model_name: str = _f("user", "name of --model in the tables")
+    arch: str = _f("lenet5", "architecture of the trained models")
+    widen_factor: float | str | None = _f("auto", "widen factor of the trained models ('auto': 0.5 for "
+                                                  "architectures that have one; none: the architecture's "
+                                                  "default)", flag="--widen")
+    epochs: int = _f(10, "training epochs")
+    batch_size: int = _f(64, "training batch size")
+    learning_rate: float = _f(1e-3, "training learning rate (Adam)", flag="--lr")
+    train_eps: float | None = _f(None, "budget of adversarial training (default: the middle budget of eps)")
+    train_attack_steps: int = _f(7, "PGD steps inside adversarial training")
+    attack_steps: int = _f(20, "PGD steps of the evaluation and the self-check (step 2.5 eps / steps, random "
+                               "start, images kept in [0, 1])")
+    attack_restarts: int = _f(1, "PGD restarts of the evaluation and the self-check", flag="--restarts")
+    eval_limit: int | None = _f(1000, "evaluate models on the first N held-out examples (0 or none: all)")
+    self_check: bool = _f(True, "run the weak-attack check against the optimal 0-1 loss")
+    check_per_class: int | None = _f(200, "the self-check attacks the first N training points of each class "
+                                          "of the pair (0 or none: the whole pair sample)")
+    figures: bool = _f(True, "write the PNG figures")
+
+    def __post_init__(self):
+        put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
+        norm = _checks.canonical_norm(self.norm)
+        if norm not in ("l1", "l2", "linf"):
+            raise ValueError(f"norm: the report supports 'l1', 'l2' and 'linf', got {self.norm!r}")
+        put("norm", norm)
+        if self.eps is not None:
+            put("eps", parse_eps(self.eps))
+        put("alpha", _checks.check_probability(self.alpha, "alpha"))
+        nr = [self.n_regions] if isinstance(self.n_regions, (int, np.integer)) else list(self.n_regions)
+        if not nr:
+            raise ValueError("n_regions: give at least one T")
+        put("n_regions", tuple(_checks.check_int(t, "n_regions", low=1) for t in nr))
+        if self.protocol not in ("honest", "paper"):
+            raise ValueError(f"protocol: must be 'honest' or 'paper', got {self.protocol!r}")
+        if self.pairs not in ("hardest", "all"):
+            raise ValueError(f"pairs: must be 'hardest' or 'all', got {self.pairs!r}")
+        models = (self.models,) if isinstance(self.models, str) else tuple(self.models or ())
+        models = () if models in (("none",), ("",)) else models
+        for r in models:
+            if r not in _RECIPES:
+                raise ValueError(f"models: unknown training recipe {r!r}; use standard, pgd or trades")
+        put("models", models)
+        for k, low in (("n_repeats", 1), ("epochs", 1), ("batch_size", 1), ("attack_steps", 1),
+                       ("train_attack_steps", 1), ("attack_restarts", 1)):
+            put(k, _checks.check_int(getattr(self, k), k, low=low))
+        for k, low in (("limit", 2), ("test_limit", 2), ("select_size", 1), ("n_per_class", 1),
+                       ("eval_limit", 1), ("check_per_class", 1)):
+            v = _none_if_zero(getattr(self, k)) if k in ("eval_limit", "check_per_class") else getattr(self, k)
+            put(k, None if v is None else _checks.check_int(v, k, low=low))
+        put("learning_rate", _checks.check_scalar(self.learning_rate, "learning_rate", low=0.0,
+                                                  low_inclusive=False))
+        if self.train_eps is not None:
+            put("train_eps", _checks.check_scalar(self.train_eps, "train_eps", low=0.0))
+        wf = self.widen_factor
+        put("widen_factor", None if isinstance(wf, str) and wf.lower() == "none" else _none_if_zero(wf))
+        from jaxbound import models as M
+
+        if models and (not isinstance(self.arch, str) or self.arch.lower() not in M.available()):
+            raise ValueError(f"arch: unknown architecture {self.arch!r}")
+        M.resolve_widen(self.arch, self.widen_factor)
+        put("self_check", bool(self.self_check))
+        put("figures", bool(self.figures))
+
+    @property
+    def eps_grid(self) -> tuple[float, ...]:
+        """The budgets: ``eps`` or the norm's default grid (:data:`DEFAULT_EPS`)."""
+        return default_eps(self.norm) if self.eps is None else self.eps
+
+    @property
+    def widen(self) -> float | None:
+        """The resolved widen factor of the trained models (``"auto"`` resolved for ``arch``)."""
+        from jaxbound import models as M
+
+        return M.resolve_widen(self.arch, self.widen_factor)
+
+    @property
+    def adversarial_eps(self) -> float:
+        """The budget of adversarial training: ``train_eps`` or the middle budget of the grid."""
+        g = self.eps_grid
+        return g[(len(g) - 1) // 2] if self.train_eps is None else self.train_eps
+
+    def attack(self) -> Any:
+        """The evaluation and self-check attack: PGD at the report's norm and budgets."""
+        from jaxbound import attacks
+
+        return attacks.AttackConfig(norm=self.norm, eps=self.eps_grid, steps=self.attack_steps,
+                                    restarts=self.attack_restarts)
+
+    def train_config(self, recipe: str, *, n_train: int | None = None) -> Any:
+        """The :class:`jaxbound.training.TrainConfig` of a model trained on the spot with ``recipe``.
+
+        Adversarial recipes attack at :attr:`adversarial_eps` in the report's
+        norm with ``train_attack_steps`` PGD steps; the per-epoch robust
+        accuracy uses the evaluation's ``attack_steps``. ``n_train`` caps the
+        batch size at the number of training examples.
+        """
+        from jaxbound import attacks, training
+
+        attack = None if recipe == "standard" else attacks.AttackConfig(
+            norm=self.norm, eps=self.adversarial_eps, steps=self.train_attack_steps)
+        bs = self.batch_size if n_train is None else min(self.batch_size, n_train)
+        return training.TrainConfig(recipe=recipe, epochs=self.epochs, batch_size=bs,
+                                    learning_rate=self.learning_rate, attack=attack,
+                                    eval_attack=None if attack is None else attack.replace(
+                                        steps=self.attack_steps, step_size=None))
+
+    def replace(self, **changes: Any) -> "ReportConfig":
+        """A checked copy with ``changes`` (unknown names raise ``TypeError``)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields."""
+        return to_jsonable(dataclasses.asdict(self))
+
+
+def report_config(config: ReportConfig | None = None, /, **settings: Any) -> ReportConfig:
+    """``config`` (default :class:`ReportConfig()`) with ``settings`` overridden.
+
+    Raises:
+      TypeError: a setting that is not a field of :class:`ReportConfig`.
+    """
+    names = {f.name for f in dataclasses.fields(ReportConfig)}
+    for k in settings:
+        if k not in names:
+            raise TypeError(f"report: unknown setting {k!r}")
+    if config is None:
+        return ReportConfig(**settings)
+    if not isinstance(config, ReportConfig):
+        raise TypeError(f"config: expected a ReportConfig, got {type(config).__name__}")
+    return config.replace(**settings) if settings else config
+
+
+# ---------------------------------------------------------------------------
+# The stage cache
+# ---------------------------------------------------------------------------
+
+
+class StageCache:
+    """A resumable cache of pipeline stages, one JSON file per stage.
+
+    On-disk format: ``folder/<name>-<fp>.json`` holds the stage's result as
+    JSON (written atomically: a temporary file renamed into place), where
+    ``<name>`` is the stage name with characters other than letters, digits,
+    ``-``, ``_`` and ``.`` replaced by ``_`` and ``<fp>`` the first 16 hex
+    digits of :func:`jaxbound._io.fingerprint` of ``(base, name, config)``:
+    ``base`` fingerprints the inputs shared by every stage (data, norm,
+    key) and ``config`` the stage's own settings. Other artefacts of a stage
+    (a trained model's folder) live at :meth:`path` with another ``suffix``.
+    A rerun with the same inputs finds the file and skips the stage; a file
+    that cannot be read as JSON (damaged, foreign) is recomputed with a
+    ``RuntimeWarning``.
+
+    Args:
+      folder: the cache folder (created on the first write).
+      base: fingerprint of the inputs every stage shares.
+      resume: reuse finished stages (``False``: recompute and overwrite).
+      progress: print a line on stderr when a stage starts and ends.
+
+    Attributes:
+      ran, skipped: stage names computed and reused, in order.
+      seconds: wall time per computed stage name (summed over repeats).
+    """
+
+    def __init__(self, folder: str | Path, *, base: str, resume: bool = True, progress: bool = False):
+        self.dir = Path(folder)
         self.base = base
-        self.resume = resume
-        self.skipped: list[str] = []
+        self.resume = bool(resume)
+        self.progress = bool(progress)
         self.ran: list[str] = []
+        self.skipped: list[str] = []
         self.seconds: dict[str, float] = {}
 
-    def path(self, name: str, *config: Any, suffix: str = ".json") -> Path:
-        fp = fingerprint(self.base, name, *config)[:16]
+    def path(self, name: str, config: Any, suffix: str = ".json") -> Path:
+        """Where stage ``name`` with settings ``config`` is stored (``suffix`` for other artefacts)."""
+        fp = fingerprint(self.base, name, config)[:16]
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         return self.dir / f"{safe}-{fp}{suffix}"
 
-    def run(self, name: str, config: Any, fn: Callable[[], Any]) -> Any:
+    def load(self, name: str, config: Any) -> Any:
+        """The stored result, or ``None`` (missing, ``resume=False``, or damaged: then a warning)."""
         p = self.path(name, config)
-        if self.resume and p.is_file():
-            try:
-                out = json.loads(p.read_text())
-                self.skipped.append(name)
-                return out
-            except json.JSONDecodeError:  # a foreign or damaged file: recompute
-                pass
+        if not (self.resume and p.is_file()):
+            return None
+        try:
+            return json.loads(p.read_text())
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"stage {name!r}: {p} cannot be read ({exc}); recomputing it", RuntimeWarning,
+                          stacklevel=2)
+            return None
+
+    def log(self, message: str) -> None:
+        """One progress line on stderr (when ``progress``)."""
+        if self.progress:
+            print(f"[jaxbound] {message}", file=sys.stderr, flush=True)
+
+    def run(self, name: str, config: Any, fn: Callable[[], Any], *, label: str | None = None) -> Any:
+        """The result of stage ``name``: read from the cache, or ``fn()`` computed, stored and returned.
+
+        Args:
+          name: stage name (part of the file name).
+          config: the stage's settings (JSON-like; part of the fingerprint).
+          fn: computes the result (anything :func:`jaxbound._io.to_jsonable` accepts).
+          label: the text of the progress lines (default ``name``).
+        """
+        out = self.load(name, config)
+        if out is not None:
+            self.skipped.append(name)
+            return out
+        self.log(f"{label or name}: running")
         t0 = time.perf_counter()
         out = to_jsonable(fn())
-        atomic_write_json(p, out)
+        atomic_write_json(self.path(name, config), out)
+        dt = time.perf_counter() - t0
         self.ran.append(name)
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        self.seconds[name] = self.seconds.get(name, 0.0) + dt
+        self.log(f"{label or name}: done in {dt:.1f} s")
         return out
 
 
@@ -344,83 +617,51 @@ class Report:
 # ---------------------------------------------------------------------------
 
 
-def _load_datasets(dataset, data_dir, test_split, limit, test_limit):
+def _load_datasets(cfg: ReportConfig, data_pair):
     from jaxbound import data
 
-    if isinstance(dataset, str):
-        tr = data.load(dataset, split="train", data_dir=data_dir)
-        te = data.load(dataset, split=test_split, data_dir=data_dir)
-    elif isinstance(dataset, (tuple, list)) and len(dataset) == 2 and all(isinstance(d, data.Dataset) for d in dataset):
-        tr, te = dataset
+    if data_pair is None:
+        tr = data.load(cfg.dataset, split="train", data_dir=cfg.data_dir)
+        te = data.load(cfg.dataset, split=cfg.test_split, data_dir=cfg.data_dir)
+    elif isinstance(data_pair, (tuple, list)) and len(data_pair) == 2 and all(
+            isinstance(d, data.Dataset) for d in data_pair):
+        tr, te = data_pair
     else:
-        raise ValueError("dataset: expected a dataset name or a (train, test) pair of jaxbound.data.Dataset")
-    if limit is not None:
-        limit = _checks.check_int(limit, "limit", low=2)
-        tr = tr.subset(np.arange(min(limit, len(tr))))
-    if test_limit is not None:
-        test_limit = _checks.check_int(test_limit, "test_limit", low=2)
-        te = te.subset(np.arange(min(test_limit, len(te))))
-    for nm, ds in (("dataset", tr), ("dataset", te)):
+        raise ValueError("data: expected a (train, test) pair of jaxbound.data.Dataset")
+    if cfg.limit is not None:
+        tr = tr.subset(np.arange(min(cfg.limit, len(tr))))
+    if cfg.test_limit is not None:
+        te = te.subset(np.arange(min(cfg.test_limit, len(te))))
+    for ds in (tr, te):
         if len(ds) < 2:
-            raise ValueError(f"{nm}: split {ds.split!r} has fewer than 2 examples")
+            raise ValueError(f"dataset: split {ds.split!r} has fewer than 2 examples")
         imgs = ds.images
         if not np.all(np.isfinite(imgs)) or imgs.min() < 0 or imgs.max() > 1:
-            raise ValueError(f"{nm}: pixels of {ds.name}/{ds.split} must be finite and in [0, 1]")
+            raise ValueError(f"dataset: pixels of {ds.name}/{ds.split} must be finite and in [0, 1]")
     if tr.shape != te.shape:
         raise ValueError(f"dataset: train and test shapes differ ({tr.shape} vs {te.shape})")
     return tr, te
 
 
-def _geometry_stage(tr, norm, progress):
-    from jaxbound import metrics
-
-    out = {}
-    lip = metrics.dataset_lipschitz(tr.flat(), tr.labels, norm=norm, progress=progress)
-    out["lipschitz"] = lip.to_dict()
-    out["separation_eps"] = lip.min_distance / 2.0
-    try:
-        from jaxbound.shift import inter_class_distance
-    except ImportError as exc:  # issue 7 not merged
-        out["inter_class_distance"] = {"available": False,
-                                       "reason": f"jaxbound.shift.inter_class_distance is not available ({exc})"}
-    else:
-        icd = inter_class_distance(tr.flat(), tr.labels, norm=norm)
-        out["inter_class_distance"] = {"available": True, "value": float(icd.value),
-                                       "per_class": np.asarray(icd.per_class, dtype=float).tolist(), "norm": str(norm)}
-    return out
-
-
-def _concentration_stage(key, tr, te, *, norm, eps, alpha, n_regions, n_repeats, protocol, select_size, name):
-    import jax
-
+def _concentration_stage(key, tr, te, cfg: ReportConfig, eps: float, *, progress: bool):
     from jaxbound import concentration as C
 
-    splits = C.make_splits(key, tr.flat(), te.flat(), protocol=protocol, select_size=select_size)
-    k_fit = jax.random.fold_in(key, 1)
-    t0 = time.perf_counter()
-    n_fit = splits.fit.shape[0]
-    if norm == "linf":
-        kk = min(50, n_fit - 1)
-        recs, _ = C.run_rectangles(k_fit, splits, alpha=alpha, eps=eps, n_regions=list(n_regions),
-                                   n_repeats=n_repeats, dataset=name, k=kk)
-    elif norm == "l2":
-        recs, _ = C.run_balls(splits, alpha=alpha, eps=eps, n_regions=list(n_regions), dataset=name,
-                              list_size=min(2048, n_fit - 1))
-    else:
-        recs, _ = C.run_halfspace(splits, alpha=alpha, eps=eps, norm=norm, dataset=name)
-    rep = recs[-1]  # the report split (test for the paper protocol)
+    est = C.estimate(tr.flat(), te.flat(), norm=cfg.norm, eps=eps, alpha=cfg.alpha, n_regions=list(cfg.n_regions),
+                     key=key, protocol=cfg.protocol, select_size=cfg.select_size, n_repeats=cfg.n_repeats,
+                     dataset=tr.name or "data", progress=progress)
+    rep = est.report  # the report split (test for the paper protocol)
     lo, hi = (float(v) for v in rep.adv_risk_ci)
     return {
-        "eps": float(eps), "method": rep.method, "norm": rep.norm, "alpha": float(alpha), "T": int(rep.T),
+        "eps": float(eps), "method": rep.method, "norm": rep.norm, "alpha": float(cfg.alpha), "T": int(rep.T),
         "q": rep.q, "protocol": rep.protocol, "split": rep.split, "n": int(rep.n),
         "risk": float(rep.risk), "risk_ci": [float(v) for v in rep.risk_ci],
         "adv_risk": float(rep.adv_risk), "adv_risk_ci": [lo, hi], "adv_risk_std": float(rep.adv_risk_std),
         "adv_rule": rep.adv_rule,
         "intrinsic_robustness": 1.0 - float(rep.adv_risk), "intrinsic_robustness_ci": [1.0 - hi, 1.0 - lo],
-        "risk_feasible": bool(rep.risk >= alpha),
-        "splits": splits.to_dict(),
-        "all_splits": [{"split": r.split, "n": r.n, "risk": r.risk, "adv_risk": r.adv_risk} for r in recs],
-        "seconds": time.perf_counter() - t0,
+        "risk_feasible": bool(rep.risk >= cfg.alpha),
+        "splits": est.splits.to_dict(),
+        "all_splits": [{"split": r.split, "n": r.n, "risk": r.risk, "adv_risk": r.adv_risk} for r in est.records],
+        "seconds": est.seconds,
     }
 
 
@@ -432,144 +673,128 @@ def _pair_points(tr, a, b, n_per_class):
     return data.class_pair(tr, a, b, n_per_class=n)
 
 
-def _bound_stage(tr, a, b, *, norm, eps, n_per_class):
+def _bound_stage(tr, a, b, *, norm, eps, n_per_class, progress=False):
     from jaxbound import bounds
 
     xa, xb = _pair_points(tr, a, b, n_per_class)
-    t0 = time.perf_counter()
-    g = bounds.conflict_graph(xa, xb, eps=eps, norm=norm)
-    z = bounds.min_zero_one_loss(g)
-    o = bounds.optprob(g)
-    ver = o.verify()
-    return {"pair": [int(a), int(b)], "eps": float(eps), "n": [int(xa.shape[0]), int(xb.shape[0])],
-            "num_edges": g.num_edges, "zero_one": float(z.loss), "cross_entropy": float(o.loss),
-            "verified": bool(ver.passed and z.verify().passed), "seconds": time.perf_counter() - t0}
+    r = bounds.pair_bounds(xa, xb, eps=eps, norm=norm, progress=progress)
+    return {"pair": [int(a), int(b)], "eps": float(eps), "n": list(r.n), "num_edges": r.num_edges,
+            "zero_one": r.zero_one, "cross_entropy": r.cross_entropy, "verified": r.verified,
+            "seconds": r.seconds}
 
 
-def _accepts_widen(arch) -> bool:
-    from jaxbound import models
+def _bounds_stages(stages: StageCache, tr, cfg: ReportConfig, pairs_all, *, progress):
+    """Every pair at the largest eps (the hardest pair), then the chosen pairs at every eps."""
+    from tqdm.auto import tqdm
 
-    cls = models._REGISTRY.get(str(arch).lower())
-    return cls is not None and "widen_factor" in getattr(cls, "__dataclass_fields__", {})
+    e_max = cfg.eps_grid[-1]
+    npc = cfg.n_per_class
 
+    def one(a, b, e):
+        return stages.run("bound", {"pair": [a, b], "eps": e, "n_per_class": npc},
+                          lambda: _bound_stage(tr, a, b, norm=cfg.norm, eps=e, n_per_class=npc))
 
-def _resolve_widen(arch, widen_factor):
-    """``"auto"``: 0.5 for architectures with a widen factor, else their default."""
-    if isinstance(widen_factor, str):
-        if widen_factor != "auto":
-            raise ValueError(f"widen_factor: expected a number, None or 'auto', got {widen_factor!r}")
-        return 0.5 if _accepts_widen(arch) else None
-    if widen_factor is not None and not _accepts_widen(arch):
-        raise ValueError(f"widen_factor: architecture {arch!r} has no widen factor")
-    return widen_factor
-
-
-def _build_module(arch, num_classes, widen_factor):
-    from jaxbound import models
-
-    kw = {"num_classes": int(num_classes)}
-    if widen_factor is not None:
-        kw["widen_factor"] = float(widen_factor)
-    return models.create(arch, **kw)
-
-
-def _params_io(path: Path, module, shape, params=None):
-    import jax
-    from flax import serialization
-
-    from jaxbound import models
-
-    if params is not None:
-        atomic_write_bytes(path, serialization.to_bytes(params))
-        return params
-    template = models.init_params(module, jax.random.key(0), shape)
-    return serialization.from_bytes(template, path.read_bytes())
-
-
-def _train_model(key, stages, recipe, tr, te, *, arch, widen_factor, epochs, batch_size, learning_rate, train_eps,
-                 norm, attack_steps, progress):
-    """Train (or reload) one model; returns (logits_fn, train_record)."""
-    from jaxbound import models
-
-    module = _build_module(arch, tr.num_classes, widen_factor)
-    cfg = {"recipe": recipe, "arch": arch, "widen_factor": widen_factor, "epochs": epochs, "batch_size": batch_size,
-           "learning_rate": learning_rate, "eps": train_eps if recipe != "standard" else None,
-           "norm": str(norm), "attack_steps": attack_steps, "key": np.asarray(__import__("jax").random.key_data(key))}
-    ppath = stages.path(f"model-{recipe}", cfg, suffix=".msgpack")
-    rpath = stages.path(f"model-{recipe}", cfg, suffix=".json")
-    if stages.resume and ppath.is_file() and rpath.is_file():
-        params = _params_io(ppath, module, tr.shape)
-        stages.skipped.append(f"train {recipe}")
-        return models.logits_fn(module, params), json.loads(rpath.read_text())
-    from jaxbound import training
-
-    n_ev = min(200, len(te))
-    kw = dict(recipe=recipe, epochs=epochs, batch_size=min(batch_size, len(tr)), learning_rate=learning_rate,
-              progress=progress, checkpoint_dir=str(ppath.with_suffix(".ckpt")),
-              eval_data=(te.images[:n_ev], te.labels[:n_ev]), eval_steps=max(1, attack_steps))
-    if recipe != "standard":
-        kw.update(eps=train_eps, norm=norm, attack_steps=attack_steps)
-    t0 = time.perf_counter()
-    res = training.train(key, module, (tr.images, tr.labels), **kw)
-    seconds = time.perf_counter() - t0
-    stages.seconds[f"train {recipe}"] = seconds
-    rec = {"recipe": recipe, "arch": arch, "widen_factor": widen_factor, "train_seconds": seconds,
-           "steps": int(res.steps), "train": _safe_dict(res), "settings": {k: v for k, v in cfg.items() if k != "key"}}
-    _params_io(ppath, module, tr.shape, params=res.params)
-    atomic_write_json(rpath, rec)
-    import shutil
-
-    shutil.rmtree(ppath.with_suffix(".ckpt"), ignore_errors=True)  # the parameters are saved
-    stages.ran.append(f"train {recipe}")
-    return models.logits_fn(module, res.params), to_jsonable(rec)
+    stages.log(f"bounds: {len(pairs_all)} class pairs at eps={e_max:g}")
+    selection = [one(a, b, e_max) for a, b in tqdm(pairs_all, desc="pair bounds", unit="pair",
+                                                   disable=not progress, leave=False)]
+    hardest = max(selection, key=lambda r: (r["zero_one"], r["cross_entropy"], -r["pair"][0], -r["pair"][1]))
+    chosen = pairs_all if cfg.pairs == "all" else [tuple(hardest["pair"])]
+    jobs = [(a, b, e) for e in cfg.eps_grid for a, b in chosen]
+    stages.log(f"bounds: {len(chosen)} pair(s) at {len(cfg.eps_grid)} budgets")
+    rows = [one(a, b, e) for a, b, e in tqdm(jobs, desc="pair bounds per eps", unit="bound",
+                                             disable=not progress, leave=False)]
+    return selection, hardest, chosen, rows
 
 
 def _safe_dict(res) -> dict:
     try:
         d = res.to_dict()
-    except Exception as exc:  # a partial TrainResult: keep the report going
+    except Exception as exc:  # noqa: BLE001 - a partial TrainResult: keep the report going
         return {"error": f"to_dict failed: {exc}"}
     return to_jsonable(d)
 
 
-def _evaluate_model(key, logits_fn, te, *, norm, eps, attack_steps, attack_restarts):
+def _train_model(key, stages: StageCache, recipe, tr, te, cfg: ReportConfig, *, progress):
+    """Train (or reload) one model; returns (logits_fn, train_record)."""
+    from jaxbound import models, training
+
+    widen = cfg.widen
+    settings = {"recipe": recipe, "arch": cfg.arch, "widen_factor": widen, "epochs": cfg.epochs,
+                "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
+                "eps": cfg.adversarial_eps if recipe != "standard" else None, "norm": str(cfg.norm),
+                "attack_steps": cfg.train_attack_steps}
+    folder = stages.path(f"model-{recipe}", dict(settings, key=_engine.key_data(key)), suffix="")
+    if stages.resume and (folder / "model.json").is_file() and (folder / "model.msgpack").is_file():
+        saved = models.load(folder)
+        stages.skipped.append(f"train {recipe}")
+        return saved.logits_fn(), to_jsonable(saved.record)
+    module = models.build(cfg.arch, num_classes=tr.num_classes, widen_factor=widen)
+    n_ev = min(200, len(te))
+    stages.log(f"train {recipe}: {cfg.epochs} epoch(s) of {len(tr)} images")
+    t0 = time.perf_counter()
+    res = training.train(module, (tr.images, tr.labels), cfg.train_config(recipe, n_train=len(tr)), key=key,
+                         eval_data=(te.images[:n_ev], te.labels[:n_ev]),
+                         checkpoint_dir=str(folder.with_suffix(".ckpt")), progress=progress)
+    seconds = time.perf_counter() - t0
+    stages.seconds[f"train {recipe}"] = seconds
+    rec = to_jsonable({"recipe": recipe, "arch": cfg.arch, "widen_factor": widen, "train_seconds": seconds,
+                       "steps": int(res.steps), "train": _safe_dict(res), "settings": settings})
+    models.save(folder, arch=cfg.arch, num_classes=tr.num_classes, widen_factor=widen, input_shape=tr.shape,
+                params=res.params, record=rec)
+    shutil.rmtree(folder.with_suffix(".ckpt"), ignore_errors=True)  # the parameters are saved
+    stages.ran.append(f"train {recipe}")
+    stages.log(f"train {recipe}: done in {seconds:.1f} s")
+    return models.logits_fn(module, res.params), rec
+
+
+def _attack_curve(key, logits_fn, x, y, attack, *, progress):
+    """``(robust_error [K], clean_error)`` of ``logits_fn`` under the PGD attack ``attack`` (an AttackConfig)."""
     from jaxbound import metrics
 
+    rep = metrics.evaluate_robustness(
+        logits_fn, x, y, key=key, eps=np.asarray(attack.eps_array, np.float32), norm=attack.norm,
+        steps=attack.steps, step_size=attack.step_size, restarts=attack.restarts,
+        random_start=attack.random_start, bounds=attack.bounds, loss=attack.loss, wrt_predictions=False,
+        progress=progress)
+    rob = np.asarray(rep.robust_accuracy, dtype=float)
+    return 1.0 - rob, 1.0 - rep.clean_accuracy
+
+
+def _evaluate_model(key, logits_fn, te, cfg: ReportConfig, *, progress=False):
     x, y = te.images, te.labels
     n = len(te)
-    curve = metrics.robust_error_curve(logits_fn, x, y, key=key, eps=np.asarray(eps, np.float32), norm=norm,
-                                       steps=attack_steps, restarts=attack_restarts)
-    clean_err = float(curve.clean_error)
+    attack = cfg.attack()
+    robust_error, clean_err = _attack_curve(key, logits_fn, x, y, attack, progress=progress)
+    clean_err = float(clean_err)
     k_clean = int(round(clean_err * n))
     rows = []
-    for e, r in zip(eps, curve.robust_error):
+    for e, r in zip(cfg.eps_grid, robust_error):
         k = int(round(float(r) * n))
         rows.append({"eps": float(e), "robust_error": float(r), "robust_accuracy": 1.0 - float(r),
                      "robust_error_ci": list(_clopper(k, n))})
     return {"n": n, "clean_accuracy": 1.0 - clean_err, "clean_error": clean_err,
             "clean_error_ci": list(_clopper(k_clean, n)), "robust": rows,
-            "attack": {"name": "pgd", "norm": str(norm), "steps": int(attack_steps), "restarts": int(attack_restarts),
-                       "step_size": "2.5 eps / steps", "random_start": True, "bounds": [0.0, 1.0]}}
+            "attack": {"name": "pgd", "norm": str(cfg.norm), "steps": int(attack.steps),
+                       "restarts": int(attack.restarts), "step_size": "2.5 eps / steps", "random_start": True,
+                       "bounds": [0.0, 1.0]}}
 
 
-def _self_check(key, logits_fn, tr, pair, bound_rows, *, norm, eps, n_per_class, attack_steps, attack_restarts,
-                check_per_class=None):
-    from jaxbound import bounds, metrics
+def _self_check(key, logits_fn, tr, pair, bound_rows, cfg: ReportConfig, *, progress=False):
+    from jaxbound import bounds
 
     a, b = pair
-    xa, xb = _pair_points(tr, a, b, n_per_class)
-    if check_per_class is not None and max(len(xa), len(xb)) > check_per_class:
+    xa, xb = _pair_points(tr, a, b, cfg.n_per_class)
+    cpc = cfg.check_per_class
+    if cpc is not None and max(len(xa), len(xb)) > cpc:
         # a smaller sample for the attack: its own optimal 0-1 loss (the bound of the sample attacked)
-        xa, xb = xa[:check_per_class], xb[:check_per_class]
+        xa, xb = xa[:cpc], xb[:cpc]
         bound_rows = [{"eps": float(e), "zero_one": bounds.min_zero_one_loss(
-            bounds.conflict_graph(xa, xb, eps=e, norm=norm)).loss} for e in eps]
+            bounds.conflict_graph(xa, xb, eps=e, norm=cfg.norm)).loss} for e in cfg.eps_grid]
     x = np.concatenate([xa, xb])
     y = np.concatenate([np.zeros(len(xa), np.int64), np.ones(len(xb), np.int64)])
-    fn = restrict_to_pair(logits_fn, a, b)
-    curve = metrics.robust_error_curve(fn, x, y, key=key, eps=np.asarray(eps, np.float32), norm=norm,
-                                       steps=attack_steps, restarts=attack_restarts)
+    robust_error, _ = _attack_curve(key, restrict_to_pair(logits_fn, a, b), x, y, cfg.attack(), progress=progress)
     out = []
-    for e, r in zip(eps, curve.robust_error):
+    for e, r in zip(cfg.eps_grid, robust_error):
         zb = next(row for row in bound_rows if abs(row["eps"] - e) < 1e-12)["zero_one"]
         weak = weak_attack_check(float(r), zb, n=len(y))
         out.append({"pair": [int(a), int(b)], "eps": float(e), "n": int(len(y)), "attacked_robust_error": float(r),
@@ -577,265 +802,49 @@ def _self_check(key, logits_fn, tr, pair, bound_rows, *, norm, eps, n_per_class,
     return out
 
 
-# ---------------------------------------------------------------------------
-# The report
-# ---------------------------------------------------------------------------
-
-
-def report(
-    dataset: Any = "digits",
-    *,
-    norm: Any = "linf",
-    eps: Any = None,
-    out_dir: str | Path = "jaxbound_report",
-    data_dir: str | None = None,
-    test_split: str = "test",
-    limit: int | None = None,
-    test_limit: int | None = None,
-    alpha: float = 0.01,
-    n_regions: Sequence[int] = (5, 10),
-    n_repeats: int = 5,
-    protocol: str = "honest",
-    select_size: int | None = None,
-    pairs: str = "hardest",
-    n_per_class: int | None = 1000,
-    models: Sequence[str] = ("standard", "pgd"),
-    model: Any = None,
-    model_name: str = "user",
-    arch: str = "lenet5",
-    widen_factor: float | None | str = "auto",
-    epochs: int = 10,
-    batch_size: int = 64,
-    learning_rate: float = 1e-3,
-    train_eps: float | None = None,
-    train_attack_steps: int = 7,
-    attack_steps: int = 20,
-    attack_restarts: int = 1,
-    eval_limit: int | None = 1000,
-    self_check: bool = True,
-    check_per_class: int | None = 200,
-    seed: int = 0,
-    figures: bool = True,
-    resume: bool = True,
-    progress: bool = True,
-) -> Report:
-    """Limits of robustness on a dataset beside what models reach (see the module docstring).
-
-    Args:
-      dataset: ``"digits"`` (embedded), ``"mnist"``, ``"fashion_mnist"``,
-        ``"tfds:<name>"``, or a ``(train, test)`` pair of
-        :class:`jaxbound.data.Dataset`.
-      norm: ``"linf"``, ``"l2"`` or ``"l1"`` (attacks support these three).
-      eps: budgets (a sequence or ``"0.1,0.2"``); default :data:`DEFAULT_EPS`.
-      out_dir: output folder (created).
-      data_dir: folder of the IDX files / tensorflow-datasets data.
-      test_split: held-out split name.
-      limit: use only the first ``limit`` training examples.
-      test_limit: use only the first ``test_limit`` held-out examples
-        (concentration's select/report splits).
-      alpha: risk threshold of the concentration search (the paper: 0.01).
-      n_regions: candidate numbers of boxes/balls ``T`` (chosen on the select split).
-      n_repeats: repeats of the box search (l_inf).
-      protocol: ``"honest"`` (fit on train, select on half the held-out points,
-        report on the other half) or ``"paper"`` (select and report on all).
-      select_size: held-out points used for selection (honest protocol).
-      pairs: ``"hardest"`` or ``"all"`` (the 0-1/cross-entropy bounds per class pair).
-      n_per_class: first points of each class forming a pair's sample
-        (Bhagoji's protocol); ``None`` for all.
-      models: recipes of :func:`jaxbound.training.train` to train on the spot
-        (``()`` for none).
-      model: a user's logits function ``x [n, H, W, C] -> logits [n, K]``, or
-        its import path ``"module:function"`` (see :func:`load_callable`).
-      model_name: the name the user's model gets in the tables.
-      arch, widen_factor: registered architecture of the trained models and
-        its widen factor (``"auto"``: 0.5 where the architecture has one;
-        ``None``: the architecture's default).
-      epochs, batch_size, learning_rate: training settings.
-      train_eps: budget of adversarial training (default: the middle budget
-        of the grid, ``eps[(len(eps) - 1) // 2]``).
-      train_attack_steps: PGD steps inside adversarial training.
-      attack_steps, attack_restarts: PGD settings of the evaluation and the
-        self-check (step ``2.5 eps / steps``, random start, images kept in [0, 1]).
-      eval_limit: models are evaluated on the first ``eval_limit`` held-out
-        points (``None``: all).
-      self_check: run the weak-attack check on the reported pairs.
-      check_per_class: the check attacks the first ``check_per_class`` points
-        of each class of the pair (``None``: the whole pair sample), compared
-        with the optimal 0-1 loss of exactly that sample.
-      seed: seed of every random choice.
-      figures: write the PNG figures.
-      resume: reuse finished stages under ``out_dir/stages``.
-      progress: progress bars.
-
-    Returns:
-      :class:`Report`. ``report.json`` holds ``schema``, ``config``,
-      ``dataset``, ``definitions``, ``eps``, ``norm``, ``geometry``,
-      ``concentration`` (one row per eps), ``bounds`` (``hardest_pair``,
-      ``selection``, ``rows``), ``models`` (clean and robust errors with
-      intervals, training records, ``self_check`` rows), ``table`` (one row per
-      eps), ``flags`` and ``seconds``.
-    """
-    import jax
-    from tqdm.auto import tqdm
-
-    t_start = time.perf_counter()
-    norm_c = _checks.canonical_norm(norm)
-    if norm_c not in ("l1", "l2", "linf"):
-        raise ValueError(f"norm: the report supports 'l1', 'l2' and 'linf', got {norm!r}")
-    eps_t = default_eps(norm_c) if eps is None else parse_eps(eps)
-    alpha = _checks.check_probability(alpha, "alpha")
-    n_regions = [_checks.check_int(t, "n_regions", low=1) for t in
-                 ([n_regions] if isinstance(n_regions, (int, np.integer)) else list(n_regions))]
-    if not n_regions:
-        raise ValueError("n_regions: give at least one T")
-    n_repeats = _checks.check_int(n_repeats, "n_repeats", low=1)
-    if protocol not in ("honest", "paper"):
-        raise ValueError(f"protocol: must be 'honest' or 'paper', got {protocol!r}")
-    if pairs not in ("hardest", "all"):
-        raise ValueError(f"pairs: must be 'hardest' or 'all', got {pairs!r}")
-    if n_per_class is not None:
-        n_per_class = _checks.check_int(n_per_class, "n_per_class", low=1)
-    models = tuple(models or ())
-    for r in models:
-        if r not in ("standard", "pgd", "trades"):
-            raise ValueError(f"models: unknown training recipe {r!r}; use standard, pgd or trades")
-    epochs = _checks.check_int(epochs, "epochs", low=1)
-    batch_size = _checks.check_int(batch_size, "batch_size", low=1)
-    attack_steps = _checks.check_int(attack_steps, "attack_steps", low=1)
-    train_attack_steps = _checks.check_int(train_attack_steps, "train_attack_steps", low=1)
-    attack_restarts = _checks.check_int(attack_restarts, "attack_restarts", low=1)
-    if eval_limit is not None:
-        eval_limit = _checks.check_int(eval_limit, "eval_limit", low=1)
-    if check_per_class is not None:
-        check_per_class = _checks.check_int(check_per_class, "check_per_class", low=1)
-    seed = _checks.check_int(seed, "seed", low=0)
-    if models and arch.lower() not in __import__("jaxbound.models", fromlist=["available"]).available():
-        raise ValueError(f"arch: unknown architecture {arch!r}")
-    widen_factor = _resolve_widen(arch, widen_factor)
-    if train_eps is None:
-        train_eps = eps_t[(len(eps_t) - 1) // 2]
-    train_eps = _checks.check_scalar(train_eps, "train_eps", low=0.0)
-    user_fn = None
-    if model is not None:
-        user_fn = load_callable(model) if isinstance(model, str) else model
-        if not callable(user_fn):
-            raise ValueError(f"model: expected a logits function or 'module:function', got {model!r}")
-    tr, te = _load_datasets(dataset, data_dir, test_split, limit, test_limit)
-    name = tr.name or "data"
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    base = fingerprint(tr.images, tr.labels, te.images, te.labels, str(norm_c), seed)
-    stages = _Stages(out, base, resume)
-    key = jax.random.key(seed)
-    k_conc, k_train, k_eval, k_check = jax.random.split(key, 4)
-    te_eval = te if eval_limit is None else te.subset(np.arange(min(eval_limit, len(te))))
-
-    config = {"dataset": name, "norm": norm_c, "eps": list(eps_t), "alpha": alpha, "n_regions": n_regions,
-              "n_repeats": n_repeats, "protocol": protocol, "select_size": select_size, "pairs": pairs,
-              "n_per_class": n_per_class, "models": list(models), "user_model": None if model is None else
-              (model if isinstance(model, str) else getattr(model, "__name__", "callable")),
-              "arch": arch, "widen_factor": widen_factor, "epochs": epochs, "batch_size": batch_size,
-              "learning_rate": learning_rate, "train_eps": train_eps, "train_attack_steps": train_attack_steps,
-              "attack_steps": attack_steps, "attack_restarts": attack_restarts, "eval_limit": eval_limit,
-              "check_per_class": check_per_class,
-              "limit": limit, "test_limit": test_limit, "test_split": test_split, "seed": seed}
-
-    pairs_all = [(a, b) for a in range(tr.num_classes) for b in range(a + 1, tr.num_classes)
-                 if (tr.labels == a).any() and (tr.labels == b).any()]
-    if not pairs_all:
-        raise ValueError("dataset: the training split needs at least two classes")
-    n_model = len(models) + (user_fn is not None)
-    total = 1 + len(eps_t) + (len(pairs_all) + len(eps_t)) + 2 * n_model
-    bar = tqdm(total=total, desc="jaxbound report", disable=not progress, leave=False)
-
-    def step(label):
-        bar.set_postfix_str(label, refresh=True)
-
-    # 1. geometry
-    step("geometry")
-    geom = stages.run("geometry", {}, lambda: _geometry_stage(tr, norm_c, False))
-    bar.update(1)
-
-    # 2. concentration, one stage per eps
-    conc = []
-    for e in eps_t:
-        step(f"concentration eps={e:g}")
-        cfg = {"eps": e, "alpha": alpha, "T": n_regions, "repeats": n_repeats, "protocol": protocol,
-               "select_size": select_size}
-        conc.append(stages.run("concentration", cfg, lambda e=e: _concentration_stage(
-            k_conc, tr, te, norm=norm_c, eps=e, alpha=alpha, n_regions=n_regions, n_repeats=n_repeats,
-            protocol=protocol, select_size=select_size, name=name)))
-        bar.update(1)
-
-    # 3. optimal bounds: every pair at the largest eps (hardest pair), then the chosen pairs at every eps
-    e_max = eps_t[-1]
-    selection = []
-    for a, b in pairs_all:
-        step(f"bounds pair {a}-{b} eps={e_max:g}")
-        selection.append(stages.run("bound", {"pair": [a, b], "eps": e_max, "n_per_class": n_per_class},
-                                    lambda a=a, b=b: _bound_stage(tr, a, b, norm=norm_c, eps=e_max,
-                                                                  n_per_class=n_per_class)))
-        bar.update(1)
-    hardest = max(selection, key=lambda r: (r["zero_one"], r["cross_entropy"], -r["pair"][0], -r["pair"][1]))
-    chosen = pairs_all if pairs == "all" else [tuple(hardest["pair"])]
-    bound_rows = []
-    for e in eps_t:
-        step(f"bounds eps={e:g}")
-        for a, b in chosen:
-            bound_rows.append(stages.run("bound", {"pair": [a, b], "eps": e, "n_per_class": n_per_class},
-                                         lambda a=a, b=b, e=e: _bound_stage(tr, a, b, norm=norm_c, eps=e,
-                                                                            n_per_class=n_per_class)))
-        bar.update(1)
-
-    # 4. models: train (or load) and evaluate; self-check on the chosen pairs
-    model_recs = []
-    entries: list[tuple[str, str, Any]] = [(r, "trained", None) for r in models]
-    if user_fn is not None:
-        entries.append((model_name, "user", user_fn))
+def _model_stages(keys, stages: StageCache, entries, tr, te, te_eval, cfg, chosen, bound_rows, user_name, *,
+                  progress):
+    """Train (or take) every model, evaluate it, and run the self-check on the chosen pairs."""
+    k_train, k_eval, k_check = keys
+    recs = []
     for i, (mname, source, fn) in enumerate(entries):
-        step(f"model {mname}")
         train_rec = None
         if source == "trained":
-            fn, train_rec = _train_model(jax.random.fold_in(k_train, i), stages, mname, tr, te_eval, arch=arch,
-                                         widen_factor=widen_factor, epochs=epochs, batch_size=batch_size,
-                                         learning_rate=learning_rate, train_eps=train_eps, norm=norm_c,
-                                         attack_steps=train_attack_steps, progress=progress)
+            import jax
+
+            fn, train_rec = _train_model(jax.random.fold_in(k_train, i), stages, mname, tr, te_eval, cfg,
+                                         progress=progress)
             mfp = {"train": train_rec.get("settings"), "recipe": mname}
         else:
-            mfp = {"user": config["user_model"], "probe": np.asarray(fn(te.images[:4]), np.float64)}
-        bar.update(1)
-        step(f"evaluate {mname}")
-        ev_cfg = {"model": mfp, "eps": list(eps_t), "steps": attack_steps, "restarts": attack_restarts,
-                  "eval_limit": eval_limit}
-        ev = stages.run("evaluate", ev_cfg, lambda fn=fn: _evaluate_model(
-            k_eval, fn, te_eval, norm=norm_c, eps=eps_t, attack_steps=attack_steps, attack_restarts=attack_restarts))
+            mfp = {"user": user_name, "probe": np.asarray(fn(te.images[:4]), np.float64)}
+        ev_cfg = {"model": mfp, "eps": list(cfg.eps_grid), "steps": cfg.attack_steps,
+                  "restarts": cfg.attack_restarts, "eval_limit": cfg.eval_limit}
+        ev = stages.run("evaluate", ev_cfg, lambda fn=fn: _evaluate_model(k_eval, fn, te_eval, cfg,
+                                                                          progress=progress),
+                        label=f"evaluate {mname} on {len(te_eval)} images")
         checks = []
-        if self_check:
-            for a, b in chosen:
-                rows_ab = [r for r in bound_rows if tuple(r["pair"]) == (a, b)]
-                sc_cfg = dict(ev_cfg, pair=[a, b], n_per_class=n_per_class)
-                if check_per_class is not None:
-                    sc_cfg["check_per_class"] = check_per_class
-                checks.extend(stages.run("self_check", sc_cfg,
-                                         lambda fn=fn, a=a, b=b, rows_ab=rows_ab: _self_check(
-                                             k_check, fn, tr, (a, b), rows_ab, norm=norm_c, eps=eps_t,
-                                             n_per_class=n_per_class, attack_steps=attack_steps,
-                                             attack_restarts=attack_restarts, check_per_class=check_per_class)))
-        bar.update(1)
-        model_recs.append({"name": mname, "source": source, "train": train_rec, **ev, "self_check": checks})
-    bar.close()
+        for a, b in (chosen if cfg.self_check else []):
+            rows_ab = [r for r in bound_rows if tuple(r["pair"]) == (a, b)]
+            sc_cfg = dict(ev_cfg, pair=[a, b], n_per_class=cfg.n_per_class)
+            if cfg.check_per_class is not None:
+                sc_cfg["check_per_class"] = cfg.check_per_class
+            checks.extend(stages.run("self_check", sc_cfg, lambda fn=fn, a=a, b=b, rows_ab=rows_ab: _self_check(
+                k_check, fn, tr, (a, b), rows_ab, cfg, progress=progress), label=f"self-check {mname} {a}-{b}"))
+        recs.append({"name": mname, "source": source, "train": train_rec, **ev, "self_check": checks})
+    return recs
 
-    # 5. assemble
+
+def _table_and_flags(cfg: ReportConfig, conc, hardest, bound_rows, model_recs):
     hp = tuple(hardest["pair"])
     table = []
-    for j, e in enumerate(eps_t):
+    for j, e in enumerate(cfg.eps_grid):
         c = conc[j]
         hb = next(r for r in bound_rows if tuple(r["pair"]) == hp and abs(r["eps"] - e) < 1e-12)
         row = {"eps": e, "concentration_adv_risk": c["adv_risk"], "concentration_adv_risk_ci": c["adv_risk_ci"],
                "intrinsic_robustness": c["intrinsic_robustness"],
                "intrinsic_robustness_ci": c["intrinsic_robustness_ci"],
                "hardest_pair": list(hp), "zero_one_bound": hb["zero_one"], "cross_entropy_bound": hb["cross_entropy"]}
-        if pairs == "all":
+        if cfg.pairs == "all":
             row["max_zero_one_bound"] = max(r["zero_one"] for r in bound_rows if abs(r["eps"] - e) < 1e-12)
         for m in model_recs:
             mr = m["robust"][j]
@@ -854,29 +863,123 @@ def report(
                                           f"{c['attacked_robust_error']:.4f} on the training sample, below the "
                                           f"optimal 0-1 loss {c['zero_one_bound']:.4f}; use a stronger attack "
                                           f"(more steps or restarts)")})
+    return table, flags
+
+
+def _config_record(cfg: ReportConfig, name: str, user_model: Any, key) -> dict:
+    return {"dataset": name, "norm": cfg.norm, "eps": list(cfg.eps_grid), "alpha": cfg.alpha,
+            "n_regions": list(cfg.n_regions), "n_repeats": cfg.n_repeats, "protocol": cfg.protocol,
+            "select_size": cfg.select_size, "pairs": cfg.pairs, "n_per_class": cfg.n_per_class,
+            "models": list(cfg.models), "user_model": user_model, "arch": cfg.arch, "widen_factor": cfg.widen,
+            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
+            "train_eps": cfg.adversarial_eps, "train_attack_steps": cfg.train_attack_steps,
+            "attack_steps": cfg.attack_steps, "attack_restarts": cfg.attack_restarts,
+            "eval_limit": cfg.eval_limit, "check_per_class": cfg.check_per_class, "limit": cfg.limit,
+            "test_limit": cfg.test_limit, "test_split": cfg.test_split,
+            "key": _engine.key_data(key).astype(np.int64).tolist()}
+
+
+# ---------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------
+
+
+def report(
+    config: ReportConfig | None = None,
+    *,
+    key: Any,
+    model: Any = None,
+    data: Any = None,
+    out_dir: str | Path = "jaxbound_report",
+    resume: bool = True,
+    progress: bool = True,
+    **settings: Any,
+) -> Report:
+    """Limits of robustness on a dataset beside what models reach (see the module docstring).
+
+    Args:
+      config: a :class:`ReportConfig` (default ``ReportConfig()``).
+      key: ``jax.random`` key of every random choice (split four ways:
+        concentration, training, evaluation, self-check).
+      model: a user's logits function ``x [n, H, W, C] -> logits [n, K]``, its
+        import path ``"module:function"`` or a saved model's folder
+        (:func:`load_model`); named ``config.model_name`` in the tables.
+      data: a ``(train, test)`` pair of :class:`jaxbound.data.Dataset` instead
+        of loading ``config.dataset``.
+      out_dir: output folder (created).
+      resume: reuse finished stages under ``out_dir/stages``.
+      progress: progress lines and bars of every stage.
+      **settings: fields of :class:`ReportConfig` overriding ``config``.
+
+    Returns:
+      :class:`Report`. ``report.json`` holds ``schema``, ``config``,
+      ``dataset``, ``definitions``, ``eps``, ``norm``, ``geometry``,
+      ``concentration`` (one row per eps), ``bounds`` (``hardest_pair``,
+      ``selection``, ``rows``), ``models`` (clean and robust errors with
+      intervals, training records, ``self_check`` rows), ``table`` (one row per
+      eps), ``flags`` and ``seconds``.
+
+    References:
+      Mahloujifar et al. NeurIPS 2019, arXiv:1905.12202; Bhagoji et al. ICML
+      2021, arXiv:2104.08382; Finlay et al. arXiv:1808.09540; Ding et al.
+      ICLR 2019, arXiv:1902.08336 (full entries in the module docstring).
+    """
+    import jax
+
+    t_start = time.perf_counter()
+    cfg = report_config(config, **settings)
+    key = _checks.check_key(key)
+    user_fn = None
+    if model is not None:
+        user_fn = load_model(model) if isinstance(model, (str, Path)) else model
+        if not callable(user_fn):
+            raise ValueError(f"model: expected a logits function or 'module:function', got {model!r}")
+    tr, te = _load_datasets(cfg, data)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = StageCache(out / "stages", base=fingerprint(tr.images, tr.labels, te.images, te.labels, str(cfg.norm),
+                                                         _engine.key_data(key)), resume=resume, progress=progress)
+    k_conc, k_train, k_eval, k_check = jax.random.split(key, 4)
+    te_eval = te if cfg.eval_limit is None else te.subset(np.arange(min(cfg.eval_limit, len(te))))
+    user_name = None if model is None else (str(model) if isinstance(model, (str, Path))
+                                            else getattr(model, "__name__", "callable"))
+    pairs_all = [(a, b) for a in range(tr.num_classes) for b in range(a + 1, tr.num_classes)
+                 if (tr.labels == a).any() and (tr.labels == b).any()]
+    if not pairs_all:
+        raise ValueError("dataset: the training split needs at least two classes")
+
+    geom = stages.run("geometry", {}, lambda: geometry_summary(tr.flat(), tr.labels, norm=cfg.norm,
+                                                               progress=progress),
+                      label=f"geometry of {len(tr)} training images")
+    conc = [stages.run("concentration", {"eps": e, "alpha": cfg.alpha, "T": list(cfg.n_regions),
+                                         "repeats": cfg.n_repeats, "protocol": cfg.protocol,
+                                         "select_size": cfg.select_size},
+                       lambda e=e: _concentration_stage(k_conc, tr, te, cfg, e, progress=progress),
+                       label=f"concentration eps={e:g} ({j + 1}/{len(cfg.eps_grid)})")
+            for j, e in enumerate(cfg.eps_grid)]
+    selection, hardest, chosen, bound_rows = _bounds_stages(stages, tr, cfg, pairs_all, progress=progress)
+    entries = [(r, "trained", None) for r in cfg.models]
+    if user_fn is not None:
+        entries.append((cfg.model_name, "user", user_fn))
+    model_recs = _model_stages((k_train, k_eval, k_check), stages, entries, tr, te, te_eval, cfg, chosen,
+                               bound_rows, user_name, progress=progress)
+    table, flags = _table_and_flags(cfg, conc, hardest, bound_rows, model_recs)
     from jaxbound import __version__
 
-    record = {
-        "schema": _SCHEMA_VERSION,
-        "jaxbound_version": __version__,
-        "config": config,
+    record = to_jsonable({
+        "schema": _SCHEMA_VERSION, "jaxbound_version": __version__,
+        "config": _config_record(cfg, tr.name or "data", user_name, key),
         "dataset": {"train": tr.to_dict(), "test": te.to_dict(), "eval_n": len(te_eval)},
-        "definitions": DEFINITIONS,
-        "norm": norm_c,
-        "eps": list(eps_t),
-        "geometry": geom,
+        "definitions": DEFINITIONS, "norm": cfg.norm, "eps": list(cfg.eps_grid), "geometry": geom,
         "concentration": conc,
-        "bounds": {"pairs": pairs, "hardest_pair": list(hp), "selection_eps": e_max,
+        "bounds": {"pairs": cfg.pairs, "hardest_pair": list(hardest["pair"]), "selection_eps": cfg.eps_grid[-1],
                    "selection": selection, "rows": bound_rows},
-        "models": model_recs,
-        "table": table,
-        "flags": flags,
+        "models": model_recs, "table": table, "flags": flags,
         "stages": {"ran": stages.ran, "skipped": stages.skipped, "seconds": stages.seconds},
         "seconds": time.perf_counter() - t_start,
-    }
-    record = to_jsonable(record)
+    })
     files = {"json": str(out / "report.json"), "markdown": str(out / "report.md")}
-    if figures:
+    if cfg.figures:
         files.update(plot_report(record, out))
     record["files"] = files
     atomic_write_json(out / "report.json", record)

@@ -155,7 +155,7 @@ def test_method_subcommands_write_json(tmp_path, capsys):
     lp = tmp_path / "l.json"
     assert cli.main(["lipschitz", "--limit", "400", "--out", str(lp), "--quiet"]) == 0
     rec = json.loads(lp.read_text())
-    assert rec["lipschitz"]["lipschitz"] == pytest.approx(metrics.dataset_lipschitz(ds.flat(), ds.labels).lipschitz)
+    assert rec["lipschitz"]["lipschitz"] == pytest.approx(metrics.dataset_lipschitz(ds.flat(), ds.labels, norm="l2").lipschitz)
     c = tmp_path / "c.json"
     assert cli.main(["concentration", "--limit", "400", "--test-limit", "100", "--eps", "0.3", "--regions", "3",
                      "--repeats", "1", "--out", str(c), "--quiet"]) == 0
@@ -174,7 +174,7 @@ def test_train_then_attack(tmp_path, capsys):
     assert 0.5 < rec["test_accuracy"] <= 1.0
     a = tmp_path / "a.json"
     capsys.readouterr()
-    assert cli.main(["attack", "--model", str(m), "--limit", "50", "--eps", "0,0.1,0.3", "--steps", "5",
+    assert cli.main(["attack", "--model", str(m), "--limit", "50", "--norm", "linf", "--eps", "0,0.1,0.3", "--steps", "5",
                      "--out", str(a), "--quiet"]) == 0
     rec = json.loads(a.read_text())
     ra = rec["robust_accuracy"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -70,7 +71,7 @@ TINY = dict(norm="linf", eps=(0.3, 0.45), limit=400, test_limit=120, n_regions=(
 def tiny_report(tmp_path_factory):
     tr = data.load("digits")
     out = tmp_path_factory.mktemp("report")
-    rep = R.report("digits", out_dir=out, models=("standard",), epochs=1, arch="mlp", widen_factor=None, batch_size=64,
+    rep = R.report(key=jax.random.key(0), dataset="digits", out_dir=out, models=("standard",), epochs=1, arch="mlp", widen_factor=None, batch_size=64,
                    model=masked_centroid_model(tr.subset(np.arange(400))), model_name="masked", **TINY)
     return rep, out
 
@@ -154,7 +155,7 @@ def test_report_flags_gradient_masked_model_as_weak_attack(tiny_report):
 def test_report_resumes_from_stages(tiny_report):
     rep, out = tiny_report
     tr = data.load("digits")
-    rep2 = R.report("digits", out_dir=out, models=("standard",), epochs=1, arch="mlp", widen_factor=None, batch_size=64,
+    rep2 = R.report(key=jax.random.key(0), dataset="digits", out_dir=out, models=("standard",), epochs=1, arch="mlp", widen_factor=None, batch_size=64,
                     model=masked_centroid_model(tr.subset(np.arange(400))), model_name="masked", **TINY)
     assert rep2.record["stages"]["ran"] == []
     assert "train standard" in rep2.record["stages"]["skipped"]
@@ -239,4 +240,4 @@ def test_report_rejects_bad_settings(kw, msg, tmp_path):
     kw = dict(kw)
     ds = kw.pop("dataset", "digits")
     with pytest.raises(ValueError, match=msg):
-        R.report(ds, out_dir=tmp_path, progress=False, **kw)
+        R.report(key=jax.random.key(0), dataset=ds, out_dir=tmp_path, progress=False, **kw)
