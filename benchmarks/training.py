@@ -68,9 +68,9 @@ def _jax_worker(args, z):
         kw = dict(eps=args.eps, attack_steps=args.attack_steps, attack_step_size=args.attack_step_size) \
             if recipe == "pgd" else {}
         n = n_steps * args.batch_size
-        r = training.train(jax.random.key(i), model, (x[:n], y[:n]), recipe=recipe, epochs=1,
-                           batch_size=args.batch_size, learning_rate=1e-4, eval_data=ev, eval_eps=0.0,
-                           progress=False, **kw)
+        r = training.train(model, (x[:n], y[:n]), key=jax.random.key(i), recipe=recipe, epochs=1,
+                           batch_size=args.batch_size, learning_rate=1e-4, norm="linf", eval_data=ev,
+                           eval_eps=0.0, progress=False, **kw)
         assert r.steps == n_steps
         return r.history[-1]["loss"]
 

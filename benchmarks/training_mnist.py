@@ -113,7 +113,8 @@ def main(argv=None):
     def fit(name, n, model=None, **kw):
         sub = data.random_subset(jax.random.fold_in(key, n), tr, n=n) if n < len(tr) else tr
         t0 = time.perf_counter()
-        r = training.train(key, model or lenet, sub, batch_size=args.batch_size, learning_rate=args.lr,
+        kw.setdefault("norm", "linf")  # the threat model of the history's gradient norms (l1 = dual of linf)
+        r = training.train(model or lenet, sub, key=key, batch_size=args.batch_size, learning_rate=args.lr,
                            eval_data=te.subset(np.arange(500)), eval_eps=0.0, checkpoint_dir=work / name,
                            history_path=work / f"{name}_history.json", progress=True, **kw)
         return r, time.perf_counter() - t0
