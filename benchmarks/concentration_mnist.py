@@ -136,7 +136,7 @@ def main():
     done = {r.get("job") for r in results}
     ds = args.dataset
     key = jax.random.key(args.seed)
-    splits = {p: C.make_splits(jax.random.fold_in(key, 1), train, test, protocol=p) for p in args.protocols}
+    splits = {p: C.make_splits(train, test, key=jax.random.fold_in(key, 1), protocol=p) for p in args.protocols}
 
     def keep(eps):
         return args.eps is None or any(abs(eps - e) < 1e-9 for e in args.eps)
@@ -181,7 +181,7 @@ def main():
                     continue
                 if out_of_time():
                     return summary(out_path)
-                recs, _ = C.run_rectangles(jax.random.fold_in(key, 2), splits[p], alpha=alpha, eps=eps,
+                recs, _ = C.run_rectangles(splits[p], key=jax.random.fold_in(key, 2), alpha=alpha, eps=eps,
                                            n_regions=T, radii=dens["radii"], n_repeats=args.repeats, dataset=ds)
                 full = float(dens["seconds"]) + recs[0].seconds
                 save(job, recs, {"density_seconds": float(dens["seconds"]), "full_run_seconds": full,

@@ -25,15 +25,27 @@ error regions ``E`` in the families the paper proves convergent:
 whole protocol (fit on one split, choose ``q`` and ``T`` on a second, report
 on a held-out third; or the paper's protocol, which selects and reports on the
 test set) and return JSON-serialisable :class:`ConcentrationRecord` rows.
+:func:`estimate` is the one entry point that picks the method from the
+threat-model norm (``linf`` -> rectangles, ``l2`` -> balls, any other norm ->
+half-space) and runs it under the protocol.
 
-Facts about the authors' implementation that are reproduced (and defects that
-are not) are listed in ``ANCHORS.md``: density rank = l1 distance to the
-50-th neighbour counting the point itself; boxes centred at the cluster mean
-with per-coordinate half-width ``max |x_d - c_d|``; binary search to
-resolution 0.005; greedy ball candidate radii at the ``m``-th uncovered
-neighbour with ``m`` in ``[n_lo, n_hi]``. Unlike the authors' code, empty
-clusters keep their previous centre (never NaN), k-NN is streamed (no 72 GB
-table) and the greedy ball search never builds an ``N x N`` table.
+Facts about the authors' implementation that are reproduced: the density rank
+is the l1 distance to the 50-th neighbour counting the point itself; boxes are
+centred at the cluster mean with per-coordinate half-width ``max |x_d - c_d|``;
+the binary search over ``q`` stops at resolution 0.005; greedy ball candidate
+radii sit at the ``m``-th uncovered neighbour with ``m`` in ``[n_lo, n_hi]``.
+Defects of that code that are not reproduced: empty clusters keep their
+previous centre (the authors' code divides by zero and gets NaN), k-NN is
+streamed (no 72 GB table) and the greedy ball search never builds an
+``N x N`` table.
+
+References:
+  Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring concentration:
+  fundamental limits on intrinsic robustness." NeurIPS 2019, arXiv:1905.12202.
+  Gilmer, Metz, Faghri, Schoenholz, Raghu, Wattenberg, Goodfellow.
+  "Adversarial spheres." arXiv:1801.02774 (the half-space baseline).
+  Clopper, Pearson. "The use of confidence or fiducial limits illustrated in
+  the case of the binomial." Biometrika 26(4), 1934.
 """
 
 from __future__ import annotations
@@ -49,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxbound import _checks, geometry
+from jaxbound import _checks, _engine, geometry, lp
 from jaxbound._io import to_jsonable
 
 __all__ = [
@@ -75,6 +87,10 @@ __all__ = [
     "run_balls",
     "run_halfspace",
     "records",
+    "Estimate",
+    "METHODS",
+    "method_for",
+    "estimate",
 ]
 
 _BIG = np.int32(2**30)
@@ -399,7 +415,7 @@ def _kmeans_l1(key, x, n_valid, *, n_clusters, max_iter, update):
 
 
 def kmeans_l1(
-    key: jax.Array, x: Any, *, n_clusters: int, max_iter: int = 30, update: str = "mean"
+    x: Any, *, n_clusters: int, key: jax.Array, max_iter: int = 30, update: str = "mean"
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Clustering with l1 assignment (paper §4.1; jitted).
 
@@ -412,9 +428,9 @@ def kmeans_l1(
     ``max_iter`` updates or when assignments stop changing.
 
     Args:
-      key: ``jax.random`` key.
       x: ``[n, d]`` points, ``n >= n_clusters``.
       n_clusters: ``T >= 1`` (static).
+      key: ``jax.random`` key drawing the initial centres.
       max_iter: maximum number of updates (static; the paper uses 30).
       update: ``"mean"`` or ``"median"`` (static).
 
@@ -489,9 +505,9 @@ def _dense_order(radii: np.ndarray) -> np.ndarray:
 
 
 def rectangles_at_q(
-    key: jax.Array,
     x: Any,
     *,
+    key: jax.Array,
     q: float,
     eps: float,
     n_regions: int,
@@ -505,8 +521,8 @@ def rectangles_at_q(
     """Boxes around ``T`` clusters of the ``floor(N q)`` densest points (one step of Algorithm 1).
 
     Args:
-      key: ``jax.random`` key for the cluster initialisation.
       x: ``[N, d]`` fit points.
+      key: ``jax.random`` key for the cluster initialisation.
       q: fraction of densest points to cover, in ``[0, 1]``.
       eps: l_inf budget (the region is the complement of the boxes enlarged by ``eps``).
       n_regions: ``T``.
@@ -563,9 +579,9 @@ def _rectangles_at_q(key, x, order, *, q, eps, T, alpha, update, max_iter, x_sor
 
 
 def fit_rectangles(
-    key: jax.Array,
     x: Any,
     *,
+    key: jax.Array,
     alpha: float,
     eps: float,
     n_regions: int,
@@ -592,8 +608,8 @@ def fit_rectangles(
     the larger ``q``). All evaluations share ``key`` (common random numbers).
 
     Args:
-      key: ``jax.random`` key for the k-means initialisation.
       x: ``[N, d]`` fit points.
+      key: ``jax.random`` key for the k-means initialisation.
       alpha: risk threshold in ``(0, 1)``.
       eps: l_inf budget ``>= 0``.
       n_regions: number of boxes ``T >= 1``.
@@ -780,17 +796,23 @@ def _full_rows(xj: jax.Array, rows: np.ndarray, chunk: int) -> jax.Array:
     return jnp.concatenate(parts, axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("G",))
 def _bucket_counts(q, refs, refs_sq, g0, inv, *, G):
-    """Per-row histogram of squared l2 distances (one GEMM, geometry's kernel) on a uniform grid.
+    """Per-row histogram of squared l2 distances (one GEMM, :func:`geometry.l2_sq_gemm`) on a uniform grid.
 
     Bucket ``b`` of a value ``v`` is ``ceil((v - g0) * inv)`` clipped to
     ``[0, G]``, so bucket ``<= k`` means ``v <= g0 + k / inv`` up to one bucket
     of rounding (the queries below step one bucket further for safety).
     """
-    d2 = geometry._l2_sq_gemm(q, refs, refs_sq)
+    d2 = geometry.l2_sq_gemm(q, refs, refs_sq)
     b = jnp.clip(jnp.ceil((d2 - g0) * inv), 0, G).astype(jnp.int32)
     return jax.vmap(lambda r: jnp.bincount(r, length=G + 1))(b)[:, :G]
+
+
+def _cumulative_counts(q, refs, refs_sq, g0, inv, *, G, chunk):
+    """Cumulative histogram ``[b, G]`` of one query block against all references, in column chunks."""
+    m = refs.shape[0]
+    h = sum(_bucket_counts(q, refs[c : c + chunk], refs_sq[c : c + chunk], g0, inv, G=G) for c in range(0, m, chunk))
+    return jnp.cumsum(h, axis=1, dtype=jnp.int32)
 
 
 class _CountBounds:
@@ -803,43 +825,39 @@ class _CountBounds:
     pairs) and an upper bound on ``#{j expanded : d(c, j) <= R}`` (``X``,
     updated with each ball's newly expanded points), hence ``E >= A_lo(R) -
     X_hi(R)``. Both are cumulative histograms of squared distances on a
-    uniform grid; the GEMM rounding band of :mod:`jaxbound.geometry` (the
-    same worst-case bound ``radius_pairs`` uses) and one bucket of slack on
-    each side make the bounds sound for the exact distances.
+    uniform grid, streamed over query blocks by the block engine; the GEMM
+    rounding band :func:`jaxbound.geometry.gemm_rounding_bound` and one bucket
+    of slack on each side make the bounds sound for the exact distances.
     """
 
     def __init__(self, xj, x_sq, g0, g1, *, grid, chunk, block, progress):
-        from tqdm.auto import tqdm
-
         N, d = xj.shape
         self.G = int(grid)
         self.g0 = float(g0)
         self.inv = float((self.G - 1) / max(g1 - g0, 1e-12))
-        unit = 2.0**-24 if xj.dtype == jnp.float32 else 2.0**-53
-        self.rel = 4 * (d + 4) * unit + 1e-6  # geometry's band for the GEMM identity, plus rounding of R^2
+        self.rel = geometry.gemm_rounding_bound(d, xj.dtype) + 1e-6  # plus rounding of R^2
         self.sq_max = float(jnp.max(x_sq)) if N else 0.0
         self.xj, self.x_sq, self.chunk = xj, x_sq, int(chunk)
-        A = np.zeros((N, self.G), np.int32)
-        for s in tqdm(range(0, N, block), desc="count tables", disable=not progress, leave=False):
-            q = xj[s : s + block]
-            h = sum(np.asarray(_bucket_counts(q, xj[c : c + self.chunk], x_sq[c : c + self.chunk],
-                                              self.g0, self.inv, G=self.G))
-                    for c in range(0, N, self.chunk))
-            A[s : s + block] = np.cumsum(h, axis=1)
-        self.A = A
+        self.x_host = np.asarray(xj)
+        self.A = self._table(xj, x_sq, block=block, chunk=self.chunk, progress=progress, desc="count tables")
         self.X = np.zeros((N, self.G), np.int32)
         self.n_exp = 0
+
+    def _table(self, refs, refs_sq, *, block, chunk, progress=False, desc=""):
+        """``[N, G]`` cumulative counts of every point against ``refs`` (``chunk`` references per GEMM)."""
+        dt = self.xj.dtype
+        return _engine.run(
+            _cumulative_counts, {"G": self.G, "chunk": max(1, int(chunk))}, [self.x_host],
+            [refs, refs_sq, jnp.asarray(self.g0, dt), jnp.asarray(self.inv, dt)],
+            block_size=block, progress=progress, desc=desc, unit="pt",
+        )
 
     def add_expanded(self, new_idx: np.ndarray) -> None:
         """Add newly expanded points to the ``X`` table."""
         if new_idx.size == 0:
             return
-        refs = self.xj[jnp.asarray(new_idx)]
-        refs_sq = self.x_sq[jnp.asarray(new_idx)]
-        N = self.xj.shape[0]
-        for s in range(0, N, 4096):
-            h = np.asarray(_bucket_counts(self.xj[s : s + 4096], refs, refs_sq, self.g0, self.inv, G=self.G))
-            self.X[s : s + 4096] += np.cumsum(h, axis=1, dtype=np.int32)
+        idx = jnp.asarray(new_idx)
+        self.X += self._table(self.xj[idx], self.x_sq[idx], block=4096, chunk=new_idx.size)
         self.n_exp += int(new_idx.size)
 
 
@@ -911,7 +929,7 @@ def fit_balls(
       alpha: risk threshold in ``(0, 1)``.
       eps: l2 budget ``>= 0``.
       n_regions: ``T >= 1``.
-      delta: coverage buffer ``>= 0`` (ANCHORS: 0.01-0.25).
+      delta: coverage buffer ``>= 0`` (the authors' code uses 0.01-0.25).
       list_size: neighbours kept per point (raised to ``n_tot`` when smaller,
         capped at ``N - 1``).
       neighbours: a precomputed ``geometry.knn(x, k=L, norm="l2")`` to reuse
@@ -928,9 +946,12 @@ def fit_balls(
 
     Returns:
       :class:`Balls`.
-    """
-    from tqdm.auto import tqdm
 
+    References:
+      Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring
+      concentration: fundamental limits on intrinsic robustness." NeurIPS
+      2019, arXiv:1905.12202 (Algorithm 2).
+    """
     x = _points(x)
     alpha = _check_alpha(alpha)
     eps = _check_eps(eps)
@@ -947,124 +968,27 @@ def fit_balls(
     n_tot = int(math.ceil(N * alpha * (1.0 + delta) - 1e-9))
     if n_tot >= N:
         raise ValueError(f"alpha: target coverage ceil(N alpha (1+delta)) = {n_tot} must be below N = {N}")
-    with geometry._precision_ctx(geometry._check_precision(precision)) as dt:
-        if neighbours is None:
-            L = min(N - 1, max(list_size, n_tot))
-            neighbours = geometry.knn(x, k=L, norm="l2", precision=precision, progress=progress)
-        nd = np.asarray(neighbours.distances)
-        ni = np.asarray(neighbours.indices)
-        if nd.ndim != 2 or nd.shape[0] != N or ni.shape != nd.shape:
-            raise ValueError(f"neighbours: expected [N={N}, L] distances and indices, got {nd.shape} and {ni.shape}")
-        L = nd.shape[1]
-        if L < n_tot:
-            raise ValueError(f"neighbours: needs at least n_tot = {n_tot} neighbours per point, got {L}")
-        ni_j = jnp.asarray(ni, jnp.int32)
-        xj = jnp.asarray(x, dt)
-        # Tables of every list that stay fixed across balls (per-row S and tie ends).
-        n_blk = -(-N // block_size)
-        tables, dblks = [], []
-        for s in range(0, N, block_size):
-            dblk = jnp.asarray(nd[s : s + block_size], dt)
-            if dblk.shape[0] < block_size:
-                dblk = jnp.pad(dblk, ((0, block_size - dblk.shape[0]), (0, 0)), constant_values=jnp.inf)
-            tables.append(_row_tables(dblk, eps))
-            dblks.append(dblk)
-        x_sq = jnp.sum(xj * xj, axis=1)
+    from tqdm.auto import tqdm
+
+    with _engine.precision_ctx(_engine.check_precision(precision)) as dt:
+        nd, ni = _neighbour_lists(x, neighbours, n_tot=n_tot, list_size=list_size, precision=precision,
+                                  progress=progress)
+        g = _GreedyBalls(x, nd, ni, dt, eps=eps, block_size=block_size, exact_block=exact_block, chunk=chunk)
         if count_bounds is None:
             lo1 = -(-n_tot // T)
             count_bounds = bool(np.mean(nd[:, -1] < nd[:, lo1 - 1] + eps) > 0.05)
-        cb = None
         if count_bounds:
-            g0 = float(nd[:, -1].min()) ** 2 * (1.0 - 1e-3)
-            spread = float(np.sqrt(((x - x.mean(axis=0)) ** 2).sum(axis=1).max()))
-            cb = _CountBounds(xj, x_sq, g0, (2.0 * spread) ** 2 * (1.0 + 1e-3) + 1e-6, grid=count_grid,
-                              chunk=chunk, block=256, progress=progress)
-
-        def counts_for(bi):
-            if cb is None:
-                return None
-            sl = slice(bi * block_size, (bi + 1) * block_size)
-            A_, X_, csq = cb.A[sl], cb.X[sl], x_sq[sl]
-            pad = block_size - A_.shape[0]
-            if pad:
-                A_ = np.pad(A_, ((0, pad), (0, 0)))
-                X_ = np.pad(X_, ((0, pad), (0, 0)))
-                csq = jnp.pad(csq, (0, pad))
-            return (dblks[bi], jnp.asarray(A_), jnp.asarray(X_), csq, jnp.int32(cb.n_exp), jnp.asarray(cb.g0, dt),
-                    jnp.asarray(cb.inv, dt), jnp.asarray(cb.rel, dt), jnp.asarray(cb.sq_max, dt), jnp.asarray(eps, dt))
-        iblks = [ni_j[s : s + block_size] for s in range(0, N, block_size)]
-        iblks = [jnp.pad(b_, ((0, block_size - b_.shape[0]), (0, 0))) if b_.shape[0] < block_size else b_
-                 for b_ in iblks]
-        covered = np.zeros(N, bool)
-        expanded = np.zeros(N, bool)
-        out = {k: [] for k in ("center", "radius", "m", "obj", "cov", "exp", "n_exact")}
+            g.add_count_bounds(grid=count_grid, progress=progress)
         bar = tqdm(total=T, desc=f"balls eps={eps:g}", disable=not progress, leave=False)
         for t in range(T):
-            n_cov = int(covered.sum())
+            n_cov = int(g.covered.sum())
             if n_cov >= n_tot:
                 break
             hi = n_tot - n_cov
-            lo = -(-hi // (T - t))
-            cov_j = jnp.asarray(covered)
-            exp_j = jnp.asarray(expanded)
-            best = np.empty(n_blk * block_size, np.int64)
-            low = np.empty(n_blk * block_size, np.int64)
-            for bi in range(n_blk):
-                S_, te_ = tables[bi]
-                b_, _, l_ = _eval_rows(iblks[bi], S_, te_, cov_j, exp_j, jnp.int32(lo), jnp.int32(hi),
-                                       counts_for(bi), complete=False)
-                best[bi * block_size : (bi + 1) * block_size] = np.asarray(b_)
-                low[bi * block_size : (bi + 1) * block_size] = np.asarray(l_)
-            best, low = best[:N], low[:N]
-            bound = np.minimum(best, low)
-            cand = np.nonzero(bound <= best.min())[0]
-            # Best-first: candidates in increasing order of their bound; stop once the next bound
-            # exceeds the best exact value found (ties still evaluated: lower index wins).
-            cand = cand[np.lexsort((cand, bound[cand]))]
-            winner = None  # (objective, centre, m)
-            n_eval = 0
-            for s in range(0, cand.size, exact_block):
-                if winner is not None and bound[cand[s]] > winner[0]:
-                    break
-                rows = cand[s : s + exact_block]
-                n_eval += rows.size
-                pad = exact_block - rows.size
-                rows_p = np.concatenate([rows, np.repeat(rows[:1], pad)]) if pad else rows
-                drow, irow = _sorted_rows(_full_rows(xj, rows_p, chunk))
-                S_, te_ = _row_tables(drow, eps)
-                b_, m_, _ = _eval_rows(irow, S_, te_, cov_j, exp_j, jnp.int32(lo), jnp.int32(hi), complete=True)
-                b_ = np.asarray(b_)[: rows.size]
-                m_ = np.asarray(m_)[: rows.size]
-                for c, v, mm in zip(rows, b_, m_):
-                    keyv = (int(v), int(c), int(mm))
-                    if winner is None or keyv < winner:
-                        winner = keyv
-            v, c, mm = winner
-            # The winner's neighbour order comes from the working precision; its radius and the
-            # covered / expanded sets are then fixed in float64, the precision of `measure`.
-            row = np.asarray(_full_rows(xj, np.array([c]), chunk))[0]
-            order = np.lexsort((np.arange(N), row))
-            j_m = order[~covered[order]][mm - 1]
-            with jax.enable_x64(True):
-                c64 = jnp.asarray(x[c : c + 1], jnp.float64)
-                row64 = np.concatenate([np.asarray(_bd_l2(c64, jnp.asarray(x[s : s + chunk], jnp.float64)))[0]
-                                        for s in range(0, N, chunk)])
-            r = float(row64[j_m])
-            in_ball = row64 <= r
-            in_exp = row64 <= r + eps
-            if cb is not None:
-                cb.add_expanded(np.nonzero(in_exp & ~expanded)[0])
-            covered |= in_ball
-            expanded |= in_exp
-            out["center"].append(c)
-            out["radius"].append(r)
-            out["m"].append(mm)
-            out["obj"].append(v)
-            out["cov"].append(int(covered.sum()))
-            out["exp"].append(int(expanded.sum()))
-            out["n_exact"].append(int(n_eval))
+            g.step(lo=-(-hi // (T - t)), hi=hi)
             bar.update(1)
         bar.close()
+    out = g.out
     ci = np.asarray(out["center"], np.int64)
     return Balls(
         centers=x[ci].astype(np.float64),
@@ -1080,8 +1004,145 @@ def fit_balls(
         n_target=n_tot,
         n_regions=T,
         n_exact=np.asarray(out["n_exact"], np.int64),
-        count_bounds=cb is not None,
+        count_bounds=g.cb is not None,
     )
+
+
+def _neighbour_lists(x, neighbours, *, n_tot, list_size, precision, progress):
+    """The ``[N, L]`` neighbour distances and indices of every fit point (computed or checked)."""
+    N = x.shape[0]
+    if neighbours is None:
+        L = min(N - 1, max(list_size, n_tot))
+        neighbours = geometry.knn(x, k=L, norm="l2", precision=precision, progress=progress)
+    nd = np.asarray(neighbours.distances)
+    ni = np.asarray(neighbours.indices)
+    if nd.ndim != 2 or nd.shape[0] != N or ni.shape != nd.shape:
+        raise ValueError(f"neighbours: expected [N={N}, L] distances and indices, got {nd.shape} and {ni.shape}")
+    if nd.shape[1] < n_tot:
+        raise ValueError(f"neighbours: needs at least n_tot = {n_tot} neighbours per point, got {nd.shape[1]}")
+    return nd, ni
+
+
+class _GreedyBalls:
+    """State of the greedy ball search of :func:`fit_balls` (one :meth:`step` per ball)."""
+
+    def __init__(self, x, nd, ni, dt, *, eps, block_size, exact_block, chunk):
+        N = x.shape[0]
+        self.x, self.nd, self.dt, self.eps, self.N = x, nd, dt, eps, N
+        self.block_size, self.exact_block, self.chunk = block_size, exact_block, chunk
+        self.xj = jnp.asarray(x, dt)
+        self.x_sq = jnp.sum(self.xj * self.xj, axis=1)
+        # Tables of every list that stay fixed across balls (per-row S and tie ends).
+        self.n_blk = -(-N // block_size)
+        self.tables, self.dblks = [], []
+        for s in range(0, N, block_size):
+            dblk = jnp.asarray(nd[s : s + block_size], dt)
+            if dblk.shape[0] < block_size:
+                dblk = jnp.pad(dblk, ((0, block_size - dblk.shape[0]), (0, 0)), constant_values=jnp.inf)
+            self.tables.append(_row_tables(dblk, eps))
+            self.dblks.append(dblk)
+        ni_j = jnp.asarray(ni, jnp.int32)
+        iblks = [ni_j[s : s + block_size] for s in range(0, N, block_size)]
+        self.iblks = [jnp.pad(b_, ((0, block_size - b_.shape[0]), (0, 0))) if b_.shape[0] < block_size else b_
+                      for b_ in iblks]
+        self.cb = None
+        self.covered = np.zeros(N, bool)
+        self.expanded = np.zeros(N, bool)
+        self.out = {k: [] for k in ("center", "radius", "m", "obj", "cov", "exp", "n_exact")}
+
+    def add_count_bounds(self, *, grid, progress):
+        """Build the counting tables (:class:`_CountBounds`) that prune candidates for large ``eps``."""
+        x, nd = self.x, self.nd
+        g0 = float(nd[:, -1].min()) ** 2 * (1.0 - 1e-3)
+        spread = float(np.sqrt(((x - x.mean(axis=0)) ** 2).sum(axis=1).max()))
+        self.cb = _CountBounds(self.xj, self.x_sq, g0, (2.0 * spread) ** 2 * (1.0 + 1e-3) + 1e-6, grid=grid,
+                               chunk=self.chunk, block=256, progress=progress)
+
+    def _counts_for(self, bi):
+        cb, dt, block_size = self.cb, self.dt, self.block_size
+        if cb is None:
+            return None
+        sl = slice(bi * block_size, (bi + 1) * block_size)
+        A_, X_, csq = cb.A[sl], cb.X[sl], self.x_sq[sl]
+        pad = block_size - A_.shape[0]
+        if pad:
+            A_ = np.pad(A_, ((0, pad), (0, 0)))
+            X_ = np.pad(X_, ((0, pad), (0, 0)))
+            csq = jnp.pad(csq, (0, pad))
+        return (self.dblks[bi], jnp.asarray(A_), jnp.asarray(X_), csq, jnp.int32(cb.n_exp), jnp.asarray(cb.g0, dt),
+                jnp.asarray(cb.inv, dt), jnp.asarray(cb.rel, dt), jnp.asarray(cb.sq_max, dt),
+                jnp.asarray(self.eps, dt))
+
+    def _list_values(self, cov_j, exp_j, lo, hi):
+        """Per candidate: best exact objective on its list and a lower bound for the rest."""
+        bs = self.block_size
+        best = np.empty(self.n_blk * bs, np.int64)
+        low = np.empty(self.n_blk * bs, np.int64)
+        for bi in range(self.n_blk):
+            S_, te_ = self.tables[bi]
+            b_, _, l_ = _eval_rows(self.iblks[bi], S_, te_, cov_j, exp_j, jnp.int32(lo), jnp.int32(hi),
+                                   self._counts_for(bi), complete=False)
+            best[bi * bs : (bi + 1) * bs] = np.asarray(b_)
+            low[bi * bs : (bi + 1) * bs] = np.asarray(l_)
+        return best[: self.N], low[: self.N]
+
+    def _exact_winner(self, cand, bound, cov_j, exp_j, lo, hi):
+        """Best-first evaluation of the candidates on full rows: ``((objective, centre, m), n_evaluated)``."""
+        winner = None  # (objective, centre, m)
+        n_eval = 0
+        eb = self.exact_block
+        for s in range(0, cand.size, eb):
+            if winner is not None and bound[cand[s]] > winner[0]:
+                break
+            rows = cand[s : s + eb]
+            n_eval += rows.size
+            pad = eb - rows.size
+            rows_p = np.concatenate([rows, np.repeat(rows[:1], pad)]) if pad else rows
+            drow, irow = _sorted_rows(_full_rows(self.xj, rows_p, self.chunk))
+            S_, te_ = _row_tables(drow, self.eps)
+            b_, m_, _ = _eval_rows(irow, S_, te_, cov_j, exp_j, jnp.int32(lo), jnp.int32(hi), complete=True)
+            b_ = np.asarray(b_)[: rows.size]
+            m_ = np.asarray(m_)[: rows.size]
+            for c, v, mm in zip(rows, b_, m_):
+                keyv = (int(v), int(c), int(mm))
+                if winner is None or keyv < winner:
+                    winner = keyv
+        return winner, n_eval
+
+    def step(self, *, lo, hi):
+        """Choose and add one ball that covers between ``lo`` and ``hi`` new points."""
+        cov_j = jnp.asarray(self.covered)
+        exp_j = jnp.asarray(self.expanded)
+        best, low = self._list_values(cov_j, exp_j, lo, hi)
+        bound = np.minimum(best, low)
+        cand = np.nonzero(bound <= best.min())[0]
+        # Best-first: candidates in increasing order of their bound; stop once the next bound
+        # exceeds the best exact value found (ties still evaluated: lower index wins).
+        cand = cand[np.lexsort((cand, bound[cand]))]
+        (v, c, mm), n_eval = self._exact_winner(cand, bound, cov_j, exp_j, lo, hi)
+        self._add(c, mm, v, n_eval)
+
+    def _add(self, c, mm, v, n_eval):
+        """Fix the winner's radius and the covered / expanded sets in float64 (the precision of ``measure``)."""
+        x, N, chunk, eps = self.x, self.N, self.chunk, self.eps
+        # The winner's neighbour order comes from the working precision.
+        row = np.asarray(_full_rows(self.xj, np.array([c]), chunk))[0]
+        order = np.lexsort((np.arange(N), row))
+        j_m = order[~self.covered[order]][mm - 1]
+        with jax.enable_x64(True):
+            c64 = jnp.asarray(x[c : c + 1], jnp.float64)
+            row64 = np.concatenate([np.asarray(_bd_l2(c64, jnp.asarray(x[s : s + chunk], jnp.float64)))[0]
+                                    for s in range(0, N, chunk)])
+        r = float(row64[j_m])
+        in_ball = row64 <= r
+        in_exp = row64 <= r + eps
+        if self.cb is not None:
+            self.cb.add_expanded(np.nonzero(in_exp & ~self.expanded)[0])
+        self.covered |= in_ball
+        self.expanded |= in_exp
+        for k, val in (("center", c), ("radius", r), ("m", mm), ("obj", v), ("cov", int(self.covered.sum())),
+                       ("exp", int(self.expanded.sum())), ("n_exact", int(n_eval))):
+            self.out[k].append(val)
 
 
 # ---------------------------------------------------------------------------
@@ -1089,7 +1150,7 @@ def fit_balls(
 # ---------------------------------------------------------------------------
 
 
-def fit_halfspace(x: Any, *, alpha: float, eps: float, norm: Any = "l2", sign: str = "best") -> HalfSpace:
+def fit_halfspace(x: Any, *, alpha: float, eps: float, norm: Any, sign: str = "best") -> HalfSpace:
     """Half-space error region along the first principal component (Gilmer et al.; paper Table 3).
 
     ``w`` is the unit first principal component of ``x``; the threshold ``b``
@@ -1102,7 +1163,7 @@ def fit_halfspace(x: Any, *, alpha: float, eps: float, norm: Any = "l2", sign: s
       x: ``[N, d]`` fit points.
       alpha: risk threshold in ``(0, 1)``.
       eps: budget ``>= 0``.
-      norm: perturbation norm.
+      norm: perturbation norm (the threat model; required).
       sign: ``"+"`` keeps the component's sign (largest-magnitude coordinate
         positive); ``"best"`` (default) also tries ``-w`` and keeps the side
         with the smaller adversarial risk on ``x``.
@@ -1121,7 +1182,7 @@ def fit_halfspace(x: Any, *, alpha: float, eps: float, norm: Any = "l2", sign: s
     _, vecs = np.linalg.eigh(xc.T @ xc)
     w = vecs[:, -1]
     w = w * (1.0 if w[np.argmax(np.abs(w))] >= 0 else -1.0)
-    shift = float(eps * np.asarray(geometry.lp_norm(jnp.asarray(w), _checks.dual_norm(norm))))
+    shift = float(eps * np.asarray(lp.lp_norm(jnp.asarray(w), _checks.dual_norm(norm))))
     n = x.shape[0]
     k = max(1, int(math.ceil(n * alpha - 1e-9)))
     best = None
@@ -1193,7 +1254,7 @@ def measure(region: Any, x: Any, *, eps: float | None = None, confidence: float 
             raise ValueError(f"x: feature dimension {x.shape[1]} does not match the region's {region.w.shape[0]}")
         proj = x.astype(np.float64) @ region.w
         shift = region.shift if eps == region.eps else float(
-            eps * np.asarray(geometry.lp_norm(jnp.asarray(region.w), _checks.dual_norm(region.norm))))
+            eps * np.asarray(lp.lp_norm(jnp.asarray(region.w), _checks.dual_norm(region.norm))))
         n_risk = int(np.sum(proj > region.b))
         n_adv = int(np.sum(proj > region.b - shift))
         return _measurement(n, n_risk, n_adv, confidence, "exact")
@@ -1234,14 +1295,14 @@ class Splits(_ToDict):
 
 
 def make_splits(
-    key: jax.Array, x_train: Any, x_test: Any, *, protocol: str = "honest", select_size: int | None = None
+    x_train: Any, x_test: Any, *, key: jax.Array, protocol: str = "honest", select_size: int | None = None
 ) -> Splits:
     """Split data for the honest 3-split protocol or the paper's protocol.
 
     Args:
-      key: ``jax.random`` key permuting the test set (honest protocol).
       x_train: ``[N, d]`` fit points.
       x_test: ``[M, d]`` held-out points.
+      key: ``jax.random`` key permuting the test set (honest protocol).
       protocol: ``"honest"`` or ``"paper"``.
       select_size: test points used for selection (honest; default ``M // 2``),
         ``1 <= select_size < M``.
@@ -1376,9 +1437,9 @@ def records(
 
 
 def run_rectangles(
-    key: jax.Array,
     splits: Splits,
     *,
+    key: jax.Array,
     alpha: float,
     eps: float,
     n_regions: int | Sequence[int],
@@ -1409,7 +1470,7 @@ def run_rectangles(
     radii = _radii(splits.fit, radii, k=fit_kwargs.get("k", 50), norm=fit_kwargs.get("density_norm", "l1"))
     searches = {}
     for T in Ts:
-        searches[int(T)] = fit_rectangles(k_search, splits.fit, alpha=alpha, eps=eps, n_regions=T, q=q,
+        searches[int(T)] = fit_rectangles(splits.fit, key=k_search, alpha=alpha, eps=eps, n_regions=T, q=q,
                                           x_select=splits.select, radii=radii, **fit_kwargs)
 
     def score(T):
@@ -1420,7 +1481,7 @@ def run_rectangles(
     T_best = min(searches, key=score)
     q_best = searches[T_best].q
     keys = jax.random.split(k_rep, n_repeats)
-    regions = [fit_rectangles(k, splits.fit, alpha=alpha, eps=eps, n_regions=T_best, q=q_best, radii=radii,
+    regions = [fit_rectangles(splits.fit, key=k, alpha=alpha, eps=eps, n_regions=T_best, q=q_best, radii=radii,
                               **fit_kwargs) for k in keys]
     seeds = [list(_key_data(k)) for k in keys]
     seconds = time.perf_counter() - t0
@@ -1467,10 +1528,154 @@ def run_balls(
 
 
 def run_halfspace(
-    splits: Splits, *, alpha: float, eps: float, norm: Any = "l2", dataset: str = ""
+    splits: Splits, *, alpha: float, eps: float, norm: Any, dataset: str = ""
 ) -> tuple[list[ConcentrationRecord], HalfSpace]:
     """The half-space baseline (fit on ``splits.fit``), measured on every split."""
     t0 = time.perf_counter()
     reg = fit_halfspace(splits.fit, alpha=alpha, eps=eps, norm=norm)
     seconds = time.perf_counter() - t0
     return records(reg, splits, dataset=dataset, seconds=seconds), reg
+
+
+# ---------------------------------------------------------------------------
+# One entry point: method from the norm, honest protocol
+# ---------------------------------------------------------------------------
+
+#: Region family of each norm with a convergent method (paper §4.1, §4.2); any other norm uses the half-space.
+METHODS = {"linf": "rectangles", "l2": "balls"}
+
+
+def method_for(norm: Any) -> str:
+    """The concentration method of a norm: ``"rectangles"`` (ℓ∞), ``"balls"`` (ℓ2), else ``"halfspace"``."""
+    return METHODS.get(_checks.canonical_norm(norm), "halfspace")
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate(_ToDict):
+    """The result of :func:`estimate`.
+
+    Attributes:
+      method: ``"rectangles"``, ``"balls"`` or ``"halfspace"``.
+      norm: the canonical threat-model norm.
+      eps: the budget.
+      alpha: the risk threshold.
+      records: one :class:`ConcentrationRecord` per split (``fit``,
+        ``select``, ``report`` for the honest protocol; ``train``, ``test``
+        for the paper's), the reported split last.
+      splits: the :class:`Splits` used.
+      region: the fitted region (the first repeat for rectangles).
+      seconds: wall time of fitting and measuring (after the split).
+    """
+
+    method: str
+    norm: Any
+    eps: float
+    alpha: float
+    records: tuple
+    splits: Splits
+    region: Any
+    seconds: float
+
+    @property
+    def report(self) -> ConcentrationRecord:
+        """The record of the reported split (``report``, or ``test`` under the paper's protocol)."""
+        return self.records[-1]
+
+    def to_dict(self) -> dict:
+        """JSON-ready record (the region is summarised by its records)."""
+        return {"method": self.method, "norm": str(self.norm), "eps": float(self.eps), "alpha": float(self.alpha),
+                "splits": self.splits.to_dict(), "records": [r.to_dict() for r in self.records],
+                "seconds": float(self.seconds)}
+
+
+def estimate(
+    x_train: Any,
+    x_test: Any,
+    *,
+    norm: Any,
+    eps: float,
+    alpha: float,
+    n_regions: int | Sequence[int],
+    key: jax.Array,
+    method: str = "auto",
+    protocol: str = "honest",
+    select_size: int | None = None,
+    n_repeats: int = 10,
+    fit_key: jax.Array | None = None,
+    dataset: str = "",
+    progress: bool = False,
+    **fit_kwargs: Any,
+) -> Estimate:
+    """Intrinsic-robustness estimate of one budget: method from the norm, fit/select/report protocol.
+
+    The one place that turns a threat model into a concentration estimate:
+
+    * ``norm="linf"``: complement of ``T`` hyperrectangles (Algorithm 1,
+      :func:`run_rectangles`; density rank ``k = min(50, N - 1)`` unless
+      given);
+    * ``norm="l2"``: union of ``T`` balls (Algorithm 2, :func:`run_balls`;
+      neighbour lists of ``min(2048, N - 1)`` unless ``list_size`` is given);
+    * any other norm: the half-space baseline (:func:`run_halfspace`).
+
+    Under ``protocol="honest"`` (default) the regions are fitted on
+    ``x_train``, ``q`` and ``T`` are chosen on ``select_size`` random test
+    points and the estimate is reported on the other test points, so the
+    reported number is not biased by the selection. ``protocol="paper"``
+    selects and reports on the whole test set (the authors' protocol).
+
+    Args:
+      x_train: ``[N, d]`` fit points.
+      x_test: ``[M, d]`` held-out points.
+      norm: the threat-model norm (required: it picks the method).
+      eps: the budget ``>= 0``.
+      alpha: the risk threshold in ``(0, 1)``.
+      n_regions: ``T`` or candidate ``T`` values chosen on the select split
+        (ignored by the half-space).
+      key: ``jax.random`` key of the split (:func:`make_splits`); the
+        rectangle search and repeats use ``fit_key``.
+      method: ``"auto"`` (from the norm), or ``"rectangles"`` (needs
+        ``linf``), ``"balls"`` (needs ``l2``) or ``"halfspace"``.
+      protocol: ``"honest"`` or ``"paper"``.
+      select_size: test points used for selection (honest protocol; default
+        ``M // 2``).
+      n_repeats: rectangle refits with independent keys (averaged).
+      fit_key: key of the rectangle search and repeats (default
+        ``jax.random.fold_in(key, 1)``).
+      dataset: name stored in the records.
+      progress: show progress bars (balls).
+      **fit_kwargs: further settings of :func:`fit_rectangles` or
+        :func:`fit_balls`.
+
+    Returns:
+      :class:`Estimate`; ``.report`` is the reported record.
+
+    References:
+      Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring
+      concentration: fundamental limits on intrinsic robustness." NeurIPS
+      2019, arXiv:1905.12202.
+      Gilmer, Metz, Faghri, Schoenholz, Raghu, Wattenberg, Goodfellow.
+      "Adversarial spheres." arXiv:1801.02774 (the half-space baseline).
+    """
+    norm = _checks.canonical_norm(norm)
+    chosen = method_for(norm) if method == "auto" else method
+    if chosen not in ("rectangles", "balls", "halfspace"):
+        raise ValueError(f"method: must be 'auto', 'rectangles', 'balls' or 'halfspace', got {method!r}")
+    if chosen != "halfspace" and METHODS.get(norm) != chosen:
+        raise ValueError(f"method: {chosen!r} is a {'linf' if chosen == 'rectangles' else 'l2'} method, "
+                         f"but norm is {norm!r}")
+    splits = make_splits(x_train, x_test, key=key, protocol=protocol, select_size=select_size)
+    t0 = time.perf_counter()
+    n_fit = splits.fit.shape[0]
+    if chosen == "rectangles":
+        fit_kwargs.setdefault("k", min(50, n_fit - 1))
+        fk = jax.random.fold_in(key, 1) if fit_key is None else fit_key
+        recs, region = run_rectangles(splits, key=fk, alpha=alpha, eps=eps, n_regions=n_regions,
+                                      n_repeats=n_repeats, dataset=dataset, **fit_kwargs)
+    elif chosen == "balls":
+        fit_kwargs.setdefault("list_size", min(2048, n_fit - 1))
+        recs, region = run_balls(splits, alpha=alpha, eps=eps, n_regions=n_regions, dataset=dataset,
+                                 progress=progress, **fit_kwargs)
+    else:
+        recs, region = run_halfspace(splits, alpha=alpha, eps=eps, norm=norm, dataset=dataset)
+    return Estimate(method=chosen, norm=norm, eps=float(eps), alpha=float(alpha), records=tuple(recs),
+                    splits=splits, region=region, seconds=time.perf_counter() - t0)

@@ -124,7 +124,7 @@ def test_density_ranks_match_bruteforce_with_self_as_first_neighbour():
 def test_kmeans_fixed_point_mean_and_median():
     x = blobs(0, 300, 4, [[0, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 1]], scale=0.1)
     for update in ("mean", "median"):
-        c, a, it = C.kmeans_l1(jax.random.key(3), x, n_clusters=3, max_iter=100, update=update)
+        c, a, it = C.kmeans_l1(x, key=jax.random.key(3), n_clusters=3, max_iter=100, update=update)
         c, a = np.asarray(c, np.float64), np.asarray(a)
         assert int(it) < 100  # converged: assignments stable
         d = cdist(x, c, "cityblock")
@@ -139,22 +139,22 @@ def test_kmeans_empty_clusters_never_nan():
     x = np.concatenate([np.zeros((6, 3)), np.ones((2, 3))]).astype(np.float32)
     for seed in range(6):
         for update in ("mean", "median"):
-            c, a, _ = C.kmeans_l1(jax.random.key(seed), x, n_clusters=4, max_iter=30, update=update)
+            c, a, _ = C.kmeans_l1(x, key=jax.random.key(seed), n_clusters=4, max_iter=30, update=update)
             assert np.isfinite(np.asarray(c)).all()
             assert set(np.asarray(a).tolist()) <= {0, 1, 2, 3}
     # identical points: every centre starts equal, all points go to cluster 0, the others stay empty
-    c, a, _ = C.kmeans_l1(jax.random.key(0), np.zeros((5, 2), np.float32), n_clusters=3)
+    c, a, _ = C.kmeans_l1(np.zeros((5, 2), np.float32), key=jax.random.key(0), n_clusters=3)
     assert np.isfinite(np.asarray(c)).all() and np.all(np.asarray(a) == 0)
 
 
 def test_kmeans_jit_equals_eager_and_keys_reproduce():
     x = blobs(2, 120, 3, [[0, 0, 0], [1, 0, 0], [0, 0, 1]], scale=0.2)
     key = jax.random.key(5)
-    c1, a1, i1 = C.kmeans_l1(key, x, n_clusters=4, max_iter=30)
-    c2, a2, i2 = C.kmeans_l1(key, x, n_clusters=4, max_iter=30)
+    c1, a1, i1 = C.kmeans_l1(x, key=key, n_clusters=4, max_iter=30)
+    c2, a2, i2 = C.kmeans_l1(x, key=key, n_clusters=4, max_iter=30)
     np.testing.assert_array_equal(np.asarray(c1), np.asarray(c2))
     with jax.disable_jit():
-        c3, a3, i3 = C.kmeans_l1(key, x, n_clusters=4, max_iter=30)
+        c3, a3, i3 = C.kmeans_l1(x, key=key, n_clusters=4, max_iter=30)
     np.testing.assert_array_equal(np.asarray(a1), np.asarray(a3))
     np.testing.assert_allclose(np.asarray(c1), np.asarray(c3), atol=1e-6)
     assert int(i1) == int(i3)
@@ -185,8 +185,8 @@ def test_fit_rectangles_search_trace_and_reproducibility():
     x = blobs(3, 400, 5, [[0] * 5, [1] * 5, [0, 1, 0, 1, 0]], scale=0.15)
     xs = blobs(4, 400, 5, [[0] * 5, [1] * 5, [0, 1, 0, 1, 0]], scale=0.15)
     key = jax.random.key(0)
-    r1 = C.fit_rectangles(key, x, alpha=0.1, eps=0.1, n_regions=3, x_select=xs, k=10)
-    r2 = C.fit_rectangles(key, x, alpha=0.1, eps=0.1, n_regions=3, x_select=xs, k=10)
+    r1 = C.fit_rectangles(x, key=key, alpha=0.1, eps=0.1, n_regions=3, x_select=xs, k=10)
+    r2 = C.fit_rectangles(x, key=key, alpha=0.1, eps=0.1, n_regions=3, x_select=xs, k=10)
     np.testing.assert_array_equal(r1.centers, r2.centers)
     np.testing.assert_array_equal(r1.half_widths, r2.half_widths)
     assert len(r1.search) == 8  # 2**-8 < 0.005 <= 2**-7
@@ -200,7 +200,7 @@ def test_fit_rectangles_search_trace_and_reproducibility():
     radii = C.density_ranks(x, k=10)
     dense = x[np.argsort(radii, kind="stable")[: r1.n_dense]]
     assert C.measure(r1, dense).n_adv == 0
-    r3 = C.fit_rectangles(jax.random.key(1), x, alpha=0.1, eps=0.1, n_regions=3, q=r1.q, radii=radii)
+    r3 = C.fit_rectangles(x, key=jax.random.key(1), alpha=0.1, eps=0.1, n_regions=3, q=r1.q, radii=radii)
     assert r3.key_data != r1.key_data
     json.dumps(r1.to_dict())
 
@@ -211,7 +211,7 @@ def test_rectangle_risks_non_increasing_in_q():
     radii = C.density_ranks(x, k=20)
     risks, advs = [], []
     for q in np.linspace(0.1, 0.95, 12):
-        reg = C.fit_rectangles(jax.random.key(0), x, alpha=0.05, eps=0.05, n_regions=1, q=float(q), radii=radii)
+        reg = C.fit_rectangles(x, key=jax.random.key(0), alpha=0.05, eps=0.05, n_regions=1, q=float(q), radii=radii)
         m = C.measure(reg, x)
         risks.append(m.risk)
         advs.append(m.adv_risk)
@@ -223,7 +223,7 @@ def test_rectangle_risks_non_increasing_in_q():
 
 def test_kmedians_option_runs_and_boxes_contain_members():
     x = blobs(6, 300, 3, [[0, 0, 0], [1, 1, 1]], scale=0.1)
-    reg = C.fit_rectangles(jax.random.key(0), x, alpha=0.1, eps=0.05, n_regions=2, update="median", k=5)
+    reg = C.fit_rectangles(x, key=jax.random.key(0), alpha=0.1, eps=0.05, n_regions=2, update="median", k=5)
     assert reg.update == "median" and np.isfinite(reg.centers).all()
     assert C.measure(reg, x).risk >= 0.1
 
@@ -341,7 +341,7 @@ def test_estimates_respect_cube_isoperimetry(eps):
     x = data.uniform_cube(kf, 800, d=2)
     xt = data.uniform_cube(kt, 20000, d=2)
     regions = [
-        C.fit_rectangles(jax.random.key(0), x, alpha=0.5, eps=eps, n_regions=3, k=10),
+        C.fit_rectangles(x, key=jax.random.key(0), alpha=0.5, eps=eps, n_regions=3, k=10),
         C.fit_balls(x, alpha=0.5, eps=eps, n_regions=3, delta=0.02),
         C.fit_halfspace(x, alpha=0.5, eps=eps, norm="l2"),
         C.fit_halfspace(x, alpha=0.5, eps=eps, norm="linf"),
@@ -361,17 +361,17 @@ def test_estimates_respect_cube_isoperimetry(eps):
 def test_protocols_and_records_are_json(digits_train):
     x = digits_train.flat()
     xt = data.load("digits", split="test").flat()
-    s_h = C.make_splits(jax.random.key(0), x, xt, protocol="honest", select_size=150)
+    s_h = C.make_splits(x, xt, key=jax.random.key(0), protocol="honest", select_size=150)
     assert s_h.select.shape[0] == 150 and s_h.report.shape[0] == xt.shape[0] - 150
     assert not set(s_h.select_indices) & set(s_h.report_indices)
-    s_p = C.make_splits(jax.random.key(0), x, xt, protocol="paper")
+    s_p = C.make_splits(x, xt, key=jax.random.key(0), protocol="paper")
     assert s_p.select is s_p.report
-    recs, reg = C.run_rectangles(jax.random.key(1), s_h, alpha=0.05, eps=0.1, n_regions=[3, 5], n_repeats=2,
+    recs, reg = C.run_rectangles(s_h, key=jax.random.key(1), alpha=0.05, eps=0.1, n_regions=[3, 5], n_repeats=2,
                                  dataset="digits", k=10, max_iter=10)
     assert [r.split for r in recs] == ["fit", "select", "report"]
     assert len(recs[0].repeats) == 2 and recs[0].T in (3, 5)
     rb, _ = C.run_balls(s_p, alpha=0.02, eps=1.0, n_regions=2, dataset="digits", list_size=100)
-    rh, _ = C.run_halfspace(s_p, alpha=0.05, eps=1.0, dataset="digits")
+    rh, _ = C.run_halfspace(s_p, alpha=0.05, eps=1.0, norm="l2", dataset="digits")
     for r in recs + rb + rh:
         d = json.loads(json.dumps(r.to_dict()))
         for f in ("norm", "eps", "alpha", "T", "protocol", "split", "risk", "adv_risk", "risk_ci", "adv_risk_ci",
@@ -386,21 +386,21 @@ def test_bad_input_raises_named_errors():
     key = jax.random.key(0)
     for a in (0.0, 1.0, -0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="^alpha"):
-            C.fit_rectangles(key, x, alpha=a, eps=0.1, n_regions=2, k=5)
+            C.fit_rectangles(x, key=key, alpha=a, eps=0.1, n_regions=2, k=5)
         with pytest.raises(ValueError, match="^alpha"):
             C.fit_balls(x, alpha=a, eps=0.1, n_regions=2)
         with pytest.raises(ValueError, match="^alpha"):
-            C.fit_halfspace(x, alpha=a, eps=0.1)
+            C.fit_halfspace(x, alpha=a, eps=0.1, norm="l2")
     with pytest.raises(ValueError, match="^eps"):
-        C.fit_rectangles(key, x, alpha=0.1, eps=-0.1, n_regions=2, k=5)
+        C.fit_rectangles(x, key=key, alpha=0.1, eps=-0.1, n_regions=2, k=5)
     with pytest.raises(ValueError, match="^eps"):
         C.fit_balls(x, alpha=0.1, eps=-1.0, n_regions=2)
     with pytest.raises(ValueError, match="^n_regions"):
-        C.fit_rectangles(key, x, alpha=0.1, eps=0.1, n_regions=0, k=5)
+        C.fit_rectangles(x, key=key, alpha=0.1, eps=0.1, n_regions=0, k=5)
     with pytest.raises(ValueError, match="^n_regions"):
         C.fit_balls(x, alpha=0.1, eps=0.1, n_regions=0)
     with pytest.raises(ValueError, match="^k"):
-        C.fit_rectangles(key, x, alpha=0.1, eps=0.1, n_regions=2, k=30)
+        C.fit_rectangles(x, key=key, alpha=0.1, eps=0.1, n_regions=2, k=30)
     with pytest.raises(ValueError, match="^k"):
         C.density_ranks(x, k=50)
     with pytest.raises(ValueError, match="^norm"):
@@ -412,9 +412,9 @@ def test_bad_input_raises_named_errors():
     with pytest.raises(ValueError, match="^alpha"):
         C.fit_balls(x, alpha=0.99, eps=0.1, n_regions=1, delta=0.5)  # target coverage >= N
     with pytest.raises(ValueError, match="^key"):
-        C.fit_rectangles(0, x, alpha=0.1, eps=0.1, n_regions=2, k=5)
+        C.fit_rectangles(x, key=0, alpha=0.1, eps=0.1, n_regions=2, k=5)
     with pytest.raises(ValueError, match="^protocol"):
-        C.make_splits(key, x, x, protocol="best")
+        C.make_splits(x, x, key=key, protocol="best")
     with pytest.raises(ValueError, match="^region"):
         C.measure(object(), x)
 
@@ -424,18 +424,18 @@ def test_single_point_and_tiny_sets():
     with pytest.raises(ValueError, match="^k"):
         C.density_ranks(x1, k=1)
     x2 = np.array([[0, 0], [1, 1]], np.float32)
-    reg = C.fit_rectangles(jax.random.key(0), x2, alpha=0.5, eps=0.1, n_regions=3, k=1, q=0.5)
+    reg = C.fit_rectangles(x2, key=jax.random.key(0), alpha=0.5, eps=0.1, n_regions=3, k=1, q=0.5)
     assert reg.centers.shape == (1, 2)  # fewer dense points than T: one box
     m = C.measure(reg, x2)
     assert (m.n_risk, m.n_adv) == (1, 1)
-    reg0 = C.fit_rectangles(jax.random.key(0), x2, alpha=0.5, eps=0.1, n_regions=1, k=1, q=0.0)
+    reg0 = C.fit_rectangles(x2, key=jax.random.key(0), alpha=0.5, eps=0.1, n_regions=1, k=1, q=0.0)
     assert C.measure(reg0, x2).risk == 1.0  # no box: everything is in the error region
 
 
 def test_real_mnist_subset_sanity(mnist_train, mnist_test):
     x = mnist_train.flat()[:1500]
     xt = mnist_test.flat()[:1000]
-    reg = C.fit_rectangles(jax.random.key(0), x, alpha=0.05, eps=0.3, n_regions=5, k=10)
+    reg = C.fit_rectangles(x, key=jax.random.key(0), alpha=0.05, eps=0.3, n_regions=5, k=10)
     m = C.measure(reg, x)
     assert m.risk >= 0.05 and m.adv_risk >= m.risk
     balls = C.fit_balls(x, alpha=0.05, eps=1.58, n_regions=3, list_size=256)
@@ -459,7 +459,7 @@ def test_records_measure_one_fit_under_both_protocols():
     test = rng.normal(size=(200, 3)).astype(np.float32)
     reg = C.fit_halfspace(train, alpha=0.1, eps=0.2, norm="l2")
     for protocol, names in (("paper", ["train", "test"]), ("honest", ["fit", "select", "report"])):
-        splits = C.make_splits(jax.random.key(0), train, test, protocol=protocol)
+        splits = C.make_splits(train, test, key=jax.random.key(0), protocol=protocol)
         recs = C.records(reg, splits, dataset="toy", seconds=1.5, extra={"a": 1})
         assert [r.split for r in recs] == names
         for r, xs in zip(recs, [splits.fit, splits.select, splits.report] if protocol == "honest"
@@ -472,3 +472,59 @@ def test_records_measure_one_fit_under_both_protocols():
         C.records([], splits)
     with pytest.raises(ValueError, match="splits"):
         C.records(reg, (train, test))
+
+
+# ---------------------------------------------------------------------------
+# estimate: method from the norm under the protocol
+# ---------------------------------------------------------------------------
+
+
+def _same_records(a, b):
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        da, db = ra.to_dict(), rb.to_dict()
+        da.pop("seconds"), db.pop("seconds")
+        assert da == db
+
+
+def test_estimate_is_the_composition_it_replaces():
+    rng = np.random.default_rng(4)
+    x = rng.random((160, 6)).astype(np.float32)
+    xt = rng.random((80, 6)).astype(np.float32)
+    key = jax.random.key(7)
+    assert [C.method_for(n) for n in ("linf", "l2", "l1", 3)] == ["rectangles", "balls", "halfspace", "halfspace"]
+    splits = C.make_splits(x, xt, key=key, protocol="honest")
+    # l_inf: rectangles with the fit key fold_in(key, 1) and k = min(50, N - 1)
+    est = C.estimate(x, xt, norm="linf", eps=0.1, alpha=0.1, n_regions=[2, 3], key=key, n_repeats=2, max_iter=10)
+    ref, _ = C.run_rectangles(splits, key=jax.random.fold_in(key, 1), alpha=0.1, eps=0.1, n_regions=[2, 3],
+                              n_repeats=2, k=50, max_iter=10)
+    _same_records(est.records, ref)
+    assert est.method == "rectangles" and est.report.split == "report" and est.report is est.records[-1]
+    np.testing.assert_array_equal(est.splits.report_indices, splits.report_indices)
+    # an explicit fit key
+    k3 = jax.random.key(11)
+    est3 = C.estimate(x, xt, norm="linf", eps=0.1, alpha=0.1, n_regions=2, key=key, fit_key=k3, n_repeats=1,
+                      max_iter=10)
+    ref3, _ = C.run_rectangles(splits, key=k3, alpha=0.1, eps=0.1, n_regions=2, n_repeats=1, k=50, max_iter=10)
+    _same_records(est3.records, ref3)
+    # l2: balls; other norms: the half-space
+    est = C.estimate(x, xt, norm=2, eps=0.2, alpha=0.1, n_regions=2, key=key)
+    ref, _ = C.run_balls(splits, alpha=0.1, eps=0.2, n_regions=2, list_size=159)
+    _same_records(est.records, ref)
+    assert est.method == "balls" and isinstance(est.region, C.Balls)
+    est = C.estimate(x, xt, norm="l1", eps=0.2, alpha=0.1, n_regions=2, key=key, protocol="paper")
+    ref, _ = C.run_halfspace(C.make_splits(x, xt, key=key, protocol="paper"), alpha=0.1, eps=0.2, norm="l1")
+    _same_records(est.records, ref)
+    assert est.report.split == "test"
+    d = json.loads(json.dumps(est.to_dict()))
+    assert d["method"] == "halfspace" and d["norm"] == "l1" and len(d["records"]) == 2
+
+
+def test_estimate_rejects_a_method_of_another_norm():
+    x = np.random.default_rng(0).random((40, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="method"):
+        C.estimate(x, x, norm="l2", eps=0.1, alpha=0.1, n_regions=2, key=jax.random.key(0), method="rectangles")
+    with pytest.raises(ValueError, match="method"):
+        C.estimate(x, x, norm="l2", eps=0.1, alpha=0.1, n_regions=2, key=jax.random.key(0), method="voronoi")
+    with pytest.raises(TypeError):
+        C.estimate(x, x, jax.random.key(0), norm="l2", eps=0.1, alpha=0.1, n_regions=2)
