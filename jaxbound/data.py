@@ -20,10 +20,20 @@ Names understood by :func:`load`:
 
 ``data_dir`` defaults to the environment variable ``JAXBOUND_DATA_DIR``.
 
-Synthetic distributions from the papers take a ``jax.random`` key first:
-:func:`gaussian_mixture` (Bhagoji et al. 2021, §5), :func:`uniform_cube`,
-:func:`uniform_ball` (Ding et al. 2019, Theorem 2.1) and
+Synthetic distributions from the papers take a keyword-only ``jax.random``
+``key``: :func:`gaussian_mixture` (Bhagoji et al. 2021, §5),
+:func:`uniform_cube`, :func:`uniform_ball` (Ding et al. 2019, Theorem 2.1) and
 :func:`concentric_spheres` (Gilmer et al., used by Mahloujifar et al.).
+
+References:
+  Bhagoji, Cullina, Sehwag, Mittal. "Lower bounds on cross-entropy loss in the
+  presence of test-time adversaries." ICML 2021, arXiv:2104.08382.
+  Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial robustness to
+  input data distributions." ICLR 2019, arXiv:1902.08336.
+  Gilmer, Metz, Faghri, Schoenholz, Raghu, Wattenberg, Goodfellow.
+  "Adversarial spheres." arXiv:1801.02774.
+  Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring concentration:
+  fundamental limits on intrinsic robustness." NeurIPS 2019, arXiv:1905.12202.
 """
 
 from __future__ import annotations
@@ -337,8 +347,17 @@ def class_pair(ds: Dataset, a: int, b: int, *, n_per_class: int | None = None) -
     return ds.images[ia], ds.images[ib]
 
 
-def random_subset(key: jax.Array, ds: Dataset, *, n: int) -> Dataset:
-    """A uniformly random subset of ``n`` examples (without replacement), in random order."""
+def random_subset(ds: Dataset, *, n: int, key: jax.Array) -> Dataset:
+    """A uniformly random subset of ``n`` examples (without replacement), in random order.
+
+    Args:
+      ds: the dataset.
+      n: examples kept, ``0 <= n <= len(ds)``.
+      key: ``jax.random`` key of the permutation.
+
+    Returns:
+      :class:`Dataset` with ``n`` examples.
+    """
     _checks.check_key(key)
     n = _checks.check_int(n, "n", low=0, high=len(ds))
     idx = np.asarray(jax.random.permutation(key, len(ds))[:n])
@@ -350,15 +369,15 @@ def random_subset(key: jax.Array, ds: Dataset, *, n: int) -> Dataset:
 # ---------------------------------------------------------------------------
 
 
-def gaussian_mixture(key: jax.Array, n: int, *, mu: Any, sigma: Any = None, p1: float = 0.5) -> Dataset:
+def gaussian_mixture(n: int, *, mu: Any, key: jax.Array, sigma: Any = None, p1: float = 0.5) -> Dataset:
     """Two classes: ``y = 1`` with probability ``p1`` and ``x ~ N(+mu, Sigma)``, else ``N(-mu, Sigma)``.
 
     The distribution of Bhagoji et al. (2021, §5, Theorem 2).
 
     Args:
-      key: ``jax.random`` key.
       n: number of samples.
       mu: ``[d]`` mean of class 1.
+      key: ``jax.random`` key.
       sigma: ``[d, d]`` positive definite covariance, ``[d]`` diagonal, a
         scalar variance, or ``None`` for the identity.
       p1: prior of class 1 in ``(0, 1)``.
@@ -366,6 +385,10 @@ def gaussian_mixture(key: jax.Array, n: int, *, mu: Any, sigma: Any = None, p1: 
     Returns:
       :class:`Dataset` with ``images [n, d]`` (float32 vectors, not confined
       to [0, 1]) and labels in ``{0, 1}``.
+
+    References:
+      Bhagoji, Cullina, Sehwag, Mittal. "Lower bounds on cross-entropy loss in
+      the presence of test-time adversaries." ICML 2021, arXiv:2104.08382.
     """
     _checks.check_key(key)
     n = _checks.check_int(n, "n", low=0)
@@ -404,16 +427,45 @@ def _sigma_factor(sigma, d: int) -> np.ndarray:
         raise ValueError("sigma: must be positive definite") from None
 
 
-def uniform_cube(key: jax.Array, n: int, *, d: int) -> np.ndarray:
-    """``[n, d]`` float32 samples uniform on ``[0, 1]^d``."""
+def uniform_cube(n: int, *, d: int, key: jax.Array) -> np.ndarray:
+    """``[n, d]`` float32 samples uniform on ``[0, 1]^d`` (Ding et al. 2019, Theorem 2.1).
+
+    Args:
+      n: number of samples.
+      d: dimension.
+      key: ``jax.random`` key.
+
+    Returns:
+      ``[n, d]`` float32 array.
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336.
+    """
     _checks.check_key(key)
     n = _checks.check_int(n, "n", low=0)
     d = _checks.check_int(d, "d", low=1)
     return np.asarray(jax.random.uniform(key, (n, d), dtype=jnp.float32))
 
 
-def uniform_ball(key: jax.Array, n: int, *, d: int, radius: float = 1.0) -> np.ndarray:
-    """``[n, d]`` float32 samples uniform in the ``l2`` ball of ``radius`` around 0."""
+def uniform_ball(n: int, *, d: int, key: jax.Array, radius: float = 1.0) -> np.ndarray:
+    """``[n, d]`` float32 samples uniform in the ``l2`` ball of ``radius`` around 0 (Ding et al. 2019, Theorem 2.1).
+
+    A Gaussian direction scaled by ``radius * u^(1/d)`` with ``u`` uniform.
+
+    Args:
+      n: number of samples.
+      d: dimension.
+      key: ``jax.random`` key.
+      radius: ball radius ``> 0``.
+
+    Returns:
+      ``[n, d]`` float32 array.
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336.
+    """
     _checks.check_key(key)
     n = _checks.check_int(n, "n", low=0)
     d = _checks.check_int(d, "d", low=1)
@@ -426,11 +478,24 @@ def uniform_ball(key: jax.Array, n: int, *, d: int, radius: float = 1.0) -> np.n
 
 
 def concentric_spheres(
-    key: jax.Array, n: int, *, d: int, radii: tuple[float, float] = (1.0, 1.3)
+    n: int, *, d: int, key: jax.Array, radii: tuple[float, float] = (1.0, 1.3)
 ) -> Dataset:
     """Two classes on concentric spheres: class 0 on radius ``radii[0]``, class 1 on ``radii[1]``.
 
     Each class has probability 1/2; points are uniform on their sphere.
+
+    Args:
+      n: number of samples.
+      d: dimension ``>= 2``.
+      key: ``jax.random`` key.
+      radii: the two distinct radii ``> 0``.
+
+    Returns:
+      :class:`Dataset` with ``images [n, d]`` float32 and labels in ``{0, 1}``.
+
+    References:
+      Gilmer, Metz, Faghri, Schoenholz, Raghu, Wattenberg, Goodfellow.
+      "Adversarial spheres." arXiv:1801.02774.
     """
     _checks.check_key(key)
     n = _checks.check_int(n, "n", low=0)

@@ -25,6 +25,12 @@ level a traced argument where it does not change shapes (saturate, gamma,
 scale) and static otherwise (the smoothing size, the Canny ``sigma``).
 Pixel values are checked to lie in ``[0, 1]`` when ``x`` is concrete; nothing
 is clipped.
+
+References:
+  Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial robustness to
+  input data distributions." ICLR 2019, arXiv:1902.08336.
+  Canny. "A computational approach to edge detection." IEEE Transactions on
+  Pattern Analysis and Machine Intelligence 8(6), 1986 (:func:`canny`).
 """
 
 from __future__ import annotations
@@ -81,6 +87,10 @@ def binarize(x: Any, *, threshold: float = 0.5) -> jax.Array:
 
     Returns:
       ``[n, H, W, C]`` float32 array with values in ``{0, 1}``.
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336.
     """
     threshold = _checks.check_scalar(threshold, "threshold", low=0.0, high=1.0)
     return _binarize(_images(x), jnp.float32(threshold))
@@ -114,6 +124,10 @@ def saturate(x: Any, p: float) -> jax.Array:
 
     Raises:
       ValueError: ``p <= 0`` or NaN.
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336.
     """
     if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
         raise ValueError(f"p: expected a real number, got {p!r}")
@@ -141,6 +155,10 @@ def gamma(x: Any, g: float) -> jax.Array:
 
     Raises:
       ValueError: ``g <= 0``.
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336.
     """
     g = _checks.check_scalar(g, "g", low=0.0, low_inclusive=False)
     return _gamma(_images(x), jnp.float32(g))
@@ -164,6 +182,10 @@ def scale(x: Any, a: float) -> jax.Array:
 
     Raises:
       ValueError: ``a`` outside ``(0, 1]``.
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336.
     """
     a = _checks.check_scalar(a, "a", low=0.0, high=1.0, low_inclusive=False)
     return _scale(_images(x), jnp.float32(a))
@@ -228,6 +250,10 @@ def smooth(x: Any, s: int, *, kernel: str = "square") -> jax.Array:
 
     Raises:
       ValueError: ``s < 1`` or not an integer, or an unknown ``kernel``.
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336.
     """
     s = _checks.check_int(s, "s", low=1)
     if kernel not in _KERNELS:
@@ -371,6 +397,12 @@ def canny(x: Any, sigma: float = 1.0, *, low_threshold: float = 0.1, high_thresh
 
     Returns:
       ``[n, H, W, C]`` float32 edge maps with values in ``{0, 1}``.
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336.
+      Canny. "A computational approach to edge detection." IEEE Transactions
+      on Pattern Analysis and Machine Intelligence 8(6), 1986.
     """
     sigma = _checks.check_scalar(sigma, "sigma", low=0.0, low_inclusive=False)
     low = _checks.check_scalar(low_threshold, "low_threshold", low=0.0)

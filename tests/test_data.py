@@ -170,50 +170,50 @@ def test_class_pair_first_n_in_file_order(digits_train):
 
 
 def test_random_subset_keyed(digits_train):
-    a = data.random_subset(jax.random.key(3), digits_train, n=50)
-    b = data.random_subset(jax.random.key(3), digits_train, n=50)
-    c = data.random_subset(jax.random.key(4), digits_train, n=50)
+    a = data.random_subset(digits_train, key=jax.random.key(3), n=50)
+    b = data.random_subset(digits_train, key=jax.random.key(3), n=50)
+    c = data.random_subset(digits_train, key=jax.random.key(4), n=50)
     np.testing.assert_array_equal(a.images, b.images)
     assert not np.array_equal(a.labels, c.labels) or not np.array_equal(a.images, c.images)
-    assert len(data.random_subset(jax.random.key(0), digits_train, n=0)) == 0
+    assert len(data.random_subset(digits_train, key=jax.random.key(0), n=0)) == 0
     with pytest.raises(ValueError, match="^n:"):
-        data.random_subset(jax.random.key(0), digits_train, n=len(digits_train) + 1)
+        data.random_subset(digits_train, key=jax.random.key(0), n=len(digits_train) + 1)
     with pytest.raises(ValueError, match="^key:"):
-        data.random_subset(0, digits_train, n=1)
+        data.random_subset(digits_train, key=0, n=1)
 
 
 def test_gaussian_mixture_moments():
     mu = np.array([1.0, -2.0, 0.5])
     sigma = np.array([[1.0, 0.3, 0.0], [0.3, 2.0, 0.0], [0.0, 0.0, 0.5]])
-    ds = data.gaussian_mixture(jax.random.key(0), 40000, mu=mu, sigma=sigma, p1=0.3)
+    ds = data.gaussian_mixture(40000, key=jax.random.key(0), mu=mu, sigma=sigma, p1=0.3)
     x, y = ds.images.astype(np.float64), ds.labels
     assert abs(y.mean() - 0.3) < 0.01
     np.testing.assert_allclose(x[y == 1].mean(0), mu, atol=0.04)
     np.testing.assert_allclose(x[y == 0].mean(0), -mu, atol=0.04)
     np.testing.assert_allclose(np.cov(x[y == 1].T), sigma, atol=0.06)
     with pytest.raises(ValueError, match="^sigma:"):
-        data.gaussian_mixture(jax.random.key(0), 5, mu=mu, sigma=-np.eye(3))
+        data.gaussian_mixture(5, key=jax.random.key(0), mu=mu, sigma=-np.eye(3))
     with pytest.raises(ValueError, match="^p1:"):
-        data.gaussian_mixture(jax.random.key(0), 5, mu=mu, p1=1.0)
+        data.gaussian_mixture(5, key=jax.random.key(0), mu=mu, p1=1.0)
     with pytest.raises(ValueError, match="^mu:"):
-        data.gaussian_mixture(jax.random.key(0), 5, mu=[np.nan])
+        data.gaussian_mixture(5, key=jax.random.key(0), mu=[np.nan])
 
 
 def test_uniform_cube_ball_spheres():
     k = jax.random.key(1)
-    cube = data.uniform_cube(k, 5000, d=4)
+    cube = data.uniform_cube(5000, key=k, d=4)
     assert cube.shape == (5000, 4) and cube.min() >= 0 and cube.max() <= 1
     assert abs(cube.mean() - 0.5) < 0.01
-    ball = data.uniform_ball(k, 20000, d=3)
+    ball = data.uniform_ball(20000, key=k, d=3)
     r = np.linalg.norm(ball, axis=1)
     assert r.max() <= 1.0 + 1e-6
     # uniform in the ball: P(r <= 1/2) = 1/8 in 3-D
     assert abs((r <= 0.5).mean() - 0.125) < 0.01
-    sp = data.concentric_spheres(k, 1000, d=5, radii=(1.0, 1.3))
+    sp = data.concentric_spheres(1000, key=k, d=5, radii=(1.0, 1.3))
     rr = np.linalg.norm(sp.images, axis=1)
     np.testing.assert_allclose(rr, np.where(sp.labels == 1, 1.3, 1.0), rtol=1e-5)
-    assert len(data.uniform_cube(k, 0, d=2)) == 0
+    assert len(data.uniform_cube(0, key=k, d=2)) == 0
     with pytest.raises(ValueError, match="^d:"):
-        data.uniform_cube(k, 3, d=0)
+        data.uniform_cube(3, key=k, d=0)
     with pytest.raises(ValueError, match="^radii:"):
-        data.concentric_spheres(k, 3, d=3, radii=(1.0, 1.0))
+        data.concentric_spheres(3, key=k, d=3, radii=(1.0, 1.0))
