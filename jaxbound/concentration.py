@@ -465,23 +465,20 @@ def box_margin(x: jax.Array, centers: jax.Array, half_widths: jax.Array) -> jax.
     return jnp.max(jnp.abs(x[:, None, :] - centers[None, :, :]) - half_widths[None, :, :], axis=-1)
 
 
-_box_margin_jit = jax.jit(box_margin)
+def _min_margin_block(x, centers, half_widths):
+    return jnp.min(box_margin(x, centers, half_widths), axis=1)
 
 
 def _min_box_margin(x: np.ndarray, centers: np.ndarray, half_widths: np.ndarray) -> np.ndarray:
-    """Float64 ``min_t margin[i, t]`` streamed in blocks (``+inf`` when there is no box)."""
+    """Float64 ``min_t margin[i, t]`` streamed in blocks through the engine (``+inf`` when there is no box)."""
     n = x.shape[0]
     if centers.shape[0] == 0:
         return np.full(n, np.inf)
-    out = np.empty(n, np.float64)
     with jax.enable_x64(True):
         c = jnp.asarray(centers, jnp.float64)
         h = jnp.asarray(half_widths, jnp.float64)
         blk = max(1, min(_MEASURE_BLOCK, (2**26) // max(1, centers.shape[0] * x.shape[1])))
-        for lo in range(0, n, blk):
-            xb = jnp.asarray(x[lo : lo + blk], jnp.float64)
-            out[lo : lo + blk] = np.asarray(jnp.min(_box_margin_jit(xb, c, h), axis=1))
-    return out
+        return _engine.run(_min_margin_block, {}, [np.asarray(x, np.float64)], [c, h], block_size=blk)
 
 
 def _boxes_from_clusters(x: np.ndarray, assign: np.ndarray, n_clusters: int, update: str):

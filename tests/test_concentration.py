@@ -338,8 +338,8 @@ def test_halfspace_matches_pca_and_dual_norm_shift(nrm):
 @pytest.mark.parametrize("eps", [0.05, 0.15])
 def test_estimates_respect_cube_isoperimetry(eps):
     kf, kt = jax.random.split(jax.random.key(12))
-    x = data.uniform_cube(kf, 800, d=2)
-    xt = data.uniform_cube(kt, 20000, d=2)
+    x = data.uniform_cube(800, key=kf, d=2)
+    xt = data.uniform_cube(20000, key=kt, d=2)
     regions = [
         C.fit_rectangles(x, key=jax.random.key(0), alpha=0.5, eps=eps, n_regions=3, k=10),
         C.fit_balls(x, alpha=0.5, eps=eps, n_regions=3, delta=0.02),
