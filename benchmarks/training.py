@@ -29,6 +29,12 @@ Usage:
   python benchmarks/training.py --quick              # smoke test
 
 Writes ``benchmarks/results/training_<device>.json``.
+
+References:
+  Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial robustness
+  to input data distributions." ICLR 2019, arXiv:1902.08336.
+  Madry, Makelov, Schmidt, Tsipras, Vladu. "Towards deep learning models
+  resistant to adversarial attacks." ICLR 2018, arXiv:1706.06083.
 """
 
 from __future__ import annotations

@@ -25,6 +25,14 @@ interrupted run resumes.
 
 Usage:
   nice -n 5 python benchmarks/training_mnist.py            # writes benchmarks/results/training_mnist.json
+
+References:
+  Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial robustness
+  to input data distributions." ICLR 2019, arXiv:1902.08336.
+  Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural
+  networks generalize and are adversarially robust." arXiv:1808.09540.
+  Madry, Makelov, Schmidt, Tsipras, Vladu. "Towards deep learning models
+  resistant to adversarial attacks." ICLR 2018, arXiv:1706.06083.
 """
 
 from __future__ import annotations
@@ -111,7 +119,7 @@ def main(argv=None):
     key = jax.random.key(0)
 
     def fit(name, n, model=None, **kw):
-        sub = data.random_subset(jax.random.fold_in(key, n), tr, n=n) if n < len(tr) else tr
+        sub = data.random_subset(tr, key=jax.random.fold_in(key, n), n=n) if n < len(tr) else tr
         t0 = time.perf_counter()
         kw.setdefault("norm", "linf")  # the threat model of the history's gradient norms (l1 = dual of linf)
         r = training.train(model or lenet, sub, key=key, batch_size=args.batch_size, learning_rate=args.lr,
