@@ -55,6 +55,8 @@ from _common import require_data_dir  # noqa: E402
 import jax  # noqa: E402
 
 from jaxbound import data, shift, transforms  # noqa: E402
+from jaxbound.attacks import AttackConfig  # noqa: E402
+from jaxbound.training import TrainConfig  # noqa: E402
 from jaxbound._io import atomic_write_json  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results" / "shift_mnist.json"
@@ -113,7 +115,7 @@ def part_icd(train, test, n_train, levels=LEVELS, partial="inter_class_distance_
     out = {"fraction": 0.1, "norm": "l2", "rows": []}
     sub = train
     if n_train and n_train < len(train):
-        sub = data.random_subset(jax.random.key(7), train, n=n_train)
+        sub = data.random_subset(train, key=jax.random.key(7), n=n_train)
     out["train_n"] = len(sub)
     for label, t, lev in levels:
         row = {"variant": label, "paper": TABLE1.get(label)}
@@ -141,7 +143,7 @@ def part_limits(train, test, args):
         train, "identity", sweep_levels(), key=jax.random.key(0), test_data=test, eps=0.3, norm="linf",
         out_dir=args.work / "limits", volume=True, inter_class=False, concentration="rectangles", alpha=0.01,
         n_regions=10, concentration_n=args.conc_n, concentration_repeats=1, pair=(3, 7), pair_n=args.pair_n,
-        pair_eps=3.0, pair_norm="l2", progress=True)
+        pair_attack=AttackConfig(norm="l2", eps=3.0), progress=True)
     for row in res.table:
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if v is not None})
     return {"settings": res.records[0]["settings"], "table": res.table,
@@ -154,17 +156,18 @@ def part_limits(train, test, args):
 def part_train(train, test, args):
     from jaxbound import models
 
-    sub = data.random_subset(jax.random.key(11), train, n=args.train_n) if args.train_n < len(train) else train
+    sub = data.random_subset(train, key=jax.random.key(11), n=args.train_n) if args.train_n < len(train) else train
     model = models.create("lenet5", num_classes=10, widen_factor=args.widen)
     levels = [lv for lv in sweep_levels() if lv[0] in args.train_levels] if args.train_levels else sweep_levels()
-    kw = dict(epochs=args.epochs, batch_size=50, learning_rate=args.lr, attack_steps=args.attack_steps,
-              attack_step_size=args.attack_step_size)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=50, learning_rate=args.lr,
+                      attack=AttackConfig(norm="linf", eps=0.3, steps=args.attack_steps,
+                                          step_size=args.attack_step_size))
     t0 = time.perf_counter()
     res = shift.sensitivity_sweep(
         sub, "identity", levels, key=jax.random.key(1), test_data=test, eps=0.3, norm="linf",
         out_dir=args.work / f"train_n{len(sub)}_e{args.epochs}_w{args.widen}", volume=False, inter_class=False,
-        concentration=None, pair=None, train_models=True, model=model, train_kwargs=kw, eval_n=args.eval_n,
-        eval_steps=40, eval_step_size=0.01, progress=True)
+        concentration=None, pair=None, train_models=True, model=model, train=cfg, eval_n=args.eval_n,
+        steps=40, step_size=0.01, progress=True)
     rows = []
     for row in res.table:
         p = TABLE2.get(row["label"])
@@ -199,7 +202,7 @@ def part_speed(train, dd, n_icd=10000):
     agree = float((ours == ref).mean())
     print(f"canny {len(x)} fashion images: ours {t_ours:.2f}s skimage {t_ref:.2f}s ratio {t_ref / t_ours:.1f}x "
           f"agreement {agree:.6f}")
-    sub = data.random_subset(jax.random.key(3), train, n=n_icd)
+    sub = data.random_subset(train, key=jax.random.key(3), n=n_icd)
     xf = sub.flat().astype(np.float64)
     y = sub.labels
     t0 = time.perf_counter()

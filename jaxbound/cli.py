@@ -557,8 +557,8 @@ def _use_all_cores() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    _use_all_cores()  # before anything imports jax (building the parser imports the configs)
     args = build_parser().parse_args(argv)
-    _use_all_cores()
     try:
         if args.command == "demo":
             rec = run_demo(args)

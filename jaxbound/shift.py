@@ -39,7 +39,6 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from scipy import stats
 
 from jaxbound import _checks, geometry
@@ -162,40 +161,6 @@ def _count_at_least(fraction: float, m: int) -> int:
     return max(1, min(m, int(math.ceil(fraction * m - 1e-9))))
 
 
-@functools.partial(jax.jit, static_argnames="norm")
-def _mean_k_smallest(xq, refs, refs_sq, valid, k, *, norm):
-    """Mean of the ``k`` smallest distances from each query row to ``refs`` (exact selection).
-
-    The ``k``-th smallest value is found by bisection on the float32 bit
-    pattern (monotone for non-negative floats, 31 halvings), so ties and
-    duplicates are handled exactly: ``sum(d < t) + (k - #(d < t)) t``.
-    References with ``valid = False`` (padding, so that every class shares one
-    compiled kernel) count as ``+inf``; ``k`` is traced.
-    """
-    if norm == "l2":
-        d = jnp.sqrt(geometry._l2_sq_gemm(xq, refs, refs_sq))
-    else:
-        d = geometry.block_distances(xq, refs, norm=norm)
-    d = jnp.where(valid[None, :], d.astype(jnp.float32), jnp.inf)
-    bits = lax.bitcast_convert_type(d, jnp.int32)
-    b = d.shape[0]
-    lo = jnp.zeros((b,), jnp.int32)
-    hi = jnp.full((b,), 0x7F800000, jnp.int32)
-
-    def body(_, state):
-        lo, hi = state
-        mid = lo + (hi - lo) // 2
-        ok = jnp.sum(bits <= mid[:, None], axis=1) >= k
-        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
-
-    lo, _ = lax.fori_loop(0, 31, body, (lo, hi))
-    t = lax.bitcast_convert_type(lo, jnp.float32)
-    below = d < t[:, None]
-    s = jnp.sum(jnp.where(below, d, 0.0), axis=1)
-    c = jnp.sum(below, axis=1)
-    return (s + (k - c).astype(jnp.float32) * t) / k.astype(jnp.float32)
-
-
 def _labels_and_points(x, labels, num_classes):
     arr = np.asarray(x)
     if arr.ndim < 2:
@@ -252,34 +217,17 @@ def point_margins(
     norm = _checks.canonical_norm(norm)
     block_size = _checks.check_int(block_size, "block_size", low=1)
     flat, y, K = _labels_and_points(x, labels, num_classes)
-    from tqdm.auto import tqdm
-
     out = np.zeros(flat.shape[0], np.float64)
     counts = np.bincount(y, minlength=K)
     m_max = int(flat.shape[0] - counts.min())
     m_pad = -(-m_max // 256) * 256  # one compiled kernel for every class (and similar data sizes)
     b = int(min(block_size, counts.max()))
-    bar = tqdm(total=flat.shape[0], desc="inter-class margins", disable=not progress, leave=False)
-    try:
-        for c in range(K):
-            q_idx = np.flatnonzero(y == c)
-            r_idx = np.flatnonzero(y != c)
-            k = _count_at_least(fraction, r_idx.size)
-            refs_np = np.zeros((m_pad, flat.shape[1]), np.float32)
-            refs_np[: r_idx.size] = flat[r_idx]
-            refs = jnp.asarray(refs_np)
-            valid = jnp.asarray(np.arange(m_pad) < r_idx.size)
-            refs_sq = jnp.sum(refs * refs, axis=1) if norm == "l2" else jnp.zeros((0,), jnp.float32)
-            for a in range(0, q_idx.size, b):
-                rows = q_idx[a: a + b]
-                pad = b - rows.size
-                xq = jnp.asarray(flat[np.concatenate([rows, np.full(pad, rows[0])]) if pad else rows],
-                                 jnp.float32)
-                vals = np.asarray(_mean_k_smallest(xq, refs, refs_sq, valid, jnp.int32(k), norm=norm))
-                out[rows] = vals[: rows.size]
-                bar.update(rows.size)
-    finally:
-        bar.close()
+    for c in range(K):
+        q_idx = np.flatnonzero(y == c)
+        r_idx = np.flatnonzero(y != c)
+        out[q_idx] = geometry.mean_k_smallest(flat[q_idx], flat[r_idx], k=_count_at_least(fraction, r_idx.size),
+                                              norm=norm, block_size=b, ref_rows=m_pad, progress=progress,
+                                              desc=f"inter-class margins, class {c}/{K}")
     return out
 
 
@@ -611,109 +559,8 @@ def _level_value(lev):
     return None if lev is None else str(lev)
 
 
-def sensitivity_sweep(
-    dataset: Any,
-    transform: Any,
-    levels: Sequence[Any],
-    *,
-    key: Any,
-    test_data: Any = None,
-    eps: float = 0.3,
-    norm: Any = "linf",
-    out_dir: Any = None,
-    volume: bool = True,
-    inter_class: bool = True,
-    inter_class_n: int | None = None,
-    concentration: str | None = "rectangles",
-    alpha: float = 0.01,
-    n_regions: int = 10,
-    concentration_n: int | None = None,
-    concentration_repeats: int = 1,
-    pair: tuple[int, int] | None = (3, 7),
-    pair_n: int | None = 1000,
-    pair_eps: float | None = None,
-    pair_norm: Any = None,
-    train_models: bool = False,
-    model: Any = "lenet5",
-    train_kwargs: dict | None = None,
-    eval_n: int | None = 1000,
-    eval_steps: int = 40,
-    eval_step_size: float | None = 0.01,
-    figures: bool = True,
-    progress: bool = True,
-) -> SweepResult:
-    """Limits, diagnostics and trained-model robustness at every level of a distribution shift.
-
-    For each level the training set (and the test set) is transformed, then:
-
-    * ``perturbable_volume``: :func:`perturbable_volume` at ``eps`` on the test
-      set (the training set without one), App. D.1 / Table 6;
-    * ``inter_class_distance``: :func:`inter_class_distance` (``l2``) on the
-      training set or a random subset of ``inter_class_n`` points;
-    * ``concentration``: the intrinsic-robustness estimate of Mahloujifar et
-      al.: ``"rectangles"`` (``l_inf``, :func:`jaxbound.concentration.run_rectangles`),
-      ``"balls"`` (``l2``) or ``"halfspace"`` under the honest protocol
-      (fit on ``concentration_n`` training points, select ``q`` on half of
-      the test set, report the other half) at risk ``alpha`` and budget ``eps``;
-      the lower bound on the adversarial risk of any classifier with risk
-      ``>= alpha`` is ``concentration_adv_risk``;
-    * ``pair``: for classes ``pair = (a, b)`` (first ``pair_n`` of each in file
-      order, Bhagoji et al.'s protocol) the optimal adversarial 0-1 loss
-      (:func:`jaxbound.bounds.min_zero_one_loss`) and cross-entropy
-      (:func:`jaxbound.bounds.optprob`, natural log) at ``pair_eps``/``pair_norm``
-      (default ``eps``/``norm``);
-    * with ``train_models``: a standard and a PGD-trained ``model``
-      (:func:`jaxbound.training.train`, ``train_kwargs`` passed on; PGD at
-      ``eps``/``norm``) evaluated on ``eval_n`` test points with
-      :func:`jaxbound.metrics.evaluate_robustness` (PGD ``eval_steps`` steps
-      of ``eval_step_size``): clean accuracy of both, robust accuracy and
-      robustness w.r.t. predictions of the PGD model (Ding et al. §3.2). The
-      per-epoch training history is evaluated on the first 256 of those
-      points unless ``train_kwargs`` gives ``eval_data``.
-
-    Resuming: with ``out_dir`` every level has a record
-    ``out_dir/levels/<label>.json`` written atomically after each quantity,
-    keyed by a fingerprint of the data, the level and the settings; a rerun
-    skips every quantity already recorded (a record whose fingerprint differs
-    is recomputed). The table is written to ``out_dir/table.json`` and one PNG
-    per quantity to ``out_dir/figures/``.
-
-    Args:
-      dataset: training data, a :class:`jaxbound.data.Dataset` or ``(x [n, H, W, C], y [n])``.
-      transform: a name of :data:`jaxbound.transforms.TRANSFORMS` or a callable ``f(x, level)``.
-      levels: the levels; an entry may also be ``None`` (the original data),
-        ``(transform, level)`` or ``(label, transform, level)``, so that one
-        sweep can hold e.g. ``[("binarize", None), None, 2, 3, 4, 5]`` with
-        ``transform="smooth"`` (Ding et al.'s MNIST variants).
-      key: ``jax.random`` key (subsets, concentration, training, attacks); each
-        level uses ``fold_in(key, crc32(label))``.
-      test_data: optional test data (same forms as ``dataset``).
-      eps: robustness budget (paper on MNIST: 0.3, ``l_inf``).
-      norm: budget norm.
-      out_dir: folder for records, table and figures (``None``: nothing written,
-        nothing resumable).
-      volume, inter_class: compute those diagnostics.
-      inter_class_n: subset size for the inter-class distance (``None``: all).
-      concentration: ``"rectangles" | "balls" | "halfspace" | None``.
-      alpha: risk threshold of the concentration estimate.
-      n_regions: ``T`` of the concentration estimate.
-      concentration_n: training points fitted (``None``: all).
-      concentration_repeats: repeats of the rectangle fit.
-      pair: class pair for the optimal-loss bounds, or ``None``.
-      pair_n: points per class (``None``: all).
-      pair_eps, pair_norm: budget of the pair bounds (default ``eps``, ``norm``).
-      train_models: train and evaluate models (needs :mod:`jaxbound.training` and test data).
-      model: model name or flax module for :func:`jaxbound.training.train`.
-      train_kwargs: extra keyword arguments of ``train`` (epochs, batch_size, ...).
-      eval_n: test points attacked (``None``: all).
-      eval_steps, eval_step_size: PGD evaluation settings.
-      figures: draw the figures (needs ``out_dir``).
-      progress: progress bars.
-
-    Returns:
-      :class:`SweepResult`.
-    """
-    key = _checks.check_key(key)
+def _sweep_data(dataset, test_data):
+    """Validated ``(x_tr, y_tr, x_te, y_te, name)``; the test arrays are ``None`` without test data."""
     x_tr, y_tr, ds_name = _as_xy(dataset, "dataset")
     _checks.check_images(x_tr, "dataset", bounds=(0.0, 1.0))
     _checks.check_labels(y_tr, "dataset", n=x_tr.shape[0])
@@ -724,15 +571,22 @@ def sensitivity_sweep(
         _checks.check_labels(y_te, "test_data", n=x_te.shape[0])
         if x_te.shape[1:] != x_tr.shape[1:]:
             raise ValueError(f"test_data: image shape {x_te.shape[1:]} differs from dataset's {x_tr.shape[1:]}")
-    eps = _checks.check_scalar(eps, "eps", low=0.0, low_inclusive=False)
-    norm = _checks.canonical_norm(norm)
+    return x_tr, y_tr, x_te, y_te, ds_name
+
+
+def _sweep_settings(attack, has_test, *, volume, inter_class, inter_class_n, concentration, alpha, n_regions,
+                    concentration_n, concentration_repeats, pair, pair_n, pair_attack, train_models, model, train,
+                    eval_n) -> dict:
+    """Checked settings of :func:`sensitivity_sweep` (errors name the argument), as one JSON-ready dict."""
+    eps = _checks.check_scalar(attack.eps, "eps", low=0.0, low_inclusive=False)
+    norm = attack.norm
     if concentration not in (None, "rectangles", "balls", "halfspace"):
         raise ValueError(f"concentration: must be 'rectangles', 'balls', 'halfspace' or None, got {concentration!r}")
     if concentration == "rectangles" and norm != "linf":
         raise ValueError("concentration: 'rectangles' is the l_inf method; use norm='linf' or another method")
     if concentration == "balls" and norm != "l2":
         raise ValueError("concentration: 'balls' is the l2 method; use norm='l2' or another method")
-    if concentration is not None and x_te is None:
+    if concentration is not None and not has_test:
         raise ValueError("test_data: the concentration estimate needs held-out test data")
     if concentration is not None:
         alpha = _checks.check_probability(alpha, "alpha")
@@ -744,78 +598,229 @@ def sensitivity_sweep(
         pair = (_checks.check_int(pair[0], "pair"), _checks.check_int(pair[1], "pair"))
         if pair[0] == pair[1]:
             raise ValueError("pair: the two classes must differ")
-    p_eps = eps if pair_eps is None else _checks.check_scalar(pair_eps, "pair_eps", low=0.0)
-    p_norm = norm if pair_norm is None else _checks.canonical_norm(pair_norm)
-    if train_models and x_te is None:
+    if pair_attack is not None and not hasattr(pair_attack, "norm"):
+        raise ValueError(f"pair_attack: expected a jaxbound.attacks.AttackConfig, got {pair_attack!r}")
+    p_eps = eps if pair_attack is None else _checks.check_scalar(pair_attack.eps, "pair_attack", low=0.0)
+    p_norm = norm if pair_attack is None else pair_attack.norm
+    if train_models and not has_test:
         raise ValueError("test_data: training models needs test data to evaluate on")
+    if train is not None and not isinstance(train, _training().TrainConfig):
+        raise ValueError(f"train: expected a jaxbound.training.TrainConfig, got {type(train).__name__}")
     for nm, v in (("inter_class_n", inter_class_n), ("concentration_n", concentration_n), ("pair_n", pair_n),
                   ("eval_n", eval_n)):
         if v is not None:
             _checks.check_int(v, nm, low=1)
-    train_kwargs = dict(train_kwargs or {})
-    specs = _level_specs(transform, levels)
-    out = None if out_dir is None else Path(out_dir)
-
-    settings = dict(
+    return dict(
         eps=eps, norm=str(norm), volume=bool(volume), inter_class=bool(inter_class), inter_class_n=inter_class_n,
         concentration=concentration, alpha=alpha, n_regions=n_regions, concentration_n=concentration_n,
         concentration_repeats=concentration_repeats, pair=pair, pair_n=pair_n, pair_eps=p_eps,
-        pair_norm=str(p_norm), train_models=bool(train_models), model=str(model),
-        train_kwargs={k: repr(v) for k, v in sorted(train_kwargs.items())}, eval_n=eval_n,
-        eval_steps=eval_steps, eval_step_size=eval_step_size,
+        pair_norm=str(p_norm), train_models=bool(train_models), model=str(model), attack=attack.to_dict(),
+        train=None if train is None else train.to_dict(), eval_n=eval_n,
     )
+
+
+def _training():
+    from jaxbound import training
+
+    return training
+
+
+class _LevelRecord:
+    """The resumable record of one level: ``out_dir/levels/<label>.json``, rewritten atomically after every quantity.
+
+    A record whose fingerprint differs from the level's (other data, level or
+    settings) is started afresh; quantities already in the record are skipped.
+    """
+
+    def __init__(self, path, fp, fresh: dict):
+        self.path = path
+        rec = _load_record(path, fp)
+        self.rec = dict(fresh) if rec is None else rec
+
+    def step(self, name, fn):
+        q = self.rec["quantities"]
+        if name in q:
+            return
+        t0 = time.perf_counter()
+        q[name] = to_jsonable(fn())
+        self.rec["seconds"][name] = time.perf_counter() - t0
+        self.save()
+
+    def save(self):
+        if self.path is not None:
+            atomic_write_json(self.path, self.rec)
+
+
+def _run_level(lvl: _LevelRecord, lkey, data, y_tr, y_te, st: dict, attack, train, model, progress):
+    """Every quantity of one level (skipping those already recorded)."""
+    has_test = y_te is not None
+    eps = st["eps"]
+    if st["volume"]:
+        lvl.step("perturbable_volume", lambda: perturbable_volume(data()[1] if has_test else data()[0], eps=eps))
+    if st["inter_class"]:
+        lvl.step("inter_class_distance", lambda: _icd_step(jax.random.fold_in(lkey, 1), data()[0], y_tr,
+                                                           st["inter_class_n"], progress))
+    if st["concentration"] is not None:
+        lvl.step("concentration", lambda: _concentration_step(
+            jax.random.fold_in(lkey, 2), data(), st["concentration"], eps=eps, norm=attack.norm, alpha=st["alpha"],
+            T=st["n_regions"], n_fit=st["concentration_n"], repeats=st["concentration_repeats"],
+            name=lvl.rec["label"]))
+    if st["pair"] is not None:
+        lvl.step("pair", lambda: _pair_step(data()[0], y_tr, st["pair"], st["pair_n"], st["pair_eps"],
+                                            st["pair_norm"], progress))
+    if st["train_models"]:
+        lvl.step("models", lambda: _models_step(jax.random.fold_in(lkey, 3), data(), y_tr, y_te, model=model,
+                                                attack=attack, train=train, eval_n=st["eval_n"], progress=progress))
+    lvl.rec["complete"] = True
+    lvl.save()
+    return lvl.rec
+
+
+def sensitivity_sweep(
+    dataset: Any,
+    transform: Any,
+    levels: Sequence[Any],
+    attack: Any = None,
+    *,
+    key: Any,
+    test_data: Any = None,
+    out_dir: Any = None,
+    volume: bool = True,
+    inter_class: bool = True,
+    inter_class_n: int | None = None,
+    concentration: str | None = "rectangles",
+    alpha: float = 0.01,
+    n_regions: int = 10,
+    concentration_n: int | None = None,
+    concentration_repeats: int = 1,
+    pair: tuple[int, int] | None = (3, 7),
+    pair_n: int | None = 1000,
+    pair_attack: Any = None,
+    train_models: bool = False,
+    model: Any = "lenet5",
+    train: Any = None,
+    eval_n: int | None = 1000,
+    figures: bool = True,
+    progress: bool = True,
+    **settings: Any,
+) -> SweepResult:
+    """Limits, diagnostics and trained-model robustness at every level of a distribution shift.
+
+    For each level the training set (and the test set) is transformed, then:
+
+    * ``perturbable_volume``: :func:`perturbable_volume` at ``eps`` on the test
+      set (the training set without one), App. D.1 / Table 6;
+    * ``inter_class_distance``: :func:`inter_class_distance` (``l2``) on the
+      training set or a random subset of ``inter_class_n`` points;
+    * ``concentration``: the intrinsic-robustness estimate of Mahloujifar et
+      al. (:func:`jaxbound.concentration.estimate`): ``"rectangles"``
+      (``l_inf``), ``"balls"`` (``l2``) or ``"halfspace"`` under the honest
+      protocol (fit on ``concentration_n`` training points, select ``q`` on
+      half of the test set, report the other half) at risk ``alpha`` and
+      budget ``eps``; ``concentration_adv_risk`` estimates the lowest
+      adversarial risk of any classifier with risk ``>= alpha``;
+    * ``pair``: for classes ``pair = (a, b)`` (first ``pair_n`` of each in file
+      order, Bhagoji et al.'s protocol) the optimal adversarial 0-1 loss and
+      cross-entropy (natural log) under ``pair_attack``'s budget and norm
+      (default: the sweep's threat model; :func:`jaxbound.bounds.pair_bounds`);
+    * with ``train_models``: a standard and a PGD-trained ``model``
+      (:func:`jaxbound.training.train` with ``train``; PGD training at the
+      threat model's ``eps`` and norm, with the steps of ``train.attack``
+      when given) evaluated on ``eval_n`` test points with
+      :func:`jaxbound.metrics.evaluate_robustness` under ``attack``: clean
+      accuracy of both, robust accuracy and robustness w.r.t. predictions of
+      the PGD model (Ding et al. §3.2). The per-epoch training history is
+      evaluated on the first 256 of those points.
+
+    Resuming: with ``out_dir`` every level has a record
+    ``out_dir/levels/<label>.json`` written atomically after each quantity,
+    keyed by a fingerprint of the data, the key, the level and the settings; a
+    rerun skips every quantity already recorded (a record whose fingerprint
+    differs is recomputed). The table is written to ``out_dir/table.json`` and
+    one PNG per quantity to ``out_dir/figures/``.
+
+    Args:
+      dataset: training data, a :class:`jaxbound.data.Dataset` or ``(x [n, H, W, C], y [n])``.
+      transform: a name of :data:`jaxbound.transforms.TRANSFORMS` or a callable ``f(x, level)``.
+      levels: the levels; an entry may also be ``None`` (the original data),
+        ``(transform, level)`` or ``(label, transform, level)``, so that one
+        sweep can hold e.g. ``[("binarize", None), None, 2, 3, 4, 5]`` with
+        ``transform="smooth"`` (Ding et al.'s MNIST variants).
+      attack: the threat model and the evaluation attack
+        (:class:`jaxbound.attacks.AttackConfig` with one budget ``eps > 0``;
+        Ding et al. on MNIST: ``norm="linf", eps=0.3, steps=40,
+        step_size=0.01``); ``norm`` and ``eps`` are required, here or in
+        ``settings``.
+      key: ``jax.random`` key (subsets, concentration, training, attacks); each
+        level uses ``fold_in(key, crc32(label))``.
+      test_data: optional test data (same forms as ``dataset``).
+      out_dir: folder for records, table and figures (``None``: nothing written,
+        nothing resumable).
+      volume, inter_class: compute those diagnostics.
+      inter_class_n: subset size for the inter-class distance (``None``: all).
+      concentration: ``"rectangles" | "balls" | "halfspace" | None``.
+      alpha: risk threshold of the concentration estimate.
+      n_regions: ``T`` of the concentration estimate.
+      concentration_n: training points fitted (``None``: all).
+      concentration_repeats: repeats of the rectangle fit.
+      pair: class pair for the optimal-loss bounds, or ``None``.
+      pair_n: points per class (``None``: all).
+      pair_attack: the threat model (``norm``, ``eps``) of the pair bounds,
+        an :class:`jaxbound.attacks.AttackConfig` (default ``attack``; e.g.
+        Bhagoji et al.'s ``AttackConfig(norm="l2", eps=3.0)`` on MNIST).
+      train_models: train and evaluate models (needs test data).
+      model: model name or flax module for :func:`jaxbound.training.train`.
+      train: :class:`jaxbound.training.TrainConfig` of both models (default
+        ``TrainConfig()``); the sweep sets ``recipe`` and the attack budget.
+      eval_n: test points attacked (``None``: all).
+      figures: draw the figures (needs ``out_dir``).
+      progress: progress bars.
+      **settings: :class:`jaxbound.attacks.AttackConfig` fields overriding
+        ``attack`` (``eps=0.3, norm="linf"``, ...).
+
+    Returns:
+      :class:`SweepResult`.
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336.
+      Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring
+      concentration: fundamental limits on intrinsic robustness." NeurIPS
+      2019, arXiv:1905.12202.
+      Bhagoji, Cullina, Sehwag, Mittal. "Lower bounds on cross-entropy loss in
+      the presence of test-time adversaries." ICML 2021, arXiv:2104.08382.
+    """
+    from jaxbound import attacks
+
+    key = _checks.check_key(key)
+    x_tr, y_tr, x_te, y_te, ds_name = _sweep_data(dataset, test_data)
+    attack = attacks.attack_config(attack, **settings)
+    st = _sweep_settings(attack, x_te is not None, volume=volume, inter_class=inter_class,
+                         inter_class_n=inter_class_n, concentration=concentration, alpha=alpha, n_regions=n_regions,
+                         concentration_n=concentration_n, concentration_repeats=concentration_repeats, pair=pair,
+                         pair_n=pair_n, pair_attack=pair_attack, train_models=train_models, model=model, train=train,
+                         eval_n=eval_n)
+    specs = _level_specs(transform, levels)
+    out = None if out_dir is None else Path(out_dir)
     data_fp = fingerprint(x_tr, y_tr, x_te, y_te)
     key_fp = fingerprint(np.asarray(jax.random.key_data(key)))
     records = []
     for label, t, lev in specs:
         lkey = jax.random.fold_in(key, zlib.crc32(label.encode()) & 0x7FFFFFFF)
         tdesc = t if isinstance(t, str) else getattr(t, "__qualname__", repr(t))
-        fp = fingerprint(data_fp, key_fp, label, tdesc, repr(lev), sorted(settings.items(), key=lambda kv: kv[0]))
-        path = None if out is None else out / "levels" / f"{_slug(label)}.json"
-        rec = _load_record(path, fp)
-        if rec is None:
-            rec = {"label": label, "transform": tdesc, "level": _level_value(lev), "fingerprint": fp,
-                   "dataset": ds_name, "settings": to_jsonable(settings), "quantities": {}, "seconds": {}}
-        q = rec["quantities"]
+        fp = fingerprint(data_fp, key_fp, label, tdesc, repr(lev), sorted(st.items(), key=lambda kv: kv[0]))
+        lvl = _LevelRecord(None if out is None else out / "levels" / f"{_slug(label)}.json", fp, {
+            "label": label, "transform": tdesc, "level": _level_value(lev), "fingerprint": fp, "dataset": ds_name,
+            "settings": to_jsonable(st), "quantities": {}, "seconds": {}})
         cache: dict = {}
 
-        def data():
+        def data(t=t, lev=lev, cache=cache):
             if "xt" not in cache:
                 cache["xt"] = _run_transform(t, x_tr, lev)
                 cache["xe"] = None if x_te is None else _run_transform(t, x_te, lev)
             return cache["xt"], cache["xe"]
 
-        def step(name, fn):
-            if name in q:
-                return
-            t0 = time.perf_counter()
-            q[name] = to_jsonable(fn())
-            rec["seconds"][name] = time.perf_counter() - t0
-            if path is not None:
-                atomic_write_json(path, rec)
-
-        if volume:
-            step("perturbable_volume", lambda: perturbable_volume(
-                data()[1] if x_te is not None else data()[0], eps=eps))
-        if inter_class:
-            step("inter_class_distance", lambda: _icd_step(jax.random.fold_in(lkey, 1), data()[0], y_tr,
-                                                           inter_class_n, progress))
-        if concentration is not None:
-            step("concentration", lambda: _concentration_step(
-                jax.random.fold_in(lkey, 2), data(), concentration, eps=eps, norm=norm, alpha=alpha, T=n_regions,
-                n_fit=concentration_n, repeats=concentration_repeats, name=label))
-        if pair is not None:
-            step("pair", lambda: _pair_step(data()[0], y_tr, pair, pair_n, p_eps, p_norm, progress))
-        if train_models:
-            step("models", lambda: _models_step(jax.random.fold_in(lkey, 3), data(), y_tr, y_te, model=model,
-                                                eps=eps, norm=norm, train_kwargs=train_kwargs, eval_n=eval_n,
-                                                eval_steps=eval_steps, eval_step_size=eval_step_size,
-                                                progress=progress))
-        rec["complete"] = True
-        if path is not None:
-            atomic_write_json(path, rec)
-        records.append(rec)
-
+        records.append(_run_level(lvl, lkey, data, y_tr, y_te, st, attack, train, model, progress))
     table = [_row(r) for r in records]
     figs: list = []
     if out is not None:
@@ -859,17 +864,12 @@ def _concentration_step(key, xs, method, *, eps, norm, alpha, T, n_fit, repeats,
     if n_fit is not None and n_fit < ftr.shape[0]:
         idx = np.sort(np.asarray(jax.random.permutation(k1, ftr.shape[0])[:n_fit]))
         ftr = ftr[idx]
-    splits = C.make_splits(k2, ftr, fte, protocol="honest")
-    if method == "rectangles":
-        recs, _ = C.run_rectangles(k3, splits, alpha=alpha, eps=eps, n_regions=T, n_repeats=repeats, dataset=name)
-    elif method == "balls":
-        recs, _ = C.run_balls(splits, alpha=alpha, eps=eps, n_regions=T, dataset=name)
-    else:
-        recs, _ = C.run_halfspace(splits, alpha=alpha, eps=eps, norm=norm, dataset=name)
-    rep = next(r for r in recs if r.split == "report")
+    est = C.estimate(ftr, fte, norm=norm, eps=eps, alpha=alpha, n_regions=T, key=k2, method=method,
+                     protocol="honest", n_repeats=repeats, fit_key=k3, dataset=name)
+    rep = est.report
     return {"method": method, "risk": rep.risk, "adv_risk": rep.adv_risk, "adv_risk_ci": rep.adv_risk_ci,
             "risk_ci": rep.risk_ci, "n_fit": int(ftr.shape[0]), "n_report": rep.n, "T": rep.T, "q": rep.q,
-            "records": [r.to_dict() for r in recs]}
+            "records": [r.to_dict() for r in est.records]}
 
 
 def _pair_step(x, y, pair, n, eps, norm, progress):
@@ -881,16 +881,13 @@ def _pair_step(x, y, pair, n, eps, norm, progress):
         raise ValueError(f"pair: class {a if ia.size == 0 else b} has no training points")
     if n is not None:
         ia, ib = ia[:n], ib[:n]
-    g = B.conflict_graph(x[ia], x[ib], eps=eps, norm=norm, progress=progress)
-    zo = B.min_zero_one_loss(g)
-    ce = B.optprob(g)
+    r = B.pair_bounds(x[ia], x[ib], eps=eps, norm=norm, verify=False, progress=progress)
     return {"classes": [int(a), int(b)], "n_per_class": [int(ia.size), int(ib.size)], "eps": float(eps),
-            "norm": str(norm), "num_edges": g.num_edges, "zero_one_loss": zo.loss, "cross_entropy": ce.loss}
+            "norm": str(norm), "num_edges": r.num_edges, "zero_one_loss": r.zero_one, "cross_entropy": r.cross_entropy}
 
 
-def _models_step(key, xs, y_tr, y_te, *, model, eps, norm, train_kwargs, eval_n, eval_steps, eval_step_size,
-                 progress):
-    from jaxbound import metrics, training
+def _models_step(key, xs, y_tr, y_te, *, model, attack, train, eval_n, progress):
+    from jaxbound import attacks, metrics, training
 
     x_tr, x_te = xs
     if eval_n is not None and eval_n < x_te.shape[0]:
@@ -898,24 +895,23 @@ def _models_step(key, xs, y_tr, y_te, *, model, eps, norm, train_kwargs, eval_n,
     else:
         x_ev, y_ev = x_te, y_te
     k_std, k_pgd, k_ev1, k_ev2 = jax.random.split(key, 4)
-    kw = dict(train_kwargs)
-    kw.setdefault("progress", progress)
+    base = training.TrainConfig() if train is None else train
     # the per-epoch history is evaluated on (at most 256 of) the attacked test points, not on the whole
     # training set (training.train's default without eval_data)
-    kw.setdefault("eval_data", (x_ev[:256], y_ev[:256]))
-    out = {"eval_n": int(x_ev.shape[0]), "train_kwargs": {k: repr(v) for k, v in sorted(train_kwargs.items())}}
+    kw = dict(eval_data=(x_ev[:256], y_ev[:256]), progress=progress)
+    out = {"eval_n": int(x_ev.shape[0]), "train": base.to_dict()}
     t0 = time.perf_counter()
-    std = training.train(k_std, model, (x_tr, y_tr), recipe="standard", **kw)
+    std = training.train(model, (x_tr, y_tr), base.replace(recipe="standard", attack=None, eval_attack=None),
+                         key=k_std, **kw)
     out["standard_seconds"] = time.perf_counter() - t0
     f_std = std.logits_fn()
     out["standard_clean_accuracy"] = metrics.accuracy(f_std, x_ev, y_ev)
-    pgd_kw = dict(kw)
-    pgd_kw.setdefault("norm", norm)
+    threat = dict(norm=attack.norm, eps=float(attack.eps))
+    train_attack = attacks.AttackConfig(**threat) if base.attack is None else base.attack.replace(**threat)
     t0 = time.perf_counter()
-    adv = training.train(k_pgd, model, (x_tr, y_tr), recipe="pgd", eps=eps, **pgd_kw)
+    adv = training.train(model, (x_tr, y_tr), base.replace(recipe="pgd", attack=train_attack), key=k_pgd, **kw)
     out["pgd_seconds"] = time.perf_counter() - t0
-    rep = metrics.evaluate_robustness(adv.logits_fn(), x_ev, y_ev, key=k_ev2, eps=eps, norm=norm, steps=eval_steps,
-                                      step_size=eval_step_size, progress=progress)
+    rep = metrics.evaluate_robustness(adv.logits_fn(), x_ev, y_ev, attack, key=k_ev2, progress=progress)
     out["pgd_clean_accuracy"] = rep.clean_accuracy
     out["pgd_robust_accuracy"] = rep.robust_accuracy
     out["pgd_robustness_wrt_predictions"] = rep.robustness_wrt_predictions

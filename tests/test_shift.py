@@ -206,7 +206,7 @@ def test_ball_bound_closed_form_and_monte_carlo():
     assert b.simple == pytest.approx(1 - 2 * math.exp(-2 * d * (2 - math.sqrt(3)) / 3 * eps**2))
     assert b.simple <= b.bound
     # B = half ball {x_1 <= 0}: inside the ball, B_eps = {x_1 < eps}
-    x = data.uniform_ball(jax.random.key(0), 100_000, d=d).astype(np.float64)
+    x = data.uniform_ball(100_000, key=jax.random.key(0), d=d).astype(np.float64)
     mc = np.mean(x[:, 0] < eps)
     assert mc >= b.bound
     with pytest.raises(ValueError, match="^eps:"):
@@ -261,7 +261,7 @@ _LEVELS = [("binarize", None), None, 2, 3]
 
 def _sweep(digits_split, out_dir, **kw):
     tr, te = digits_split
-    opts = dict(key=jax.random.key(0), test_data=te, eps=0.3, out_dir=out_dir, pair=(3, 7), pair_n=40,
+    opts = dict(key=jax.random.key(0), test_data=te, eps=0.3, norm="linf", out_dir=out_dir, pair=(3, 7), pair_n=40,
                 concentration="rectangles", n_regions=3, alpha=0.05, concentration_n=600, progress=False)
     opts.update(kw)
     return S.sensitivity_sweep(tr, "smooth", _LEVELS, **opts)
@@ -343,8 +343,8 @@ def test_sweep_recomputes_when_settings_change(digits_split, tmp_path):
 def test_sweep_without_out_dir_and_custom_transform(digits_split):
     tr, te = digits_split
     small = (tr.images[:200], tr.labels[:200])
-    res = S.sensitivity_sweep(small, lambda x, a: T.scale(x, a), [1.0, 0.5], key=jax.random.key(1),
-                              concentration=None, pair=None, progress=False)
+    res = S.sensitivity_sweep(small, lambda x, a: T.scale(x, a), [1.0, 0.5], key=jax.random.key(1), eps=0.3,
+                              norm="linf", concentration=None, pair=None, progress=False)
     assert res.out_dir is None and res.figures == []
     assert res.table[1]["inter_class_distance"] == pytest.approx(0.5 * res.table[0]["inter_class_distance"],
                                                                  rel=1e-5)
@@ -367,7 +367,8 @@ def test_sweep_without_out_dir_and_custom_transform(digits_split):
 )
 def test_sweep_bad_arguments(digits_split, kw, arg):
     tr, te = digits_split
-    opts = dict(transform="smooth", levels=[2], key=jax.random.key(0), test_data=te, concentration="rectangles",
+    opts = dict(transform="smooth", levels=[2], key=jax.random.key(0), test_data=te, eps=0.3, norm="linf",
+                concentration="rectangles",
                 pair=(3, 7), pair_n=10, inter_class=False, progress=False)
     opts.update(kw)
     transform, levels = opts.pop("transform"), opts.pop("levels")
@@ -378,12 +379,16 @@ def test_sweep_bad_arguments(digits_split, kw, arg):
 @pytest.mark.slow
 def test_sweep_with_training(digits_split, tmp_path):
     pytest.importorskip("jaxbound.training")
+    from jaxbound.attacks import AttackConfig
+    from jaxbound.training import TrainConfig
+
     tr, te = digits_split
     res = S.sensitivity_sweep(
         (tr.images[:256], tr.labels[:256]), "smooth", [None, 2], key=jax.random.key(2), test_data=te,
-        eps=0.1, out_dir=tmp_path, volume=False, inter_class=False, concentration=None, pair=None,
-        train_models=True, model="mlp", train_kwargs=dict(epochs=2, batch_size=64, attack_steps=3),
-        eval_n=64, eval_steps=5, eval_step_size=0.05, progress=False)
+        eps=0.1, norm="linf", out_dir=tmp_path, volume=False, inter_class=False, concentration=None, pair=None,
+        train_models=True, model="mlp",
+        train=TrainConfig(epochs=2, batch_size=64, attack=AttackConfig(norm="linf", eps=0.1, steps=3)),
+        eval_n=64, steps=5, step_size=0.05, progress=False)
     for row in res.table:
         for col in ("standard_clean_accuracy", "pgd_clean_accuracy", "pgd_robust_accuracy",
                     "pgd_robustness_wrt_predictions"):
