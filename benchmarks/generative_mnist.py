@@ -129,8 +129,9 @@ def main():
     mnist = data.load("mnist", split="train", data_dir=ddir)
     mnist_test = data.load("mnist", split="test", data_dir=ddir)
     t0 = time.perf_counter()
-    gan_res = generative.train_acgan(jax.random.key(0), mnist, epochs=25, batch_size=64, max_steps=args.gan_steps,
-                                     checkpoint_dir=args.gan_checkpoint, checkpoint_every=50, progress=True)
+    gan_res = generative.train_acgan(mnist, key=jax.random.key(0), epochs=25, batch_size=64,
+                                     max_steps=args.gan_steps, checkpoint_dir=args.gan_checkpoint,
+                                     checkpoint_every=50, progress=True)
     gan = gan_res.gan
     info = generative.checkpoint_info(args.gan_checkpoint) or {}
     record["acgan"] = {"steps": gan_res.steps, "epochs_equivalent": gan_res.steps / gan_res.config["steps_per_epoch"],
@@ -154,7 +155,7 @@ def main():
         ("authors_r0.5", gan.raw, 0.5, "orthant", 0),
     ]:
         def run(g=g, r=r, directions=directions, gsteps=gsteps):
-            res = generative.local_lipschitz(jax.random.key(11), g, classes, r=r, latent_dim=gan.latent_dim,
+            res = generative.local_lipschitz(g, classes, key=jax.random.key(11), r=r, latent_dim=gan.latent_dim,
                                              directions=directions, grad_steps=gsteps, **lip_kw)
             return res.to_dict(per_latent=True)
 
@@ -209,12 +210,12 @@ def main():
                      for e, v in bounds[conv].items()})
 
     # 4. Generated datasets and classifiers ---------------------------------------------
-    gen_train = generative.sample_dataset(jax.random.key(1), gan, n=args.n_train, p=p, progress=True)
-    gen_test = generative.sample_dataset(jax.random.key(2), gan, n=args.n_test, p=p, progress=True)
+    gen_train = generative.sample_dataset(gan, key=jax.random.key(1), n=args.n_train, p=p, progress=True)
+    gen_test = generative.sample_dataset(gan, key=jax.random.key(2), n=args.n_test, p=p, progress=True)
     record["generated"] = {"train": gen_train.to_dict(), "test": gen_test.to_dict()}
     # Sample quality: a classifier trained on real MNIST reads the generated test images; the fraction it
     # labels as their conditioning class measures how well the ACGAN follows its labels.
-    real_clf = training.train(jax.random.key(6), args.clf_model, mnist, recipe="standard", epochs=2, batch_size=128,
+    real_clf = training.train(args.clf_model, mnist, key=jax.random.key(6), recipe="standard", epochs=2, batch_size=128,
                               optimizer="adam", learning_rate=1e-3, progress=False).logits_fn()
     record["generated"]["real_mnist_classifier"] = {
         "model": args.clf_model, "epochs": 2,
@@ -235,7 +236,7 @@ def main():
                               attack_step_size=min(0.5, 0.25 * e), eps_warmup=args.eps_warmup)))
     for name, cfg in cfgs:
         t0 = time.perf_counter()
-        res = training.train(jax.random.key(3), args.clf_model, tr_ds, batch_size=128, optimizer="adam",
+        res = training.train(args.clf_model, tr_ds, key=jax.random.key(3), batch_size=128, optimizer="adam",
                              learning_rate=1e-3, checkpoint_dir=str(work / f"clf_{args.clf_model}_{name}_{args.n_train}"),
                              progress=True, **cfg)
         models[name] = (res, time.perf_counter() - t0)
@@ -265,7 +266,7 @@ def main():
                    "clean_accuracy_real_mnist": float(np.mean(np.asarray(attacks.predict(f, real_x)) == real_y)),
                    "unconstrained_robust_accuracy": unconstrained(x_ev, y_ev)}
             t0 = time.perf_counter()
-            ind = generative.in_distribution_attack(jax.random.key(5), f, gan, x_in, y_in, eps=np.array(EPS),
+            ind = generative.in_distribution_attack(f, gan, x_in, y_in, key=jax.random.key(5), eps=np.array(EPS),
                                                     z_init=z_in, search_steps=4, steps=100, learning_rate=0.01,
                                                     batch_size=args.n_indist, progress=True)
             out["in_distribution"] = ind.to_dict()
@@ -300,7 +301,8 @@ def main():
         def inverted(f=f):
             t0 = time.perf_counter()
             m = min(args.n_inversion, args.n_indist)
-            ind = generative.in_distribution_attack(jax.random.key(7), f, gan, x_in[:m], y_in[:m], eps=np.array(EPS),
+            ind = generative.in_distribution_attack(f, gan, x_in[:m], y_in[:m], key=jax.random.key(7),
+                                                    eps=np.array(EPS),
                                                     init_restarts=3, init_steps=1000, search_steps=4, steps=100,
                                                     learning_rate=0.01, batch_size=m, progress=True)
             return {"model": name, **ind.to_dict(), "seconds": time.perf_counter() - t0}
@@ -336,9 +338,9 @@ def main():
     t0 = time.perf_counter()
     base = loop_baseline(jax.random.key(12))
     t_loop = time.perf_counter() - t0
-    generative.local_lipschitz(jax.random.key(13), gan, [0], **sp_kw)  # compile
+    generative.local_lipschitz(gan, [0], key=jax.random.key(13), **sp_kw)  # compile
     t0 = time.perf_counter()
-    ours = generative.local_lipschitz(jax.random.key(12), gan, [0], **sp_kw)
+    ours = generative.local_lipschitz(gan, [0], key=jax.random.key(12), **sp_kw)
     t_ours = time.perf_counter() - t0
     record["lipschitz_speed"] = {
         "baseline": "python loop over latents, one jitted generator call on all N neighbours, host-side ratios",

@@ -18,6 +18,13 @@ CE(fake)`` with Adam (``2e-4``, ``b1 = 0.5``, ``b2 = 0.999``), batch 64, images
 scaled to ``[-1, 1]``. Batch norm uses batch statistics while training and
 running averages (momentum 0.9) when sampling, so the trained generator treats
 examples independently.
+
+References:
+  Odena, Olah, Shlens. "Conditional image synthesis with auxiliary classifier
+  GANs." ICML 2017, arXiv:1610.09585.
+  Zhang, Chen, Gu, Evans. "Understanding the intrinsic robustness of image
+  distributions using conditional generative models." AISTATS 2020,
+  arXiv:2003.00378.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import numpy as np
 import optax
 from flax import serialization
 
-from jaxbound import _checks
+from jaxbound import _checks, _engine
 from jaxbound._io import atomic_write_bytes, fingerprint, to_jsonable
 
 _INIT = nn.initializers.normal(0.02)
@@ -182,11 +189,16 @@ class ACGANDiscriminator(nn.Module):
         return d, c
 
 
-@functools.lru_cache(maxsize=16)
+def _generator_raw(v, z, y, *, latent_dim: int, num_classes: int, image_shape: tuple):
+    """Sampling-mode generator output in ``[-1, 1]`` for one generator configuration."""
+    return ACGANGenerator(latent_dim, num_classes, image_shape).apply(v, z, y, train=False)
+
+
 def _generator_apply(latent_dim: int, num_classes: int, image_shape: tuple):
-    """One jitted sampling-mode apply per generator configuration, shared by every :class:`ACGAN`."""
-    gen = ACGANGenerator(latent_dim, num_classes, image_shape)
-    return jax.jit(lambda v, z, y: gen.apply(v, z, y, train=False))
+    """One jitted sampling-mode apply per generator configuration (the engine's compile cache), shared by every
+    :class:`ACGAN`."""
+    static = dict(latent_dim=latent_dim, num_classes=num_classes, image_shape=image_shape)
+    return _engine.compiled(_generator_raw, static, n_batch=3, n_rep=0, devices=jax.local_devices()[:1])
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -266,11 +278,13 @@ class ACGANTrainResult(NamedTuple):
 
 
 def _bce_logits(logit, target: float):
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(logit, jnp.full_like(logit, target)))
+    """Mean sigmoid cross-entropy of real/fake logits against a constant target (optax's loss)."""
+    return jnp.mean(optax.losses.sigmoid_binary_cross_entropy(logit, jnp.full_like(logit, target)))
 
 
 def _ce(logits, y):
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+    """Mean integer-label softmax cross-entropy (optax's loss)."""
+    return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits, y))
 
 
 @functools.lru_cache(maxsize=8)
@@ -340,10 +354,120 @@ def _as_xy(data: Any):
     return np.asarray(x, np.float32), np.asarray(y, np.int64)
 
 
+def _check_train_settings(data, *, epochs, batch_size, latent_dim, num_classes, learning_rate, b1, b2, max_steps,
+                          checkpoint_every, progress):
+    """Validated training data ``(x [n, H, W, C], y [n])`` and settings (errors name the argument)."""
+    x, y = _as_xy(data)
+    n, h, w, _ = x.shape
+    if h % 4 or w % 4:
+        raise ValueError(f"data: image height and width must be divisible by 4, got {(h, w)}")
+    epochs = _checks.check_int(epochs, "epochs", low=1)
+    batch_size = _checks.check_int(batch_size, "batch_size", low=2)
+    if batch_size > n:
+        raise ValueError(f"batch_size: {batch_size} exceeds the {n} training examples")
+    latent_dim = _checks.check_int(latent_dim, "latent_dim", low=1)
+    if num_classes is None:
+        num_classes = int(getattr(data, "num_classes", 0) or int(y.max()) + 1)
+    num_classes = _checks.check_int(num_classes, "num_classes", low=2)
+    if y.max() >= num_classes:
+        raise ValueError(f"data: label {int(y.max())} is out of range for {num_classes} classes")
+    learning_rate = _checks.check_scalar(learning_rate, "learning_rate", low=0.0, low_inclusive=False)
+    b1 = _checks.check_scalar(b1, "b1", low=0.0, high=1.0, high_inclusive=False)
+    b2 = _checks.check_scalar(b2, "b2", low=0.0, high=1.0, high_inclusive=False)
+    if max_steps is not None:
+        max_steps = _checks.check_int(max_steps, "max_steps", low=0)
+    checkpoint_every = _checks.check_int(checkpoint_every, "checkpoint_every", low=1)
+    if not isinstance(progress, (bool, np.bool_)):
+        raise ValueError(f"progress: expected a bool, got {progress!r}")
+    settings = dict(epochs=epochs, batch_size=batch_size, latent_dim=latent_dim, num_classes=num_classes,
+                    learning_rate=learning_rate, b1=b1, b2=b2, max_steps=max_steps,
+                    checkpoint_every=checkpoint_every)
+    return x, y, settings
+
+
+def _initial_state(key, gen, disc, *, latent_dim, image_shape, learning_rate, b1, b2):
+    """Fresh weights, batch statistics and Adam states, and the permutation and step keys."""
+    k_init_g, k_init_d, k_perm, k_step = jax.random.split(key, 4)
+    gv = gen.init(k_init_g, jnp.zeros((2, latent_dim)), jnp.zeros((2,), jnp.int32), train=False)
+    dv = disc.init(k_init_d, jnp.zeros((2,) + tuple(image_shape)), train=False)
+    opt_g = optax.adam(learning_rate, b1=b1, b2=b2)
+    opt_d = optax.adam(learning_rate, b1=b1, b2=b2)
+    state = dict(g_params=gv["params"], g_stats=gv["batch_stats"], d_params=dv["params"],
+                 d_stats=dv["batch_stats"], g_opt=opt_g.init(gv["params"]), d_opt=opt_d.init(dv["params"]))
+    return state, k_perm, k_step
+
+
+class _Run:
+    """Mutable progress of one training run: state, step, history, running epoch sums and wall time."""
+
+    def __init__(self, state, step, history, acc, seconds_done, ckpt_path, meta):
+        self.state, self.step, self.history, self.acc = state, step, history, acc
+        self.prev_seconds, self.t0 = float(seconds_done), time.perf_counter()
+        self.ckpt_path, self.meta = ckpt_path, meta
+
+    def seconds(self) -> float:
+        return self.prev_seconds + time.perf_counter() - self.t0
+
+    def save(self) -> None:
+        if self.ckpt_path is None:
+            return
+        meta = dict(step=self.step, history=self.history, acc=self.acc.tolist(), **self.meta, seconds=self.seconds())
+        _save_checkpoint(self.ckpt_path, self.state, meta)
+
+    def record(self, epoch: int, end_epoch: bool) -> None:
+        """Write (or replace the partial record of) this epoch's averages into the history."""
+        rec = {"epoch": epoch + 1, "step": self.step, "complete": bool(end_epoch)}
+        rec.update({k: float(self.acc[i] / max(self.acc[-1], 1)) for i, k in enumerate(_STAT_NAMES)})
+        rec["seconds"] = self.seconds()
+        if self.history and not self.history[-1].get("complete", True):
+            self.history[-1] = rec
+        else:
+            self.history.append(rec)
+        if end_epoch:
+            self.acc = np.zeros_like(self.acc)
+
+
+def _train_steps(run: _Run, step_fn, x_scaled, yi, *, k_perm, k_step, total, spe, batch_size, checkpoint_every,
+                 progress):
+    """Run steps ``run.step .. total - 1`` (keyed permutation per epoch, latents from ``fold_in(k_step, s)``)."""
+    from tqdm.auto import tqdm
+
+    n = x_scaled.shape[0]
+    bar = tqdm(total=total, initial=min(run.step, total), desc="acgan", unit="step", disable=not progress)
+    perm_epoch, perm = -1, None
+    try:
+        while run.step < total:
+            epoch, it = divmod(run.step, spe)
+            if epoch != perm_epoch:
+                perm = np.asarray(jax.random.permutation(jax.random.fold_in(k_perm, epoch), n))
+                perm_epoch = epoch
+            idx = perm[it * batch_size:(it + 1) * batch_size]
+            run.state, stats = step_fn(run.state, jnp.asarray(x_scaled[idx]), jnp.asarray(yi[idx]),
+                                       jax.random.fold_in(k_step, run.step))
+            stats = np.asarray(stats, np.float64)
+            run.acc[:-1] += stats
+            run.acc[-1] += 1
+            run.step += 1
+            s = run.step
+            bar.update(1)
+            if s % 50 == 0:
+                bar.set_postfix(d_loss=f"{stats[0]:.3f}", g_loss=f"{stats[1]:.3f}")
+            end_epoch = s % spe == 0
+            if end_epoch or s == total:
+                run.record(epoch, end_epoch)
+            if end_epoch or s % checkpoint_every == 0 or s == total:
+                run.save()
+    except BaseException:
+        run.save()
+        raise
+    finally:
+        bar.close()
+
+
 def train_acgan(
-    key: Any,
     data: Any,
     *,
+    key: Any,
     epochs: int = 25,
     batch_size: int = 64,
     latent_dim: int = 100,
@@ -370,9 +494,9 @@ def train_acgan(
     as it is (``steps`` reports its step count).
 
     Args:
-      key: ``jax.random`` key.
       data: :class:`jaxbound.data.Dataset` or ``(x [n, H, W, C], y [n])``, pixels
         in ``[0, 1]`` (scaled to ``[-1, 1]`` inside), ``H, W`` divisible by 4.
+      key: ``jax.random`` key.
       epochs: passes over the data (the paper: 25).
       batch_size: examples per step (the paper: 64).
       latent_dim: latent dimension (the paper: 100).
@@ -385,44 +509,28 @@ def train_acgan(
 
     Returns:
       :class:`ACGANTrainResult`.
+
+    References:
+      Odena, Olah, Shlens. "Conditional image synthesis with auxiliary
+      classifier GANs." ICML 2017, arXiv:1610.09585.
+      Zhang, Chen, Gu, Evans. "Understanding the intrinsic robustness of
+      image distributions using conditional generative models." AISTATS
+      2020, arXiv:2003.00378.
     """
     _checks.check_key(key)
-    x, y = _as_xy(data)
+    x, y, st = _check_train_settings(data, epochs=epochs, batch_size=batch_size, latent_dim=latent_dim,
+                                     num_classes=num_classes, learning_rate=learning_rate, b1=b1, b2=b2,
+                                     max_steps=max_steps, checkpoint_every=checkpoint_every, progress=progress)
     n, h, w, c = x.shape
-    if h % 4 or w % 4:
-        raise ValueError(f"data: image height and width must be divisible by 4, got {(h, w)}")
-    epochs = _checks.check_int(epochs, "epochs", low=1)
-    batch_size = _checks.check_int(batch_size, "batch_size", low=2)
-    if batch_size > n:
-        raise ValueError(f"batch_size: {batch_size} exceeds the {n} training examples")
-    latent_dim = _checks.check_int(latent_dim, "latent_dim", low=1)
-    if num_classes is None:
-        num_classes = int(getattr(data, "num_classes", 0) or int(y.max()) + 1)
-    num_classes = _checks.check_int(num_classes, "num_classes", low=2)
-    if y.max() >= num_classes:
-        raise ValueError(f"data: label {int(y.max())} is out of range for {num_classes} classes")
-    learning_rate = _checks.check_scalar(learning_rate, "learning_rate", low=0.0, low_inclusive=False)
-    b1 = _checks.check_scalar(b1, "b1", low=0.0, high=1.0, high_inclusive=False)
-    b2 = _checks.check_scalar(b2, "b2", low=0.0, high=1.0, high_inclusive=False)
-    if max_steps is not None:
-        max_steps = _checks.check_int(max_steps, "max_steps", low=0)
-    checkpoint_every = _checks.check_int(checkpoint_every, "checkpoint_every", low=1)
-    if not isinstance(progress, (bool, np.bool_)):
-        raise ValueError(f"progress: expected a bool, got {progress!r}")
-
-    spe = n // batch_size
-    total = epochs * spe if max_steps is None else min(epochs * spe, max_steps)
-    gen = ACGANGenerator(latent_dim, num_classes, (h, w, c))
-    disc = ACGANDiscriminator(num_classes)
-    k_init_g, k_init_d, k_perm, k_step = jax.random.split(key, 4)
-    gv = gen.init(k_init_g, jnp.zeros((2, latent_dim)), jnp.zeros((2,), jnp.int32), train=False)
-    dv = disc.init(k_init_d, jnp.zeros((2, h, w, c)), train=False)
-    opt_g = optax.adam(learning_rate, b1=b1, b2=b2)
-    opt_d = optax.adam(learning_rate, b1=b1, b2=b2)
-    state = dict(g_params=gv["params"], g_stats=gv["batch_stats"], d_params=dv["params"],
-                 d_stats=dv["batch_stats"], g_opt=opt_g.init(gv["params"]), d_opt=opt_d.init(dv["params"]))
-    config = dict(model="acgan", n=n, image_shape=[h, w, c], latent_dim=latent_dim, num_classes=num_classes,
-                  batch_size=batch_size, learning_rate=learning_rate, b1=b1, b2=b2, steps_per_epoch=spe)
+    spe = n // st["batch_size"]
+    total = st["epochs"] * spe if st["max_steps"] is None else min(st["epochs"] * spe, st["max_steps"])
+    gen = ACGANGenerator(st["latent_dim"], st["num_classes"], (h, w, c))
+    disc = ACGANDiscriminator(st["num_classes"])
+    state, k_perm, k_step = _initial_state(key, gen, disc, latent_dim=st["latent_dim"], image_shape=(h, w, c),
+                                           learning_rate=st["learning_rate"], b1=st["b1"], b2=st["b2"])
+    config = dict(model="acgan", n=n, image_shape=[h, w, c], latent_dim=st["latent_dim"],
+                  num_classes=st["num_classes"], batch_size=st["batch_size"], learning_rate=st["learning_rate"],
+                  b1=st["b1"], b2=st["b2"], steps_per_epoch=spe)
     key_fp = fingerprint(np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
                                     else key), x[:: max(1, n // 256)], y, n, repr(sorted(config.items())))
 
@@ -435,63 +543,17 @@ def train_acgan(
             step0, history, acc = int(meta["step"]), list(meta["history"]), np.asarray(meta["acc"], np.float64)
             seconds_done = float(meta.get("seconds", 0.0))
 
-    step_fn = _make_step(latent_dim, num_classes, (h, w, c), learning_rate, b1, b2, batch_size)
-    x_scaled = x * 2.0 - 1.0
-    yi = y.astype(np.int32)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, initial=min(step0, total), desc="acgan", unit="step", disable=not progress)
-    perm_epoch, perm = -1, None
-    t0 = time.perf_counter()
-    prev_seconds = float(seconds_done)
-    s = step0
-
-    def save(s_done):
-        if ckpt_path is None:
-            return
-        meta = dict(step=s_done, history=history, acc=acc.tolist(), fingerprint=key_fp, config=config,
-                    seconds=prev_seconds + time.perf_counter() - t0)
-        _save_checkpoint(ckpt_path, state, meta)
-
-    try:
-        while s < total:
-            epoch, it = divmod(s, spe)
-            if epoch != perm_epoch:
-                perm = np.asarray(jax.random.permutation(jax.random.fold_in(k_perm, epoch), n))
-                perm_epoch = epoch
-            idx = perm[it * batch_size:(it + 1) * batch_size]
-            state, stats = step_fn(state, jnp.asarray(x_scaled[idx]), jnp.asarray(yi[idx]),
-                                   jax.random.fold_in(k_step, s))
-            stats = np.asarray(stats, np.float64)
-            acc[:-1] += stats
-            acc[-1] += 1
-            s += 1
-            bar.update(1)
-            if s % 50 == 0:
-                bar.set_postfix(d_loss=f"{stats[0]:.3f}", g_loss=f"{stats[1]:.3f}")
-            end_epoch = s % spe == 0
-            if end_epoch or s == total:
-                rec = {"epoch": epoch + 1, "step": s, "complete": bool(end_epoch)}
-                rec.update({k: float(acc[i] / max(acc[-1], 1)) for i, k in enumerate(_STAT_NAMES)})
-                rec["seconds"] = prev_seconds + time.perf_counter() - t0
-                if history and not history[-1].get("complete", True):
-                    history[-1] = rec  # replace the partial record of this epoch
-                else:
-                    history.append(rec)
-                if end_epoch:
-                    acc = np.zeros_like(acc)
-            if end_epoch or s % checkpoint_every == 0 or s == total:
-                save(s)
-    except BaseException:
-        save(s)
-        raise
-    finally:
-        bar.close()
-    gan = ACGAN(gen, {"params": state["g_params"], "batch_stats": state["g_stats"]}, latent_dim, num_classes,
-                (h, w, c))
-    cfg = dict(config, epochs=epochs, max_steps=max_steps)
-    return ACGANTrainResult(gan, disc, {"params": state["d_params"], "batch_stats": state["d_stats"]}, history,
-                            int(s), cfg)
+    step_fn = _make_step(st["latent_dim"], st["num_classes"], (h, w, c), st["learning_rate"], st["b1"], st["b2"],
+                         st["batch_size"])
+    run = _Run(state, step0, history, acc, seconds_done, ckpt_path, dict(fingerprint=key_fp, config=config))
+    _train_steps(run, step_fn, x * 2.0 - 1.0, y.astype(np.int32), k_perm=k_perm, k_step=k_step, total=total,
+                 spe=spe, batch_size=st["batch_size"], checkpoint_every=st["checkpoint_every"], progress=progress)
+    state = run.state
+    gan = ACGAN(gen, {"params": state["g_params"], "batch_stats": state["g_stats"]}, st["latent_dim"],
+                st["num_classes"], (h, w, c))
+    cfg = dict(config, epochs=st["epochs"], max_steps=st["max_steps"])
+    return ACGANTrainResult(gan, disc, {"params": state["d_params"], "batch_stats": state["d_stats"]}, run.history,
+                            int(run.step), cfg)
 
 
 def _save_checkpoint(path: Path, state: dict, meta: dict) -> None:
@@ -553,9 +615,14 @@ def acgan_from_params(variables: Any, *, latent_dim: int = 100, num_classes: int
     return ACGAN(ACGANGenerator(latent_dim, num_classes, shape), variables, latent_dim, num_classes, shape)
 
 
-def init_acgan(key: Any, *, latent_dim: int = 100, num_classes: int = 10,
+def init_acgan(*, key: Any, latent_dim: int = 100, num_classes: int = 10,
                image_shape: Sequence[int] = (28, 28, 1)) -> ACGAN:
-    """An untrained :class:`ACGAN` generator (random ``N(0, 0.02)`` weights), for tests and smoke runs."""
+    """An untrained :class:`ACGAN` generator (random ``N(0, 0.02)`` weights), for tests and smoke runs.
+
+    References:
+      Odena, Olah, Shlens. "Conditional image synthesis with auxiliary
+      classifier GANs." ICML 2017, arXiv:1610.09585.
+    """
     _checks.check_key(key)
     latent_dim = _checks.check_int(latent_dim, "latent_dim", low=1)
     num_classes = _checks.check_int(num_classes, "num_classes", low=1)

@@ -4,7 +4,13 @@ Every attack takes a plain ``logits_fn(x [n, ...]) -> logits [n, k]`` (any
 Flax model through :func:`jaxbound.models.logits_fn`, or any JAX function),
 inputs ``x [n, ...]`` inside the declared ``bounds`` (default ``(0, 1)``;
 ``None`` removes the box), integer labels ``y [n]`` (``None``: the model's own
-predictions) and, where random, an explicit ``jax.random`` key.
+predictions) and, where random, an explicit keyword-only ``jax.random``
+``key``. The gradient attacks (:func:`pgd`, :func:`fgm`, :func:`fgsm`,
+:func:`minimal_adversarial_distance`) take their threat model and settings
+as one :class:`AttackConfig` (``attack``), with single fields overridable by
+keyword (``pgd(f, x, y, key=key, norm="linf", eps=0.3)``); the norm is never
+defaulted. Norms, projections, steepest-ascent steps and random starts come
+from :mod:`jaxbound.lp`; batching and sharding from the block engine.
 
 Attacks (the papers' evaluation tools):
 
@@ -47,6 +53,24 @@ Conventions:
   ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` before JAX
   starts gives one device per core, and every attack then splits its batches
   over them (``benchmarks/attacks.py`` measures both settings).
+
+References:
+  Goodfellow, Shlens, Szegedy. "Explaining and harnessing adversarial
+  examples." ICLR 2015, arXiv:1412.6572.
+  Madry, Makelov, Schmidt, Tsipras, Vladu. "Towards deep learning models
+  resistant to adversarial attacks." ICLR 2018, arXiv:1706.06083.
+  Carlini, Wagner. "Towards evaluating the robustness of neural networks."
+  IEEE S&P 2017, arXiv:1608.04644.
+  Brendel, Rauber, Bethge. "Decision-based adversarial attacks: reliable
+  attacks against black-box machine learning models." ICLR 2018,
+  arXiv:1712.04248.
+  Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial robustness
+  to input data distributions." ICLR 2019, arXiv:1902.08336.
+  Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural
+  networks generalize and are adversarially robust." arXiv:1808.09540.
+  Zhang, Chen, Gu, Evans. "Understanding the intrinsic robustness of image
+  distributions using conditional generative models." AISTATS 2020,
+  arXiv:2003.00378.
 """
 
 from __future__ import annotations
@@ -60,10 +84,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
-from jax.sharding import Mesh, PartitionSpec as P
 
-from jaxbound import _checks
-from jaxbound._io import BlockCheckpoint, fingerprint, to_jsonable
+from jaxbound import _checks, _engine, lp
+from jaxbound._io import to_jsonable
 
 __all__ = [
     "AttackConfig",
@@ -79,6 +102,8 @@ __all__ = [
     "minimal_adversarial_distance",
     "predict",
     "perturbation_norms",
+    "margin",
+    "example_keys",
 ]
 
 _LOSSES = ("ce", "margin")
@@ -234,6 +259,9 @@ def attack_config(attack: "AttackConfig | None" = None, /, **settings: Any) -> A
     if unknown:
         raise TypeError(f"{unknown[0]}: not a setting of AttackConfig (fields: {', '.join(sorted(names))})")
     if attack is None:
+        for name in ("norm", "eps"):
+            if name not in settings:
+                raise TypeError(f"{name}: required (the threat model is always stated), pass it or an AttackConfig")
         return AttackConfig(**settings)
     return dataclasses.replace(attack, **settings) if settings else attack
 
@@ -304,142 +332,23 @@ def _prepare(logits_fn, x, y, bounds, *, targeted: bool, y_name: str = "y"):
 
 
 # ---------------------------------------------------------------------------
-# Batching and sharding
+# Batching and sharding (through the block engine)
 # ---------------------------------------------------------------------------
 
 
-class _Static:
-    """Hash a callable by identity so that it can be a static jit argument."""
+def _execute(core: Callable, static: dict, batch_args: tuple, rep_args: tuple, *, out_axis: int = 0,
+             batch_size: int | None = None, progress: bool = False, checkpoint: Any = None, desc: str = "attack"):
+    """``core(*batch_args, *rep_args, **static)`` over blocks and devices via :func:`jaxbound._engine.run`.
 
-    __slots__ = ("fn",)
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __hash__(self):
-        return id(self.fn)
-
-    def __eq__(self, other):
-        return isinstance(other, _Static) and other.fn is self.fn
-
-
-def _freeze(static: dict) -> tuple:
-    return tuple(sorted((k, _Static(v) if callable(v) else v) for k, v in static.items()))
-
-
-def _thaw(items: tuple) -> dict:
-    return {k: (v.fn if isinstance(v, _Static) else v) for k, v in items}
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled(core: Callable, static_items: tuple, devices: tuple, n_batch: int, n_rep: int, out_axis: int):
-    fn = functools.partial(core, **_thaw(static_items))
-    if len(devices) == 1:
-        return jax.jit(fn)
-    mesh = Mesh(np.array(devices, dtype=object), ("batch",))
-    out_spec = P(*([None] * out_axis), "batch")
-    return jax.jit(
-        jax.shard_map(
-            fn,
-            mesh=mesh,
-            in_specs=(P("batch"),) * n_batch + (P(),) * n_rep,
-            out_specs=out_spec,
-            check_vma=False,
-        )
-    )
-
-
-def _pad_rows(a: np.ndarray, size: int) -> np.ndarray:
-    if a.shape[0] == size:
-        return a
-    return np.concatenate([a, np.repeat(a[-1:], size - a.shape[0], axis=0)], axis=0)
-
-
-def _key_data(key) -> np.ndarray:
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return np.asarray(jax.random.key_data(key))
-    return np.asarray(key)
-
-
-def _execute(
-    core: Callable,
-    static: dict,
-    batch_args: tuple,
-    rep_args: tuple,
-    *,
-    out_axis: int = 0,
-    batch_size: int | None = None,
-    progress: bool = False,
-    checkpoint: Any = None,
-    desc: str = "attack",
-):
-    """Run ``core(*batch_args, *rep_args, **static)`` over batches and devices.
-
-    Batch arguments are split along axis 0; outputs carry the batch on axis
-    ``out_axis``. Traced inputs call ``core`` directly.
+    A checkpoint's fingerprint also holds the model's logits on the first
+    (up to 4) inputs, so that a checkpoint of another model is never resumed.
     """
-    if not all(_checks.is_concrete(a) for a in batch_args + rep_args):
-        return core(*batch_args, *rep_args, **static)
-    devices = tuple(jax.local_devices())
-    ndev = len(devices)
-    n = int(batch_args[0].shape[0])
-    bs = _DEFAULT_BATCH if batch_size is None else _checks.check_int(batch_size, "batch_size", low=1)
-    bs = max(1, min(bs, n))
-    bs = -(-bs // ndev) * ndev
-    fn = _compiled(core, _freeze(static), devices, len(batch_args), len(rep_args), out_axis)
-    batch_args = tuple(np.asarray(a) for a in batch_args)
-
-    ckpt = None
-    start, saved = 0, {}
-    if checkpoint is not None:
-        probe = np.asarray(jax.jit(static["logits_fn"])(batch_args[0][: min(n, 4)]))
-        parts_fp = [desc, repr(sorted((k, v) for k, v in static.items() if k != "logits_fn")), probe]
-        parts_fp += [a for a in batch_args] + [_key_data(a) if hasattr(a, "dtype") else a for a in rep_args]
-        ckpt = BlockCheckpoint(checkpoint, fingerprint(*parts_fp))
-        start, saved = ckpt.load()
-    parts: list[list[np.ndarray]] = []
-    treedef = None
-    if start:
-        chunk_shapes = tuple(jax.ShapeDtypeStruct((bs,) + a.shape[1:], a.dtype) for a in batch_args)
-        treedef = jax.tree.structure(jax.eval_shape(functools.partial(core, **static), *chunk_shapes, *rep_args))
-        parts.append([saved[f"out{i}"] for i in range(treedef.num_leaves)])
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=n, initial=start, desc=desc, unit="ex", disable=not progress, leave=False)
-    pending: list[list[np.ndarray]] = []
-    saved_to = start
-
-    def flush(stop):
-        nonlocal pending, saved_to
-        if ckpt is not None and pending:
-            seg = [np.concatenate(p) for p in zip(*pending)]
-            ckpt.save(saved_to, stop, {f"out{i}": a for i, a in enumerate(seg)})
-            saved_to, pending = stop, []
-
-    done = start
-    try:
-        for lo in range(start, n, bs):
-            hi = min(n, lo + bs)
-            nv = hi - lo
-            chunk = tuple(_pad_rows(a[lo:hi], bs) for a in batch_args)
-            out = fn(*chunk, *rep_args)
-            treedef = jax.tree.structure(out)
-            leaves = [np.moveaxis(np.asarray(leaf), out_axis, 0)[:nv] for leaf in jax.tree.leaves(out)]
-            parts.append(leaves)
-            pending.append(leaves)
-            done = hi
-            bar.update(nv)
-            if ckpt is not None and ckpt.due():
-                flush(hi)
-    except BaseException:
-        flush(done)  # keep finished batches when interrupted
-        raise
-    finally:
-        bar.close()
-    leaves = [np.moveaxis(np.concatenate(p), 0, out_axis) for p in zip(*parts)]
-    if ckpt is not None:
-        ckpt.remove()
-    return jax.tree.unflatten(treedef, leaves)
+    job = ()
+    if checkpoint is not None and _engine.concrete(*batch_args):
+        x0 = np.asarray(batch_args[0])
+        job = (desc, np.asarray(jax.jit(static["logits_fn"])(x0[: min(x0.shape[0], 4)])))
+    return _engine.run(core, static, batch_args, rep_args, block_size=batch_size, default_block=_DEFAULT_BATCH,
+                       out_axis=out_axis, progress=progress, desc=desc, checkpoint=checkpoint, job=job)
 
 
 # ---------------------------------------------------------------------------
@@ -447,24 +356,13 @@ def _execute(
 # ---------------------------------------------------------------------------
 
 
-def _bcast(v, x):
-    """Per-example values ``[n]`` broadcast against ``x [n, ...]``."""
+def _rows(v, x):
+    """Per-example values ``[n]`` reshaped to broadcast against ``x [n, ...]``."""
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
-def _flat_norms(delta):
-    d = delta.reshape(delta.shape[0], -1)
-    a = jnp.abs(d)
-    return jnp.sum(a, axis=1), jnp.sqrt(jnp.sum(d * d, axis=1)), jnp.max(a, axis=1, initial=0.0)
-
-
-def _norm_of(delta, norm: str):
-    l1, l2, linf = _flat_norms(delta)
-    return {"l1": l1, "l2": l2, "linf": linf}[norm]
-
-
 def _result(x, x_adv, success, logits) -> AttackResult:
-    l1, l2, linf = _flat_norms(x_adv - x)
+    l1, l2, linf = lp.per_example_norms(x_adv - x)
     return AttackResult(x_adv, success, logits, l1, l2, linf)
 
 
@@ -473,8 +371,20 @@ def _is_success(logits, y, targeted: bool):
     return pred == y if targeted else pred != y
 
 
-def _margin(logits, y):
-    """``z_y - max_{j != y} z_j`` per example."""
+def margin(logits: Any, y: Any) -> Any:
+    """Classification margin ``z_y - max_{j != y} z_j`` per example.
+
+    Args:
+      logits: ``[n, k]`` logits.
+      y: ``[n]`` integer labels.
+
+    Returns:
+      ``[n]`` margins: positive where ``y`` is the unique top class.
+
+    References:
+      Carlini, Wagner. "Towards evaluating the robustness of neural
+      networks." IEEE S&P 2017, arXiv:1608.04644 (the margin loss).
+    """
     zy = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
     other = jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=bool), -jnp.inf, logits)
     return zy - jnp.max(other, axis=1)
@@ -483,89 +393,38 @@ def _margin(logits, y):
 def _objective(logits, y, *, loss: str, targeted: bool):
     """Per-example attack objective to maximise."""
     if loss == "ce":
-        ce = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), y[:, None], axis=1)[:, 0]
+        ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, y)
         return -ce if targeted else ce
-    m = _margin(logits, y)
+    m = margin(logits, y)
     return m if targeted else -m
 
 
-def _example_keys(key, idx):
+def example_keys(idx: Any, *, key: Any) -> Any:
+    """One key per example: ``fold_in(key, idx_i)`` for ``idx [n]`` (results independent of batching)."""
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
-
-
-def _project(delta, eps, norm: str):
-    """Euclidean projection of ``delta [n, ...]`` onto the ``norm`` ball of radius ``eps [n]``."""
-    if norm == "linf":
-        e = _bcast(eps, delta)
-        return jnp.clip(delta, -e, e)
-    flat = delta.reshape(delta.shape[0], -1)
-    if norm == "l2":
-        nrm = jnp.sqrt(jnp.sum(flat * flat, axis=1))
-        factor = jnp.where(nrm > eps, eps / jnp.maximum(nrm, _TINY), 1.0)
-        return delta * _bcast(factor, delta)
-    # l1: sort-based projection (Duchi et al. 2008).
-    a = jnp.abs(flat)
-    inside = jnp.sum(a, axis=1) <= eps
-    u = -jnp.sort(-a, axis=1)
-    css = jnp.cumsum(u, axis=1)
-    j = jnp.arange(1, flat.shape[1] + 1, dtype=flat.dtype)
-    cond = u - (css - eps[:, None]) / j > 0
-    rho = jnp.maximum(jnp.sum(cond, axis=1), 1)
-    theta = (jnp.take_along_axis(css, (rho - 1)[:, None], axis=1)[:, 0] - eps) / rho.astype(flat.dtype)
-    proj = jnp.sign(flat) * jnp.maximum(a - theta[:, None], 0.0)
-    out = jnp.where(inside[:, None], flat, proj)
-    out = jnp.where((eps > 0)[:, None], out, jnp.zeros_like(out))
-    return out.reshape(delta.shape)
 
 
 def _to_box(x, delta, eps, norm, bounds):
     """``x + delta`` projected onto the eps ball and then clipped to the box (feasible for every norm)."""
-    x_new = x + _project(delta, eps, norm)
+    x_new = x + lp.project(delta, eps, norm)
     if bounds is not None:
         x_new = jnp.clip(x_new, bounds[0], bounds[1])
     return x_new
 
 
 def _random_start(keys, x, eps, norm: str):
-    """Uniform draws in the ``norm`` ball of radius ``eps`` around 0, one key per example."""
-    shape = x.shape[1:]
-    d = int(np.prod(shape))
-
-    def one(k, e):
-        if norm == "linf":
-            return jax.random.uniform(k, shape, x.dtype, -1.0, 1.0) * e
-        k1, k2 = jax.random.split(k)
-        if norm == "l2":
-            g = jax.random.normal(k1, (d,), x.dtype)
-            r = jax.random.uniform(k2, (), x.dtype) ** (1.0 / d)
-            v = g / jnp.maximum(jnp.linalg.norm(g), _TINY) * r
-        else:  # l1: exponential spacings give a uniform point of the l1 ball
-            ex = jax.random.exponential(k1, (d + 1,), x.dtype)
-            s = jnp.where(jax.random.bernoulli(k2, 0.5, (d,)), 1.0, -1.0).astype(x.dtype)
-            v = s * ex[:d] / jnp.sum(ex)
-        return (v * e).reshape(shape)
-
-    return jax.vmap(one)(keys, eps)
+    """Uniform draws in the ``norm`` ball of radius ``eps [n]`` around 0, one key per example."""
+    return jax.vmap(lambda k, e: lp.sample_ball(e, norm, shape=x.shape[1:], key=k, dtype=x.dtype))(keys, eps)
 
 
-def _ascent_direction(g, xa, norm: str, bounds, l1_fraction: float):
-    """Steepest-ascent direction of unit ``norm`` for the gradient ``g``."""
-    if norm == "linf":
-        return jnp.sign(g)
-    flat = g.reshape(g.shape[0], -1)
-    if norm == "l2":
-        nrm = jnp.sqrt(jnp.sum(flat * flat, axis=1, keepdims=True))
-        return (flat / jnp.maximum(nrm, _TINY)).reshape(g.shape)
-    a = jnp.abs(flat)
-    if bounds is not None:
-        xf = xa.reshape(xa.shape[0], -1)
-        blocked = ((xf <= bounds[0]) & (flat < 0)) | ((xf >= bounds[1]) & (flat > 0))
-        a = jnp.where(blocked, 0.0, a)
-    kk = max(1, int(round(l1_fraction * flat.shape[1])))
-    thr = lax.top_k(a, kk)[0][:, -1:]
-    mask = (a >= thr) & (a > 0)
-    cnt = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1).astype(flat.dtype)
-    return (jnp.where(mask, jnp.sign(flat), 0.0) / cnt).reshape(g.shape)
+def _ascent(g, xa, norm: str, bounds, l1_fraction: float):
+    """Steepest-ascent direction of unit ``norm`` (sparse, box-aware ℓ1 step)."""
+    return lp.steepest_ascent(g, norm, l1_fraction=l1_fraction, x=xa, bounds=bounds)
+
+
+# Transitional aliases: jaxbound.training still reads these until it moves to jaxbound.lp / _engine.
+_ascent_direction = _ascent
+_pad_rows = _engine.pad_rows
 
 
 # ---------------------------------------------------------------------------
@@ -579,7 +438,7 @@ def _fgm_core(x, y, eps, *, logits_fn, norm, targeted, loss, bounds, l1_fraction
         return jnp.sum(_objective(logits, y, loss=loss, targeted=targeted)), logits
 
     g, _ = jax.grad(total, has_aux=True)(x)
-    step = _bcast(eps, x) * _ascent_direction(g, x, norm, bounds, l1_fraction)
+    step = _rows(eps, x) * _ascent(g, x, norm, bounds, l1_fraction)
     x_adv = _to_box(x, step, eps, norm, bounds)
     logits = logits_fn(x_adv)
     return _result(x, x_adv, _is_success(logits, y, targeted), logits)
@@ -593,14 +452,10 @@ def fgm(
     logits_fn: Callable,
     x: Any,
     y: Any = None,
+    attack: AttackConfig | None = None,
     *,
-    eps: Any,
-    norm: Any = "l2",
-    targeted: bool = False,
-    bounds: Sequence[float] | None = (0.0, 1.0),
-    loss: str = "ce",
-    l1_fraction: float = 0.05,
     batch_size: int | None = None,
+    **settings: Any,
 ) -> AttackResult:
     """Fast gradient method: one step of size ``eps`` along the steepest-ascent direction.
 
@@ -609,30 +464,35 @@ def fgm(
     normalised gradient for ``l2`` (eq. 3.4); for ``l1`` the step is spread
     over the ``l1_fraction`` largest gradient coordinates (sparse l1 descent).
     The step is exactly of length ``eps`` before clipping to ``bounds``.
+    Of the :class:`AttackConfig` fields, ``norm``, ``eps``, ``targeted``,
+    ``bounds``, ``loss`` and ``l1_fraction`` are used.
 
     Args:
       logits_fn: ``x [n, ...] -> logits [n, k]``.
       x: ``[n, ...]`` inputs inside ``bounds``.
       y: ``[n]`` labels (targets when ``targeted``); ``None`` uses the predictions.
-      eps: budget (>= 0), or a 1-D array of ``K`` budgets (results get a leading ``[K]`` axis).
-      norm: ``"linf" | "l2" | "l1"``.
-      targeted: move towards ``y`` instead of away from it.
-      bounds: ``(low, high)`` box of valid inputs, or ``None`` for no box.
-      loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini-Wagner margin).
-      l1_fraction: fraction of coordinates moved by an ``l1`` step.
+      attack: the threat model (``norm`` and ``eps`` are required, here or in
+        ``settings``); a 1-D ``eps`` of ``K`` budgets gives results with a
+        leading ``[K]`` axis.
       batch_size: examples per device batch group (default 512).
+      **settings: :class:`AttackConfig` fields overriding ``attack``
+        (e.g. ``eps=0.3, norm="linf"``).
 
     Returns:
       :class:`AttackResult`.
+
+    References:
+      Goodfellow, Shlens, Szegedy. "Explaining and harnessing adversarial
+      examples." ICLR 2015, arXiv:1412.6572.
+      Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural
+      networks generalize and are adversarially robust." arXiv:1808.09540.
     """
-    norm = _checks.check_attack_norm(norm)
-    loss = _checks.check_choice(loss, "loss", _LOSSES)
-    l1_fraction = _checks.check_scalar(l1_fraction, "l1_fraction", low=0.0, high=1.0, low_inclusive=False)
-    x, y, bounds, _ = _prepare(logits_fn, x, y, bounds, targeted=targeted)
-    eps_k, vector = _checks.check_eps(eps)
+    cfg = attack_config(attack, **settings)
+    x, y, bounds, _ = _prepare(logits_fn, x, y, cfg.bounds, targeted=cfg.targeted)
+    eps_k, vector = cfg.eps_array, isinstance(cfg.eps, tuple)
     n = x.shape[0]
-    static = dict(logits_fn=logits_fn, norm=norm, targeted=bool(targeted), loss=loss, bounds=bounds,
-                  l1_fraction=float(l1_fraction))
+    static = dict(logits_fn=logits_fn, norm=cfg.norm, targeted=cfg.targeted, loss=cfg.loss, bounds=bounds,
+                  l1_fraction=cfg.l1_fraction)
     if n == 0:
         return _empty_result(logits_fn, x, len(eps_k) if vector else None)
     if vector:
@@ -645,16 +505,18 @@ def fgsm(
     logits_fn: Callable,
     x: Any,
     y: Any = None,
+    attack: AttackConfig | None = None,
     *,
-    eps: Any,
-    targeted: bool = False,
-    bounds: Sequence[float] | None = (0.0, 1.0),
-    loss: str = "ce",
     batch_size: int | None = None,
+    **settings: Any,
 ) -> AttackResult:
-    """Fast gradient sign method: :func:`fgm` with ``norm="linf"`` (Finlay et al. eq. 3.2)."""
-    return fgm(logits_fn, x, y, eps=eps, norm="linf", targeted=targeted, bounds=bounds, loss=loss,
-               batch_size=batch_size)
+    """Fast gradient sign method: :func:`fgm` with ``norm="linf"`` (Finlay et al. eq. 3.2).
+
+    References:
+      Goodfellow, Shlens, Szegedy. "Explaining and harnessing adversarial
+      examples." ICLR 2015, arXiv:1412.6572.
+    """
+    return fgm(logits_fn, x, y, attack, batch_size=batch_size, **{**settings, "norm": "linf"})
 
 
 def _empty_result(logits_fn, x, k_vec):
@@ -674,21 +536,21 @@ def _pgd_core(x, y, idx, eps, step, key, *, logits_fn, norm, steps, restarts, ra
               loss, bounds, l1_fraction):
     """PGD on a batch with per-example ``eps [n]`` and ``step [n]``."""
     n = x.shape[0]
-    keys = _example_keys(key, idx)
+    keys = example_keys(idx, key=key)
 
     def total(xa):
         logits = logits_fn(xa)
         return jnp.sum(_objective(logits, y, loss=loss, targeted=targeted)), logits
 
     vg = jax.value_and_grad(total, has_aux=True)
-    step_b = _bcast(step, x)
+    step_b = _rows(step, x)
 
     def track(state, xa, logits):
         best_x, best_logits, best_obj, found = state
         obj = _objective(logits, y, loss=loss, targeted=targeted)
         succ = _is_success(logits, y, targeted)
         take = (succ & ~found) | (~found & ~succ & (obj > best_obj))
-        best_x = jnp.where(_bcast(take, x), xa, best_x)
+        best_x = jnp.where(_rows(take, x), xa, best_x)
         best_logits = jnp.where(take[:, None], logits, best_logits)
         best_obj = jnp.where(take, obj, best_obj)
         return best_x, best_logits, best_obj, found | succ
@@ -704,7 +566,7 @@ def _pgd_core(x, y, idx, eps, step, key, *, logits_fn, norm, steps, restarts, ra
             xa, st = carry
             (_, logits), g = vg(xa)
             st = track(st, xa, logits)
-            xa = _to_box(x, xa + step_b * _ascent_direction(g, xa, norm, bounds, l1_fraction) - x, eps, norm, bounds)
+            xa = _to_box(x, xa + step_b * _ascent(g, xa, norm, bounds, l1_fraction) - x, eps, norm, bounds)
             return xa, st
 
         xa, state = lax.fori_loop(0, steps, body, (xa, state))
@@ -724,21 +586,13 @@ def pgd(
     logits_fn: Callable,
     x: Any,
     y: Any = None,
+    attack: AttackConfig | None = None,
     *,
     key: Any,
-    eps: Any,
-    norm: Any = "linf",
-    steps: int = 40,
-    step_size: Any = None,
-    random_start: bool = True,
-    restarts: int = 1,
-    targeted: bool = False,
-    bounds: Sequence[float] | None = (0.0, 1.0),
-    loss: str = "ce",
-    l1_fraction: float = 0.05,
     batch_size: int | None = None,
     progress: bool = False,
     checkpoint: Any = None,
+    **settings: Any,
 ) -> AttackResult:
     """Projected gradient ascent on the attack loss within an ``eps`` ball (Madry et al.).
 
@@ -747,49 +601,47 @@ def pgd(
     gradient for ``l2``, sparse top-coordinate step for ``l1``), projects the
     perturbation onto the ``eps`` ball and clips to ``bounds`` (a feasible
     point of the intersection for all three norms). Ding et al.'s MNIST
-    setting is ``eps=0.3, steps=40, step_size=0.01``, ``linf``.
+    setting is ``AttackConfig(norm="linf", eps=0.3, steps=40, step_size=0.01)``.
+    ``y=None`` attacks the model's own predictions ("robustness w.r.t.
+    predictions", Ding et al. §3.2); ``bounds=None`` removes the box (Ding et
+    al. Table 7); per example the first success over restarts is kept.
 
     Args:
       logits_fn: ``x [n, ...] -> logits [n, k]``.
       x: ``[n, ...]`` inputs inside ``bounds``.
-      y: ``[n]`` labels (targets when ``targeted``); ``None`` attacks the model's
-        own predictions ("robustness w.r.t. predictions", Ding et al. §3.2).
+      y: ``[n]`` labels (targets when ``targeted``); ``None`` uses the predictions.
+      attack: the threat model and attack settings (``norm`` and ``eps`` are
+        required, here or in ``settings``). A 1-D ``eps`` of ``K`` budgets is
+        run vmapped: every field then gets a leading ``[K]`` axis
+        (``success`` is ``[K, n]``). ``steps`` and ``restarts`` are static.
       key: ``jax.random`` key (random starts).
-      eps: budget (>= 0), or a 1-D array of ``K`` budgets run vmapped: every
-        field then gets a leading ``[K]`` axis (``success`` is ``[K, n]``).
-      norm: ``"linf" | "l2" | "l1"``.
-      steps: gradient steps per restart (static).
-      step_size: step length, scalar or one per eps; default ``2.5 * eps / steps``.
-      random_start: start from a uniform point of the eps ball (clipped to the box).
-      restarts: independent restarts; per example the first success is kept.
-      targeted: minimise the loss towards the target labels ``y``.
-      bounds: ``(low, high)`` input box or ``None`` (no box: Ding et al. Table 7).
-      loss: ``"ce"`` or ``"margin"``.
-      l1_fraction: fraction of coordinates moved by one ``l1`` step.
       batch_size: examples per batch group (split over local devices).
       progress: show a progress bar over batches.
       checkpoint: optional folder keeping finished batches (saved every 30 s and on
         interruption) so that a rerun with the same inputs resumes; removed when done.
+      **settings: :class:`AttackConfig` fields overriding ``attack``
+        (e.g. ``eps=0.3, norm="linf", steps=40``).
 
     Returns:
       :class:`AttackResult`.
+
+    References:
+      Madry, Makelov, Schmidt, Tsipras, Vladu. "Towards deep learning models
+      resistant to adversarial attacks." ICLR 2018, arXiv:1706.06083.
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336.
     """
+    cfg = attack_config(attack, **settings)
     _checks.check_key(key)
-    norm = _checks.check_attack_norm(norm)
-    loss = _checks.check_choice(loss, "loss", _LOSSES)
-    steps = _checks.check_int(steps, "steps", low=1)
-    restarts = _checks.check_int(restarts, "restarts", low=1)
-    if not isinstance(random_start, (bool, np.bool_)):
-        raise ValueError(f"random_start: expected a bool, got {random_start!r}")
-    l1_fraction = _checks.check_scalar(l1_fraction, "l1_fraction", low=0.0, high=1.0, low_inclusive=False)
-    x, y, bounds, _ = _prepare(logits_fn, x, y, bounds, targeted=targeted)
-    eps_k, vector = _checks.check_eps(eps)
-    step_k = _checks.check_step(step_size, eps_k, steps)
+    x, y, bounds, _ = _prepare(logits_fn, x, y, cfg.bounds, targeted=cfg.targeted)
+    eps_k, vector = cfg.eps_array, isinstance(cfg.eps, tuple)
+    step_k = cfg.step_array
     n = x.shape[0]
     if n == 0:
         return _empty_result(logits_fn, x, len(eps_k) if vector else None)
-    static = dict(logits_fn=logits_fn, norm=norm, steps=steps, restarts=restarts, random_start=bool(random_start),
-                  targeted=bool(targeted), loss=loss, bounds=bounds, l1_fraction=float(l1_fraction))
+    static = dict(logits_fn=logits_fn, norm=cfg.norm, steps=cfg.steps, restarts=cfg.restarts,
+                  random_start=cfg.random_start, targeted=cfg.targeted, loss=cfg.loss, bounds=bounds,
+                  l1_fraction=cfg.l1_fraction)
     idx = np.arange(n, dtype=np.int32) if _checks.is_concrete(x) else jnp.arange(n, dtype=jnp.int32)
     opts = dict(batch_size=batch_size, progress=progress, checkpoint=checkpoint, desc="pgd")
     if vector:
@@ -816,8 +668,8 @@ def _mindist_core(x, y, idx, key, *, logits_fn, norm, eps_max, search_steps, ste
     hi = jnp.full((n,), eps_max, jnp.float32)
     r = _pgd_core(x, y, idx, hi, rel_step * hi, jax.random.fold_in(key, 0), **pgd_static)
     found = r.success & ~clean
-    d0 = _norm_of(r.x_adv - x, norm)
-    best = (jnp.where(_bcast(clean, x), x, r.x_adv), jnp.where(clean[:, None], logits0, r.logits))
+    d0 = lp.per_example_norm(r.x_adv - x, norm)
+    best = (jnp.where(_rows(clean, x), x, r.x_adv), jnp.where(clean[:, None], logits0, r.logits))
     best_d = jnp.where(clean, 0.0, jnp.where(found, d0, jnp.inf))
     hi = jnp.where(found, jnp.minimum(hi, d0), hi)
     lo = jnp.zeros((n,), jnp.float32)
@@ -826,10 +678,10 @@ def _mindist_core(x, y, idx, key, *, logits_fn, norm, eps_max, search_steps, ste
         lo, hi, best_x, best_logits, best_d = carry
         mid = 0.5 * (lo + hi)
         r = _pgd_core(x, y, idx, mid, rel_step * mid, jax.random.fold_in(key, s + 1), **pgd_static)
-        d = _norm_of(r.x_adv - x, norm)
+        d = lp.per_example_norm(r.x_adv - x, norm)
         ok = r.success & found
         better = ok & (d < best_d)
-        best_x = jnp.where(_bcast(better, x), r.x_adv, best_x)
+        best_x = jnp.where(_rows(better, x), r.x_adv, best_x)
         best_logits = jnp.where(better[:, None], r.logits, best_logits)
         best_d = jnp.where(better, d, best_d)
         hi = jnp.where(ok, jnp.minimum(mid, d), hi)
@@ -847,22 +699,16 @@ def minimal_adversarial_distance(
     logits_fn: Callable,
     x: Any,
     y: Any = None,
+    attack: AttackConfig | None = None,
     *,
     key: Any,
-    eps_max: float,
-    norm: Any = "l2",
+    eps_max: float | None = None,
     search_steps: int = 12,
-    steps: int = 50,
     rel_step_size: float | None = None,
-    random_start: bool = False,
-    restarts: int = 1,
-    targeted: bool = False,
-    bounds: Sequence[float] | None = (0.0, 1.0),
-    loss: str = "ce",
-    l1_fraction: float = 0.05,
     batch_size: int | None = None,
     progress: bool = False,
     checkpoint: Any = None,
+    **settings: Any,
 ) -> MinimalDistance:
     """Per-example minimal adversarial distance: bisection over eps with PGD.
 
@@ -873,43 +719,54 @@ def minimal_adversarial_distance(
     failure. The reported distance is the norm of the closest adversarial
     example found (Finlay et al. 2019, "median adversarial distance", §5).
 
+    Without ``attack`` the PGD settings default to ``steps=50`` and
+    ``random_start=False``; the config's ``step_size`` is not used (the step
+    is ``rel_step_size`` times the current eps).
+
     Args:
       logits_fn: ``x [n, ...] -> logits [n, k]``.
       x: ``[n, ...]`` inputs inside ``bounds``.
       y: ``[n]`` labels (targets when ``targeted``); ``None`` uses the predictions.
+      attack: the PGD settings (``norm`` required, here or in ``settings``;
+        its scalar ``eps`` is ``eps_max`` when ``eps_max`` is not given).
       key: ``jax.random`` key.
       eps_max: largest budget searched (> 0).
-      norm: ``"linf" | "l2" | "l1"``.
       search_steps: bisection rounds (static); the bracket shrinks by ``2**search_steps``.
-      steps: PGD steps per round (static).
       rel_step_size: PGD step as a fraction of the current eps (default ``2.5 / steps``).
-      random_start, restarts, targeted, bounds, loss, l1_fraction: as in :func:`pgd`.
       batch_size, progress, checkpoint: as in :func:`pgd`.
+      **settings: :class:`AttackConfig` fields overriding ``attack``
+        (``norm``, ``steps``, ``restarts``, ``random_start``, ``targeted``,
+        ``bounds``, ``loss``, ``l1_fraction``).
 
     Returns:
       :class:`MinimalDistance`.
+
+    References:
+      Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural
+      networks generalize and are adversarially robust." arXiv:1808.09540.
     """
+    if attack is None:
+        settings = {"steps": 50, "random_start": False, **settings}
+        if "eps" not in settings:
+            if eps_max is None:
+                raise ValueError("eps_max: the largest budget searched is required")
+            settings["eps"] = eps_max
+    cfg = attack_config(attack, **settings)
     _checks.check_key(key)
-    norm = _checks.check_attack_norm(norm)
-    loss = _checks.check_choice(loss, "loss", _LOSSES)
-    eps_max = _checks.check_scalar(eps_max, "eps_max", low=0.0, low_inclusive=False)
+    eps_max = _checks.check_scalar(cfg.eps if eps_max is None else eps_max, "eps_max", low=0.0,
+                                   low_inclusive=False)
     search_steps = _checks.check_int(search_steps, "search_steps", low=0)
-    steps = _checks.check_int(steps, "steps", low=1)
-    restarts = _checks.check_int(restarts, "restarts", low=1)
-    rel = 2.5 / steps if rel_step_size is None else _checks.check_scalar(
+    rel = 2.5 / cfg.steps if rel_step_size is None else _checks.check_scalar(
         rel_step_size, "rel_step_size", low=0.0, low_inclusive=False)
-    l1_fraction = _checks.check_scalar(l1_fraction, "l1_fraction", low=0.0, high=1.0, low_inclusive=False)
-    if not isinstance(random_start, (bool, np.bool_)):
-        raise ValueError(f"random_start: expected a bool, got {random_start!r}")
-    x, y, bounds, _ = _prepare(logits_fn, x, y, bounds, targeted=targeted)
+    x, y, bounds, _ = _prepare(logits_fn, x, y, cfg.bounds, targeted=cfg.targeted)
     n = x.shape[0]
     if n == 0:
         e = _empty_result(logits_fn, x, None)
         z = np.zeros(0, np.float32)
         return MinimalDistance(z, z.copy(), z.copy(), e)
-    static = dict(logits_fn=logits_fn, norm=norm, eps_max=float(eps_max), search_steps=search_steps, steps=steps,
-                  rel_step=float(rel), restarts=restarts, random_start=bool(random_start), targeted=bool(targeted),
-                  loss=loss, bounds=bounds, l1_fraction=float(l1_fraction))
+    static = dict(logits_fn=logits_fn, norm=cfg.norm, eps_max=float(eps_max), search_steps=search_steps,
+                  steps=cfg.steps, rel_step=float(rel), restarts=cfg.restarts, random_start=cfg.random_start,
+                  targeted=cfg.targeted, loss=cfg.loss, bounds=bounds, l1_fraction=cfg.l1_fraction)
     idx = np.arange(n, dtype=np.int32) if _checks.is_concrete(x) else jnp.arange(n, dtype=jnp.int32)
     return _execute(_mindist_core, static, (x, y, idx), (key,), batch_size=batch_size, progress=progress,
                     checkpoint=checkpoint, desc="minimal distance")
@@ -927,17 +784,17 @@ def _grad_penalty(logits_fn, xa, *, detector: str, dual: str):
         pred = lax.stop_gradient(jnp.argmax(logits, axis=-1))
 
         def ce(z):
-            return -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(logits_fn(z)), pred[:, None], axis=1))
+            return jnp.sum(optax.losses.softmax_cross_entropy_with_integer_labels(logits_fn(z), pred))
 
         g = jax.grad(ce)(xa)
-        v = _norm_of(g, dual)
+        v = lp.per_example_norm(g, dual)
     else:
         probs_fn = lambda z: jax.nn.softmax(logits_fn(z), axis=-1)  # noqa: E731
         _, vjp = jax.vjp(probs_fn, xa)
         k = jax.eval_shape(logits_fn, xa).shape[1]
         basis = jnp.broadcast_to(jnp.eye(k, dtype=xa.dtype)[:, None, :], (k, xa.shape[0], k))
         jac = jax.vmap(lambda e: vjp(e)[0])(basis)  # [k, n, ...]
-        v = jnp.max(jax.vmap(lambda g: _norm_of(g, dual))(jac), axis=0)
+        v = jnp.max(jax.vmap(lambda g: lp.per_example_norm(g, dual))(jac), axis=0)
     return v * v
 
 
@@ -960,7 +817,7 @@ def _cw_core(x, y, *, logits_fn, targeted, confidence, c_init, c_max, steps, sea
         xa = to_x(w0 + mod)
         logits = logits_fn(xa)
         d2 = jnp.sum(((xa - x) ** 2).reshape(n, -1), axis=1)
-        m = _margin(logits, y)
+        m = margin(logits, y)
         f = -m if targeted else m
         obj = d2 + c * jnp.maximum(f + confidence, 0.0)
         if penalty > 0:
@@ -981,7 +838,7 @@ def _cw_core(x, y, *, logits_fn, targeted, confidence, c_init, c_max, steps, sea
             g, (xa, logits, d2) = vg(mod, c)
             succ = _is_success(logits, y, targeted)
             better = succ & (d2 < best_d2)
-            best_x = jnp.where(_bcast(better, x), xa, best_x)
+            best_x = jnp.where(_rows(better, x), xa, best_x)
             best_logits = jnp.where(better[:, None], logits, best_logits)
             best_d2 = jnp.where(better, d2, best_d2)
             upd, opt_state = opt.update(g, opt_state, mod)
@@ -1040,6 +897,10 @@ def carlini_wagner_l2(
 
     Returns:
       :class:`AttackResult`.
+
+    References:
+      Carlini, Wagner. "Towards evaluating the robustness of neural
+      networks." IEEE S&P 2017, arXiv:1608.04644.
     """
     return _cw(logits_fn, x, y, targeted=targeted, confidence=confidence, c_init=c_init, search_steps=search_steps,
                steps=steps, learning_rate=learning_rate, bounds=bounds, batch_size=batch_size, penalty=0.0,
@@ -1075,6 +936,12 @@ def evasive_carlini_wagner(
 
     ``||.||_*`` is the dual of ``norm``. Needs reverse-over-reverse
     differentiation of ``logits_fn``. Other arguments as in :func:`carlini_wagner_l2`.
+
+    References:
+      Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural
+      networks generalize and are adversarially robust." arXiv:1808.09540.
+      Carlini, Wagner. "Towards evaluating the robustness of neural
+      networks." IEEE S&P 2017, arXiv:1608.04644.
     """
     penalty = _checks.check_scalar(penalty, "penalty", low=0.0)
     detector = _checks.check_choice(detector, "detector", ("loss", "model"))
@@ -1109,7 +976,7 @@ def _boundary_core(x, y, idx, x_start, has_start, key, *, logits_fn, steps, sphe
                    step_adaptation, adapt_every, init_attempts, init_scale, bounds, targeted):
     n = x.shape[0]
     shape = x.shape[1:]
-    keys = _example_keys(key, idx)
+    keys = example_keys(idx, key=key)
 
     def is_adv(z):
         return _is_success(logits_fn(z), y, targeted)
@@ -1131,7 +998,7 @@ def _boundary_core(x, y, idx, x_start, has_start, key, *, logits_fn, steps, sphe
             z = jax.vmap(lambda k: jax.random.uniform(k, shape, x.dtype, bounds[0], bounds[1]))(tk)
         adv = is_adv(z)
         take = adv & ~ok
-        return jnp.where(_bcast(take, x), z, cand_x), ok | adv
+        return jnp.where(_rows(take, x), z, cand_x), ok | adv
 
     x0, ok0 = lax.fori_loop(0, init_attempts, draw, (x_start, start_ok))
     found = clean | ok0
@@ -1140,11 +1007,11 @@ def _boundary_core(x, y, idx, x_start, has_start, key, *, logits_fn, steps, sphe
     def bisect(_, carry):
         a_lo, a_hi = carry
         mid = 0.5 * (a_lo + a_hi)
-        adv = is_adv(x + _bcast(mid, x) * (x0 - x))
+        adv = is_adv(x + _rows(mid, x) * (x0 - x))
         return jnp.where(adv, a_lo, mid), jnp.where(adv, mid, a_hi)
 
     _, a_hi = lax.fori_loop(0, 25, bisect, (jnp.zeros((n,)), jnp.ones((n,))))
-    xa = jnp.where(_bcast(clean, x), x, x + _bcast(a_hi, x) * (x0 - x))
+    xa = jnp.where(_rows(clean, x), x, x + _rows(a_hi, x) * (x0 - x))
     active = found & ~clean
 
     def step_fn(t, carry):
@@ -1160,12 +1027,12 @@ def _boundary_core(x, y, idx, x_start, has_start, key, *, logits_fn, steps, sphe
         v = -diff + eta  # (xa + eta) - x
         v = v / jnp.maximum(jnp.linalg.norm(v, axis=1, keepdims=True), _TINY) * dist[:, None]
         c1 = clip(x + v.reshape(x.shape))
-        c2 = clip(c1 + _bcast(eps, x) * (x - c1))
+        c2 = clip(c1 + _rows(eps, x) * (x - c1))
         adv1 = is_adv(c1)
         adv2 = is_adv(c2)
         d2 = jnp.sqrt(jnp.sum(((c2 - x) ** 2).reshape(n, -1), axis=1))
         accept = active & adv2 & (d2 < dist)
-        xa = jnp.where(_bcast(accept, x), c2, xa)
+        xa = jnp.where(_rows(accept, x), c2, xa)
         s1 = s1 + adv1.astype(jnp.float32)
         s2 = s2 + adv2.astype(jnp.float32)
         adapt = (t + 1) % adapt_every == 0
@@ -1184,7 +1051,7 @@ def _boundary_core(x, y, idx, x_start, has_start, key, *, logits_fn, steps, sphe
     init = (xa, jnp.full((n,), spherical_step, jnp.float32), jnp.full((n,), source_step, jnp.float32),
             jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.float32))
     xa = lax.fori_loop(0, steps, step_fn, init)[0]
-    xa = jnp.where(_bcast(found, x), xa, x)
+    xa = jnp.where(_rows(found, x), xa, x)
     return _result(x, xa, found, logits_fn(xa))
 
 
@@ -1238,6 +1105,11 @@ def boundary_attack(
 
     Returns:
       :class:`AttackResult` (``success`` False where no adversarial start was found).
+
+    References:
+      Brendel, Rauber, Bethge. "Decision-based adversarial attacks: reliable
+      attacks against black-box machine learning models." ICLR 2018,
+      arXiv:1712.04248.
     """
     _checks.check_key(key)
     steps = _checks.check_int(steps, "steps", low=1)
@@ -1286,8 +1158,8 @@ def predict(logits_fn: Callable, x: Any, *, batch_size: int | None = None) -> An
     return _execute(_predict_core, dict(logits_fn=logits_fn), (x,), (), batch_size=batch_size)
 
 
-def perturbation_norms(x: Any, x_adv: Any, norm: Any = "l2") -> Any:
-    """``||x_adv_i - x_i||`` per example, flattening all but the first axis."""
+def perturbation_norms(x: Any, x_adv: Any, norm: Any) -> Any:
+    """``||x_adv_i - x_i||`` per example in ``norm``, flattening all but the first axis (float64 on the host)."""
     n = _checks.check_attack_norm(norm)
     a = np.asarray(x, np.float64) if _checks.is_concrete(x) else x
     b = np.asarray(x_adv, np.float64) if _checks.is_concrete(x_adv) else x_adv

@@ -29,18 +29,28 @@ classifier (pixels in ``[0, 1]`` for images). The distribution it models is
   ``g(z, y)`` is misclassified *and* within ``eps`` of ``x``. Returns the
   in-distribution robust accuracy.
 
-Conventions and the authors' defects (../shared/ANCHORS.md): Lipschitz ratios
-are measured in the space ``g`` returns, which for :class:`ACGAN` is the
-classifier's ``[0, 1]`` pixel space; the authors measured on the ``[-1, 1]``
-output (pass ``gan.raw``: ratios double) and drew neighbour directions from
-normalised ``U[0, 1)^d`` noise, i.e. inside one orthant cone
+Conventions, and where the authors' code differs: Lipschitz ratios are
+measured in the space ``g`` returns, which for :class:`ACGAN` is the
+classifier's ``[0, 1]`` pixel space; the authors' code measures on the
+``[-1, 1]`` output (pass ``gan.raw``: ratios double) and draws neighbour
+directions from normalised ``U[0, 1)^d`` noise, i.e. inside one orthant cone
 (``directions="orthant"`` reproduces it); the default ``directions="ball"``
-draws them uniformly from the ball.
+draws them uniformly from the ball. Every random function takes the PRNG
+key as the keyword-only ``key``; block loops run through the library's one
+block engine.
+
+References:
+  Zhang, Chen, Gu, Evans. "Understanding the intrinsic robustness of image
+  distributions using conditional generative models." AISTATS 2020,
+  arXiv:2003.00378.
+  Odena, Olah, Shlens. "Conditional image synthesis with auxiliary classifier
+  GANs." ICML 2017, arXiv:1610.09585.
+  Carlini, Wagner. "Towards evaluating the robustness of neural networks."
+  IEEE S&P 2017, arXiv:1608.04644.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -51,7 +61,7 @@ import optax
 from jax import lax
 from scipy.stats import norm as _norm
 
-from jaxbound import _checks
+from jaxbound import _checks, _engine
 from jaxbound import attacks as _attacks
 from jaxbound._acgan import (
     ACGAN,
@@ -130,11 +140,6 @@ def _flat(a):
     return a.reshape(a.shape[0], -1)
 
 
-@functools.lru_cache(maxsize=64)
-def _jitted(core: Callable, static_items: tuple):
-    return jax.jit(functools.partial(core, **_attacks._thaw(static_items)))
-
-
 def _check_priors(p: Any, k: int | None, name: str = "p") -> np.ndarray:
     arr = np.asarray(p, dtype=np.float64)
     if arr.ndim != 1 or arr.size == 0:
@@ -186,10 +191,10 @@ def _gen_core(z, y, *, g):
 
 
 def sample_dataset(
-    key: Any,
     g: Callable,
     *,
     n: int,
+    key: Any,
     p: Any = None,
     num_classes: int | None = None,
     latent_dim: int | None = None,
@@ -204,9 +209,9 @@ def sample_dataset(
     draw of ``m``.
 
     Args:
-      key: ``jax.random`` key.
       g: conditional generator ``g(z [n, d], y [n]) -> x [n, ...]``.
       n: number of examples (>= 0).
+      key: ``jax.random`` key.
       p: ``[K]`` class priors (default uniform over ``num_classes``).
       num_classes: ``K`` (default ``len(p)`` or ``g.num_classes``).
       latent_dim: ``d`` (default ``g.latent_dim``).
@@ -217,6 +222,11 @@ def sample_dataset(
 
     Returns:
       :class:`GeneratedDataset`.
+
+    References:
+      Zhang, Chen, Gu, Evans. "Understanding the intrinsic robustness of
+      image distributions using conditional generative models." AISTATS
+      2020, arXiv:2003.00378.
     """
     _checks.check_key(key)
     d = _check_generator(g, latent_dim)
@@ -234,15 +244,13 @@ def sample_dataset(
     z = np.asarray(jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(kz, i), (d,), jnp.float32))(idx))
     logp = jnp.log(jnp.asarray(p, jnp.float32))
     y = np.asarray(jax.vmap(lambda i: jax.random.categorical(jax.random.fold_in(ky, i), logp))(idx)).astype(np.int64)
-    fn = _jitted(_gen_core, _attacks._freeze(dict(g=g)))
-    from tqdm.auto import tqdm
-
     parts = []
-    for lo in tqdm(range(0, n, batch_size), desc="sample", disable=not progress, leave=False):
-        hi = min(n, lo + batch_size)
-        zb = _attacks._pad_rows(z[lo:hi], batch_size)
-        yb = _attacks._pad_rows(y[lo:hi].astype(np.int32), batch_size)
-        parts.append(np.asarray(fn(zb, yb))[: hi - lo])
+    if n:
+        # Every call gets exactly ``batch_size`` rows (the last block padded), whatever n.
+        bs = _engine.block_rows(batch_size, batch_size, n=batch_size)
+        _, blocks = _engine.stream(_gen_core, dict(g=g), (z, y.astype(np.int32)), block_size=bs,
+                                   progress=progress, desc="sample")
+        parts = [np.asarray(b[0]) for b in blocks]
     shape = jax.eval_shape(g, jax.ShapeDtypeStruct((1, d), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.int32)).shape
     images = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0,) + tuple(shape[1:]), np.float32)
     _checks.check_finite(images, "g")
@@ -397,16 +405,22 @@ def _lip_core(z, keys, y, *, g, r, n_neighbors, chunk, directions, grad_steps, g
     return best, jnp.maximum(top, best)
 
 
+def _lip_kernel(z, key_data, y, *, impl, **kw):
+    """:func:`_lip_core` on per-latent key data (typed keys rebuilt with ``impl``; ``None``: raw uint32 keys)."""
+    keys = key_data if impl is None else jax.random.wrap_key_data(key_data, impl=impl)
+    return _lip_core(z, keys, y, **kw)
+
+
 def _quantiles(a: np.ndarray, deltas: np.ndarray) -> np.ndarray:
     """``(1 - delta)``-percentiles along the last axis: the smallest value whose empirical CDF is ``>= 1 - delta``."""
     return np.stack([np.quantile(a, 1.0 - dl, axis=-1, method="inverted_cdf") for dl in deltas], axis=-1)
 
 
 def local_lipschitz(
-    key: Any,
     g: Callable,
     y: Any,
     *,
+    key: Any,
     r: float,
     n_latents: int,
     n_neighbors: int,
@@ -445,10 +459,10 @@ def local_lipschitz(
     latents and neighbours).
 
     Args:
-      key: ``jax.random`` key.
       g: conditional generator ``g(z [n, d], y [n]) -> x [n, ...]``; ratios are
         measured in the space ``g`` returns.
       y: a class label or a 1-D sequence of classes.
+      key: ``jax.random`` key.
       r: latent radius (> 0; the paper: 0.5).
       n_latents: ``S`` latents per class (the paper: 1000).
       n_neighbors: ``N`` neighbours per latent (the paper: 2000).
@@ -470,6 +484,11 @@ def local_lipschitz(
 
     Returns:
       :class:`LocalLipschitz`.
+
+    References:
+      Zhang, Chen, Gu, Evans. "Understanding the intrinsic robustness of
+      image distributions using conditional generative models." AISTATS
+      2020, arXiv:2003.00378 (Algorithm 1).
     """
     _checks.check_key(key)
     d = _check_generator(g, latent_dim)
@@ -493,32 +512,24 @@ def local_lipschitz(
     k = _num_classes_of(g, None)
     _checks.check_labels(classes, "y", num_classes=k)
     chunk = min(neighbor_chunk, n_neighbors)
-    bsz = min(latent_batch, n_latents)
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
     static = dict(g=g, r=float(r), n_neighbors=n_neighbors, chunk=chunk, directions=directions,
                   grad_steps=grad_steps, grad_restarts=grad_restarts, step_size=float(step_size),
-                  min_radius=float(min_radius))
-    fn = _jitted(_lip_core, _attacks._freeze(static))
-    from tqdm.auto import tqdm
-
+                  min_radius=float(min_radius), impl=jax.random.key_impl(key) if typed else None)
     t0 = time.perf_counter()
     ratios = np.zeros((classes.size, n_latents), np.float64)
     ratios_g = np.zeros_like(ratios)
-    bar = tqdm(total=classes.size * n_latents, desc="local lipschitz", unit="z", disable=not progress, leave=False)
     for ci, cls in enumerate(classes):
         kc = jax.random.fold_in(key, int(cls))
         kz, kn = jax.random.split(kc)
         idx = jnp.arange(n_latents, dtype=jnp.uint32)
         z_all = np.asarray(jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(kz, i), (d,), jnp.float32))(idx))
-        keys_all = jax.vmap(lambda i: jax.random.fold_in(kn, i))(idx)
-        for lo in range(0, n_latents, bsz):
-            hi = min(n_latents, lo + bsz)
-            sel = np.minimum(np.arange(lo, lo + bsz), hi - 1)
-            yb = jnp.full((bsz,), int(cls), jnp.int32)
-            a, b_ = fn(jnp.asarray(z_all[sel]), keys_all[sel], yb)
-            ratios[ci, lo:hi] = np.asarray(a, np.float64)[: hi - lo]
-            ratios_g[ci, lo:hi] = np.asarray(b_, np.float64)[: hi - lo]
-            bar.update(hi - lo)
-    bar.close()
+        keys_all = _engine.key_data(jax.vmap(lambda i: jax.random.fold_in(kn, i))(idx))
+        y_all = np.full((n_latents,), int(cls), np.int32)
+        a, b_ = _engine.run(_lip_kernel, static, (z_all, keys_all, y_all), block_size=latent_batch,
+                            default_block=16, progress=progress, desc=f"local lipschitz (class {int(cls)})", unit="z")
+        ratios[ci] = np.asarray(a, np.float64)
+        ratios_g[ci] = np.asarray(b_, np.float64)
     if not (np.all(np.isfinite(ratios)) and np.all(np.isfinite(ratios_g))):
         raise ValueError("g: produced non-finite outputs or ratios in the latent ball")
     return LocalLipschitz(_quantiles(ratios, dl), _quantiles(ratios_g, dl), ratios, ratios_g,
@@ -757,7 +768,7 @@ def _indist_core(x, y, idx, z0, key, *, logits_fn, g, latent_dim, invert, init_r
                  search_steps, steps, learning_rate, c_init, c_max, confidence):
     n = x.shape[0]
     xf = _flat(x)
-    keys = _attacks._example_keys(key, idx)
+    keys = _attacks.example_keys(idx, key=key)
     d2_of = lambda out: jnp.sum((_flat(out) - xf) ** 2, axis=1)  # noqa: E731
 
     if invert:
@@ -788,7 +799,7 @@ def _indist_core(x, y, idx, z0, key, *, logits_fn, g, latent_dim, invert, init_r
         out = g(z, y)
         d2 = d2_of(out)
         logits = logits_fn(out)
-        m = _attacks._margin(logits, y)
+        m = _attacks.margin(logits, y)
         return jnp.sum(d2 + c * jnp.maximum(m + confidence, 0.0)), (d2, logits)
 
     vg = jax.value_and_grad(total, has_aux=True)
@@ -828,12 +839,12 @@ def _indist_core(x, y, idx, z0, key, *, logits_fn, g, latent_dim, invert, init_r
 
 
 def in_distribution_attack(
-    key: Any,
     logits_fn: Callable,
     g: Callable,
     x: Any,
     y: Any,
     *,
+    key: Any,
     eps: Any,
     latent_dim: int | None = None,
     z_init: Any = None,
@@ -868,17 +879,17 @@ def in_distribution_attack(
        misclassified and ``||x_adv - x||_2 <= eps``.
 
     Args:
-      key: ``jax.random`` key (inversion starts; example ``i`` uses ``(key, i)``).
       logits_fn: classifier ``x [n, ...] -> logits [n, k]`` on ``g``'s output space.
       g: conditional generator ``g(z [n, d], y [n]) -> x [n, ...]``.
       x: ``[n, ...]`` points to attack, shaped like ``g``'s output.
       y: ``[n]`` their classes (the generator's condition and the true label).
+      key: ``jax.random`` key (inversion starts; example ``i`` uses ``(key, i)``).
       eps: budget ``>= 0`` (l2), or ``[E]`` budgets (``success`` gets a leading axis).
       latent_dim: ``d`` (default ``g.latent_dim``).
       z_init: optional ``[n, d]`` initial latents (skips the inversion).
-      init_restarts, init_steps, init_learning_rate: the inversion (ANCHORS: 3, 1000, 0.01).
-      search_steps: binary-search rounds on ``c`` (ANCHORS: 4).
-      steps: Adam steps per round (ANCHORS: 100).
+      init_restarts, init_steps, init_learning_rate: the inversion (the authors' code: 3, 1000, 0.01).
+      search_steps: binary-search rounds on ``c`` (the authors' code: 4).
+      steps: Adam steps per round (the authors' code: 100).
       learning_rate: Adam learning rate on ``z`` (the paper: 0.01).
       c_init: initial constant (the paper: 1).
       confidence: margin ``kappa >= 0`` demanded by the hinge.
@@ -887,6 +898,13 @@ def in_distribution_attack(
 
     Returns:
       :class:`InDistributionResult`.
+
+    References:
+      Zhang, Chen, Gu, Evans. "Understanding the intrinsic robustness of
+      image distributions using conditional generative models." AISTATS
+      2020, arXiv:2003.00378 (eqs. 5.1/5.2, App. B.2).
+      Carlini, Wagner. "Towards evaluating the robustness of neural
+      networks." IEEE S&P 2017, arXiv:1608.04644.
     """
     _checks.check_key(key)
     _checks.check_logits_fn(logits_fn)
@@ -930,9 +948,9 @@ def in_distribution_attack(
                   init_steps=init_steps, init_lr=float(init_learning_rate), search_steps=search_steps, steps=steps,
                   learning_rate=float(learning_rate), c_init=float(c_init), c_max=1e10, confidence=float(confidence))
     idx = np.arange(n, dtype=np.int32)
-    z_adv, x_adv, logits, dist, init_dist = _attacks._execute(
-        _indist_core, static, (x, np.asarray(y), idx, z0), (key,), batch_size=batch_size or 256, progress=progress,
-        desc="in-distribution attack")
+    z_adv, x_adv, logits, dist, init_dist = _engine.run(
+        _indist_core, static, (x, np.asarray(y), idx, z0), (key,), block_size=batch_size, default_block=256,
+        progress=progress, desc="in-distribution attack")
     z_adv, x_adv, logits = np.asarray(z_adv), np.asarray(x_adv), np.asarray(logits)
     dist = np.asarray(dist, np.float64)
     y_np = np.asarray(y)

@@ -26,22 +26,35 @@ What trained models reach, in the papers' terms:
   the threshold that keeps a chosen false-positive rate on clean data
   (Finlay et al. §7, eq. 7.1, Table 6).
 
-Per-example arrays come back as NumPy arrays; summaries are Python floats.
-Every result type has ``to_dict()`` for JSON records.
+Attacks take one :class:`~jaxbound.attacks.AttackConfig` (``attack``, with
+single fields overridable by keyword); every function that measures in a
+threat-model norm takes ``norm`` explicitly (no default). Per-example arrays
+come back as NumPy arrays; summaries are Python floats. Every result type
+has ``to_dict()`` for JSON records.
+
+References:
+  Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial robustness
+  to input data distributions." ICLR 2019, arXiv:1902.08336.
+  Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural
+  networks generalize and are adversarially robust." arXiv:1808.09540.
+  Madry, Makelov, Schmidt, Tsipras, Vladu. "Towards deep learning models
+  resistant to adversarial attacks." ICLR 2018, arXiv:1706.06083.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from jaxbound import _checks
+from jaxbound import _checks, _engine, lp
 from jaxbound import attacks as _attacks
 from jaxbound._io import to_jsonable
+from jaxbound.attacks import AttackConfig
 
 __all__ = [
     "RobustAccuracy",
@@ -228,54 +241,53 @@ def evaluate_robustness(
     logits_fn: Callable,
     x: Any,
     y: Any,
+    attack: AttackConfig | None = None,
     *,
     key: Any,
-    eps: Any,
-    norm: Any = "linf",
-    steps: int = 40,
-    step_size: Any = None,
-    restarts: int = 1,
-    random_start: bool = True,
-    bounds: Sequence[float] | None = (0.0, 1.0),
-    loss: str = "ce",
     wrt_predictions: bool = True,
     batch_size: int | None = None,
     progress: bool = False,
+    **settings: Any,
 ) -> RobustnessReport:
     """Clean accuracy, robust accuracy and robustness w.r.t. predictions under PGD.
 
-    Ding et al. (2019, §3.2) on MNIST: ``norm="linf", eps=0.3, steps=40,
-    step_size=0.01``, with (``bounds=(0, 1)``) and without (``bounds=None``,
-    Table 7) the box. Both attacks use the same key.
+    Ding et al. (2019, §3.2) on MNIST: ``AttackConfig(norm="linf", eps=0.3,
+    steps=40, step_size=0.01)``, with (``bounds=(0, 1)``) and without
+    (``bounds=None``, Table 7) the box. Both attacks use the same key.
 
     Args:
       logits_fn: ``x [n, ...] -> logits [n, k]``.
       x: ``[n, ...]`` clean inputs.
       y: ``[n]`` true labels.
+      attack: the PGD threat model and settings (``norm`` and ``eps``
+        required, here or in ``settings``); a 1-D ``eps`` gives lists of
+        accuracies.
       key: ``jax.random`` key.
-      eps: budget or 1-D array of budgets (then accuracies are lists).
-      norm, steps, step_size, restarts, random_start, bounds, loss: as in
-        :func:`jaxbound.attacks.pgd`.
       wrt_predictions: also attack the model's own predictions.
       batch_size, progress: as in :func:`jaxbound.attacks.pgd`.
+      **settings: :class:`~jaxbound.attacks.AttackConfig` fields overriding
+        ``attack``.
 
     Returns:
       :class:`RobustnessReport`.
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336.
     """
-    kw = dict(key=key, eps=eps, norm=norm, steps=steps, step_size=step_size, restarts=restarts,
-              random_start=random_start, bounds=bounds, loss=loss, batch_size=batch_size, progress=progress)
-    res = _attacks.pgd(logits_fn, x, y, **kw)
+    cfg = _attacks.attack_config(attack, **settings)
+    kw = dict(key=key, batch_size=batch_size, progress=progress)
+    res = _attacks.pgd(logits_fn, x, y, cfg, **kw)
     ra = robust_accuracy(logits_fn, x, y, res, batch_size=batch_size)
     wrt = None
     if wrt_predictions:
-        wrt = robustness_wrt_predictions(_attacks.pgd(logits_fn, x, None, **kw))
-    eps_k, vector = _checks.check_eps(eps)
-    step_k = _checks.check_step(step_size, eps_k, steps)
+        wrt = robustness_wrt_predictions(_attacks.pgd(logits_fn, x, None, cfg, **kw))
+    vector = isinstance(cfg.eps, tuple)
     as_out = (lambda a: a.astype(float).tolist()) if vector else (lambda a: float(a[0]))
     return RobustnessReport(
-        n=ra.n, norm=_checks.check_attack_norm(norm), eps=as_out(eps_k), steps=int(steps), step_size=as_out(step_k),
-        restarts=int(restarts), random_start=bool(random_start), bounds=None if bounds is None else list(bounds),
-        loss=loss, clean_accuracy=ra.clean_accuracy, robust_accuracy=ra.robust_accuracy,
+        n=ra.n, norm=cfg.norm, eps=as_out(cfg.eps_array), steps=cfg.steps, step_size=as_out(cfg.step_array),
+        restarts=cfg.restarts, random_start=cfg.random_start, bounds=None if cfg.bounds is None else list(cfg.bounds),
+        loss=cfg.loss, clean_accuracy=ra.clean_accuracy, robust_accuracy=ra.robust_accuracy,
         robustness_wrt_predictions=wrt,
     )
 
@@ -309,28 +321,30 @@ def robust_error_curve(
     logits_fn: Callable,
     x: Any,
     y: Any,
+    attack: AttackConfig | None = None,
     *,
     key: Any,
-    eps: Any,
-    norm: Any = "linf",
-    steps: int = 40,
-    step_size: Any = None,
-    restarts: int = 1,
-    random_start: bool = True,
-    bounds: Sequence[float] | None = (0.0, 1.0),
-    loss: str = "ce",
     batch_size: int | None = None,
     progress: bool = False,
+    **settings: Any,
 ) -> ErrorCurve:
     """Robust error ``1 - robust accuracy`` at each budget of ``eps [K]`` (PGD vmapped over eps).
 
-    ``step_size=None`` scales the step with each budget (``2.5 eps / steps``).
-    Other arguments as in :func:`jaxbound.attacks.pgd`.
+    A scalar ``eps`` counts as one budget. ``step_size=None`` scales the
+    step with each budget (``2.5 eps / steps``). ``attack`` and ``settings``
+    as in :func:`evaluate_robustness`; the other arguments as in
+    :func:`jaxbound.attacks.pgd`.
+
+    References:
+      Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural
+      networks generalize and are adversarially robust." arXiv:1808.09540
+      (Figs. 2-3).
     """
-    eps_k, _ = _checks.check_eps(eps)
-    res = _attacks.pgd(logits_fn, x, y, key=key, eps=eps_k, norm=norm, steps=steps, step_size=step_size,
-                       restarts=restarts, random_start=random_start, bounds=bounds, loss=loss,
-                       batch_size=batch_size, progress=progress)
+    cfg = _attacks.attack_config(attack, **settings)
+    eps_k = cfg.eps_array
+    if not isinstance(cfg.eps, tuple):
+        cfg = cfg.replace(eps=tuple(float(e) for e in eps_k))
+    res = _attacks.pgd(logits_fn, x, y, cfg, key=key, batch_size=batch_size, progress=progress)
     ra = robust_accuracy(logits_fn, x, y, res, batch_size=batch_size)
     rob = np.asarray(ra.robust_accuracy, dtype=float)
     return ErrorCurve(eps_k.astype(float), 1.0 - rob, 1.0 - ra.clean_accuracy, ra.n)
@@ -441,7 +455,7 @@ class GradientNorms(NamedTuple):
 def _gradnorm_core(x, y, *, logits_fn, dual, output):
     def ce(z):
         logits = logits_fn(z)
-        v = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), y[:, None], axis=1)[:, 0]
+        v = optax.losses.softmax_cross_entropy_with_integer_labels(logits, y)
         return jnp.sum(v), v
 
     g, lv = jax.grad(ce, has_aux=True)(x)
@@ -450,8 +464,8 @@ def _gradnorm_core(x, y, *, logits_fn, dual, output):
     k = out.shape[1]
     basis = jnp.broadcast_to(jnp.eye(k, dtype=out.dtype)[:, None, :], (k, x.shape[0], k))
     jac = jax.vmap(lambda e: vjp(e)[0])(basis)
-    model = jnp.max(jax.vmap(lambda j: _attacks._norm_of(j, dual))(jac), axis=0)
-    return _attacks._norm_of(g, dual), model, lv
+    model = jnp.max(jax.vmap(lambda j: lp.per_example_norm(j, dual))(jac), axis=0)
+    return lp.per_example_norm(g, dual), model, lv
 
 
 def gradient_norms(
@@ -459,7 +473,7 @@ def gradient_norms(
     x: Any,
     y: Any = None,
     *,
-    norm: Any = "l2",
+    norm: Any,
     output: str = "probs",
     batch_size: int | None = None,
 ) -> GradientNorms:
@@ -477,25 +491,32 @@ def gradient_norms(
       x: ``[n, ...]`` inputs.
       y: ``[n]`` labels; ``None`` uses the predictions (the loss at the predicted
         class, available at inference time).
-      norm: attack norm ``"linf" | "l2" | "l1"``; gradients use its dual.
+      norm: attack norm ``"linf" | "l2" | "l1"`` (required); gradients use its dual.
       output: ``"probs"`` (softmax, default) or ``"logits"`` for the model Jacobian.
       batch_size: examples per batch group.
 
     Returns:
       :class:`GradientNorms`.
+
+    References:
+      Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural
+      networks generalize and are adversarially robust." arXiv:1808.09540.
     """
     _checks.check_logits_fn(logits_fn)
     norm = _checks.check_attack_norm(norm)
-    dual = _checks.dual_norm(norm)
+    dual = lp.dual_norm(norm)
     output = _checks.check_choice(output, "output", ("probs", "logits"))
     x = _checks.check_model_inputs(x, None)
     k = _checks.num_classes_of(logits_fn, x)
-    y = _attacks.predict(logits_fn, x, batch_size=batch_size) if y is None else _checks.check_model_labels(y, x.shape[0], k)
+    if y is None:
+        y = _attacks.predict(logits_fn, x, batch_size=batch_size)
+    else:
+        y = _checks.check_model_labels(y, x.shape[0], k)
     if x.shape[0] == 0:
         z = np.zeros(0, np.float32)
         return GradientNorms(z, z.copy(), z.copy(), norm, dual, output)
-    ln, mn, lv = _attacks._execute(_gradnorm_core, dict(logits_fn=logits_fn, dual=dual, output=output), (x, y), (),
-                                   batch_size=batch_size, desc="gradient norms")
+    ln, mn, lv = _engine.run(_gradnorm_core, dict(logits_fn=logits_fn, dual=dual, output=output), (x, y), (),
+                             block_size=batch_size, desc="gradient norms")
     return GradientNorms(np.asarray(ln), np.asarray(mn), np.asarray(lv), norm, dual, output)
 
 
@@ -504,7 +525,7 @@ def predicted_minimal_distance(
     x: Any,
     y: Any,
     *,
-    norm: Any = "l2",
+    norm: Any,
     l0: float | None = None,
     batch_size: int | None = None,
 ) -> np.ndarray:
@@ -521,12 +542,16 @@ def predicted_minimal_distance(
       logits_fn: ``x [n, ...] -> logits [n, k]``.
       x: ``[n, ...]`` inputs.
       y: ``[n]`` labels.
-      norm: attack norm; the gradient is measured in its dual.
+      norm: attack norm (required); the gradient is measured in its dual.
       l0: loss threshold (> 0); default ``log(num_classes)``.
       batch_size: examples per batch group.
 
     Returns:
       ``[n]`` predicted distances.
+
+    References:
+      Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural
+      networks generalize and are adversarially robust." arXiv:1808.09540.
     """
     _checks.check_logits_fn(logits_fn)
     x, y, k = _labels_for(logits_fn, x, y)
@@ -575,7 +600,7 @@ def dataset_lipschitz(
     x: Any,
     labels: Any,
     *,
-    norm: Any = "l2",
+    norm: Any,
     block_size: int | None = None,
     precision: str = "float32",
     progress: bool = False,
@@ -587,11 +612,15 @@ def dataset_lipschitz(
     Args:
       x: ``[n, ...]`` points (flattened to ``[n, d]``).
       labels: ``[n]`` integer labels (at least two classes).
-      norm: distance norm (``"l2"`` in the paper).
+      norm: distance norm (required; ``"l2"`` in the paper).
       block_size, precision, progress: passed to the geometry kernel.
 
     Returns:
       :class:`DatasetLipschitz`.
+
+    References:
+      Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural
+      networks generalize and are adversarially robust." arXiv:1808.09540.
     """
     from jaxbound import geometry
 
@@ -599,7 +628,7 @@ def dataset_lipschitz(
     if arr is None or arr.ndim < 2:
         raise ValueError(f"x: expected a concrete array shaped [n, ...], got {getattr(x, 'shape', x)!r}")
     flat = arr.reshape(arr.shape[0], -1)
-    norm_c = _checks.canonical_norm(norm)
+    norm_c = lp.canonical_norm(norm)
     res = geometry.nearest_other_class(flat, labels, norm=norm_c, block_size=block_size, precision=precision,
                                        progress=progress)
     i = int(np.argmin(res.distances))
@@ -680,6 +709,10 @@ def gradient_norm_detection(clean_scores: Any, adv_scores: Any, *, fpr: float = 
 
     Returns:
       :class:`Detection`.
+
+    References:
+      Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural
+      networks generalize and are adversarially robust." arXiv:1808.09540.
     """
     c = _check_scores(clean_scores, "clean_scores")
     a = _check_scores(adv_scores, "adv_scores")
@@ -694,8 +727,8 @@ def detect_adversarial(
     x_clean: Any,
     x_adv: Any,
     *,
+    norm: Any,
     fpr: float = 0.05,
-    norm: Any = "l2",
     statistic: str = "model",
     output: str = "probs",
     batch_size: int | None = None,
@@ -703,7 +736,12 @@ def detect_adversarial(
     """:func:`gradient_norm_detection` with scores from :func:`gradient_norms`.
 
     ``statistic="model"`` uses ``||grad f(x)||_{*,inf}`` (eq. 7.1);
-    ``"loss"`` the loss gradient at the predicted class.
+    ``"loss"`` the loss gradient at the predicted class; ``norm`` is the
+    attack norm (gradients in its dual).
+
+    References:
+      Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural
+      networks generalize and are adversarially robust." arXiv:1808.09540.
     """
     statistic = _checks.check_choice(statistic, "statistic", ("model", "loss"))
     sc = gradient_norms(logits_fn, x_clean, None, norm=norm, output=output, batch_size=batch_size)

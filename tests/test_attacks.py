@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxbound import attacks, models
+from jaxbound import _engine, attacks, models
 from _affine import DUAL, Affine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,20 +162,21 @@ def test_checkpoint_resumes_after_interruption(mlp, tmp_path, monkeypatch):
     full = attacks.pgd(mlp.f, mlp.x, mlp.y, **kw)
     ckpt = tmp_path / "pgd_ckpt"
     calls = []
-    real_pad = attacks._pad_rows
+    real_pad = _engine.pad_rows
 
-    def interrupt_second_batch(a, size):
+    def interrupt_second_batch(a, size, fill=None):
         calls.append(a.shape[0])
         if len(calls) > 5:  # 5 batch arguments per batch: stop while preparing batch 2
             raise KeyboardInterrupt
-        return real_pad(a, size)
+        return real_pad(a, size, fill)
 
-    monkeypatch.setattr(attacks, "_pad_rows", interrupt_second_batch)
+    monkeypatch.setattr(_engine, "pad_rows", interrupt_second_batch)
     with pytest.raises(KeyboardInterrupt):
         attacks.pgd(mlp.f, mlp.x, mlp.y, checkpoint=ckpt, **kw)
     assert ckpt.exists()
     calls.clear()
-    monkeypatch.setattr(attacks, "_pad_rows", lambda a, size: (calls.append(a.shape[0]), real_pad(a, size))[1])
+    monkeypatch.setattr(_engine, "pad_rows",
+                        lambda a, size, fill=None: (calls.append(a.shape[0]), real_pad(a, size, fill))[1])
     resumed = attacks.pgd(mlp.f, mlp.x, mlp.y, checkpoint=ckpt, **kw)
     assert len(calls) == 2 * 5  # only the two unfinished batches ran
     np.testing.assert_array_equal(resumed.x_adv, full.x_adv)
@@ -184,9 +185,9 @@ def test_checkpoint_resumes_after_interruption(mlp, tmp_path, monkeypatch):
 
 
 def test_empty_batch(mlp):
-    r = attacks.pgd(mlp.f, mlp.x[:0], mlp.y[:0], key=jax.random.key(0), eps=0.1)
+    r = attacks.pgd(mlp.f, mlp.x[:0], mlp.y[:0], key=jax.random.key(0), eps=0.1, norm="linf")
     assert r.x_adv.shape == (0, 4, 4, 1) and r.success.shape == (0,) and r.logits.shape == (0, 3)
-    rv = attacks.pgd(mlp.f, mlp.x[:0], mlp.y[:0], key=jax.random.key(0), eps=[0.1, 0.2])
+    rv = attacks.pgd(mlp.f, mlp.x[:0], mlp.y[:0], key=jax.random.key(0), eps=[0.1, 0.2], norm="linf")
     assert rv.success.shape == (2, 0)
 
 
@@ -212,8 +213,8 @@ def test_restarts_keep_first_success(mlp):
 
 def test_y_none_attacks_predictions(mlp):
     pred = np.asarray(jax.jit(mlp.f)(mlp.x)).argmax(1)
-    a = attacks.pgd(mlp.f, mlp.x, None, key=jax.random.key(1), eps=0.1, steps=5)
-    b = attacks.pgd(mlp.f, mlp.x, pred, key=jax.random.key(1), eps=0.1, steps=5)
+    a = attacks.pgd(mlp.f, mlp.x, None, key=jax.random.key(1), eps=0.1, norm="linf", steps=5)
+    b = attacks.pgd(mlp.f, mlp.x, pred, key=jax.random.key(1), eps=0.1, norm="linf", steps=5)
     np.testing.assert_array_equal(a.x_adv, b.x_adv)
     np.testing.assert_array_equal(attacks.predict(mlp.f, mlp.x), pred)
 
@@ -375,11 +376,11 @@ _SHARD_CODE = textwrap.dedent(
         x = rng.uniform(0, 1, size=(10, 16)).astype(np.float32)
         y = rng.integers(0, 3, 10)
         out = {"ndev": np.array(jax.local_device_count())}
-        r = attacks.pgd(f, x, y, key=jax.random.key(0), eps=[0.05, 0.1], steps=6, batch_size=8)
+        r = attacks.pgd(f, x, y, key=jax.random.key(0), eps=[0.05, 0.1], norm="linf", steps=6, batch_size=8)
         out["pgd"], out["pgd_s"] = r.x_adv, r.success
         out["ba"] = attacks.boundary_attack(f, x, y, key=jax.random.key(1), steps=20).x_adv
-        out["md"] = attacks.minimal_adversarial_distance(f, x, y, key=jax.random.key(2), eps_max=1.0, steps=5,
-                                                         search_steps=3).distance
+        out["md"] = attacks.minimal_adversarial_distance(f, x, y, key=jax.random.key(2), eps_max=1.0, norm="l2",
+                                                         steps=5, search_steps=3).distance
         np.savez(path, **out)
     """
 )
@@ -418,34 +419,34 @@ def _raises(name, fn, *a, **kw):
 
 def test_bad_inputs_are_rejected(mlp):
     f, x, y, key = mlp.f, mlp.x, mlp.y, jax.random.key(0)
-    _raises("eps", attacks.pgd, f, x, y, key=key, eps=-0.1)
-    _raises("eps", attacks.pgd, f, x, y, key=key, eps=[0.1, np.nan])
-    _raises("eps", attacks.pgd, f, x, y, key=key, eps=np.zeros((2, 2)))
-    _raises("steps", attacks.pgd, f, x, y, key=key, eps=0.1, steps=0)
-    _raises("restarts", attacks.pgd, f, x, y, key=key, eps=0.1, restarts=0)
-    _raises("step_size", attacks.pgd, f, x, y, key=key, eps=0.1, step_size=-1.0)
+    _raises("eps", attacks.pgd, f, x, y, key=key, norm="linf", eps=-0.1)
+    _raises("eps", attacks.pgd, f, x, y, key=key, norm="linf", eps=[0.1, np.nan])
+    _raises("eps", attacks.pgd, f, x, y, key=key, norm="linf", eps=np.zeros((2, 2)))
+    _raises("steps", attacks.pgd, f, x, y, key=key, norm="linf", eps=0.1, steps=0)
+    _raises("restarts", attacks.pgd, f, x, y, key=key, norm="linf", eps=0.1, restarts=0)
+    _raises("step_size", attacks.pgd, f, x, y, key=key, norm="linf", eps=0.1, step_size=-1.0)
     _raises("norm", attacks.pgd, f, x, y, key=key, eps=0.1, norm="l7x")
     _raises("norm", attacks.pgd, f, x, y, key=key, eps=0.1, norm=3)
-    _raises("loss", attacks.pgd, f, x, y, key=key, eps=0.1, loss="hinge")
-    _raises("y", attacks.pgd, f, x, np.full(12, 3), key=key, eps=0.1)
-    _raises("y", attacks.pgd, f, x, y[:5], key=key, eps=0.1)
-    _raises("y", attacks.pgd, f, x, y.astype(float), key=key, eps=0.1)
-    _raises("y", attacks.pgd, f, x, None, key=key, eps=0.1, targeted=True)
-    _raises("x", attacks.pgd, f, x + 0.5, y, key=key, eps=0.1)
-    _raises("x", attacks.pgd, f, np.where(x > 0.5, np.nan, x), y, key=key, eps=0.1)
-    _raises("x", attacks.pgd, f, x[0, 0, 0], y, key=key, eps=0.1)
-    _raises("bounds", attacks.pgd, f, x, y, key=key, eps=0.1, bounds=(1.0, 0.0))
-    _raises("bounds", attacks.pgd, f, x, y, key=key, eps=0.1, bounds=(0.0,))
-    _raises("key", attacks.pgd, f, x, y, key=0, eps=0.1)
-    _raises("logits_fn", attacks.pgd, "model", x, y, key=key, eps=0.1)
-    _raises("logits_fn", attacks.pgd, lambda z: z.sum(), x, y, key=key, eps=0.1)
-    _raises("eps_max", attacks.minimal_adversarial_distance, f, x, y, key=key, eps_max=0.0)
+    _raises("loss", attacks.pgd, f, x, y, key=key, norm="linf", eps=0.1, loss="hinge")
+    _raises("y", attacks.pgd, f, x, np.full(12, 3), key=key, norm="linf", eps=0.1)
+    _raises("y", attacks.pgd, f, x, y[:5], key=key, norm="linf", eps=0.1)
+    _raises("y", attacks.pgd, f, x, y.astype(float), key=key, norm="linf", eps=0.1)
+    _raises("y", attacks.pgd, f, x, None, key=key, norm="linf", eps=0.1, targeted=True)
+    _raises("x", attacks.pgd, f, x + 0.5, y, key=key, norm="linf", eps=0.1)
+    _raises("x", attacks.pgd, f, np.where(x > 0.5, np.nan, x), y, key=key, norm="linf", eps=0.1)
+    _raises("x", attacks.pgd, f, x[0, 0, 0], y, key=key, norm="linf", eps=0.1)
+    _raises("bounds", attacks.pgd, f, x, y, key=key, norm="linf", eps=0.1, bounds=(1.0, 0.0))
+    _raises("bounds", attacks.pgd, f, x, y, key=key, norm="linf", eps=0.1, bounds=(0.0,))
+    _raises("key", attacks.pgd, f, x, y, key=0, norm="linf", eps=0.1)
+    _raises("logits_fn", attacks.pgd, "model", x, y, key=key, norm="linf", eps=0.1)
+    _raises("logits_fn", attacks.pgd, lambda z: z.sum(), x, y, key=key, norm="linf", eps=0.1)
+    _raises("eps_max", attacks.minimal_adversarial_distance, f, x, y, key=key, norm="l2", eps_max=0.0)
     _raises("search_steps", attacks.carlini_wagner_l2, f, x, y, search_steps=0)
     _raises("c_init", attacks.carlini_wagner_l2, f, x, y, c_init=-1.0)
     _raises("starting_points", attacks.boundary_attack, f, x, y, key=key, starting_points=x[:3])
     _raises("source_step", attacks.boundary_attack, f, x, y, key=key, source_step=1.0)
     _raises("detector", attacks.evasive_carlini_wagner, f, x, y, detector="jacobian")
-    _raises("batch_size", attacks.pgd, f, x, y, key=key, eps=0.1, batch_size=0)
+    _raises("batch_size", attacks.pgd, f, x, y, key=key, norm="linf", eps=0.1, batch_size=0)
     # unbounded inputs are fine without a box
     attacks.fgsm(f, x + 0.5, y, eps=0.1, bounds=None)
 
@@ -458,7 +459,7 @@ def test_bad_inputs_are_rejected(mlp):
 def random_params(model, shape, seed=0):
     """LeCun-normal parameters drawn with NumPy (no compilation), shaped by ``init_params``."""
     rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0), shape))
+    shapes = jax.eval_shape(lambda: models.init_params(model, shape, key=jax.random.key(0)))
 
     def draw(s):
         fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 1
@@ -549,12 +550,12 @@ def test_relu_maxpool_tie_convention_matches_flax():
 def test_lenet5_widths_registry_and_bad_input():
     assert "lenet5" in models.available()
     m = models.create("lenet5", widen_factor=0.5, num_classes=7)
-    p = jax.eval_shape(lambda: models.init_params(m, jax.random.key(0), (28, 28, 1)))["params"]
+    p = jax.eval_shape(lambda: models.init_params(m, (28, 28, 1), key=jax.random.key(0)))["params"]
     assert p["conv1"]["kernel"].shape == (5, 5, 1, 16)
     assert p["conv2"]["kernel"].shape == (5, 5, 16, 32)
     assert p["fc1"]["kernel"].shape == (7 * 7 * 32, 512)
     assert p["fc2"]["kernel"].shape == (512, 7)
-    full = jax.eval_shape(lambda: models.init_params(models.create("lenet5"), jax.random.key(0), (28, 28, 1)))
+    full = jax.eval_shape(lambda: models.init_params(models.create("lenet5"), (28, 28, 1), key=jax.random.key(0)))
     full = full["params"]
     assert full["fc1"]["kernel"].shape == (3136, 1024)
     # normalisation inside the model
@@ -569,7 +570,7 @@ def test_lenet5_widths_registry_and_bad_input():
     for bad, kw, shape in (("x", {}, (10, 10, 1)), ("widen_factor", {"widen_factor": 0.0}, (8, 8, 1)),
                            ("impl", {"impl": "cuda"}, (8, 8, 1)), ("std", {"std": 0.0}, (8, 8, 1))):
         with pytest.raises(ValueError, match=f"^{bad}"):
-            jax.eval_shape(lambda: models.init_params(models.create("lenet5", **kw), jax.random.key(0), shape))
+            jax.eval_shape(lambda: models.init_params(models.create("lenet5", **kw), shape, key=jax.random.key(0)))
 
 
 @pytest.mark.slow
@@ -580,7 +581,7 @@ def test_ding_protocol_on_mnist(mnist_train, mnist_test):
     from jaxbound import metrics
 
     model = models.create("lenet5")
-    params = models.init_params(model, jax.random.key(0), (28, 28, 1))
+    params = models.init_params(model, (28, 28, 1), key=jax.random.key(0))
     opt = optax.adam(1e-3)
     st = opt.init(params)
 
@@ -597,8 +598,8 @@ def test_ding_protocol_on_mnist(mnist_train, mnist_test):
     f = models.logits_fn(model, params)
     x, y = mnist_test.images[:256], mnist_test.labels[:256]
     for bounds in ((0.0, 1.0), None):
-        rep = metrics.evaluate_robustness(f, x, y, key=jax.random.key(1), eps=0.3, steps=40, step_size=0.01,
-                                          bounds=bounds)
+        rep = metrics.evaluate_robustness(f, x, y, key=jax.random.key(1), norm="linf", eps=0.3, steps=40,
+                                          step_size=0.01, bounds=bounds)
         assert rep.clean_accuracy > 0.9
         assert rep.robust_accuracy <= rep.clean_accuracy
         assert rep.robustness_wrt_predictions >= rep.robust_accuracy - 1e-12

@@ -100,7 +100,7 @@ def test_conv_layers_match_bruteforce_definitions():
 
 
 def test_acgan_generator_ranges_and_jit():
-    gan = G.init_acgan(jax.random.key(0), latent_dim=5, num_classes=3, image_shape=(8, 8, 1))
+    gan = G.init_acgan(key=jax.random.key(0), latent_dim=5, num_classes=3, image_shape=(8, 8, 1))
     z = jax.random.normal(jax.random.key(1), (4, 5))
     y = jnp.array([0, 1, 2, 0])
     x = np.asarray(gan(z, y))
@@ -120,14 +120,14 @@ def test_train_acgan_tiny_resumes_exactly(tmp_path):
     x = rng.uniform(0, 1, (24, 8, 8, 1)).astype(np.float32)
     y = rng.integers(0, 3, 24)
     kw = dict(epochs=2, batch_size=8, latent_dim=4, num_classes=3, progress=False)
-    full = G.train_acgan(jax.random.key(3), (x, y), **kw)
+    full = G.train_acgan((x, y), key=jax.random.key(3), **kw)
     assert full.steps == 6 and len(full.history) == 2
     assert all(np.isfinite(h["d_loss"]) and np.isfinite(h["g_loss"]) for h in full.history)
     # Stop after 4 steps (mid-epoch), then resume from the checkpoint.
     ck = tmp_path / "gan"
-    part = G.train_acgan(jax.random.key(3), (x, y), max_steps=4, checkpoint_dir=ck, checkpoint_every=1, **kw)
+    part = G.train_acgan((x, y), key=jax.random.key(3), max_steps=4, checkpoint_dir=ck, checkpoint_every=1, **kw)
     assert part.steps == 4 and G.checkpoint_info(ck)["step"] == 4
-    resumed = G.train_acgan(jax.random.key(3), (x, y), checkpoint_dir=ck, **kw)
+    resumed = G.train_acgan((x, y), key=jax.random.key(3), checkpoint_dir=ck, **kw)
     assert resumed.steps == 6
     for a, b in zip(jax.tree.leaves(full.gan.variables), jax.tree.leaves(resumed.gan.variables)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -136,9 +136,9 @@ def test_train_acgan_tiny_resumes_exactly(tmp_path):
     z = jax.random.normal(jax.random.key(0), (3, 4))
     np.testing.assert_array_equal(np.asarray(loaded(z, jnp.arange(3))), np.asarray(resumed.gan(z, jnp.arange(3))))
     with pytest.raises(ValueError, match="^data"):
-        G.train_acgan(jax.random.key(0), (x * 2, y), **kw)
+        G.train_acgan((x * 2, y), key=jax.random.key(0), **kw)
     with pytest.raises(ValueError, match="^batch_size"):
-        G.train_acgan(jax.random.key(0), (x, y), epochs=1, batch_size=100, progress=False)
+        G.train_acgan((x, y), key=jax.random.key(0), epochs=1, batch_size=100, progress=False)
     with pytest.raises(ValueError, match="^checkpoint_dir"):
         G.load_acgan(tmp_path / "nothing")
 
@@ -166,25 +166,25 @@ class _SigmoidGen:
 def test_sample_dataset_priors_and_determinism():
     gan = _SigmoidGen()
     p = np.array([0.1, 0.2, 0.3, 0.4])
-    s = G.sample_dataset(jax.random.key(5), gan, n=2000, p=p, batch_size=512)
+    s = G.sample_dataset(gan, key=jax.random.key(5), n=2000, p=p, batch_size=512)
     assert s.images.shape == (2000, 4, 4, 1) and s.z.shape == (2000, 3)
     freq = np.bincount(s.labels, minlength=4) / 2000
     assert np.all(np.abs(freq - p) < 4 * np.sqrt(p * (1 - p) / 2000))
     np.testing.assert_allclose(s.images[:7], np.asarray(gan(s.z[:7], s.labels[:7])), atol=1e-6)
-    small = G.sample_dataset(jax.random.key(5), gan, n=10, p=p, batch_size=3)
+    small = G.sample_dataset(gan, key=jax.random.key(5), n=10, p=p, batch_size=3)
     np.testing.assert_array_equal(small.labels, s.labels[:10])
     np.testing.assert_allclose(small.images, s.images[:10], atol=1e-6)
     ds = s.dataset("acgan", "test")
     assert ds.num_classes == 4 and len(ds) == 2000
-    empty = G.sample_dataset(jax.random.key(5), gan, n=0)
+    empty = G.sample_dataset(gan, key=jax.random.key(5), n=0)
     assert empty.images.shape == (0, 4, 4, 1) and empty.labels.shape == (0,)
     g, _, _ = _affine(0, 3, 5)
     with pytest.raises(ValueError, match="^g"):  # affine outputs leave [0, 1]
-        G.sample_dataset(jax.random.key(0), g, n=50, num_classes=3, latent_dim=3)
+        G.sample_dataset(g, key=jax.random.key(0), n=50, num_classes=3, latent_dim=3)
     with pytest.raises(ValueError, match="^p"):
-        G.sample_dataset(jax.random.key(0), gan, n=5, p=[0.5, 0.6, 0.0, 0.0])
+        G.sample_dataset(gan, key=jax.random.key(0), n=5, p=[0.5, 0.6, 0.0, 0.0])
     with pytest.raises(ValueError, match="^latent_dim"):
-        G.sample_dataset(jax.random.key(0), g, n=5, num_classes=3)
+        G.sample_dataset(g, key=jax.random.key(0), n=5, num_classes=3)
 
 
 # ---------------------------------------------------------------------------
@@ -196,7 +196,7 @@ def test_sample_dataset_priors_and_determinism():
 def test_local_lipschitz_affine_reaches_largest_singular_value(seed, d, dim):
     g, a, _ = _affine(seed, d, dim)
     smax = np.linalg.svd(a, compute_uv=False)[0]
-    res = G.local_lipschitz(jax.random.key(seed), g, [0, 2], r=0.5, n_latents=6, n_neighbors=32,
+    res = G.local_lipschitz(g, [0, 2], key=jax.random.key(seed), r=0.5, n_latents=6, n_neighbors=32,
                             deltas=(0.0, 0.1, 0.5), latent_dim=d, grad_steps=60, latent_batch=6)
     assert res.L.shape == (2, 3) and res.ratios.shape == (2, 6)
     # Sampling never exceeds the true constant; the gradient estimator reaches it within 1 %.
@@ -218,7 +218,7 @@ def test_local_lipschitz_nonlinear_matches_bruteforce_grid():
         return jnp.sin(3.0 * z)
 
     r = 0.4
-    res = G.local_lipschitz(jax.random.key(0), g, 0, r=r, n_latents=12, n_neighbors=200, deltas=0.0, latent_dim=1,
+    res = G.local_lipschitz(g, 0, key=jax.random.key(0), r=r, n_latents=12, n_neighbors=200, deltas=0.0, latent_dim=1,
                             grad_steps=80, grad_restarts=2)
     kz, _ = jax.random.split(jax.random.fold_in(jax.random.key(0), 0))
     zs = np.asarray(jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(kz, i), (1,)))(
@@ -232,8 +232,8 @@ def test_local_lipschitz_nonlinear_matches_bruteforce_grid():
 def test_local_lipschitz_batching_matches_one_latent_loop():
     g, a, _ = _affine(3, 5, 7)
     kw = dict(r=0.5, n_latents=5, n_neighbors=37, deltas=(0.001,), latent_dim=5, grad_steps=5, neighbor_chunk=16)
-    res = G.local_lipschitz(jax.random.key(1), g, [1], latent_batch=4, **kw)
-    one = G.local_lipschitz(jax.random.key(1), g, [1], latent_batch=1, **kw)  # one latent at a time
+    res = G.local_lipschitz(g, [1], key=jax.random.key(1), latent_batch=4, **kw)
+    one = G.local_lipschitz(g, [1], key=jax.random.key(1), latent_batch=1, **kw)  # one latent at a time
     np.testing.assert_allclose(res.ratios, one.ratios, rtol=1e-5)
     np.testing.assert_allclose(res.ratios_grad, one.ratios_grad, rtol=1e-5)
     assert res.to_dict()["n_latents"] == 5
@@ -243,15 +243,15 @@ def test_local_lipschitz_batching_matches_one_latent_loop():
 def test_local_lipschitz_scaling_orthant_and_sampling_only():
     g, a, _ = _affine(3, 5, 7)
     kw = dict(r=0.5, n_latents=5, n_neighbors=37, deltas=(0.001,), latent_dim=5, grad_steps=5, neighbor_chunk=16)
-    res = G.local_lipschitz(jax.random.key(1), g, [1], latent_batch=4, **kw)
+    res = G.local_lipschitz(g, [1], key=jax.random.key(1), latent_batch=4, **kw)
     # Measuring on 2 g - 1 (the authors' [-1, 1] output) doubles every ratio.
-    two = G.local_lipschitz(jax.random.key(1), lambda z, y: 2.0 * g(z, y) - 1.0, [1], latent_batch=4, **kw)
+    two = G.local_lipschitz(lambda z, y: 2.0 * g(z, y) - 1.0, [1], key=jax.random.key(1), latent_batch=4, **kw)
     np.testing.assert_allclose(two.ratios, 2 * res.ratios, rtol=1e-4)
     # Orthant-cone neighbours (the authors' draw) are a different, valid sample.
-    orth = G.local_lipschitz(jax.random.key(1), g, [1], directions="orthant", **kw)
+    orth = G.local_lipschitz(g, [1], key=jax.random.key(1), directions="orthant", **kw)
     assert orth.ratios.max() <= np.linalg.svd(a, compute_uv=False)[0] * (1 + 1e-5)
     # Sampling only: both estimates coincide. One latent works.
-    s = G.local_lipschitz(jax.random.key(1), g, 0, r=0.5, n_latents=1, n_neighbors=3, latent_dim=5, grad_steps=0)
+    s = G.local_lipschitz(g, 0, key=jax.random.key(1), r=0.5, n_latents=1, n_neighbors=3, latent_dim=5, grad_steps=0)
     np.testing.assert_array_equal(s.L, s.L_grad)
     assert s.to_dict()["n_latents"] == 1
 
@@ -275,22 +275,22 @@ def test_local_lipschitz_rejects_bad_input():
     kw = dict(n_latents=2, n_neighbors=2, latent_dim=3)
     for r in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="^r"):
-            G.local_lipschitz(jax.random.key(0), g, 0, r=r, **kw)
+            G.local_lipschitz(g, 0, key=jax.random.key(0), r=r, **kw)
     for dl in (1.0, -0.1, (0.1, 1.5)):
         with pytest.raises(ValueError, match="^deltas"):
-            G.local_lipschitz(jax.random.key(0), g, 0, r=0.5, deltas=dl, **kw)
+            G.local_lipschitz(g, 0, key=jax.random.key(0), r=0.5, deltas=dl, **kw)
     with pytest.raises(ValueError, match="^n_latents"):
-        G.local_lipschitz(jax.random.key(0), g, 0, r=0.5, n_latents=0, n_neighbors=2, latent_dim=3)
+        G.local_lipschitz(g, 0, key=jax.random.key(0), r=0.5, n_latents=0, n_neighbors=2, latent_dim=3)
     with pytest.raises(ValueError, match="^y"):
-        G.local_lipschitz(jax.random.key(0), g, [0.5], r=0.5, **kw)
+        G.local_lipschitz(g, [0.5], key=jax.random.key(0), r=0.5, **kw)
     with pytest.raises(ValueError, match="^directions"):
-        G.local_lipschitz(jax.random.key(0), g, 0, r=0.5, directions="cone", **kw)
+        G.local_lipschitz(g, 0, key=jax.random.key(0), r=0.5, directions="cone", **kw)
     with pytest.raises(ValueError, match="^key"):
-        G.local_lipschitz(0, g, 0, r=0.5, **kw)
+        G.local_lipschitz(g, 0, key=0, r=0.5, **kw)
     with pytest.raises(ValueError, match="^g"):
-        G.local_lipschitz(jax.random.key(0), lambda z, y: z[0], 0, r=0.5, **kw)
+        G.local_lipschitz(lambda z, y: z[0], 0, key=jax.random.key(0), r=0.5, **kw)
     with pytest.raises(ValueError, match="^g"):  # non-finite generator outputs
-        G.local_lipschitz(jax.random.key(0), lambda z, y: jnp.log(z - 100.0), 0, r=0.5, **kw)
+        G.local_lipschitz(lambda z, y: jnp.log(z - 100.0), 0, key=jax.random.key(0), r=0.5, **kw)
 
 
 # ---------------------------------------------------------------------------
@@ -375,7 +375,7 @@ def test_theorem_4_3_holds_with_equality_for_affine_generators_and_halfspaces(se
     eps = np.array([0.0, 0.5, 1.0, 2.0, 4.0])
     risk_mc = np.array([np.mean(dist[lab == i] < 0) for i in range(k)])
     mc = np.array([np.mean(dist <= e) for e in eps])
-    lip = G.local_lipschitz(jax.random.key(seed), g, list(range(k)), r=10.0, n_latents=4, n_neighbors=16,
+    lip = G.local_lipschitz(g, list(range(k)), key=jax.random.key(seed), r=10.0, n_latents=4, n_neighbors=16,
                             deltas=0.0, latent_dim=d, grad_steps=30)
     np.testing.assert_allclose(lip.L_grad[:, 0], sigma, rtol=1e-3)
     bound = G.adv_risk_lower_bound(risk_mc, eps=eps, L=lip.L_grad[:, 0], p=p, r=10.0)
@@ -438,7 +438,7 @@ def test_in_distribution_attack_stays_within_eps_and_on_the_range():
     y = rng.integers(0, k, 24)
     x = np.asarray(g(jnp.asarray(z), jnp.asarray(y)))
     eps = np.array([0.1, 0.5, 1.0, 3.0])
-    res = G.in_distribution_attack(jax.random.key(0), f, g, x, y, eps=eps, latent_dim=d, init_restarts=2,
+    res = G.in_distribution_attack(f, g, x, y, key=jax.random.key(0), eps=eps, latent_dim=d, init_restarts=2,
                                    init_steps=300, init_learning_rate=0.05, search_steps=3, steps=60,
                                    learning_rate=0.05, batch_size=16)
     assert res.success.shape == (4, 24)
@@ -456,7 +456,7 @@ def test_in_distribution_attack_stays_within_eps_and_on_the_range():
     assert np.median(res.init_distance) < 1e-2  # inversion of an affine generator is exact
     assert res.success[-1].mean() > 0  # the attack finds something at a large budget
     # Scalar eps gives the matching row; the given-latent initialisation skips the inversion.
-    res1 = G.in_distribution_attack(jax.random.key(0), f, g, x, y, eps=3.0, latent_dim=d, z_init=z,
+    res1 = G.in_distribution_attack(f, g, x, y, key=jax.random.key(0), eps=3.0, latent_dim=d, z_init=z,
                                     search_steps=3, steps=60, learning_rate=0.05)
     assert res1.success.shape == (24,) and np.all(res1.distance[res1.success] <= 3.0)
     np.testing.assert_allclose(res1.init_distance, 0.0, atol=1e-5)
@@ -476,7 +476,7 @@ def test_in_distribution_attack_near_optimal_on_isometric_generator():
     y = rng.integers(0, 2, 20)
     x = np.asarray(g(jnp.asarray(z), jnp.asarray(y)))
     margin = (x @ u + c0) * np.where(y == 1, 1, -1)  # > 0: correctly classified, distance to boundary
-    res = G.in_distribution_attack(jax.random.key(0), f, g, x, y, eps=10.0, latent_dim=d, z_init=z,
+    res = G.in_distribution_attack(f, g, x, y, key=jax.random.key(0), eps=10.0, latent_dim=d, z_init=z,
                                    search_steps=6, steps=150, learning_rate=0.05)
     ok = margin > 0.05
     assert np.all(res.distance[ok & res.misclassified] >= margin[ok & res.misclassified] - 1e-3)
@@ -489,20 +489,20 @@ def test_in_distribution_attack_edge_cases_and_errors():
     g, _, _ = _affine(0, 2, 4, k=2)
     f = _linear_classifier(np.ones((4, 2)), np.zeros(2))
     x = np.zeros((0, 4), np.float32)
-    res = G.in_distribution_attack(jax.random.key(0), f, g, x, np.zeros(0, np.int64), eps=[1.0, 2.0], latent_dim=2)
+    res = G.in_distribution_attack(f, g, x, np.zeros(0, np.int64), key=jax.random.key(0), eps=[1.0, 2.0], latent_dim=2)
     assert res.success.shape == (2, 0)
     one = np.asarray(g(jnp.zeros((1, 2)), jnp.array([1])))
-    r1 = G.in_distribution_attack(jax.random.key(0), f, g, one, [1], eps=1.0, latent_dim=2, init_steps=10,
+    r1 = G.in_distribution_attack(f, g, one, [1], key=jax.random.key(0), eps=1.0, latent_dim=2, init_steps=10,
                                   init_restarts=1, steps=5, search_steps=1)
     assert r1.distance.shape == (1,)
     with pytest.raises(ValueError, match="^eps"):
-        G.in_distribution_attack(jax.random.key(0), f, g, one, [1], eps=-1.0, latent_dim=2)
+        G.in_distribution_attack(f, g, one, [1], key=jax.random.key(0), eps=-1.0, latent_dim=2)
     with pytest.raises(ValueError, match="^x"):
-        G.in_distribution_attack(jax.random.key(0), f, g, np.zeros((1, 5), np.float32), [1], eps=1.0, latent_dim=2)
+        G.in_distribution_attack(f, g, np.zeros((1, 5), np.float32), [1], key=jax.random.key(0), eps=1.0, latent_dim=2)
     with pytest.raises(ValueError, match="^y"):
-        G.in_distribution_attack(jax.random.key(0), f, g, one, [3], eps=1.0, latent_dim=2)
+        G.in_distribution_attack(f, g, one, [3], key=jax.random.key(0), eps=1.0, latent_dim=2)
     with pytest.raises(ValueError, match="^z_init"):
-        G.in_distribution_attack(jax.random.key(0), f, g, one, [1], eps=1.0, latent_dim=2, z_init=np.zeros((1, 3)))
+        G.in_distribution_attack(f, g, one, [1], key=jax.random.key(0), eps=1.0, latent_dim=2, z_init=np.zeros((1, 3)))
     with pytest.raises(ValueError, match="^x"):
-        G.in_distribution_attack(jax.random.key(0), f, g, np.full((1, 4), np.nan, np.float32), [1], eps=1.0,
+        G.in_distribution_attack(f, g, np.full((1, 4), np.nan, np.float32), [1], key=jax.random.key(0), eps=1.0,
                                  latent_dim=2)

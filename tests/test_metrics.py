@@ -74,11 +74,28 @@ def test_evaluate_robustness_matches_closed_form(aff, bounds):
     rec = rep.to_dict()
     assert rec["n"] == len(aff.y) and rec["norm"] == "linf" and rec["eps"] == pytest.approx(list(eps))
     assert rec["bounds"] == (None if bounds is None else [0.0, 1.0])
-    curve = metrics.robust_error_curve(aff.f, aff.x, aff.y, key=jax.random.key(0), eps=eps, steps=20,
+    curve = metrics.robust_error_curve(aff.f, aff.x, aff.y, key=jax.random.key(0), eps=eps, norm="linf", steps=20,
                                        step_size=eps / 5 + 1e-4, bounds=bounds)
     np.testing.assert_allclose(curve.robust_error, 1 - np.asarray(exp_rob))
     assert curve.clean_error == pytest.approx(1 - correct.mean())
     assert np.all(np.diff(curve.robust_error) >= 0)
+
+
+def test_attack_config_is_the_same_as_keywords(aff):
+    """One AttackConfig gives what the individual keyword settings give; the norm is never defaulted."""
+    eps = float(np.median(aff.dist("linf")))
+    cfg = attacks.AttackConfig(norm="linf", eps=eps, steps=10)
+    by_cfg = metrics.evaluate_robustness(aff.f, aff.x, aff.y, cfg, key=jax.random.key(3))
+    by_kw = metrics.evaluate_robustness(aff.f, aff.x, aff.y, key=jax.random.key(3), norm="linf", eps=eps, steps=10)
+    assert by_cfg == by_kw
+    over = metrics.evaluate_robustness(aff.f, aff.x, aff.y, cfg, key=jax.random.key(3), steps=20)
+    assert over.steps == 20 and cfg.steps == 10
+    curve = metrics.robust_error_curve(aff.f, aff.x, aff.y, cfg, key=jax.random.key(3))
+    assert curve.eps.shape == (1,) and curve.robust_error[0] == pytest.approx(1 - by_cfg.robust_accuracy)
+    with pytest.raises(TypeError, match="^norm"):
+        metrics.evaluate_robustness(aff.f, aff.x, aff.y, key=jax.random.key(3), eps=eps)
+    with pytest.raises(TypeError, match="'norm'"):
+        metrics.gradient_norms(aff.f, aff.x, aff.y)
 
 
 # ---------------------------------------------------------------------------
@@ -234,7 +251,7 @@ def test_detection_threshold_keeps_false_positive_rate():
 def test_detect_adversarial_uses_model_gradient_norms(aff):
     far = aff.x + 0.3 * np.sign(aff.w)[None] * np.where(aff.s > 0, 1, -1)[:, None]  # away from the boundary
     near = aff.x - (aff.s / np.dot(aff.w, aff.w))[:, None].astype(np.float32) * aff.w[None] * 0.9
-    det = metrics.detect_adversarial(aff.f, far.astype(np.float32), near.astype(np.float32), fpr=0.0)
+    det = metrics.detect_adversarial(aff.f, far.astype(np.float32), near.astype(np.float32), norm="l2", fpr=0.0)
     # points near the decision boundary have larger sigma'(s) ||w||: all detected
     assert det.detection_rate == 1.0 and det.false_positive_rate == 0.0
 
@@ -266,9 +283,9 @@ def test_bad_inputs_are_rejected(aff):
     _raises("fpr", metrics.detection_threshold, [1.0, 2.0], fpr=1.0)
     _raises("clean_scores", metrics.detection_threshold, [], fpr=0.1)
     _raises("adv_scores", metrics.gradient_norm_detection, [1.0], [[1.0]])
-    _raises("output", metrics.gradient_norms, aff.f, aff.x, aff.y, output="softmax")
+    _raises("output", metrics.gradient_norms, aff.f, aff.x, aff.y, norm="l2", output="softmax")
     _raises("norm", metrics.gradient_norms, aff.f, aff.x, aff.y, norm="l3")
-    _raises("l0", metrics.predicted_minimal_distance, aff.f, aff.x, aff.y, l0=0.0)
-    _raises("statistic", metrics.detect_adversarial, aff.f, aff.x, aff.x, statistic="both")
-    _raises("labels", metrics.dataset_lipschitz, aff.x, np.zeros(n, int))
-    _raises("x", metrics.dataset_lipschitz, aff.x[0], aff.y)
+    _raises("l0", metrics.predicted_minimal_distance, aff.f, aff.x, aff.y, norm="l2", l0=0.0)
+    _raises("statistic", metrics.detect_adversarial, aff.f, aff.x, aff.x, norm="l2", statistic="both")
+    _raises("labels", metrics.dataset_lipschitz, aff.x, np.zeros(n, int), norm="l2")
+    _raises("x", metrics.dataset_lipschitz, aff.x[0], aff.y, norm="l2")
