@@ -28,8 +28,26 @@ One method each (same conventions; JSON on stdout and in --out):
   linf; half the smallest such distance is the largest eps below which no two
   differently-labelled points can be confused. Writes demo.json into --out.
 
+Options come from the fields of the configuration objects
+(:class:`jaxbound.report.ReportConfig`, :class:`jaxbound.attacks.AttackConfig`,
+:class:`jaxbound.training.TrainConfig`): their help and defaults are read from
+the dataclasses. ``--seed N`` gives every command the key
+``jax.random.key(N)``.
+
 Errors in the arguments (unknown dataset, missing data folder, bad numbers or
 eps lists) print one line on stderr and exit with status 2.
+
+References:
+  Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring concentration:
+  fundamental limits on intrinsic robustness." NeurIPS 2019, arXiv:1905.12202.
+  Bhagoji, Cullina, Sehwag, Mittal. "Lower bounds on cross-entropy loss in the
+  presence of test-time adversaries." ICML 2021, arXiv:2104.08382.
+  Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural networks
+  generalize and are adversarially robust." arXiv:1808.09540.
+  Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial robustness to
+  input data distributions." ICLR 2019, arXiv:1902.08336.
+  Madry, Makelov, Schmidt, Tsipras, Vladu. "Towards deep learning models
+  resistant to adversarial attacks." ICLR 2018, arXiv:1706.06083.
 """
 
 from __future__ import annotations

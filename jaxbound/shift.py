@@ -11,19 +11,29 @@ data-dependent limits beside the trained models:
   intersected with the data domain (App. D.1, Table 6);
   :func:`log2_perturbable_volumes` is its jittable per-image kernel.
 * :func:`inter_class_distance` -- App. D.2.1 (Table 1, Figure 5), streamed over
-  query blocks, never holding an ``n x m`` matrix; :func:`point_margins` gives
-  the per-point values.
+  query blocks by :func:`jaxbound.geometry.mean_k_smallest`, never holding an
+  ``n x m`` matrix; :func:`point_margins` gives the per-point values.
 * Theorem 2.1: :func:`cube_concentration` (Eq. 1) and :func:`ball_concentration`
   (Eq. 2); the calculators of Example 1 (:func:`example1`) and Example 2
   (:func:`example2`).
 * :func:`sensitivity_sweep` -- for every level: the concentration estimate
-  (Mahloujifar et al., :mod:`jaxbound.concentration`), the optimal adversarial
-  0-1 and cross-entropy losses of a class pair (Bhagoji et al.,
-  :mod:`jaxbound.bounds`), the diagnostics, and optionally standard and
+  (Mahloujifar et al., :func:`jaxbound.concentration.estimate`), the optimal
+  adversarial 0-1 and cross-entropy losses of a class pair (Bhagoji et al.,
+  :func:`jaxbound.bounds.pair_bounds`), the diagnostics, and optionally standard and
   PGD-trained models (:mod:`jaxbound.training`) with clean accuracy, robust
   accuracy and robustness w.r.t. predictions (:mod:`jaxbound.metrics`).
   Resumable (one atomic JSON record per level, updated after every quantity),
   returns a table and draws one matplotlib figure per quantity.
+
+References:
+  Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial robustness to
+  input data distributions." ICLR 2019, arXiv:1902.08336.
+  Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring concentration:
+  fundamental limits on intrinsic robustness." NeurIPS 2019, arXiv:1905.12202.
+  Bhagoji, Cullina, Sehwag, Mittal. "Lower bounds on cross-entropy loss in the
+  presence of test-time adversaries." ICML 2021, arXiv:2104.08382.
+  Madry, Makelov, Schmidt, Tsipras, Vladu. "Towards deep learning models
+  resistant to adversarial attacks." ICLR 2018, arXiv:1706.06083.
 """
 
 from __future__ import annotations
@@ -82,6 +92,10 @@ def log2_perturbable_volumes(x: jax.Array, eps: Any, low: float = 0.0, high: flo
 
     Returns:
       ``[n]`` sum over coordinates of ``log2`` of the interval lengths.
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336 (App. D.1).
     """
     lengths = jnp.minimum(x + eps, high) - jnp.maximum(x - eps, low)
     return jnp.sum(jnp.log2(lengths).reshape(x.shape[0], -1), axis=1)
@@ -105,6 +119,10 @@ def perturbable_volume(x: Any, *, eps: Any, bounds: Sequence[float] = (0.0, 1.0)
 
     Returns:
       The average over the ``n`` points (a float, bits).
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336 (App. D.1, Table 6).
     """
     lo, hi = _check_bounds(bounds)
     arr = np.asarray(x) if not isinstance(x, np.ndarray) else x
@@ -212,6 +230,10 @@ def point_margins(
 
     Returns:
       ``[n]`` float64 margins.
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336 (App. D.2.1).
     """
     fraction = _checks.check_scalar(fraction, "fraction", low=0.0, high=1.0, low_inclusive=False)
     norm = _checks.canonical_norm(norm)
@@ -264,6 +286,10 @@ def inter_class_distance(
 
     Returns:
       :class:`InterClassDistance` with ``value`` and ``per_class [K]``.
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336 (App. D.2.1, Table 1, Figure 5).
     """
     fraction = _checks.check_scalar(fraction, "fraction", low=0.0, high=1.0, low_inclusive=False)
     pf = fraction if point_fraction is None else point_fraction
@@ -318,6 +344,10 @@ def cube_concentration(p_a: float, eps: float) -> ConcentrationBound:
 
     Returns:
       :class:`ConcentrationBound`.
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336 (Theorem 2.1, Eq. 1).
     """
     p_a = _check_mass(p_a, "p_a")
     eps = _checks.check_scalar(eps, "eps", low=0.0)
@@ -339,6 +369,10 @@ def ball_concentration(p_b: float, eps: float, *, d: int) -> ConcentrationBound:
 
     Returns:
       :class:`ConcentrationBound`.
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336 (Theorem 2.1, Eq. 2).
     """
     p_b = _check_mass(p_b, "p_b")
     eps = _checks.check_scalar(eps, "eps", low=0.0, high=2.0)
@@ -380,6 +414,10 @@ def example1(d: int, eps: float) -> Example1:
 
     Returns:
       :class:`Example1`.
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336 (Example 1).
     """
     d = _checks.check_int(d, "d", low=1)
     eps = _checks.check_scalar(eps, "eps", low=0.0, low_inclusive=False)
@@ -409,6 +447,10 @@ def example2(eps: float, *, domain: str = "cube", d: int | None = None, priors: 
 
     Returns:
       The lower bound, a fraction in ``[0, 1]``.
+
+    References:
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336 (Example 2).
     """
     if domain not in ("cube", "ball"):
         raise ValueError(f"domain: must be 'cube' or 'ball', got {domain!r}")

@@ -241,3 +241,43 @@ def test_report_rejects_bad_settings(kw, msg, tmp_path):
     ds = kw.pop("dataset", "digits")
     with pytest.raises(ValueError, match=msg):
         R.report(key=jax.random.key(0), dataset=ds, out_dir=tmp_path, progress=False, **kw)
+
+
+def test_stage_cache_resumes_and_recomputes_a_damaged_stage(tmp_path):
+    calls = []
+
+    def fn():
+        calls.append(1)
+        return {"value": np.float32(1.5), "rows": [1, 2]}
+
+    c = R.StageCache(tmp_path / "stages", base="b")
+    assert c.run("geometry", {"eps": 0.1}, fn) == {"value": 1.5, "rows": [1, 2]}
+    p = c.path("geometry", {"eps": 0.1})
+    assert p.is_file() and p.name.startswith("geometry-") and json.loads(p.read_text())["rows"] == [1, 2]
+    c2 = R.StageCache(tmp_path / "stages", base="b")
+    assert c2.run("geometry", {"eps": 0.1}, fn) == {"value": 1.5, "rows": [1, 2]} and len(calls) == 1
+    assert c2.skipped == ["geometry"] and c2.ran == []
+    p.write_text("{not json")
+    with pytest.warns(RuntimeWarning, match="recomputing"):
+        c2.run("geometry", {"eps": 0.1}, fn)
+    assert len(calls) == 2 and json.loads(p.read_text())["value"] == 1.5
+    assert R.StageCache(tmp_path / "stages", base="other").path("geometry", {"eps": 0.1}) != p
+    R.StageCache(tmp_path / "stages", base="b", resume=False).run("geometry", {"eps": 0.1}, fn)
+    assert len(calls) == 3
+
+
+def test_report_config_defaults_overrides_and_errors():
+    c = R.ReportConfig()
+    assert c.eps_grid == R.DEFAULT_EPS["linf"] and c.widen == 0.5 and c.adversarial_eps == 0.2
+    assert hash(c) == hash(R.ReportConfig())
+    a = c.attack()
+    assert (a.norm, a.eps, a.steps, a.restarts) == ("linf", (0.1, 0.2, 0.3, 0.4), 20, 1)
+    t = c.train_config("pgd", n_train=50)
+    assert t.recipe == "pgd" and t.batch_size == 50 and t.attack.eps == 0.2 and t.attack.steps == 7
+    assert c.train_config("standard").attack is None
+    d = R.report_config(c, norm="l2", eps="1,0.5", models="none", eval_limit=0)
+    assert d.eps == (0.5, 1.0) and d.models == () and d.eval_limit is None and d.norm == "l2"
+    with pytest.raises(TypeError, match="seed"):
+        R.report_config(seed=0)
+    with pytest.raises(ValueError, match="^n_regions"):
+        R.ReportConfig(n_regions=())
