@@ -1,6 +1,7 @@
 """Concentration of measure on MNIST (Mahloujifar et al. 2019, Tables 1-3): fidelity and speed.
 
-Runs, on real MNIST (and optionally Fashion-MNIST) from ``../shared/data``:
+Runs, on real MNIST (and optionally Fashion-MNIST) from ``$JAXBOUND_DATA_DIR`` (or ``shared/data``
+beside the repository):
 
 * Table 1 (l_inf, alpha = 0.01, eps in {0.1, 0.2, 0.3, 0.4}, the paper's T),
 * Table 2's MNIST row (l_inf, alpha = 0.012, T = 10, eps = 0.3),

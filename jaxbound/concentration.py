@@ -262,6 +262,10 @@ def clopper_pearson(k: int, n: int, *, confidence: float = 0.95) -> tuple[float,
     Returns:
       ``(low, high)`` with ``low = Beta^-1(a/2; k, n-k+1)`` (0 when ``k = 0``)
       and ``high = Beta^-1(1-a/2; k+1, n-k)`` (1 when ``k = n``), ``a = 1 - confidence``.
+
+    References:
+      Clopper, Pearson. "The use of confidence or fiducial limits illustrated
+      in the case of the binomial." Biometrika 26(4), 1934.
     """
     from scipy.stats import beta
 
@@ -310,9 +314,7 @@ def _points(x, name="x") -> np.ndarray:
 
 
 def _key_data(key) -> tuple[int, ...]:
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    return tuple(int(v) for v in np.asarray(key).ravel())
+    return tuple(int(v) for v in _engine.key_data(key).ravel())
 
 
 # ---------------------------------------------------------------------------
@@ -345,6 +347,11 @@ def density_ranks(
 
     Returns:
       ``[N]`` float array of radii.
+
+    References:
+      Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring
+      concentration: fundamental limits on intrinsic robustness." NeurIPS
+      2019, arXiv:1905.12202.
     """
     x = _points(x)
     norm = _checks.canonical_norm(norm)
@@ -436,6 +443,11 @@ def kmeans_l1(
 
     Returns:
       ``(centers [T, d], assignments [n] int32, n_iter)``.
+
+    References:
+      Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring
+      concentration: fundamental limits on intrinsic robustness." NeurIPS
+      2019, arXiv:1905.12202.
     """
     key = _checks.check_key(key)
     x = _checks.check_points(x, "x")
@@ -531,6 +543,11 @@ def rectangles_at_q(
 
     Returns:
       :class:`Rectangles`.
+
+    References:
+      Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring
+      concentration: fundamental limits on intrinsic robustness." NeurIPS
+      2019, arXiv:1905.12202.
     """
     key = _checks.check_key(key)
     x = _points(x)
@@ -624,6 +641,11 @@ def fit_rectangles(
       :class:`Rectangles` at the chosen ``q`` with the search trace. When no
       evaluated ``q`` is feasible the smallest evaluated ``q`` is returned
       (its trace step says ``feasible=False``).
+
+    References:
+      Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring
+      concentration: fundamental limits on intrinsic robustness." NeurIPS
+      2019, arXiv:1905.12202.
     """
     key = _checks.check_key(key)
     x = _points(x)
@@ -764,6 +786,11 @@ def ball_objective(
       objective and its smallest ``m`` (``2**30`` when none), and a lower bound
       on the objectives that the truncated list cannot settle (``2**30`` when
       none).
+
+    References:
+      Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring
+      concentration: fundamental limits on intrinsic robustness." NeurIPS
+      2019, arXiv:1905.12202.
     """
     dist = jnp.asarray(dist)
     idx = jnp.asarray(idx, jnp.int32)
@@ -1167,6 +1194,13 @@ def fit_halfspace(x: Any, *, alpha: float, eps: float, norm: Any, sign: str = "b
 
     Returns:
       :class:`HalfSpace`.
+
+    References:
+      Gilmer, Metz, Faghri, Schoenholz, Raghu, Wattenberg, Goodfellow.
+      "Adversarial spheres." arXiv:1801.02774.
+      Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring
+      concentration: fundamental limits on intrinsic robustness." NeurIPS
+      2019, arXiv:1905.12202.
     """
     x = _points(x)
     alpha = _check_alpha(alpha)
@@ -1225,6 +1259,13 @@ def measure(region: Any, x: Any, *, eps: float | None = None, confidence: float 
 
     Returns:
       :class:`Measurement`.
+
+    References:
+      Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring
+      concentration: fundamental limits on intrinsic robustness." NeurIPS
+      2019, arXiv:1905.12202.
+      Clopper, Pearson. "The use of confidence or fiducial limits illustrated
+      in the case of the binomial." Biometrika 26(4), 1934.
     """
     if not isinstance(region, (Rectangles, Balls, HalfSpace)):
         raise ValueError(f"region: expected Rectangles, Balls or HalfSpace, got {type(region).__name__}")
@@ -1456,6 +1497,11 @@ def run_rectangles(
 
     Returns:
       ``(records, region_of_first_repeat)``; one record per split.
+
+    References:
+      Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring
+      concentration: fundamental limits on intrinsic robustness." NeurIPS
+      2019, arXiv:1905.12202.
     """
     key = _checks.check_key(key)
     n_repeats = _checks.check_int(n_repeats, "n_repeats", low=1)
@@ -1505,6 +1551,11 @@ def run_balls(
 
     Returns:
       ``(records, region)``; one record per split.
+
+    References:
+      Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring
+      concentration: fundamental limits on intrinsic robustness." NeurIPS
+      2019, arXiv:1905.12202.
     """
     Ts = [n_regions] if isinstance(n_regions, (int, np.integer)) else list(n_regions)
     if not Ts:
@@ -1527,7 +1578,12 @@ def run_balls(
 def run_halfspace(
     splits: Splits, *, alpha: float, eps: float, norm: Any, dataset: str = ""
 ) -> tuple[list[ConcentrationRecord], HalfSpace]:
-    """The half-space baseline (fit on ``splits.fit``), measured on every split."""
+    """The half-space baseline (fit on ``splits.fit``), measured on every split.
+
+    References:
+      Gilmer, Metz, Faghri, Schoenholz, Raghu, Wattenberg, Goodfellow.
+      "Adversarial spheres." arXiv:1801.02774.
+    """
     t0 = time.perf_counter()
     reg = fit_halfspace(splits.fit, alpha=alpha, eps=eps, norm=norm)
     seconds = time.perf_counter() - t0

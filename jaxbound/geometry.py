@@ -101,6 +101,10 @@ class KNN(NamedTuple):
     distances: np.ndarray
     indices: np.ndarray
 
+    def to_dict(self) -> dict:
+        """JSON-ready record (nested lists)."""
+        return {"distances": np.asarray(self.distances).tolist(), "indices": np.asarray(self.indices).tolist()}
+
 
 class RadiusPairs(NamedTuple):
     """All pairs within a radius (closed ball).
@@ -115,6 +119,10 @@ class RadiusPairs(NamedTuple):
     cols: np.ndarray
     counts: np.ndarray
 
+    def to_dict(self) -> dict:
+        """JSON-ready record (lists)."""
+        return {"rows": self.rows.tolist(), "cols": self.cols.tolist(), "counts": self.counts.tolist()}
+
 
 class NearestOther(NamedTuple):
     """Nearest point of another class.
@@ -127,6 +135,10 @@ class NearestOther(NamedTuple):
 
     distances: np.ndarray
     indices: np.ndarray
+
+    def to_dict(self) -> dict:
+        """JSON-ready record (lists)."""
+        return {"distances": np.asarray(self.distances).tolist(), "indices": np.asarray(self.indices).tolist()}
 
 
 # ---------------------------------------------------------------------------
@@ -526,6 +538,11 @@ def knn(
 
     Returns:
       :class:`KNN` with ``distances [n, k]`` (ascending) and ``indices [n, k]``.
+
+    References:
+      Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring
+      concentration: fundamental limits on intrinsic robustness." NeurIPS
+      2019, arXiv:1905.12202. (§4.1, density ranks)
     """
     norm, xq, xr, same = _prepare(queries, refs, norm=norm, precision=precision)
     if not isinstance(exclude_self, bool):
@@ -657,6 +674,10 @@ def radius_pairs(
     Returns:
       :class:`RadiusPairs` with int64 ``rows``, ``cols`` (sorted by row then
       column) and per-row ``counts [n]``.
+
+    References:
+      Bhagoji, Cullina, Sehwag, Mittal. "Lower bounds on cross-entropy loss in
+      the presence of test-time adversaries." ICML 2021, arXiv:2104.08382.
     """
     norm, xq, xr, radii, rel = _radius_setup(x, y, radius, norm, precision)
     m = xr.shape[0]
@@ -716,6 +737,11 @@ def count_within(
 
     Returns:
       ``[n]`` int64 counts.
+
+    References:
+      Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring
+      concentration: fundamental limits on intrinsic robustness." NeurIPS
+      2019, arXiv:1905.12202. (§4.2)
     """
     norm, xq, xr, radii, rel = _radius_setup(x, y, radius, norm, precision)
     m = xr.shape[0]
@@ -773,6 +799,12 @@ def nearest_other_class(
     Raises:
       ValueError: when a query's class has no point of another class to
         compare with (for example a single class in the data).
+
+    References:
+      Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural
+      networks generalize and are adversarially robust." arXiv:1808.09540.
+      Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+      robustness to input data distributions." ICLR 2019, arXiv:1902.08336.
     """
     norm, xq, xr, same = _prepare(x, refs, norm=norm, precision=precision)
     q_lab = np.asarray(_checks.check_labels(labels, "labels", n=xq.shape[0]))

@@ -22,7 +22,7 @@ from jaxbound import data
 
 
 def brute_greedy_balls(x, *, alpha, eps, T, delta):
-    """Algorithm 2 (ANCHORS) with a dense float64 distance table: the independent reference."""
+    """Algorithm 2 as the authors' code runs it, with a dense float64 distance table: the independent reference."""
     N = x.shape[0]
     n_tot = math.ceil(N * alpha * (1 + delta) - 1e-9)
     D = cdist(x.astype(np.float64), x.astype(np.float64))
