@@ -546,7 +546,8 @@ class StageCache:
         if self.progress:
             print(f"[jaxbound] {message}", file=sys.stderr, flush=True)
 
-    def run(self, name: str, config: Any, fn: Callable[[], Any], *, label: str | None = None) -> Any:
+    def run(self, name: str, config: Any, fn: Callable[[], Any], *, label: str | None = None,
+            log: bool = True) -> Any:
         """The result of stage ``name``: read from the cache, or ``fn()`` computed, stored and returned.
 
         Args:
@@ -554,19 +555,22 @@ class StageCache:
           config: the stage's settings (JSON-like; part of the fingerprint).
           fn: computes the result (anything :func:`jaxbound._io.to_jsonable` accepts).
           label: the text of the progress lines (default ``name``).
+          log: print the progress lines (``False`` for many small stages under one progress bar).
         """
         out = self.load(name, config)
         if out is not None:
             self.skipped.append(name)
             return out
-        self.log(f"{label or name}: running")
+        if log:
+            self.log(f"{label or name}: running")
         t0 = time.perf_counter()
         out = to_jsonable(fn())
         atomic_write_json(self.path(name, config), out)
         dt = time.perf_counter() - t0
         self.ran.append(name)
         self.seconds[name] = self.seconds.get(name, 0.0) + dt
-        self.log(f"{label or name}: done in {dt:.1f} s")
+        if log:
+            self.log(f"{label or name}: done in {dt:.1f} s")
         return out
 
 
@@ -692,7 +696,7 @@ def _bounds_stages(stages: StageCache, tr, cfg: ReportConfig, pairs_all, *, prog
 
     def one(a, b, e):
         return stages.run("bound", {"pair": [a, b], "eps": e, "n_per_class": npc},
-                          lambda: _bound_stage(tr, a, b, norm=cfg.norm, eps=e, n_per_class=npc))
+                          lambda: _bound_stage(tr, a, b, norm=cfg.norm, eps=e, n_per_class=npc), log=False)
 
     stages.log(f"bounds: {len(pairs_all)} class pairs at eps={e_max:g}")
     selection = [one(a, b, e_max) for a, b in tqdm(pairs_all, desc="pair bounds", unit="pair",
