@@ -448,6 +448,12 @@ def uniform_cube(n: int, *, d: int, key: jax.Array) -> np.ndarray:
     return np.asarray(jax.random.uniform(key, (n, d), dtype=jnp.float32))
 
 
+def _unit_directions(key: jax.Array, n: int, d: int) -> np.ndarray:
+    """``[n, d]`` float64 directions uniform on the unit ``l2`` sphere (normalised Gaussians)."""
+    g = np.asarray(jax.random.normal(key, (n, d)), dtype=np.float64)
+    return g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-300)
+
+
 def uniform_ball(n: int, *, d: int, key: jax.Array, radius: float = 1.0) -> np.ndarray:
     """``[n, d]`` float32 samples uniform in the ``l2`` ball of ``radius`` around 0 (Ding et al. 2019, Theorem 2.1).
 
@@ -471,8 +477,7 @@ def uniform_ball(n: int, *, d: int, key: jax.Array, radius: float = 1.0) -> np.n
     d = _checks.check_int(d, "d", low=1)
     radius = _checks.check_scalar(radius, "radius", low=0.0, low_inclusive=False)
     k1, k2 = jax.random.split(key)
-    g = np.asarray(jax.random.normal(k1, (n, d)), dtype=np.float64)
-    g /= np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-300)
+    g = _unit_directions(k1, n, d)
     u = np.asarray(jax.random.uniform(k2, (n, 1)), dtype=np.float64)
     return (radius * g * u ** (1.0 / d)).astype(np.float32)
 
@@ -508,7 +513,5 @@ def concentric_spheres(
         raise ValueError("radii: the two radii must differ")
     k1, k2 = jax.random.split(key)
     y = np.asarray(jax.random.bernoulli(k1, 0.5, (n,))).astype(np.int64)
-    g = np.asarray(jax.random.normal(k2, (n, d)), dtype=np.float64)
-    g /= np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-300)
-    x = g * np.where(y == 1, r1, r0)[:, None]
+    x = _unit_directions(k2, n, d) * np.where(y == 1, r1, r0)[:, None]
     return Dataset(x.astype(np.float32), y, "concentric_spheres", "synthetic", 2)

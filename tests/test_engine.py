@@ -102,16 +102,22 @@ def _ids_kernel(x, ids, w):
     return x @ w, ids * 2
 
 
-def test_checkpoint_resume_after_an_interruption(tmp_path, arrays, monkeypatch):
+def _interrupted_run(arrays, path, monkeypatch):
+    """Run the 13-row job in blocks of 3, interrupted at row 9 with a save after every block."""
     x, _, w = arrays
     ids = np.arange(13, dtype=np.int32)
     full = _engine.run(_ids_kernel, {}, [x, ids], [w], block_size=3)
     monkeypatch.setattr(_engine, "CHECKPOINT_EVERY_S", 0.0)
     starts = _interrupt_at(monkeypatch, 9)
-    path = tmp_path / "ck"
     with pytest.raises(KeyboardInterrupt):
         _engine.run(_ids_kernel, {}, [x, ids], [w], block_size=3, checkpoint=path)
     assert path.is_dir() and starts[:3] == [0, 3, 6]
+    return x, ids, w, starts, full
+
+
+def test_checkpoint_resume_after_an_interruption(tmp_path, arrays, monkeypatch):
+    path = tmp_path / "ck"
+    x, ids, w, starts, full = _interrupted_run(arrays, path, monkeypatch)
     starts.clear()
     starts.append("interrupted")
     out = _engine.run(_ids_kernel, {}, [x, ids], [w], block_size=3, checkpoint=path)
@@ -122,13 +128,8 @@ def test_checkpoint_resume_after_an_interruption(tmp_path, arrays, monkeypatch):
 
 
 def test_checkpoint_of_another_job_is_not_used(tmp_path, arrays, monkeypatch):
-    x, _, w = arrays
-    ids = np.arange(13, dtype=np.int32)
-    monkeypatch.setattr(_engine, "CHECKPOINT_EVERY_S", 0.0)
-    _interrupt_at(monkeypatch, 9)
     path = tmp_path / "ck"
-    with pytest.raises(KeyboardInterrupt):
-        _engine.run(_ids_kernel, {}, [x, ids], [w], block_size=3, checkpoint=path)
+    x, ids, w, _, _ = _interrupted_run(arrays, path, monkeypatch)
     monkeypatch.undo()
     w2 = w + 1.0  # other replicated data: another job
     out = _engine.run(_ids_kernel, {}, [x, ids], [w2], block_size=3, checkpoint=path)
@@ -138,14 +139,8 @@ def test_checkpoint_of_another_job_is_not_used(tmp_path, arrays, monkeypatch):
 @pytest.mark.xfail(strict=True, reason="_io.BlockCheckpoint.load raises on an unreadable segment instead of "
                                        "dropping it and the rows after it (jaxbound/_io.py)")
 def test_damaged_checkpoint_segment_is_recomputed(tmp_path, arrays, monkeypatch):
-    x, _, w = arrays
-    ids = np.arange(13, dtype=np.int32)
-    full = _engine.run(_ids_kernel, {}, [x, ids], [w], block_size=3)
-    monkeypatch.setattr(_engine, "CHECKPOINT_EVERY_S", 0.0)
-    _interrupt_at(monkeypatch, 9)
     path = tmp_path / "ck"
-    with pytest.raises(KeyboardInterrupt):
-        _engine.run(_ids_kernel, {}, [x, ids], [w], block_size=3, checkpoint=path)
+    x, ids, w, _, full = _interrupted_run(arrays, path, monkeypatch)
     monkeypatch.undo()
     segs = sorted(path.glob("seg_*.npz"))
     assert len(segs) >= 2
