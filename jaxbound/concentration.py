@@ -1213,7 +1213,7 @@ def fit_halfspace(x: Any, *, alpha: float, eps: float, norm: Any, sign: str = "b
     _, vecs = np.linalg.eigh(xc.T @ xc)
     w = vecs[:, -1]
     w = w * (1.0 if w[np.argmax(np.abs(w))] >= 0 else -1.0)
-    shift = float(eps * np.asarray(lp.lp_norm(jnp.asarray(w), _checks.dual_norm(norm))))
+    shift = float(eps * np.asarray(lp.lp_norm(jnp.asarray(w), lp.dual_norm(norm))))
     n = x.shape[0]
     k = max(1, int(math.ceil(n * alpha - 1e-9)))
     best = None
@@ -1292,7 +1292,7 @@ def measure(region: Any, x: Any, *, eps: float | None = None, confidence: float 
             raise ValueError(f"x: feature dimension {x.shape[1]} does not match the region's {region.w.shape[0]}")
         proj = x.astype(np.float64) @ region.w
         shift = region.shift if eps == region.eps else float(
-            eps * np.asarray(lp.lp_norm(jnp.asarray(region.w), _checks.dual_norm(region.norm))))
+            eps * np.asarray(lp.lp_norm(jnp.asarray(region.w), lp.dual_norm(region.norm))))
         n_risk = int(np.sum(proj > region.b))
         n_adv = int(np.sum(proj > region.b - shift))
         return _measurement(n, n_risk, n_adv, confidence, "exact")
