@@ -597,10 +597,11 @@ def _step_function(model: nn.Module, cfg: TrainConfig, total_steps: int, data_sh
     return functools.partial(jax.jit(_train_step, static_argnums=0, **shardings), spec)
 
 
-def _eval_kernel(x, y, lo, params, key, *, model, norm, attack):
+def _eval_kernel(x, y, rows, params, key, *, model, norm, attack):
     """One block of the evaluation: correct, robust (PGD), cross-entropy and dual gradient norms, each ``[b]``.
 
-    ``lo`` holds the first row of the block (the PGD key is ``fold_in(key, lo)``).
+    ``rows`` holds the row numbers; the PGD key of a block (of a device's
+    share of it) is ``fold_in(key, first row)``.
     """
     module = model[0] if isinstance(model, tuple) else model
 
@@ -613,7 +614,7 @@ def _eval_kernel(x, y, lo, params, key, *, model, norm, attack):
     if attack is None or not attack.eps:
         robust = correct
     else:  # the attacks module's PGD, run traced inside this block
-        res = attacks.pgd(f, x, y, key=jax.random.fold_in(key, lo[0]), eps=attack.eps, norm=attack.norm,
+        res = attacks.pgd(f, x, y, key=jax.random.fold_in(key, rows[0]), eps=attack.eps, norm=attack.norm,
                           steps=attack.steps, step_size=attack.step_size, random_start=attack.random_start,
                           bounds=attack.bounds, l1_fraction=attack.l1_fraction)
         robust = correct & ~res.success
@@ -864,10 +865,9 @@ def _evaluate(d: _Data, cfg: TrainConfig, params, ekey) -> dict:
     """Clean and robust accuracy, loss and gradient norms on the evaluation split, streamed in blocks."""
     ex, ey, split = (d.ev[0], d.ev[1], "eval") if d.ev is not None else (d.x, d.y, "train")
     attack = cfg.evaluation
-    chunk = _engine.block_rows(None, _EVAL_CHUNK, n=ex.shape[0])
-    lo = (np.arange(ex.shape[0]) // chunk * chunk).astype(np.int32)
+    rows = np.arange(ex.shape[0], dtype=np.int32)
     static = dict(model=_static_model(d.model), norm=cfg.threat_norm or "linf", attack=attack)
-    cor, rob, lv, gn = _engine.run(_eval_kernel, static, (ex, ey, lo), (params, ekey), block_size=chunk)
+    cor, rob, lv, gn = _engine.run(_eval_kernel, static, (ex, ey, rows), (params, ekey), default_block=_EVAL_CHUNK)
     return {
         "clean_accuracy": float(cor.mean()),
         "robust_accuracy": float(rob.mean()) if attack is not None else None,

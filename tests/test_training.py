@@ -438,7 +438,7 @@ def test_epochs_zero_returns_initial_model(digits):
 
 @pytest.mark.slow
 def test_mnist_lenet5_pgd_vs_standard(mnist_train, mnist_test):
-    sub = data.random_subset(jax.random.key(0), mnist_train, n=2000)
+    sub = data.random_subset(mnist_train, key=jax.random.key(0), n=2000)
     te = mnist_test.subset(np.arange(500))
     kw = dict(epochs=4, batch_size=50, eval_data=te, norm="linf", eval_eps=0.1, eval_steps=10, progress=False)
     m = models.create("lenet5", widen_factor=0.25)
