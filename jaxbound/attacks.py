@@ -104,6 +104,7 @@ __all__ = [
     "perturbation_norms",
     "margin",
     "example_keys",
+    "jacobian_norm",
 ]
 
 _LOSSES = ("ce", "margin")
@@ -305,14 +306,6 @@ def _check_bounds(bounds: Any) -> tuple[float, float] | None:
     return _checks.check_interval(bounds, "bounds", allow_none=True)
 
 
-# Transitional aliases: jaxbound.training still reads these until it moves to jaxbound._checks.
-_check_attack_norm = _checks.check_attack_norm
-_check_logits_fn = _checks.check_logits_fn
-_check_x = _checks.check_model_inputs
-_num_classes = _checks.num_classes_of
-_check_y = _checks.check_model_labels
-
-
 def _prepare(logits_fn, x, y, bounds, *, targeted: bool, y_name: str = "y"):
     """Validate the common arguments; fill ``y`` with predictions when None."""
     _checks.check_logits_fn(logits_fn)
@@ -420,11 +413,6 @@ def _random_start(keys, x, eps, norm: str):
 def _ascent(g, xa, norm: str, bounds, l1_fraction: float):
     """Steepest-ascent direction of unit ``norm`` (sparse, box-aware ℓ1 step)."""
     return lp.steepest_ascent(g, norm, l1_fraction=l1_fraction, x=xa, bounds=bounds)
-
-
-# Transitional aliases: jaxbound.training still reads these until it moves to jaxbound.lp / _engine.
-_ascent_direction = _ascent
-_pad_rows = _engine.pad_rows
 
 
 # ---------------------------------------------------------------------------
@@ -777,6 +765,30 @@ def minimal_adversarial_distance(
 # ---------------------------------------------------------------------------
 
 
+def jacobian_norm(logits_fn: Callable, x: Any, *, norm: Any, output: str = "probs") -> Any:
+    """``max_k ||grad_x f_k(x_i)||_norm`` per example: the model Jacobian's norm into ℓ∞ (Finlay et al. eq. 7.1).
+
+    Args:
+      logits_fn: ``x [n, ...] -> logits [n, k]``.
+      x: ``[n, ...]`` inputs (JAX arrays or tracers; jittable).
+      norm: the norm of each input gradient (the dual of the attack norm).
+      output: ``"probs"`` (``f`` = softmax of the logits) or ``"logits"``.
+
+    Returns:
+      ``[n]`` Jacobian norms.
+
+    References:
+      Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural
+      networks generalize and are adversarially robust." arXiv:1808.09540.
+    """
+    out_fn = (lambda z: jax.nn.softmax(logits_fn(z), axis=-1)) if output == "probs" else logits_fn
+    out, vjp = jax.vjp(out_fn, x)
+    k = out.shape[1]
+    basis = jnp.broadcast_to(jnp.eye(k, dtype=out.dtype)[:, None, :], (k, x.shape[0], k))
+    jac = jax.vmap(lambda e: vjp(e)[0])(basis)  # [k, n, ...]
+    return jnp.max(jax.vmap(lambda g: lp.per_example_norm(g, norm))(jac), axis=0)
+
+
 def _grad_penalty(logits_fn, xa, *, detector: str, dual: str):
     """Per-example squared dual norm of the detector's input gradient at ``xa``."""
     if detector == "loss":
@@ -789,12 +801,7 @@ def _grad_penalty(logits_fn, xa, *, detector: str, dual: str):
         g = jax.grad(ce)(xa)
         v = lp.per_example_norm(g, dual)
     else:
-        probs_fn = lambda z: jax.nn.softmax(logits_fn(z), axis=-1)  # noqa: E731
-        _, vjp = jax.vjp(probs_fn, xa)
-        k = jax.eval_shape(logits_fn, xa).shape[1]
-        basis = jnp.broadcast_to(jnp.eye(k, dtype=xa.dtype)[:, None, :], (k, xa.shape[0], k))
-        jac = jax.vmap(lambda e: vjp(e)[0])(basis)  # [k, n, ...]
-        v = jnp.max(jax.vmap(lambda g: lp.per_example_norm(g, dual))(jac), axis=0)
+        v = jacobian_norm(logits_fn, xa, norm=dual)
     return v * v
 
 

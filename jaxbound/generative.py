@@ -602,6 +602,11 @@ def adv_risk_lower_bound(
 
     Returns:
       A float for scalar ``eps``, else an ``[E]`` NumPy array.
+
+    References:
+      Zhang, Chen, Gu, Evans. "Understanding the intrinsic robustness of
+      image distributions using conditional generative models." AISTATS
+      2020, arXiv:2003.00378 (Theorem 4.3).
     """
     risk_k, _ = _check_vec(risk, "risk", low=0.0, high=1.0)
     p_k = _check_priors(p, risk_k.size)
@@ -685,6 +690,11 @@ def intrinsic_robustness_bound(
 
     Returns:
       :class:`IntrinsicRobustnessBound` (``rob`` shaped ``[E, A]``).
+
+    References:
+      Zhang, Chen, Gu, Evans. "Understanding the intrinsic robustness of
+      image distributions using conditional generative models." AISTATS
+      2020, arXiv:2003.00378 (Theorem 4.4, Table 3).
     """
     if family not in ("F_alpha", "per_class"):
         raise ValueError(f"family: must be 'F_alpha' or 'per_class', got {family!r}")
