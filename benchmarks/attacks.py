@@ -42,6 +42,12 @@ Usage:
 
 Writes ``benchmarks/results/attacks_<device>.json`` with ``images_per_s``,
 ``torch_images_per_s``, ``ratio`` (jax / torch), ``batch`` and ``steps``.
+
+References:
+  Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial robustness
+  to input data distributions." ICLR 2019, arXiv:1902.08336.
+  Madry, Makelov, Schmidt, Tsipras, Vladu. "Towards deep learning models
+  resistant to adversarial attacks." ICLR 2018, arXiv:1706.06083.
 """
 
 from __future__ import annotations
@@ -83,10 +89,11 @@ def _worker_jax(args, z, impl: str):
     x, y = z["x"], z["y"]
     key = jax.random.key(args.seed)
 
+    cfg = attacks.AttackConfig(norm="linf", eps=args.eps, steps=args.steps, step_size=args.step_size,
+                               random_start=True)
+
     def run(i):
-        r = attacks.pgd(f, x, y, key=jax.random.fold_in(key, i), eps=args.eps, norm="linf", steps=args.steps,
-                        step_size=args.step_size, random_start=True)
-        return r
+        return attacks.pgd(f, x, y, cfg, key=jax.random.fold_in(key, i))
 
     r = run(0)  # compile
     logits = np.asarray(jax.jit(f)(jnp.asarray(x)))
@@ -187,7 +194,7 @@ def train_lenet(x, y, steps: int, seed: int):
     from jaxbound import models
 
     model = models.create("lenet5")
-    params = models.init_params(model, jax.random.key(seed), x.shape[1:])
+    params = models.init_params(model, x.shape[1:], key=jax.random.key(seed))
     opt = optax.adam(1e-3)
     state = opt.init(params)
 

@@ -20,6 +20,15 @@ Pipeline (every stage is cached under ``--work-dir`` so that a rerun resumes):
 
 Writes ``benchmarks/results/generative_mnist.json`` atomically. Run with
 ``nice -n 5 python benchmarks/generative_mnist.py`` (``--quick`` for a smoke run).
+
+References:
+  Zhang, Chen, Gu, Evans. "Understanding the intrinsic robustness of image
+  distributions using conditional generative models." AISTATS 2020,
+  arXiv:2003.00378.
+  Odena, Olah, Shlens. "Conditional image synthesis with auxiliary classifier
+  GANs." ICML 2017, arXiv:1610.09585.
+  Madry, Makelov, Schmidt, Tsipras, Vladu. "Towards deep learning models
+  resistant to adversarial attacks." ICLR 2018, arXiv:1706.06083.
 """
 
 from __future__ import annotations
