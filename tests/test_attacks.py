@@ -184,6 +184,47 @@ def test_checkpoint_resumes_after_interruption(mlp, tmp_path, monkeypatch):
     assert not ckpt.exists()  # removed once finished
 
 
+def test_attack_config_matches_keyword_settings(mlp):
+    """One AttackConfig gives the keyword settings' results; keywords override it; the norm is never defaulted."""
+    key = jax.random.key(9)
+    cfg = attacks.AttackConfig(norm="l2", eps=0.2, steps=4, restarts=2)
+    by_cfg = attacks.pgd(mlp.f, mlp.x, mlp.y, cfg, key=key)
+    by_kw = attacks.pgd(mlp.f, mlp.x, mlp.y, key=key, norm="l2", eps=0.2, steps=4, restarts=2)
+    np.testing.assert_array_equal(by_cfg.x_adv, by_kw.x_adv)
+    over = attacks.pgd(mlp.f, mlp.x, mlp.y, cfg, key=key, norm="linf", eps=0.05)
+    np.testing.assert_array_equal(over.x_adv, attacks.pgd(mlp.f, mlp.x, mlp.y, cfg.replace(norm="linf", eps=0.05),
+                                                         key=key).x_adv)
+    np.testing.assert_array_equal(attacks.fgsm(mlp.f, mlp.x, mlp.y, cfg, eps=0.1).x_adv,
+                                  attacks.fgm(mlp.f, mlp.x, mlp.y, norm="linf", eps=0.1).x_adv)
+    md = attacks.minimal_adversarial_distance(mlp.f, mlp.x, mlp.y, cfg.replace(eps=1.0, random_start=False),
+                                              key=key, search_steps=3)
+    md_kw = attacks.minimal_adversarial_distance(mlp.f, mlp.x, mlp.y, key=key, eps_max=1.0, norm="l2", steps=4,
+                                                 restarts=2, search_steps=3)
+    np.testing.assert_array_equal(md.distance, md_kw.distance)
+    for fn, kw in ((attacks.pgd, dict(key=key, eps=0.1)), (attacks.fgm, dict(eps=0.1)),
+                   (attacks.minimal_adversarial_distance, dict(key=key, eps_max=1.0))):
+        with pytest.raises(TypeError, match="^norm"):
+            fn(mlp.f, mlp.x, mlp.y, **kw)
+    with pytest.raises(TypeError, match="^stepsize"):
+        attacks.pgd(mlp.f, mlp.x, mlp.y, cfg, key=key, stepsize=0.1)
+
+
+def test_margin_keys_and_jacobian_norm(aff):
+    logits = jnp.asarray([[1.0, 3.0, 2.0], [0.5, -1.0, 0.0]])
+    np.testing.assert_allclose(attacks.margin(logits, jnp.asarray([1, 2])), [1.0, -0.5])
+    keys = attacks.example_keys(jnp.arange(3), key=jax.random.key(0))
+    np.testing.assert_array_equal(jax.random.key_data(keys[2]), jax.random.key_data(jax.random.fold_in(
+        jax.random.key(0), 2)))
+    # binary affine logits [0, s]: d softmax_k / dx = +-p0 p1 w, so the norm is p0 p1 ||w||
+    x = jnp.asarray(aff.x)
+    p1 = jax.nn.sigmoid(jnp.asarray(aff.s))
+    for norm in ("l1", "l2", "linf"):
+        want = p1 * (1 - p1) * np.linalg.norm(aff.w, {"l1": 1, "l2": 2, "linf": np.inf}[norm])
+        np.testing.assert_allclose(attacks.jacobian_norm(aff.f, x, norm=norm), want, rtol=1e-4)
+    np.testing.assert_allclose(attacks.jacobian_norm(aff.f, x, norm="l2", output="logits"),
+                               np.full(len(aff.y), np.linalg.norm(aff.w)), rtol=1e-5)
+
+
 def test_empty_batch(mlp):
     r = attacks.pgd(mlp.f, mlp.x[:0], mlp.y[:0], key=jax.random.key(0), eps=0.1, norm="linf")
     assert r.x_adv.shape == (0, 4, 4, 1) and r.success.shape == (0,) and r.logits.shape == (0, 3)
