@@ -16,6 +16,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -129,11 +130,19 @@ class BlockCheckpoint:
         if (self.path / "key.txt").read_text().strip() != self.key:
             return 0, {}
         rows, parts = 0, []
-        for a, b, f in self._segments():
+        segs = self._segments()
+        for i, (a, b, f) in enumerate(segs):
             if a != rows:  # keep only the contiguous prefix
                 break
-            with np.load(f, allow_pickle=False) as z:
-                parts.append({k: z[k] for k in z.files})
+            try:
+                with np.load(f, allow_pickle=False) as z:
+                    parts.append({k: z[k] for k in z.files})
+            except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: recompute from here
+                warnings.warn(f"checkpoint: segment {f.name} in {self.path} is damaged ({type(exc).__name__}); "
+                              f"recomputing rows from {a}", RuntimeWarning, stacklevel=2)
+                for _, _, g in segs[i:]:
+                    g.unlink(missing_ok=True)
+                break
             rows = b
         if not parts:
             return 0, {}
