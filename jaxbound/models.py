@@ -81,6 +81,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -326,8 +327,9 @@ def init_params(model: nn.Module, input_shape: Sequence[int], *, key: Any) -> An
 
     Returns:
       The parameter pytree (``{"params": ...}``) accepted by ``model.apply``.
-      With a concrete key the init is jitted once per (model, shape) and
-      cached (compiled without backend optimisation: it runs once).
+      With a concrete key the init is jitted (compiled without backend
+      optimisation: it runs once) and jax's own cache reuses it for equal
+      modules and shapes.
     """
     _checks.check_key(key)
     shape = _check_input_shape(input_shape)
@@ -335,29 +337,27 @@ def init_params(model: nn.Module, input_shape: Sequence[int], *, key: Any) -> An
     if not _checks.is_concrete(key):
         return model.init(key, dummy)
     try:
-        cache_key = (model, shape, str(key.dtype), tuple(key.shape))
-        hash(cache_key)
-    except Exception:  # noqa: BLE001 - unhashable module attributes
-        cache_key = None
-    init = _INIT_CACHE.get(cache_key) if cache_key is not None else None
-    if init is None:
-        lowered = jax.jit(model.init).lower(key, dummy)
-        try:
-            init = lowered.compile(compiler_options=_FAST_COMPILE)
-        except Exception:  # noqa: BLE001 - backends without these options
-            init = lowered.compile()
-        if cache_key is not None:
-            if len(_INIT_CACHE) >= 32:
-                _INIT_CACHE.pop(next(iter(_INIT_CACHE)))
-            _INIT_CACHE[cache_key] = init
-    return init(key, dummy)
+        hash(model)
+    except TypeError:  # unhashable module attributes: a one-off function
+        fast, plain = jax.jit(model.init, compiler_options=_FAST_COMPILE), jax.jit(model.init)
+    else:
+        fast, plain = functools.partial(_fast_init, model), functools.partial(_plain_init, model)
+    try:
+        return fast(key, dummy)
+    except Exception:  # noqa: BLE001 - backends without these options (a model error is raised again below)
+        return plain(key, dummy)
+
+
+def _init(model: nn.Module, key: Any, dummy: jax.Array) -> Any:
+    return model.init(key, dummy)
 
 
 # XLA's CPU backend spends seconds optimising the unrolled threefry hash of
 # every initializer; an init runs once, so it is compiled without backend
 # optimisation (same values up to float rounding of the initializers' math).
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-_INIT_CACHE: dict = {}
+_fast_init = jax.jit(_init, static_argnums=0, compiler_options=_FAST_COMPILE)
+_plain_init = jax.jit(_init, static_argnums=0)
 
 
 def logits_fn(model: nn.Module, params: Any) -> Callable[[jax.Array], jax.Array]:
