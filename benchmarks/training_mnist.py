@@ -27,12 +27,13 @@ Usage:
   nice -n 5 python benchmarks/training_mnist.py            # writes benchmarks/results/training_mnist.json
 
 References:
-  Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial robustness
-  to input data distributions." ICLR 2019, arXiv:1902.08336.
-  Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural
-  networks generalize and are adversarially robust." arXiv:1808.09540.
-  Madry, Makelov, Schmidt, Tsipras, Vladu. "Towards deep learning models
-  resistant to adversarial attacks." ICLR 2018, arXiv:1706.06083.
+  Part A: Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
+  robustness to input data distributions." ICLR 2019, arXiv:1902.08336; the
+  PGD training of Madry, Makelov, Schmidt, Tsipras, Vladu. "Towards deep
+  learning models resistant to adversarial attacks." ICLR 2018,
+  arXiv:1706.06083.
+  Part B: Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep
+  neural networks generalize and are adversarially robust." arXiv:1808.09540.
 """
 
 from __future__ import annotations
