@@ -70,7 +70,7 @@ REPEATS = 10 if FULL else 2
 PAPER = {0.1: 3.64, 0.2: 5.89, 0.3: 7.24, 0.4: 9.92}  # Table 1, test AdvRisk (%)
 key = jax.random.key(0)
 # the paper's protocol selects q and T on the test set and reports it; "honest" keeps them apart
-splits = jb.concentration.make_splits(key, tr.flat(), te.flat(), protocol="paper" if FULL else "honest")
+splits = jb.concentration.make_splits(tr.flat(), te.flat(), key=key, protocol="paper" if FULL else "honest")
 print(tr.to_dict(), te.to_dict())'''),
         ("code", '''\
 rows = []
@@ -78,7 +78,7 @@ radii = jb.concentration.density_ranks(splits.fit, k=50)  # l1 distance to the 5
 for eps in EPS:
     t0 = time.perf_counter()
     recs, region = jb.concentration.run_rectangles(
-        jax.random.fold_in(key, 1), splits, alpha=0.01, eps=eps, n_regions=T[eps], n_repeats=REPEATS,
+        splits, key=jax.random.fold_in(key, 1), alpha=0.01, eps=eps, n_regions=T[eps], n_repeats=REPEATS,
         radii=radii, dataset=name)
     rep = recs[-1]  # the reported split
     rows.append(rep)
@@ -172,7 +172,7 @@ for eps, rob in zip(tab.eps, tab.rob[:, 0]):
 key = jax.random.key(0)
 if FULL:  # the paper's ACGAN: 25 epochs on MNIST (resumable checkpoint in ./acgan_mnist)
     tr = load("mnist", "train")
-    gan = jb.generative.train_acgan(key, tr, epochs=25, checkpoint_dir="acgan_mnist").gan
+    gan = jb.generative.train_acgan(tr, key=key, epochs=25, checkpoint_dir="acgan_mnist").gan
     S, N = 1000, 2000
 else:     # a tiny hand-made conditional generator of 8x8 images: shows the pipeline in seconds
     A = jax.random.normal(key, (16, 64)) / 4.0
@@ -184,7 +184,7 @@ else:     # a tiny hand-made conditional generator of 8x8 images: shows the pipe
     gan.latent_dim, gan.num_classes = 16, 10
     S, N = 4, 32
 classes = np.arange(10) if FULL else np.arange(3)
-lip = jb.generative.local_lipschitz(jax.random.fold_in(key, 1), gan, classes, r=0.5, n_latents=S,
+lip = jb.generative.local_lipschitz(gan, classes, key=jax.random.fold_in(key, 1), r=0.5, n_latents=S,
                                     n_neighbors=N, deltas=(0.001,), grad_steps=50 if FULL else 0)
 print("local Lipschitz constants L_i(0.5):", np.round(np.asarray(lip.L).ravel(), 4))'''),
         ("code", '''\
@@ -194,7 +194,7 @@ ours = jb.generative.intrinsic_robustness_bound(eps=[1.0, 2.0, 3.0], alpha=0.015
                                                 family="per_class", r=0.5 if FULL else None)
 for eps, rob in zip(ours.eps, ours.rob[:, 0]):
     print(f"L_max={L:.2f}  eps={eps:.0f}  intrinsic robustness <= {100 * rob:.1f} %")
-sample = jb.generative.sample_dataset(jax.random.fold_in(key, 2), gan, n=20)
+sample = jb.generative.sample_dataset(gan, key=jax.random.fold_in(key, 2), n=20)
 print("generated images:", np.asarray(sample.x).shape if hasattr(sample, "x") else sample)'''),
     ],
     # ------------------------------------------------------------------------------------------
@@ -257,8 +257,8 @@ arch = jb.models.create("lenet5", num_classes=10) if FULL else jb.models.create(
 common = dict(epochs=10 if FULL else 1, batch_size=64, learning_rate=1e-3, norm="l2",
               eval_data=(te.images[:200], te.labels[:200]), progress=FULL)
 runs = {
-    "standard": jb.training.train(key, arch, tr, recipe="standard", **common),
-    "gradient_reg": jb.training.train(key, arch, tr, recipe="gradient_reg", tv_weight=0.1, **common),
+    "standard": jb.training.train(arch, tr, key=key, recipe="standard", **common),
+    "gradient_reg": jb.training.train(arch, tr, key=key, recipe="gradient_reg", tv_weight=0.1, **common),
 }'''),
         ("code", '''\
 n_eval = 1000 if FULL else 40
