@@ -148,6 +148,15 @@ def _check_integer_weights(w: Any, name: str, n: int) -> np.ndarray:
     return arr
 
 
+def _check_problem(n_a, n_b, edge_a, edge_b, w_a, w_b, names):
+    """Checked part sizes, ``[E]`` edge endpoints and the integer vertex weights named ``names``."""
+    n_a, n_b = _check_count(n_a, "n_a"), _check_count(n_b, "n_b")
+    ea, eb = _check_index(edge_a, "edge_a", n_a), _check_index(edge_b, "edge_b", n_b)
+    if ea.shape != eb.shape:
+        raise ValueError(f"edge_b: has {eb.size} entries but edge_a has {ea.size}")
+    return n_a, n_b, ea, eb, _check_integer_weights(w_a, names[0], n_a), _check_integer_weights(w_b, names[1], n_b)
+
+
 def _check_backend(backend: Any) -> str:
     if backend not in _BACKENDS:
         raise ValueError(f"backend: must be one of {_BACKENDS}, got {backend!r}")
@@ -420,12 +429,7 @@ def bipartite_max_flow(
     Returns:
       :class:`BipartiteFlow`.
     """
-    n_a, n_b = _check_count(n_a, "n_a"), _check_count(n_b, "n_b")
-    ea, eb = _check_index(edge_a, "edge_a", n_a), _check_index(edge_b, "edge_b", n_b)
-    if ea.shape != eb.shape:
-        raise ValueError(f"edge_b: has {eb.size} entries but edge_a has {ea.size}")
-    cap_a = _check_integer_weights(cap_a, "cap_a", n_a)
-    cap_b = _check_integer_weights(cap_b, "cap_b", n_b)
+    n_a, n_b, ea, eb, cap_a, cap_b = _check_problem(n_a, n_b, edge_a, edge_b, cap_a, cap_b, ("cap_a", "cap_b"))
     backend = _check_backend(backend)
     ea_s, eb_s, perm = _sort_edges(n_b, ea, eb)
     fa, fb, fe, sa, sb, used = _max_flow_sorted(n_a, n_b, ea_s, eb_s, cap_a, cap_b, backend)
@@ -776,12 +780,7 @@ def optprob_parts(
     """
     from tqdm.auto import tqdm
 
-    n_a, n_b = _check_count(n_a, "n_a"), _check_count(n_b, "n_b")
-    ea, eb = _check_index(edge_a, "edge_a", n_a), _check_index(edge_b, "edge_b", n_b)
-    if ea.shape != eb.shape:
-        raise ValueError(f"edge_b: has {eb.size} entries but edge_a has {ea.size}")
-    w_a = _check_integer_weights(w_a, "w_a", n_a)
-    w_b = _check_integer_weights(w_b, "w_b", n_b)
+    n_a, n_b, ea, eb, w_a, w_b = _check_problem(n_a, n_b, edge_a, edge_b, w_a, w_b, ("w_a", "w_b"))
     backend = _check_backend(backend)
     total = sum_int(w_a) + sum_int(w_b)
     if total == 0:
