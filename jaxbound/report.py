@@ -358,12 +358,13 @@ class ReportConfig:
                                                   "default)", flag="--widen")
     epochs: int = _f(10, "training epochs")
     batch_size: int = _f(64, "training batch size")
-    learning_rate: float = _f(1e-3, "training learning rate (Adam)", flag="--lr")
+    learning_rate: float | None = _f(None, "training learning rate, Adam (default: TrainConfig's)", flag="--lr")
     train_eps: float | None = _f(None, "budget of adversarial training (default: the middle budget of eps)")
     train_attack_steps: int = _f(7, "PGD steps inside adversarial training")
     attack_steps: int = _f(20, "PGD steps of the evaluation and the self-check (step 2.5 eps / steps, random "
                                "start, images kept in [0, 1])")
-    attack_restarts: int = _f(1, "PGD restarts of the evaluation and the self-check", flag="--restarts")
+    attack_restarts: int | None = _f(None, "PGD restarts of the evaluation and the self-check (default: "
+                                           "AttackConfig's)", flag="--restarts")
     eval_limit: int | None = _f(1000, "evaluate models on the first N held-out examples (0 or none: all)")
     self_check: bool = _f(True, "run the weak-attack check against the optimal 0-1 loss")
     check_per_class: int | None = _f(200, "the self-check attacks the first N training points of each class "
@@ -394,14 +395,17 @@ class ReportConfig:
                 raise ValueError(f"models: unknown training recipe {r!r}; use standard, pgd or trades")
         put("models", models)
         for k, low in (("n_repeats", 1), ("epochs", 1), ("batch_size", 1), ("attack_steps", 1),
-                       ("train_attack_steps", 1), ("attack_restarts", 1)):
+                       ("train_attack_steps", 1)):
             put(k, _checks.check_int(getattr(self, k), k, low=low))
         for k, low in (("limit", 2), ("test_limit", 2), ("select_size", 1), ("n_per_class", 1),
                        ("eval_limit", 1), ("check_per_class", 1)):
             v = _none_if_zero(getattr(self, k)) if k in ("eval_limit", "check_per_class") else getattr(self, k)
             put(k, None if v is None else _checks.check_int(v, k, low=low))
-        put("learning_rate", _checks.check_scalar(self.learning_rate, "learning_rate", low=0.0,
-                                                  low_inclusive=False))
+        if self.attack_restarts is not None:
+            put("attack_restarts", _checks.check_int(self.attack_restarts, "attack_restarts", low=1))
+        if self.learning_rate is not None:
+            put("learning_rate", _checks.check_scalar(self.learning_rate, "learning_rate", low=0.0,
+                                                      low_inclusive=False))
         if self.train_eps is not None:
             put("train_eps", _checks.check_scalar(self.train_eps, "train_eps", low=0.0))
         wf = self.widen_factor
@@ -436,8 +440,8 @@ class ReportConfig:
         """The evaluation and self-check attack: PGD at the report's norm and budgets."""
         from jaxbound import attacks
 
-        return attacks.AttackConfig(norm=self.norm, eps=self.eps_grid, steps=self.attack_steps,
-                                    restarts=self.attack_restarts)
+        extra = {} if self.attack_restarts is None else {"restarts": self.attack_restarts}
+        return attacks.AttackConfig(norm=self.norm, eps=self.eps_grid, steps=self.attack_steps, **extra)
 
     def train_config(self, recipe: str, *, n_train: int | None = None) -> Any:
         """The :class:`jaxbound.training.TrainConfig` of a model trained on the spot with ``recipe``.
@@ -452,8 +456,8 @@ class ReportConfig:
         attack = None if recipe == "standard" else attacks.AttackConfig(
             norm=self.norm, eps=self.adversarial_eps, steps=self.train_attack_steps)
         bs = self.batch_size if n_train is None else min(self.batch_size, n_train)
-        return training.TrainConfig(recipe=recipe, epochs=self.epochs, batch_size=bs,
-                                    learning_rate=self.learning_rate, attack=attack,
+        extra = {} if self.learning_rate is None else {"learning_rate": self.learning_rate}
+        return training.TrainConfig(recipe=recipe, epochs=self.epochs, batch_size=bs, **extra, attack=attack,
                                     eval_attack=None if attack is None else attack.replace(
                                         steps=self.attack_steps, step_size=None))
 
@@ -724,7 +728,7 @@ def _train_model(key, stages: StageCache, recipe, tr, te, cfg: ReportConfig, *, 
 
     widen = cfg.widen
     settings = {"recipe": recipe, "arch": cfg.arch, "widen_factor": widen, "epochs": cfg.epochs,
-                "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
+                "batch_size": cfg.batch_size, "learning_rate": cfg.train_config(recipe).learning_rate,
                 "eps": cfg.adversarial_eps if recipe != "standard" else None, "norm": str(cfg.norm),
                 "attack_steps": cfg.train_attack_steps}
     folder = stages.path(f"model-{recipe}", dict(settings, key=_engine.key_data(key)), suffix="")
@@ -822,7 +826,7 @@ def _model_stages(keys, stages: StageCache, entries, tr, te, te_eval, cfg, chose
         else:
             mfp = {"user": user_name, "probe": np.asarray(fn(te.images[:4]), np.float64)}
         ev_cfg = {"model": mfp, "eps": list(cfg.eps_grid), "steps": cfg.attack_steps,
-                  "restarts": cfg.attack_restarts, "eval_limit": cfg.eval_limit}
+                  "restarts": cfg.attack().restarts, "eval_limit": cfg.eval_limit}
         ev = stages.run("evaluate", ev_cfg, lambda fn=fn: _evaluate_model(k_eval, fn, te_eval, cfg,
                                                                           progress=progress),
                         label=f"evaluate {mname} on {len(te_eval)} images")
@@ -875,9 +879,10 @@ def _config_record(cfg: ReportConfig, name: str, user_model: Any, key) -> dict:
             "n_regions": list(cfg.n_regions), "n_repeats": cfg.n_repeats, "protocol": cfg.protocol,
             "select_size": cfg.select_size, "pairs": cfg.pairs, "n_per_class": cfg.n_per_class,
             "models": list(cfg.models), "user_model": user_model, "arch": cfg.arch, "widen_factor": cfg.widen,
-            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
+            "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "learning_rate": cfg.train_config("standard").learning_rate,
             "train_eps": cfg.adversarial_eps, "train_attack_steps": cfg.train_attack_steps,
-            "attack_steps": cfg.attack_steps, "attack_restarts": cfg.attack_restarts,
+            "attack_steps": cfg.attack_steps, "attack_restarts": cfg.attack().restarts,
             "eval_limit": cfg.eval_limit, "check_per_class": cfg.check_per_class, "limit": cfg.limit,
             "test_limit": cfg.test_limit, "test_split": cfg.test_split,
             "key": _engine.key_data(key).astype(np.int64).tolist()}
