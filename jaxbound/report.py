@@ -759,11 +759,9 @@ def _attack_curve(key, logits_fn, x, y, attack, *, progress):
     """``(robust_error [K], clean_error)`` of ``logits_fn`` under the PGD attack ``attack`` (an AttackConfig)."""
     from jaxbound import metrics
 
-    rep = metrics.evaluate_robustness(
-        logits_fn, x, y, key=key, eps=np.asarray(attack.eps_array, np.float32), norm=attack.norm,
-        steps=attack.steps, step_size=attack.step_size, restarts=attack.restarts,
-        random_start=attack.random_start, bounds=attack.bounds, loss=attack.loss, wrt_predictions=False,
-        progress=progress)
+    # the budgets as float32 values, as the report has always attacked (keeps the numbers of earlier reports)
+    att = attack.replace(eps=tuple(float(e) for e in np.asarray(attack.eps_array, np.float32)))
+    rep = metrics.evaluate_robustness(logits_fn, x, y, att, key=key, wrt_predictions=False, progress=progress)
     rob = np.asarray(rep.robust_accuracy, dtype=float)
     return 1.0 - rob, 1.0 - rep.clean_accuracy
 
