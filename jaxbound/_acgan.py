@@ -30,7 +30,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import time
 from pathlib import Path
@@ -287,10 +286,9 @@ def _ce(logits, y):
     return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits, y))
 
 
-@functools.lru_cache(maxsize=8)
-def _make_step(latent_dim: int, num_classes: int, image_shape: tuple, learning_rate: float, b1: float, b2: float,
-               batch: int):
-    """The jitted D-then-G step for one configuration (cached: reruns and resumes compile once)."""
+def _acgan_step(state, x_real, y, key, *, latent_dim: int, num_classes: int, image_shape: tuple,
+                learning_rate: float, b1: float, b2: float, batch: int):
+    """One discriminator-then-generator Adam step; returns the new state and the step's statistics."""
     gen = ACGANGenerator(latent_dim, num_classes, image_shape)
     disc = ACGANDiscriminator(num_classes)
     opt_g = optax.adam(learning_rate, b1=b1, b2=b2)
@@ -304,39 +302,44 @@ def _make_step(latent_dim: int, num_classes: int, image_shape: tuple, learning_r
         x, upd = gen.apply({"params": gp, "batch_stats": gs}, z, y, train=True, mutable=["batch_stats"])
         return x, upd["batch_stats"]
 
-    def step(state, x_real, y, key):
-        z = jax.random.normal(key, (batch, latent_dim), jnp.float32)
+    z = jax.random.normal(key, (batch, latent_dim), jnp.float32)
 
-        # Discriminator update (real and fake batches through separate BN calls).
-        def d_loss_fn(dp):
-            d_real, c_real, ds = d_apply(dp, state["d_stats"], x_real)
-            x_fake, gs = g_apply(state["g_params"], state["g_stats"], z, y)
-            d_fake, c_fake, ds = d_apply(dp, ds, jax.lax.stop_gradient(x_fake))
-            loss = _bce_logits(d_real, 1.0) + _ce(c_real, y) + _bce_logits(d_fake, 0.0) + _ce(c_fake, y)
-            aux = dict(ds=ds, gs=gs, acc_real=jnp.mean(jnp.argmax(c_real, -1) == y),
-                       d_real=jnp.mean(jax.nn.sigmoid(d_real)), d_fake=jnp.mean(jax.nn.sigmoid(d_fake)))
-            return loss, aux
+    # Discriminator update (real and fake batches through separate BN calls).
+    def d_loss_fn(dp):
+        d_real, c_real, ds = d_apply(dp, state["d_stats"], x_real)
+        x_fake, gs = g_apply(state["g_params"], state["g_stats"], z, y)
+        d_fake, c_fake, ds = d_apply(dp, ds, jax.lax.stop_gradient(x_fake))
+        loss = _bce_logits(d_real, 1.0) + _ce(c_real, y) + _bce_logits(d_fake, 0.0) + _ce(c_fake, y)
+        aux = dict(ds=ds, gs=gs, acc_real=jnp.mean(jnp.argmax(c_real, -1) == y),
+                   d_real=jnp.mean(jax.nn.sigmoid(d_real)), d_fake=jnp.mean(jax.nn.sigmoid(d_fake)))
+        return loss, aux
 
-        (d_loss, aux), gd = jax.value_and_grad(d_loss_fn, has_aux=True)(state["d_params"])
-        upd, d_opt = opt_d.update(gd, state["d_opt"], state["d_params"])
-        d_params = optax.apply_updates(state["d_params"], upd)
+    (d_loss, aux), gd = jax.value_and_grad(d_loss_fn, has_aux=True)(state["d_params"])
+    upd, d_opt = opt_d.update(gd, state["d_opt"], state["d_params"])
+    d_params = optax.apply_updates(state["d_params"], upd)
 
-        # Generator update against the updated discriminator.
-        def g_loss_fn(gp):
-            x_fake, gs = g_apply(gp, aux["gs"], z, y)
-            d_fake, c_fake, ds = d_apply(d_params, aux["ds"], x_fake)
-            loss = _bce_logits(d_fake, 1.0) + _ce(c_fake, y)
-            return loss, dict(gs=gs, ds=ds, acc_fake=jnp.mean(jnp.argmax(c_fake, -1) == y))
+    # Generator update against the updated discriminator.
+    def g_loss_fn(gp):
+        x_fake, gs = g_apply(gp, aux["gs"], z, y)
+        d_fake, c_fake, ds = d_apply(d_params, aux["ds"], x_fake)
+        loss = _bce_logits(d_fake, 1.0) + _ce(c_fake, y)
+        return loss, dict(gs=gs, ds=ds, acc_fake=jnp.mean(jnp.argmax(c_fake, -1) == y))
 
-        (g_loss, gaux), gg = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g_params"])
-        upd, g_opt = opt_g.update(gg, state["g_opt"], state["g_params"])
-        g_params = optax.apply_updates(state["g_params"], upd)
-        new = dict(g_params=g_params, g_stats=gaux["gs"], d_params=d_params, d_stats=gaux["ds"], g_opt=g_opt,
-                   d_opt=d_opt)
-        stats = jnp.stack([d_loss, g_loss, aux["acc_real"], gaux["acc_fake"], aux["d_real"], aux["d_fake"]])
-        return new, stats
+    (g_loss, gaux), gg = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g_params"])
+    upd, g_opt = opt_g.update(gg, state["g_opt"], state["g_params"])
+    g_params = optax.apply_updates(state["g_params"], upd)
+    new = dict(g_params=g_params, g_stats=gaux["gs"], d_params=d_params, d_stats=gaux["ds"], g_opt=g_opt,
+               d_opt=d_opt)
+    stats = jnp.stack([d_loss, g_loss, aux["acc_real"], gaux["acc_fake"], aux["d_real"], aux["d_fake"]])
+    return new, stats
 
-    return jax.jit(step, donate_argnums=(0,))
+
+def _make_step(latent_dim: int, num_classes: int, image_shape: tuple, learning_rate: float, b1: float, b2: float,
+               batch: int):
+    """The jitted step for one configuration, from the engine's compile cache (reruns and resumes compile once)."""
+    static = dict(latent_dim=latent_dim, num_classes=num_classes, image_shape=image_shape,
+                  learning_rate=learning_rate, b1=b1, b2=b2, batch=batch)
+    return _engine.compiled(_acgan_step, static, n_batch=4, n_rep=0, devices=jax.local_devices()[:1])
 
 
 _STAT_NAMES = ("d_loss", "g_loss", "real_class_accuracy", "fake_class_accuracy", "d_real", "d_fake")
