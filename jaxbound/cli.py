@@ -460,7 +460,7 @@ def run_train(args) -> dict:
     if len(attack.get("eps", ())) == 1:
         attack["eps"] = attack["eps"][0]  # training attacks take one budget
     config = training.TrainConfig(**_settings(args, training.TrainConfig),
-                                  attack=attacks.AttackConfig(**attack) if attack else None)
+                                  attack=training.training_attack(**attack) if attack else None)
     widen = models.resolve_widen(rs["arch"], rs["widen_factor"])
     module = models.build(rs["arch"], num_classes=tr.num_classes, widen_factor=widen)
     t0 = time.perf_counter()

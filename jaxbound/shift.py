@@ -929,7 +929,7 @@ def _pair_step(x, y, pair, n, eps, norm, progress):
 
 
 def _models_step(key, xs, y_tr, y_te, *, model, attack, train, eval_n, progress):
-    from jaxbound import attacks, metrics, training
+    from jaxbound import metrics, training
 
     x_tr, x_te = xs
     if eval_n is not None and eval_n < x_te.shape[0]:
@@ -949,7 +949,7 @@ def _models_step(key, xs, y_tr, y_te, *, model, attack, train, eval_n, progress)
     f_std = std.logits_fn()
     out["standard_clean_accuracy"] = metrics.accuracy(f_std, x_ev, y_ev)
     threat = dict(norm=attack.norm, eps=float(attack.eps))
-    train_attack = attacks.AttackConfig(**threat) if base.attack is None else base.attack.replace(**threat)
+    train_attack = training.training_attack(base.attack, **threat)
     t0 = time.perf_counter()
     adv = training.train(model, (x_tr, y_tr), base.replace(recipe="pgd", attack=train_attack), key=k_pgd, **kw)
     out["pgd_seconds"] = time.perf_counter() - t0

@@ -100,6 +100,8 @@ __all__ = [
     "SCHEDULES",
     "TrainConfig",
     "train_config",
+    "TRAIN_ATTACK_STEPS",
+    "training_attack",
     "TrainResult",
     "train",
     "loss_gradient_norm",
@@ -112,8 +114,8 @@ _GRADIENT_MODES = ("exact", "fd")
 _EVAL_CHUNK = 500
 #: PGD steps of the per-epoch evaluation derived from the training attack.
 _EVAL_STEPS = 20
-#: PGD steps of a training attack built from the old ``eps=``/``norm=`` keywords.
-_LEGACY_ATTACK_STEPS = 10
+#: PGD steps of a training attack whose steps are not stated (:func:`training_attack`).
+TRAIN_ATTACK_STEPS = 10
 _LEGACY_ATTACK = ("eps", "norm", "attack_steps", "attack_step_size")
 _LEGACY_EVAL = ("eval_eps", "eval_steps")
 
@@ -314,7 +316,7 @@ def _legacy_attack(values: dict, legacy: dict):
     if "attack_steps" in legacy:
         steps = _checks.check_int(legacy["attack_steps"], "attack_steps", low=1)
     else:
-        steps = base.steps if base is not None else _LEGACY_ATTACK_STEPS
+        steps = base.steps if base is not None else TRAIN_ATTACK_STEPS
     step_size = legacy["attack_step_size"] if "attack_step_size" in legacy else (
         base.step_size if base is not None else None)
     if step_size is not None:
@@ -352,6 +354,24 @@ def _legacy_eval(values: dict, legacy: dict):
     if attack is None:
         raise ValueError("norm: eval_eps needs its threat-model norm ('linf', 'l2' or 'l1')")
     return attack.replace(eps=eval_eps, steps=steps, step_size=None)
+
+
+def training_attack(attack: "attacks.AttackConfig | None" = None, /, **settings: Any) -> "attacks.AttackConfig":
+    """The attack inside adversarial training: :func:`jaxbound.attacks.attack_config` with training's step count.
+
+    A new attack takes :data:`TRAIN_ATTACK_STEPS` (10) PGD steps unless
+    ``steps`` is given (an evaluation attack, :class:`AttackConfig`'s own
+    default, takes 40); the step size defaults to ``2.5 eps / steps``. The
+    command line, the report and the sensitivity sweep build their training
+    attacks here, so the default lives in one place.
+
+    References:
+      Madry et al. "Towards deep learning models resistant to adversarial
+      attacks." ICLR 2018, arXiv:1706.06083.
+    """
+    if attack is None:
+        settings.setdefault("steps", TRAIN_ATTACK_STEPS)
+    return attacks.attack_config(attack, **settings)
 
 
 def train_config(config: TrainConfig | None = None, /, **settings: Any) -> TrainConfig:

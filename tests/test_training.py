@@ -562,3 +562,18 @@ def test_config_equals_keywords_and_optax_optimizer(digits):
     json.dumps(c.to_dict())
     with pytest.raises(TypeError, match="^recipes"):
         training.train(_mlp(), (x, y), cfg, key=jax.random.key(4), recipes="pgd")
+
+
+def test_training_attack_takes_training_steps_unless_given():
+    from jaxbound import attacks
+
+    a = training.training_attack(norm="linf", eps=0.3)
+    assert a.steps == training.TRAIN_ATTACK_STEPS == 10
+    assert a == attacks.AttackConfig(norm="linf", eps=0.3, steps=10)
+    assert training.training_attack(norm="l2", eps=1.0, steps=7).steps == 7
+    base = attacks.AttackConfig(norm="l2", eps=1.0, steps=3)
+    assert training.training_attack(base, eps=0.5) == base.replace(eps=0.5)
+    # the old keyword path builds the same attack
+    assert training.train_config(recipe="pgd", eps=0.3, norm="linf").attack == a
+    with pytest.raises(TypeError, match="foo"):
+        training.training_attack(norm="linf", eps=0.3, foo=1)
