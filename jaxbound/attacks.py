@@ -383,10 +383,20 @@ def margin(logits: Any, y: Any) -> Any:
     return zy - jnp.max(other, axis=1)
 
 
+def _ce(logits, y):
+    """Per-example cross-entropy at integer labels: optax's loss on one-hot labels.
+
+    It repeats the arithmetic of ``-log_softmax(z)_y`` exactly (products with
+    0 and 1 are exact), so attacks keep their numbers bit for bit; the
+    integer-label form rounds differently.
+    """
+    return optax.losses.softmax_cross_entropy(logits, jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype))
+
+
 def _objective(logits, y, *, loss: str, targeted: bool):
     """Per-example attack objective to maximise."""
     if loss == "ce":
-        ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, y)
+        ce = _ce(logits, y)
         return -ce if targeted else ce
     m = margin(logits, y)
     return m if targeted else -m
@@ -796,7 +806,7 @@ def _grad_penalty(logits_fn, xa, *, detector: str, dual: str):
         pred = lax.stop_gradient(jnp.argmax(logits, axis=-1))
 
         def ce(z):
-            return jnp.sum(optax.losses.softmax_cross_entropy_with_integer_labels(logits_fn(z), pred))
+            return jnp.sum(_ce(logits_fn(z), pred))
 
         g = jax.grad(ce)(xa)
         v = lp.per_example_norm(g, dual)

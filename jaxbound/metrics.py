@@ -467,7 +467,8 @@ class GradientNorms(NamedTuple):
 def _gradnorm_core(x, y, *, logits_fn, dual, output):
     def ce(z):
         logits = logits_fn(z)
-        v = optax.losses.softmax_cross_entropy_with_integer_labels(logits, y)
+        # optax's loss on one-hot labels: the arithmetic of -log_softmax(z)_y exactly
+        v = optax.losses.softmax_cross_entropy(logits, jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype))
         return jnp.sum(v), v
 
     g, lv = jax.grad(ce, has_aux=True)(x)
