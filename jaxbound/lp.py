@@ -161,7 +161,7 @@ def per_example_norms(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
     An example with no coordinates has norm 0.
     """
-    flat = x.reshape(x.shape[0], -1)
+    flat = _flat(x)
     a = jnp.abs(flat)
     return jnp.sum(a, axis=1), jnp.sqrt(jnp.sum(flat * flat, axis=1)), jnp.max(a, axis=1, initial=0.0)
 
@@ -172,7 +172,12 @@ def per_example_norm(x: jax.Array, norm: Any) -> jax.Array:
     if n in NORMS:
         l1, l2, linf = per_example_norms(x)
         return {"l1": l1, "l2": l2, "linf": linf}[n]
-    return lp_norm(x.reshape(x.shape[0], -1), n, axis=1)
+    return lp_norm(_flat(x), n, axis=1)
+
+
+def _flat(x):
+    """``x [n, ...]`` as ``[n, d]`` (also for ``n = 0``, where ``reshape(0, -1)`` is ambiguous)."""
+    return x.reshape(x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64)))
 
 
 def _bcast(v, x):
@@ -206,7 +211,7 @@ def project(delta: jax.Array, eps: Any, norm: Any) -> jax.Array:
     if norm == "linf":
         eb = _bcast(e, delta)
         return jnp.clip(delta, -eb, eb)
-    flat = delta.reshape(delta.shape[0], -1)
+    flat = _flat(delta)
     if norm == "l2":
         nrm = jnp.sqrt(jnp.sum(flat * flat, axis=1))
         factor = jnp.where(nrm > e, e / jnp.maximum(nrm, _TINY), 1.0)
@@ -262,7 +267,7 @@ def steepest_ascent(
     norm = _check_kernel_norm(norm)
     if norm == "linf":
         return jnp.sign(g)
-    flat = g.reshape(g.shape[0], -1)
+    flat = _flat(g)
     if norm == "l2":
         nrm = jnp.sqrt(jnp.sum(flat * flat, axis=1, keepdims=True))
         return (flat / jnp.maximum(nrm, _TINY)).reshape(g.shape)
@@ -272,7 +277,7 @@ def steepest_ascent(
         return (onehot * jnp.sign(flat)).reshape(g.shape)
     a = jnp.abs(flat)
     if bounds is not None and x is not None:
-        xf = x.reshape(x.shape[0], -1)
+        xf = _flat(x)
         blocked = ((xf <= bounds[0]) & (flat < 0)) | ((xf >= bounds[1]) & (flat > 0))
         a = jnp.where(blocked, 0.0, a)
     kk = max(1, int(round(l1_fraction * flat.shape[1])))
