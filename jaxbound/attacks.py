@@ -89,6 +89,7 @@ from jaxbound import _checks, _engine, lp
 from jaxbound._io import to_jsonable
 
 __all__ = [
+    "cross_entropy",
     "AttackConfig",
     "attack_config",
     "AttackResult",
@@ -383,12 +384,13 @@ def margin(logits: Any, y: Any) -> Any:
     return zy - jnp.max(other, axis=1)
 
 
-def _ce(logits, y):
-    """Per-example cross-entropy at integer labels: optax's loss on one-hot labels.
+def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Per-example cross-entropy ``[n]`` of ``logits [n, k]`` at integer labels ``y [n]``.
 
-    It repeats the arithmetic of ``-log_softmax(z)_y`` exactly (products with
-    0 and 1 are exact), so attacks keep their numbers bit for bit; the
-    integer-label form rounds differently.
+    optax's ``softmax_cross_entropy`` on one-hot labels: it repeats the
+    arithmetic of ``-log_softmax(z)_y`` exactly (products with 0 and 1 are
+    exact), so attacks, metrics and training share one loss and keep their
+    numbers bit for bit (optax's integer-label form rounds differently).
     """
     return optax.losses.softmax_cross_entropy(logits, jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype))
 
@@ -396,7 +398,7 @@ def _ce(logits, y):
 def _objective(logits, y, *, loss: str, targeted: bool):
     """Per-example attack objective to maximise."""
     if loss == "ce":
-        ce = _ce(logits, y)
+        ce = cross_entropy(logits, y)
         return -ce if targeted else ce
     m = margin(logits, y)
     return m if targeted else -m
@@ -806,7 +808,7 @@ def _grad_penalty(logits_fn, xa, *, detector: str, dual: str):
         pred = lax.stop_gradient(jnp.argmax(logits, axis=-1))
 
         def ce(z):
-            return jnp.sum(_ce(logits_fn(z), pred))
+            return jnp.sum(cross_entropy(logits_fn(z), pred))
 
         g = jax.grad(ce)(xa)
         v = lp.per_example_norm(g, dual)
@@ -843,7 +845,6 @@ def _cw_core(x, y, *, logits_fn, targeted, confidence, c_init, c_max, steps, sea
 
     vg = jax.grad(total, has_aux=True)
     opt = optax.adam(learning_rate)
-    k = jax.eval_shape(logits_fn, x).shape[1]
 
     def search(s, carry):
         c, c_lo, c_hi, best_x, best_logits, best_d2 = carry

@@ -49,7 +49,6 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxbound import _checks, _engine, lp
 from jaxbound import attacks as _attacks
@@ -467,8 +466,7 @@ class GradientNorms(NamedTuple):
 def _gradnorm_core(x, y, *, logits_fn, dual, output):
     def ce(z):
         logits = logits_fn(z)
-        # optax's loss on one-hot labels: the arithmetic of -log_softmax(z)_y exactly
-        v = optax.losses.softmax_cross_entropy(logits, jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype))
+        v = _attacks.cross_entropy(logits, y)
         return jnp.sum(v), v
 
     g, lv = jax.grad(ce, has_aux=True)(x)

@@ -34,8 +34,9 @@ One entry point, :func:`train`, runs one jitted training step per recipe
   ``attack.eps == 0`` and otherwise a PGD attack maximising that same soft
   cross-entropy (soft-label adversarial training).
 
-The losses are optax's (``softmax_cross_entropy_with_integer_labels``,
-``softmax_cross_entropy``, ``kl_divergence_with_log_targets``).
+The losses are optax's: :func:`jaxbound.attacks.cross_entropy` (optax's
+``softmax_cross_entropy`` on one-hot labels), ``softmax_cross_entropy`` and
+``kl_divergence_with_log_targets``.
 
 Reproducibility. Every random draw derives from ``key``: the initial
 parameters from ``fold_in(key, 0)``, the order of epoch ``e`` from
@@ -120,17 +121,6 @@ _LEGACY_ATTACK = ("eps", "norm", "attack_steps", "attack_step_size")
 _LEGACY_EVAL = ("eval_eps", "eval_steps")
 
 _soft_ce = optax.losses.softmax_cross_entropy
-
-
-def _ce(logits, y):
-    """Per-example cross-entropy ``[n]`` at integer labels ``y [n]``.
-
-    optax's ``softmax_cross_entropy`` on one-hot labels: ``-log_softmax(z)_y``
-    with exactly the arithmetic of the log-softmax at the label (products
-    with 0 and 1 are exact), so trained parameters match the reference
-    formula bit for bit.
-    """
-    return _soft_ce(logits, jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype))
 
 
 def _kl(logits_p, logits_q):
@@ -469,7 +459,7 @@ def _input_grad(f, x, y):
     """``grad_x`` of the summed cross-entropy (per-example gradients) and the losses."""
 
     def total(z):
-        v = _ce(f(z), y)
+        v = attacks.cross_entropy(f(z), y)
         return jnp.sum(v), v
 
     return jax.grad(total, has_aux=True)(x)
@@ -524,7 +514,7 @@ def _attack_inputs(f0, x, t, key, cfg: TrainConfig, scale):
     step_t = float(attack.step_array[0]) * scale
     kw = dict(eps=eps_t, step_size=step_t, attack=attack)
     if recipe == "pgd":
-        return _pgd_train(f0, x, lambda lg: _ce(lg, t), key, start="uniform", **kw)
+        return _pgd_train(f0, x, lambda lg: attacks.cross_entropy(lg, t), key, start="uniform", **kw)
     if recipe == "soft_labels":
         return _pgd_train(f0, x, lambda lg: _soft_ce(lg, t), key, start="uniform", **kw)
     p_clean = lax.stop_gradient(f0(x))  # trades
@@ -536,7 +526,7 @@ def _objective(f, x, t, xin, direction, cfg: TrainConfig):
     recipe, aux = cfg.recipe, {}
     if recipe in ("standard", "pgd"):
         logits = f(xin)
-        loss = jnp.mean(_ce(logits, t))
+        loss = jnp.mean(attacks.cross_entropy(logits, t))
         correct = jnp.argmax(logits, -1) == t
     elif recipe == "soft_labels":
         logits = f(xin)
@@ -545,7 +535,7 @@ def _objective(f, x, t, xin, direction, cfg: TrainConfig):
     elif recipe == "trades":
         logits = f(x)
         kl = _kl(logits, f(xin))
-        loss = jnp.mean(_ce(logits, t)) + cfg.beta * jnp.mean(kl)
+        loss = jnp.mean(attacks.cross_entropy(logits, t)) + cfg.beta * jnp.mean(kl)
         correct = jnp.argmax(logits, -1) == t
         aux["kl"] = jnp.mean(kl)
     else:  # gradient_reg, Finlay et al. eqs. 2.6 / 2.9
@@ -555,8 +545,8 @@ def _objective(f, x, t, xin, direction, cfg: TrainConfig):
             logits = None
         else:
             logits = f(x)
-            v = _ce(logits, t)
-            gn = (_ce(f(x + cfg.fd_step * direction), t) - v) / cfg.fd_step
+            v = attacks.cross_entropy(logits, t)
+            gn = (attacks.cross_entropy(f(x + cfg.fd_step * direction), t) - v) / cfg.fd_step
         tv = jnp.mean(gn)
         lip = jnp.max(gn)
         loss = jnp.mean(v) + cfg.tv_weight * tv + cfg.lip_weight * lip
@@ -1087,6 +1077,6 @@ def loss_gradient_norm(
         if mode == "exact":
             return _dual_norms(g, norm)
         d = lp.steepest_ascent(g, norm)
-        return (_ce(logits_fn(x + fd_step * d), y) - v) / fd_step
+        return (attacks.cross_entropy(logits_fn(x + fd_step * d), y) - v) / fd_step
 
     return np.asarray(run(jnp.asarray(x), jnp.asarray(y)), np.float64)
