@@ -181,6 +181,7 @@ def stream(
     unit: str = "ex",
     checkpoint: Any = None,
     job: Sequence[Any] = (),
+    devices: Sequence[Any] | None = None,
 ) -> tuple[Any, list[list[np.ndarray]]]:
     """Run ``kernel`` over blocks of rows; returns ``(treedef, blocks)`` with each block's host leaves.
 
@@ -202,11 +203,14 @@ def stream(
       job: extra parts of the checkpoint's fingerprint (things the kernel
         depends on that the arrays and settings do not show, e.g. a probe of
         a model's outputs).
+      devices: the devices a block is split over (default: all local
+        devices). One device keeps a whole block in one call, for kernels
+        whose randomness depends on the block rather than on the row.
     """
     batch_args = [np.asarray(a) for a in batch_args]
     n = int(batch_args[0].shape[0])
     pad = [None] * len(batch_args) if pad is None else list(pad)
-    fn = compiled(kernel, static, n_batch=len(batch_args), n_rep=len(rep_args), out_axis=out_axis)
+    fn = compiled(kernel, static, n_batch=len(batch_args), n_rep=len(rep_args), out_axis=out_axis, devices=devices)
     collect = collect or (lambda out, nv: _default_collect(out, nv, out_axis))
     ckpt, start, blocks, treedef = None, 0, [], None
     if checkpoint is not None:
@@ -271,6 +275,7 @@ def run(
     checkpoint: Any = None,
     job: Sequence[Any] = (),
     empty: Any = None,
+    devices: Sequence[Any] | None = None,
 ) -> Any:
     """Run ``kernel`` over all rows and return its output pytree with the rows concatenated on ``out_axis``.
 
@@ -288,8 +293,9 @@ def run(
         shapes = [jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) for a in batch_args]
         out = jax.eval_shape(functools.partial(kernel, **static), *shapes, *rep_args)
         return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), out)
-    bs = block_rows(block_size, default_block, n=n)
+    bs = block_rows(block_size, default_block, n=n, n_devices=None if devices is None else len(devices))
     treedef, blocks = stream(kernel, static, batch_args, rep_args, block_size=bs, out_axis=out_axis, pad=pad,
-                             progress=progress, desc=desc, unit=unit, checkpoint=checkpoint, job=job)
+                             progress=progress, desc=desc, unit=unit, checkpoint=checkpoint, job=job,
+                             devices=devices)
     leaves = [np.moveaxis(np.concatenate(p), 0, out_axis) for p in zip(*blocks)]
     return jax.tree.unflatten(treedef, leaves)

@@ -448,8 +448,10 @@ class ReportConfig:
 
         Adversarial recipes attack at :attr:`adversarial_eps` in the report's
         norm with ``train_attack_steps`` PGD steps; the per-epoch robust
-        accuracy uses the evaluation's ``attack_steps``. ``n_train`` caps the
-        batch size at the number of training examples.
+        accuracy of the training history uses that same attack (the
+        report's own evaluation, with ``attack_steps``, comes after
+        training). ``n_train`` caps the batch size at the number of training
+        examples.
         """
         from jaxbound import attacks, training
 
@@ -458,8 +460,7 @@ class ReportConfig:
         bs = self.batch_size if n_train is None else min(self.batch_size, n_train)
         extra = {} if self.learning_rate is None else {"learning_rate": self.learning_rate}
         return training.TrainConfig(recipe=recipe, epochs=self.epochs, batch_size=bs, **extra, attack=attack,
-                                    eval_attack=None if attack is None else attack.replace(
-                                        steps=self.attack_steps, step_size=None))
+                                    eval_attack=attack)
 
     def replace(self, **changes: Any) -> "ReportConfig":
         """A checked copy with ``changes`` (unknown names raise ``TypeError``)."""

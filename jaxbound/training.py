@@ -620,8 +620,9 @@ def _step_function(model: nn.Module, cfg: TrainConfig, total_steps: int, data_sh
 def _eval_kernel(x, y, rows, params, key, *, model, norm, attack):
     """One block of the evaluation: correct, robust (PGD), cross-entropy and dual gradient norms, each ``[b]``.
 
-    ``rows`` holds the row numbers; the PGD key of a block (of a device's
-    share of it) is ``fold_in(key, first row)``.
+    ``rows`` holds the row numbers; the PGD key of a block is
+    ``fold_in(key, first row)`` (blocks run on one device, so the key does
+    not depend on the device count).
     """
     module = model[0] if isinstance(model, tuple) else model
 
@@ -887,7 +888,13 @@ def _evaluate(d: _Data, cfg: TrainConfig, params, ekey) -> dict:
     attack = cfg.evaluation
     rows = np.arange(ex.shape[0], dtype=np.int32)
     static = dict(model=_static_model(d.model), norm=cfg.threat_norm or "linf", attack=attack)
-    cor, rob, lv, gn = _engine.run(_eval_kernel, static, (ex, ey, rows), (params, ekey), default_block=_EVAL_CHUNK)
+    # one device per block: the PGD key of a block is fold_in(key, first row), so splitting a block over
+    # devices would change the random starts with the device count; a block holds _EVAL_CHUNK rows rounded
+    # up to a multiple of the device count (the block boundaries, hence the keys, of earlier releases)
+    ndev = len(jax.local_devices())
+    block = -(-min(_EVAL_CHUNK, max(1, ex.shape[0])) // ndev) * ndev
+    cor, rob, lv, gn = _engine.run(_eval_kernel, static, (ex, ey, rows), (params, ekey), block_size=block,
+                                   devices=jax.local_devices()[:1])
     return {
         "clean_accuracy": float(cor.mean()),
         "robust_accuracy": float(rob.mean()) if attack is not None else None,
