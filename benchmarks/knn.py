@@ -217,7 +217,8 @@ def main() -> None:
         print(f"  -> {f['seconds']:.1f} s, peak {f['peak_rss_gb']:.2f} GiB", flush=True)
     result = {
         "benchmark": "knn", "dataset": "mnist", "quick": args.quick,
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "processor": platform.processor()},
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "processor": platform.processor(),
+                    "loadavg_end": list(os.getloadavg())},
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "records": records, "full_l1_self_knn": full,
         "targets": {"l2": ">= 1.0x faiss", "l1": ">= 2x faiss", "linf": ">= 10x faiss",
