@@ -559,9 +559,9 @@ def rectangles_at_q(
                             max_iter=max_iter)
 
 
-def _radii(x, radii, *, k, norm) -> np.ndarray:
+def _radii(x, radii, *, k, norm, progress: bool = False) -> np.ndarray:
     if radii is None:
-        return density_ranks(x, k=k, norm=norm)
+        return density_ranks(x, k=k, norm=norm, progress=progress)
     r = np.asarray(radii)
     if r.ndim != 1 or r.shape[0] != x.shape[0]:
         raise ValueError(f"radii: expected shape [{x.shape[0]}], got {r.shape}")
@@ -1485,6 +1485,7 @@ def run_rectangles(
     n_repeats: int = 10,
     q: float | None = None,
     dataset: str = "",
+    progress: bool = False,
     **fit_kwargs: Any,
 ) -> tuple[list[ConcentrationRecord], Rectangles]:
     """Algorithm 1 under a protocol: search ``q`` (and ``T``) on the select split, repeat, measure.
@@ -1493,7 +1494,8 @@ def run_rectangles(
     first subkey (feasibility and adversarial risk judged on
     ``splits.select``); the ``T`` with the lowest select adversarial risk
     among feasible searches wins. Then ``n_repeats`` independent keys refit
-    at the chosen ``(q, T)`` and every split is measured.
+    at the chosen ``(q, T)`` and every split is measured. ``progress`` shows
+    the density ranks' bar and one bar over the searches and refits.
 
     Returns:
       ``(records, region_of_first_repeat)``; one record per split.
@@ -1510,11 +1512,17 @@ def run_rectangles(
         raise ValueError("n_regions: give at least one T")
     t0 = time.perf_counter()
     k_search, k_rep = jax.random.split(key)
-    radii = _radii(splits.fit, radii, k=fit_kwargs.get("k", 50), norm=fit_kwargs.get("density_norm", "l1"))
+    radii = _radii(splits.fit, radii, k=fit_kwargs.get("k", 50), norm=fit_kwargs.get("density_norm", "l1"),
+                   progress=progress)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(Ts) + n_repeats, desc=f"rectangles eps={eps:g}", unit="fit", disable=not progress,
+               leave=False)
     searches = {}
     for T in Ts:
         searches[int(T)] = fit_rectangles(splits.fit, key=k_search, alpha=alpha, eps=eps, n_regions=T, q=q,
                                           x_select=splits.select, radii=radii, **fit_kwargs)
+        bar.update(1)
 
     def score(T):
         reg = searches[T]
@@ -1524,8 +1532,12 @@ def run_rectangles(
     T_best = min(searches, key=score)
     q_best = searches[T_best].q
     keys = jax.random.split(k_rep, n_repeats)
-    regions = [fit_rectangles(splits.fit, key=k, alpha=alpha, eps=eps, n_regions=T_best, q=q_best, radii=radii,
-                              **fit_kwargs) for k in keys]
+    regions = []
+    for k in keys:
+        regions.append(fit_rectangles(splits.fit, key=k, alpha=alpha, eps=eps, n_regions=T_best, q=q_best,
+                                      radii=radii, **fit_kwargs))
+        bar.update(1)
+    bar.close()
     seeds = [list(_key_data(k)) for k in keys]
     seconds = time.perf_counter() - t0
     recs = []
@@ -1695,7 +1707,7 @@ def estimate(
       fit_key: key of the rectangle search and repeats (default
         ``jax.random.fold_in(key, 1)``).
       dataset: name stored in the records.
-      progress: show progress bars (balls).
+      progress: show progress bars (density ranks, box searches and refits; ball fitting).
       **fit_kwargs: further settings of :func:`fit_rectangles` or
         :func:`fit_balls`.
 
@@ -1723,7 +1735,7 @@ def estimate(
         fit_kwargs.setdefault("k", min(50, n_fit - 1))
         fk = jax.random.fold_in(key, 1) if fit_key is None else fit_key
         recs, region = run_rectangles(splits, key=fk, alpha=alpha, eps=eps, n_regions=n_regions,
-                                      n_repeats=n_repeats, dataset=dataset, **fit_kwargs)
+                                      n_repeats=n_repeats, dataset=dataset, progress=progress, **fit_kwargs)
     elif chosen == "balls":
         fit_kwargs.setdefault("list_size", min(2048, n_fit - 1))
         recs, region = run_balls(splits, alpha=alpha, eps=eps, n_regions=n_regions, dataset=dataset,
