@@ -409,19 +409,6 @@ def example_keys(idx: Any, *, key: Any) -> Any:
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
 
 
-def _to_box(x, delta, eps, norm, bounds):
-    """``x + delta`` projected onto the eps ball and then clipped to the box (feasible for every norm)."""
-    x_new = x + lp.project(delta, eps, norm)
-    if bounds is not None:
-        x_new = jnp.clip(x_new, bounds[0], bounds[1])
-    return x_new
-
-
-def _random_start(keys, x, eps, norm: str):
-    """Uniform draws in the ``norm`` ball of radius ``eps [n]`` around 0, one key per example."""
-    return jax.vmap(lambda k, e: lp.sample_ball(e, norm, shape=x.shape[1:], key=k, dtype=x.dtype))(keys, eps)
-
-
 def _ascent(g, xa, norm: str, bounds, l1_fraction: float):
     """Steepest-ascent direction of unit ``norm`` (sparse, box-aware ℓ1 step)."""
     return lp.steepest_ascent(g, norm, l1_fraction=l1_fraction, x=xa, bounds=bounds)
@@ -439,7 +426,7 @@ def _fgm_core(x, y, eps, *, logits_fn, norm, targeted, loss, bounds, l1_fraction
 
     g, _ = jax.grad(total, has_aux=True)(x)
     step = _rows(eps, x) * _ascent(g, x, norm, bounds, l1_fraction)
-    x_adv = _to_box(x, step, eps, norm, bounds)
+    x_adv = lp.project_in_box(x, step, eps, norm, bounds)
     logits = logits_fn(x_adv)
     return _result(x, x_adv, _is_success(logits, y, targeted), logits)
 
@@ -558,7 +545,7 @@ def _pgd_core(x, y, idx, eps, step, key, *, logits_fn, norm, steps, restarts, ra
     def restart(r, state):
         if random_start:
             rkeys = jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
-            xa = _to_box(x, _random_start(rkeys, x, eps, norm), eps, norm, bounds)
+            xa = lp.project_in_box(x, lp.sample_balls(eps, norm, shape=x.shape[1:], keys=rkeys, dtype=x.dtype), eps, norm, bounds)
         else:
             xa = x
 
@@ -566,7 +553,7 @@ def _pgd_core(x, y, idx, eps, step, key, *, logits_fn, norm, steps, restarts, ra
             xa, st = carry
             (_, logits), g = vg(xa)
             st = track(st, xa, logits)
-            xa = _to_box(x, xa + step_b * _ascent(g, xa, norm, bounds, l1_fraction) - x, eps, norm, bounds)
+            xa = lp.project_in_box(x, xa + step_b * _ascent(g, xa, norm, bounds, l1_fraction) - x, eps, norm, bounds)
             return xa, st
 
         xa, state = lax.fori_loop(0, steps, body, (xa, state))

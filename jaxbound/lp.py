@@ -45,8 +45,10 @@ __all__ = [
     "per_example_norm",
     "per_example_norms",
     "project",
+    "project_in_box",
     "steepest_ascent",
     "sample_ball",
+    "sample_balls",
 ]
 
 #: The three norms with dedicated kernels everywhere (attacks, projections, sampling).
@@ -230,6 +232,18 @@ def project(delta: jax.Array, eps: Any, norm: Any) -> jax.Array:
     return out.reshape(delta.shape)
 
 
+def project_in_box(x: jax.Array, delta: jax.Array, eps: Any, norm: Any,
+                   bounds: tuple[float, float] | None = None) -> jax.Array:
+    """``x + project(delta, eps, norm)`` clipped to the box ``bounds`` (``None``: no box) -> ``[n, ...]``.
+
+    The update of every projected-gradient attack: the result is within
+    ``eps`` of ``x`` in ``norm`` whenever ``x`` is inside the box (clipping
+    toward a box that contains ``x`` never lengthens the perturbation).
+    """
+    x_new = x + project(delta, eps, norm)
+    return x_new if bounds is None else jnp.clip(x_new, bounds[0], bounds[1])
+
+
 def steepest_ascent(
     g: jax.Array,
     norm: Any,
@@ -331,3 +345,9 @@ def _check_kernel_norm(norm: Any) -> str:
     if n not in NORMS:
         raise ValueError(f"norm: supports 'linf', 'l2' and 'l1', got {norm!r}")
     return n  # type: ignore[return-value]
+
+
+def sample_balls(eps: jax.Array, norm: Any, *, shape: Sequence[int], keys: jax.Array,
+                 dtype: Any = jnp.float32) -> jax.Array:
+    """One :func:`sample_ball` draw per example: ``keys [n]`` and radii ``eps [n]`` -> ``[n, *shape]``."""
+    return jax.vmap(lambda k, e: sample_ball(e, norm, shape=shape, key=k, dtype=dtype))(keys, eps)

@@ -470,12 +470,6 @@ def _dual_norms(g, norm: str):
     return lp.per_example_norm(g, lp.dual_norm(norm))
 
 
-def _to_box(x, delta, eps, norm, bounds):
-    """``x + delta`` with ``delta`` projected onto the ``eps`` ball, then clipped to the box."""
-    x_new = x + lp.project(delta, eps, norm)
-    return x_new if bounds is None else jnp.clip(x_new, bounds[0], bounds[1])
-
-
 def _pgd_train(f, x, objective, key, *, eps, step_size, attack, start):
     """PGD maximising ``objective(logits) [n]`` in the ``attack.norm`` ball around ``x``; returns the last iterate.
 
@@ -487,19 +481,19 @@ def _pgd_train(f, x, objective, key, *, eps, step_size, attack, start):
     n = x.shape[0]
     norm, bounds = attack.norm, attack.bounds
     eps_v = jnp.full((n,), eps, x.dtype)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+    keys = attacks.example_keys(jnp.arange(n), key=key)
     if not attack.random_start:
         delta = jnp.zeros_like(x)
     elif start == "uniform":
-        delta = jax.vmap(lambda k, e: lp.sample_ball(e, norm, shape=x.shape[1:], key=k, dtype=x.dtype))(keys, eps_v)
+        delta = lp.sample_balls(eps_v, norm, shape=x.shape[1:], keys=keys, dtype=x.dtype)
     else:
         delta = 0.001 * jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(keys)
-    xa = _to_box(x, delta, eps_v, norm, bounds)
+    xa = lp.project_in_box(x, delta, eps_v, norm, bounds)
 
     def body(_, xa):
         g = jax.grad(lambda z: jnp.sum(objective(f(z))))(xa)
         d = lp.steepest_ascent(g, norm, l1_fraction=attack.l1_fraction, x=xa, bounds=bounds)
-        return _to_box(x, xa + step_size * d - x, eps_v, norm, bounds)
+        return lp.project_in_box(x, xa + step_size * d - x, eps_v, norm, bounds)
 
     xa = lax.fori_loop(0, attack.steps, body, xa)
     return lax.stop_gradient(xa)

@@ -179,3 +179,26 @@ def test_zero_examples(fn):
            "project": lambda: lp.project(z, 1.0, "l1"),
            "steepest_ascent": lambda: lp.steepest_ascent(z, "l2")}[fn]()
     assert out.shape[0] == 0
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_project_in_box_stays_in_ball_and_box(norm):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.uniform(0, 1, (5, 7)), jnp.float32)
+    delta = jnp.asarray(rng.normal(0, 1, (5, 7)), jnp.float32)
+    eps = jnp.asarray([0.0, 0.1, 0.5, 1.0, 3.0], jnp.float32)
+    out = np.asarray(lp.project_in_box(x, delta, eps, norm, (0.0, 1.0)))
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert np.all(np.asarray(lp.per_example_norm(out - x, norm)) <= np.asarray(eps) * (1 + 1e-5) + 1e-6)
+    free = np.asarray(lp.project_in_box(x, delta, eps, norm))
+    np.testing.assert_array_equal(free, np.asarray(x + lp.project(delta, eps, norm)))
+
+
+def test_sample_balls_is_one_sample_ball_per_key():
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(4))
+    eps = jnp.asarray([0.5, 1.0, 0.0, 2.0], jnp.float32)
+    out = lp.sample_balls(eps, "l2", shape=(3, 2), keys=keys)
+    assert out.shape == (4, 3, 2)
+    for i in range(4):
+        np.testing.assert_array_equal(np.asarray(out[i]),
+                                      np.asarray(lp.sample_ball(eps[i], "l2", shape=(3, 2), key=keys[i])))
