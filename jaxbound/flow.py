@@ -390,8 +390,8 @@ def _max_flow_sorted(n_a, n_b, ea, eb, cap_a, cap_b, backend):
         use = "scipy" if _fits_scipy(n_a, n_b, ea.size, cap_a, cap_b) else "networkx"
     elif backend == "scipy" and not _fits_scipy(n_a, n_b, ea.size, cap_a, cap_b):
         raise ValueError(
-            "cap_a: capacities (or the network size) exceed SciPy's int32 max-flow "
-            f"(largest capacity {max(_max_int(cap_a), _max_int(cap_b))} > {INT32_MAX}); "
+            "backend: 'scipy' stores capacities and node ids as int32, but this network needs more "
+            f"(largest capacity {max(_max_int(cap_a), _max_int(cap_b))}, limit {INT32_MAX}); "
             "use backend='networkx' or 'auto' for exact big-integer flows"
         )
     if use == "scipy":
@@ -479,7 +479,9 @@ def min_vertex_cover(
     Returns:
       :class:`VertexCover`.
     """
-    res = bipartite_max_flow(n_a, n_b, edge_a, edge_b, w_a, w_b, backend=backend)
+    # checked under this function's own argument names (w_a, w_b), then solved
+    n_a, n_b, ea, eb, w_a, w_b = _check_problem(n_a, n_b, edge_a, edge_b, w_a, w_b, ("w_a", "w_b"))
+    res = bipartite_max_flow(n_a, n_b, ea, eb, w_a, w_b, backend=backend)
     return VertexCover(res.value, ~res.source_a, res.source_b.copy(), res.flow_e, res.backend)
 
 

@@ -92,7 +92,7 @@ def test_edge_order_is_preserved_and_duplicates_rejected():
 
 def test_scipy_int32_guard_and_big_integer_backend():
     big = 2**40
-    with pytest.raises(ValueError, match="^cap_a"):
+    with pytest.raises(ValueError, match="^backend: 'scipy'"):
         flow.bipartite_max_flow(1, 1, [0], [0], [big], [big + 1], backend="scipy")
     res = flow.bipartite_max_flow(1, 1, [0], [0], [big], [big + 1], backend="auto")
     assert res.backend == "networkx" and res.value == big
@@ -149,3 +149,18 @@ def test_optprob_parts_backends_identical():
             p2 = flow.optprob_parts(na, nb, ea, eb, wa, wb, backend="networkx")
             assert np.array_equal(np.concatenate(p1.q()), np.concatenate(p2.q()))
             assert p1.loss() == p2.loss()
+
+
+def test_errors_name_the_public_argument_of_each_function():
+    # min_vertex_cover takes weights w_a / w_b: its errors name them, not the internal capacities
+    with pytest.raises(ValueError, match="^w_a"):
+        flow.min_vertex_cover(2, 1, [0], [0], [1, -1], [1])
+    with pytest.raises(ValueError, match="^w_b"):
+        flow.min_vertex_cover(1, 1, [0], [0], [1], [0.5])
+    with pytest.raises(ValueError, match="^backend: 'scipy'"):
+        flow.min_vertex_cover(1, 1, [0], [0], [2**40], [1], backend="scipy")
+    with pytest.raises(ValueError, match="^backend: 'scipy'"):
+        # a path (not complete bipartite), so OptProb needs a max flow
+        flow.optprob_parts(2, 2, [0, 1, 1], [0, 0, 1], [2**40, 1], [1, 1], backend="scipy")
+    with pytest.raises(ValueError, match="^edge_b"):
+        flow.min_vertex_cover(1, 1, [0], [1], [1], [1])
