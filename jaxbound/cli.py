@@ -334,6 +334,36 @@ def _floats(text: str, name: str) -> list[float]:
         raise ValueError(f"{name}: expected comma-separated numbers, got {text!r}") from None
 
 
+def _check_out(path: Any, *, folder: bool, name: str = "out") -> Path:
+    """Check an output path before any work starts; returns it as a ``Path``.
+
+    Args:
+      path: the ``--out`` value.
+      folder: the command writes a folder (``True``) or one file.
+      name: the option named in errors.
+
+    Raises:
+      ValueError: the path (or a parent) is a file where a folder is needed,
+        a folder where a file is needed, or its nearest existing folder is
+        not writable.
+    """
+    p = Path(str(path)).expanduser()
+    if folder and p.exists() and not p.is_dir():
+        raise ValueError(f"{name}: {str(p)!r} is a file; give a folder")
+    if not folder and p.is_dir():
+        raise ValueError(f"{name}: {str(p)!r} is a folder; give a file name")
+    parent = p if folder else p.parent
+    parent = parent if str(parent) else Path(".")
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{name}: cannot create {str(p)!r}: {str(existing)!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{name}: cannot write to {str(existing)!r} (permission denied)")
+    return p
+
+
 def _write_json(path: str, rec: dict) -> None:
     from jaxbound._io import atomic_write_json
 
@@ -573,11 +603,16 @@ def _use_all_cores() -> None:
                                    f" --xla_force_host_platform_device_count={n}").strip()
 
 
+_FOLDER_OUTPUTS = ("report", "demo", "train")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     _use_all_cores()  # before anything imports jax (building the parser imports the configs)
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "out", None) is not None:
+            _check_out(args.out, folder=args.command in _FOLDER_OUTPUTS)
         if args.command == "demo":
             rec = run_demo(args)
             _print_demo(rec, args.out)
@@ -595,6 +630,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         msg = " ".join(str(exc).split())
         print(f"jaxbound {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"jaxbound {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except ImportError as exc:
         print(f"jaxbound {args.command}: error: a module is missing: {' '.join(str(exc).split())}", file=sys.stderr)

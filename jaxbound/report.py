@@ -231,12 +231,36 @@ def load_model(path: str | Path, name: str = "model") -> Callable:
     return load_callable(str(path), name)
 
 
-def restrict_to_pair(logits_fn: Callable, a: int, b: int) -> Callable:
-    """``x -> logits[:, [a, b]]``: the model's prediction restricted to two classes (label 0 = ``a``)."""
+def restrict_to_pair(logits_fn: Callable, a: int, b: int, *, num_classes: int | None = None) -> Callable:
+    """``x -> logits[:, [a, b]]``: the model's prediction restricted to two classes (label 0 = ``a``).
+
+    Args:
+      logits_fn: ``x [n, ...] -> logits [n, K]``.
+      a, b: two distinct class indices ``>= 0``.
+      num_classes: ``K`` when known (then ``a, b < K`` is checked now; else
+        when the returned function first sees the logits).
+
+    Raises:
+      ValueError: ``a``/``b`` negative, equal or out of range; ``logits_fn``
+        not callable (``TypeError``).
+    """
+    if not callable(logits_fn):
+        raise TypeError(f"logits_fn: expected a callable, got {type(logits_fn).__name__}")
+    if num_classes is not None:
+        num_classes = _checks.check_int(num_classes, "num_classes", low=2)
+    a = _checks.check_int(a, "a", low=0, high=None if num_classes is None else num_classes - 1)
+    b = _checks.check_int(b, "b", low=0, high=None if num_classes is None else num_classes - 1)
+    if a == b:
+        raise ValueError(f"b: the two classes must differ, got a = b = {a}")
     idx = np.array([a, b], dtype=np.int32)
 
     def fn(x):
-        return logits_fn(x)[:, idx]
+        logits = logits_fn(x)
+        k = logits.shape[-1]
+        if max(a, b) >= k:
+            raise ValueError(f"{'a' if a >= k else 'b'}: class {max(a, b)} is out of range for a model with "
+                             f"{k} classes")
+        return logits[:, idx]
 
     return fn
 
@@ -493,11 +517,31 @@ def report_config(config: ReportConfig | None = None, /, **settings: Any) -> Rep
 # ---------------------------------------------------------------------------
 
 
+def _checksum(result: Any) -> str:
+    import hashlib
+
+    text = json.dumps(result, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _envelope_problem(env: Any, name: str) -> str | None:
+    """Why a stage file's content is not a sound result of stage ``name`` (``None``: it is)."""
+    if not isinstance(env, dict) or set(env) != {"stage", "checksum", "result"}:
+        return "is not a jaxbound stage file"
+    if env["stage"] != name:
+        return f"holds stage {env['stage']!r}"
+    if env["checksum"] != _checksum(env["result"]):
+        return "fails its checksum (damaged)"
+    return None
+
+
 class StageCache:
     """A resumable cache of pipeline stages, one JSON file per stage.
 
-    On-disk format: ``folder/<name>-<fp>.json`` holds the stage's result as
-    JSON (written atomically: a temporary file renamed into place), where
+    On-disk format: ``folder/<name>-<fp>.json`` holds ``{"stage": name,
+    "checksum": ..., "result": ...}`` as JSON (written atomically: a
+    temporary file renamed into place; ``checksum`` is the BLAKE2b hash of
+    the result's canonical JSON text), where
     ``<name>`` is the stage name with characters other than letters, digits,
     ``-``, ``_`` and ``.`` replaced by ``_`` and ``<fp>`` the first 16 hex
     digits of :func:`jaxbound._io.fingerprint` of ``(base, name, config)``:
@@ -505,8 +549,9 @@ class StageCache:
     key) and ``config`` the stage's own settings. Other artefacts of a stage
     (a trained model's folder) live at :meth:`path` with another ``suffix``.
     A rerun with the same inputs finds the file and skips the stage; a file
-    that cannot be read as JSON (damaged, foreign) is recomputed with a
-    ``RuntimeWarning``.
+    that cannot be read as JSON, lacks the envelope or fails its checksum
+    (damaged, truncated, foreign, or written by a jaxbound before 0.3) is
+    recomputed with one ``RuntimeWarning`` naming the file.
 
     Args:
       folder: the cache folder (created on the first write).
@@ -540,11 +585,14 @@ class StageCache:
         if not (self.resume and p.is_file()):
             return None
         try:
-            return json.loads(p.read_text())
+            env = json.loads(p.read_text())
+            problem = _envelope_problem(env, name)
         except (OSError, ValueError) as exc:
-            warnings.warn(f"stage {name!r}: {p} cannot be read ({exc}); recomputing it", RuntimeWarning,
-                          stacklevel=2)
+            problem = f"cannot be read ({' '.join(str(exc).split())})"
+        if problem is not None:
+            warnings.warn(f"stage {name!r}: {p} {problem}; recomputing it", RuntimeWarning, stacklevel=2)
             return None
+        return env["result"]
 
     def log(self, message: str) -> None:
         """One progress line on stderr (when ``progress``)."""
@@ -570,7 +618,7 @@ class StageCache:
             self.log(f"{label or name}: running")
         t0 = time.perf_counter()
         out = to_jsonable(fn())
-        atomic_write_json(self.path(name, config), out)
+        atomic_write_json(self.path(name, config), {"stage": name, "checksum": _checksum(out), "result": out})
         dt = time.perf_counter() - t0
         self.ran.append(name)
         self.seconds[name] = self.seconds.get(name, 0.0) + dt
@@ -630,8 +678,15 @@ def _load_datasets(cfg: ReportConfig, data_pair):
     from jaxbound import data
 
     if data_pair is None:
-        tr = data.load(cfg.dataset, split="train", data_dir=cfg.data_dir)
-        te = data.load(cfg.dataset, split=cfg.test_split, data_dir=cfg.data_dir)
+        try:
+            tr = data.load(cfg.dataset, split="train", data_dir=cfg.data_dir)
+            te = data.load(cfg.dataset, split=cfg.test_split, data_dir=cfg.data_dir)
+        except ValueError as exc:  # data.load names its own arguments; the report's are these fields
+            msg = str(exc)
+            for own, field in (("name:", "dataset:"), ("split:", "test_split:")):
+                if msg.startswith(own):
+                    raise ValueError(field + msg[len(own):]) from None
+            raise
     elif isinstance(data_pair, (tuple, list)) and len(data_pair) == 2 and all(
             isinstance(d, data.Dataset) for d in data_pair):
         tr, te = data_pair
@@ -734,9 +789,15 @@ def _train_model(key, stages: StageCache, recipe, tr, te, cfg: ReportConfig, *, 
                 "attack_steps": cfg.train_attack_steps}
     folder = stages.path(f"model-{recipe}", dict(settings, key=_engine.key_data(key)), suffix="")
     if stages.resume and (folder / "model.json").is_file() and (folder / "model.msgpack").is_file():
-        saved = models.load(folder)
-        stages.skipped.append(f"train {recipe}")
-        return saved.logits_fn(), to_jsonable(saved.record)
+        try:
+            saved = models.load(folder)
+        except Exception as exc:  # noqa: BLE001 - any damage to the saved model: train it again
+            warnings.warn(f"train {recipe}: the saved model {folder} cannot be read "
+                          f"({' '.join(str(exc).split())[:200]}); training it again", RuntimeWarning, stacklevel=2)
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            stages.skipped.append(f"train {recipe}")
+            return saved.logits_fn(), to_jsonable(saved.record)
     module = models.build(cfg.arch, num_classes=tr.num_classes, widen_factor=widen)
     n_ev = min(200, len(te))
     stages.log(f"train {recipe}: {cfg.epochs} epoch(s) of {len(tr)} images")
@@ -1029,8 +1090,30 @@ def _format_table(rec: dict) -> str:
     return "\n".join(lines)
 
 
+_RECORD_KEYS = ("config", "dataset", "norm", "eps", "geometry", "concentration", "bounds", "models", "table",
+                "flags", "definitions")
+
+
+def _check_record(rec: Any, name: str = "rec") -> dict:
+    """``rec`` if it looks like a :func:`report` record, else a ``ValueError`` naming ``name``."""
+    if not isinstance(rec, dict):
+        raise TypeError(f"{name}: expected a report record (dict, report.json), got {type(rec).__name__}")
+    missing = [k for k in _RECORD_KEYS if k not in rec]
+    if missing:
+        raise ValueError(f"{name}: not a jaxbound report record (missing {', '.join(map(repr, missing))}); "
+                         "pass Report.record or the content of report.json")
+    if rec.get("schema") not in (None, _SCHEMA_VERSION):
+        raise ValueError(f"{name}: report schema {rec.get('schema')!r} is not {_SCHEMA_VERSION}")
+    return rec
+
+
 def render_markdown(rec: dict) -> str:
-    """The ``report.md`` text of a report record."""
+    """The ``report.md`` text of a report record.
+
+    Raises:
+      ValueError: ``rec`` is not a report record.
+    """
+    rec = _check_record(rec)
     cfg, ds = rec["config"], rec["dataset"]
     g = rec["geometry"]
     hp = rec["bounds"]["hardest_pair"]
@@ -1133,7 +1216,14 @@ def render_markdown(rec: dict) -> str:
 
 
 def plot_report(rec: dict, out_dir: str | Path) -> dict:
-    """Write ``robust_error.png`` and ``pair_bounds.png`` for a report record; returns their paths."""
+    """Write ``robust_error.png`` and ``pair_bounds.png`` for a report record; returns their paths.
+
+    Raises:
+      ValueError: ``rec`` is not a report record; ``out_dir`` is a file.
+    """
+    rec = _check_record(rec)
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"out_dir: {str(out_dir)!r} is a file, not a folder")
     import matplotlib
 
     matplotlib.use("Agg", force=False)

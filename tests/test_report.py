@@ -253,17 +253,36 @@ def test_stage_cache_resumes_and_recomputes_a_damaged_stage(tmp_path):
     c = R.StageCache(tmp_path / "stages", base="b")
     assert c.run("geometry", {"eps": 0.1}, fn) == {"value": 1.5, "rows": [1, 2]}
     p = c.path("geometry", {"eps": 0.1})
-    assert p.is_file() and p.name.startswith("geometry-") and json.loads(p.read_text())["rows"] == [1, 2]
+    assert p.is_file() and p.name.startswith("geometry-") and json.loads(p.read_text())["result"]["rows"] == [1, 2]
     c2 = R.StageCache(tmp_path / "stages", base="b")
     assert c2.run("geometry", {"eps": 0.1}, fn) == {"value": 1.5, "rows": [1, 2]} and len(calls) == 1
     assert c2.skipped == ["geometry"] and c2.ran == []
     p.write_text("{not json")
     with pytest.warns(RuntimeWarning, match="recomputing"):
         c2.run("geometry", {"eps": 0.1}, fn)
-    assert len(calls) == 2 and json.loads(p.read_text())["value"] == 1.5
+    assert len(calls) == 2 and json.loads(p.read_text())["result"]["value"] == 1.5
+    # damaged in every other way a resume file can be: recomputed, one warning naming the file, same result
+    good = p.read_text()
+    env = json.loads(good)
+    damaged = {
+        "empty object": "{}",
+        "foreign JSON": json.dumps({"value": 1.5, "rows": [1, 2]}),
+        "random bytes": bytes(np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8)),
+        "truncated": good[: len(good) // 2],
+        "wrong checksum": json.dumps(dict(env, result={"value": 2.5, "rows": [1, 2]})),
+        "other stage": json.dumps(dict(env, stage="bound")),
+        "empty file": "",
+    }
+    for what, content in damaged.items():
+        (p.write_bytes if isinstance(content, bytes) else p.write_text)(content)
+        n0 = len(calls)
+        with pytest.warns(RuntimeWarning, match=str(p.name)) as rec:
+            assert c2.run("geometry", {"eps": 0.1}, fn) == {"value": 1.5, "rows": [1, 2]}, what
+        assert len(calls) == n0 + 1 and len(rec) == 1, what
+        assert p.read_text() == good, what
     assert R.StageCache(tmp_path / "stages", base="other").path("geometry", {"eps": 0.1}) != p
     R.StageCache(tmp_path / "stages", base="b", resume=False).run("geometry", {"eps": 0.1}, fn)
-    assert len(calls) == 3
+    assert len(calls) == 3 + len(damaged)
 
 
 def test_report_config_defaults_overrides_and_errors():
