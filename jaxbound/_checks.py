@@ -4,6 +4,16 @@ Every check raises ``ValueError`` whose message starts with the name of the
 offending argument, so that a user sees at once which input was wrong.
 Nothing here clips, casts away or drops data silently.
 
+The policy every public function follows at its boundary:
+
+* a bad argument raises ``ValueError`` (a wrong value or shape) or
+  ``TypeError`` (a wrong kind of object) whose message starts with the public
+  argument's name;
+* empty inputs raise (:func:`check_nonempty`) instead of giving NaN;
+* a model whose outputs are NaN or infinite raises, naming ``logits_fn``
+  (:func:`check_finite_logits`), instead of being counted as a prediction;
+* nothing is silently clipped, cast or dropped.
+
 Value checks (finiteness, ranges) need concrete arrays; when a function is
 traced under ``jax.jit`` the shape and dtype checks still run and the value
 checks are skipped (see :func:`is_concrete`).
@@ -36,6 +46,10 @@ __all__ = [
     "check_images",
     "check_key",
     "check_weights",
+    "check_nonempty",
+    "check_finite_logits",
+    "check_module",
+    "check_bool",
 ]
 
 def is_concrete(x: Any) -> bool:
@@ -334,3 +348,49 @@ def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name}: must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
+
+
+def check_nonempty(x: Any, name: str, *, what: str = "examples") -> None:
+    """Raise ``ValueError`` naming ``name`` when ``x`` has no rows (0 on axis 0)."""
+    shape = tuple(getattr(x, "shape", None) or np.shape(x))
+    if shape and shape[0] == 0:
+        raise ValueError(f"{name}: is empty (shape {shape}); at least one of the {what} is needed")
+
+
+def check_finite_logits(logits: Any, name: str = "logits_fn", *, inputs: str = "x") -> None:
+    """Raise when a model's concrete outputs hold NaN or +-Inf.
+
+    ``logits`` is the model output ``[n, k]`` or a per-row flag ``[n]`` of
+    finite rows (bool). The message names the model argument and the first
+    bad rows of ``inputs`` so the caller can find them.
+    """
+    if not is_concrete(logits):
+        return
+    arr = np.asarray(logits)
+    ok = arr if arr.dtype == np.bool_ else np.isfinite(arr).reshape(arr.shape[0], -1).all(axis=1) \
+        if arr.ndim else np.isfinite(arr)
+    ok = np.atleast_1d(ok)
+    if not ok.all():
+        rows = np.flatnonzero(~ok)
+        shown = ", ".join(str(int(i)) for i in rows[:5]) + (", ..." if rows.size > 5 else "")
+        raise ValueError(f"{name}: returned NaN or infinite outputs on {rows.size} of {ok.size} rows of "
+                         f"{inputs} (rows {shown}); a non-finite model has no prediction to measure")
+
+
+def check_module(model: Any, name: str = "model"):
+    """A Flax ``linen`` module; a registered name or another object raises ``TypeError`` naming ``name``."""
+    from flax import linen as nn
+
+    if isinstance(model, nn.Module):
+        return model
+    if isinstance(model, str):
+        raise TypeError(f"{name}: expected a Flax module, got the name {model!r}; build the module first, e.g. "
+                        f"jaxbound.models.build({model!r}, num_classes=10)")
+    raise TypeError(f"{name}: expected a Flax module, got {type(model).__name__}")
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """A Python or NumPy bool (not an int or a string)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
@@ -44,6 +46,7 @@ __all__ = [
     "precision_ctx",
     "check_precision",
     "concrete",
+    "check_checkpoint_dir",
 ]
 
 #: Seconds between checkpoint saves of a streaming job.
@@ -158,6 +161,21 @@ def check_precision(precision: Any) -> str:
     return precision
 
 
+def check_checkpoint_dir(checkpoint: Any, name: str = "checkpoint"):
+    """A checkpoint folder path (created on the first save): an existing file, or a path under one, raises."""
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"{name}: expected a folder path, got {type(checkpoint).__name__}")
+    p = Path(checkpoint).expanduser()
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise ValueError(f"{name}: {str(q)!r} is a file, not a folder")
+            if not os.access(q, os.W_OK | os.X_OK):
+                raise ValueError(f"{name}: folder {str(q)!r} is not writable")
+            break
+    return p
+
+
 def _host(arg: Any) -> Any:
     return key_data(arg) if hasattr(arg, "dtype") and jnp.issubdtype(arg.dtype, jax.dtypes.prng_key) else arg
 
@@ -182,6 +200,7 @@ def stream(
     checkpoint: Any = None,
     job: Sequence[Any] = (),
     devices: Sequence[Any] | None = None,
+    checkpoint_every: float | None = None,
 ) -> tuple[Any, list[list[np.ndarray]]]:
     """Run ``kernel`` over blocks of rows; returns ``(treedef, blocks)`` with each block's host leaves.
 
@@ -206,6 +225,8 @@ def stream(
       devices: the devices a block is split over (default: all local
         devices). One device keeps a whole block in one call, for kernels
         whose randomness depends on the block rather than on the row.
+      checkpoint_every: seconds between checkpoint saves (default
+        :data:`CHECKPOINT_EVERY_S`; ``0`` saves after every block).
     """
     batch_args = [np.asarray(a) for a in batch_args]
     n = int(batch_args[0].shape[0])
@@ -216,7 +237,8 @@ def stream(
     if checkpoint is not None:
         settings = repr([(k, v) for k, v in sorted(static.items()) if not callable(v)])
         parts = [getattr(kernel, "__qualname__", repr(kernel)), settings, *job, *batch_args, *map(_host, rep_args)]
-        ckpt = BlockCheckpoint(checkpoint, fingerprint(*parts), every_s=CHECKPOINT_EVERY_S)
+        every = CHECKPOINT_EVERY_S if checkpoint_every is None else checkpoint_every
+        ckpt = BlockCheckpoint(check_checkpoint_dir(checkpoint), fingerprint(*parts), every_s=every)
         start, saved = ckpt.load()
         if start:
             blocks.append([saved[f"out{i}"] for i in range(len(saved))])
@@ -276,6 +298,7 @@ def run(
     job: Sequence[Any] = (),
     empty: Any = None,
     devices: Sequence[Any] | None = None,
+    checkpoint_every: float | None = None,
 ) -> Any:
     """Run ``kernel`` over all rows and return its output pytree with the rows concatenated on ``out_axis``.
 
@@ -296,6 +319,6 @@ def run(
     bs = block_rows(block_size, default_block, n=n, n_devices=None if devices is None else len(devices))
     treedef, blocks = stream(kernel, static, batch_args, rep_args, block_size=bs, out_axis=out_axis, pad=pad,
                              progress=progress, desc=desc, unit=unit, checkpoint=checkpoint, job=job,
-                             devices=devices)
+                             devices=devices, checkpoint_every=checkpoint_every)
     leaves = [np.moveaxis(np.concatenate(p), 0, out_axis) for p in zip(*blocks)]
     return jax.tree.unflatten(treedef, leaves)

@@ -22,7 +22,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "to_jsonable", "fingerprint", "BlockCheckpoint"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "to_jsonable", "fingerprint", "BlockCheckpoint", "read_json",
+           "read_text_or_none", "load_json_or_none", "file_checksum"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -92,14 +93,71 @@ def fingerprint(*parts: Any) -> str:
     return h.hexdigest()
 
 
+_CHECKSUM = "__checksum__"
+
+
+def _segment_checksum(key: str, start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> str:
+    """Hash of a segment's job key, rows and arrays (names, dtypes, shapes, bytes)."""
+    return fingerprint(key, start, stop, *[p for name in sorted(outputs) for p in (name, outputs[name])])
+
+
+def read_text_or_none(path: str | os.PathLike) -> str | None:
+    """The text of ``path``, or ``None`` when it is missing, unreadable or not UTF-8."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def read_json(path: str | os.PathLike, *, name: str = "path", fresh: str = "") -> Any:
+    """Parse the JSON file ``path``; a missing, truncated or undecodable file raises one clear ``ValueError``.
+
+    Args:
+      path: the file.
+      name: the argument or option named first in the message.
+      fresh: how to start afresh (e.g. ``"delete the folder and rerun"``),
+        appended to the message.
+    """
+    text = read_text_or_none(path)
+    try:
+        if text is None:
+            raise ValueError("missing, unreadable or not UTF-8 text")
+        return json.loads(text)
+    except ValueError as exc:
+        tail = f"; {fresh}" if fresh else ""
+        raise ValueError(f"{name}: {str(path)!r} is damaged or not a JSON file ({exc}){tail}") from None
+
+
+def load_json_or_none(path: str | os.PathLike, *, what: str = "file") -> Any:
+    """The parsed JSON of ``path``; ``None`` (recompute) when it is missing, and with one warning when damaged."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    try:
+        return read_json(p)
+    except ValueError:
+        warnings.warn(f"{what} {p} is damaged (truncated or not JSON); recomputing it", RuntimeWarning,
+                      stacklevel=2)
+        return None
+
+
+def file_checksum(data: bytes) -> str:
+    """SHA-256 hex digest of ``data`` (stored beside a file to detect damage on reading)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 class BlockCheckpoint:
     """Keeps the finished row blocks of a streaming job as segment files in a folder.
 
     ``path`` is a folder holding ``key.txt`` (the job's fingerprint) and one
     ``seg_<start>_<stop>.npz`` per saved run of rows; each segment is written
-    atomically and only new rows are written, so saving stays cheap however
-    large the output grows. A folder whose key differs (other data, other
-    settings) is cleared before use: it never feeds another job.
+    atomically, holds a checksum of its job key, rows and arrays, and only new
+    rows are written, so saving stays cheap however large the output grows. A
+    folder whose key differs (other data, other settings) is cleared before
+    use: it never feeds another job. A segment that cannot be read (truncated,
+    random bytes, empty) or does not belong (no or wrong checksum, other
+    arrays, wrong row count) is dropped with one warning naming it, with the
+    segments after it, and those rows are recomputed.
 
     Args:
       path: the folder (``None`` disables checkpointing).
@@ -111,6 +169,8 @@ class BlockCheckpoint:
         self.path = None if path is None else Path(path)
         self.key = key
         self.every_s = float(every_s)
+        if not (math.isfinite(self.every_s) and self.every_s >= 0):
+            raise ValueError(f"checkpoint_every: must be a finite number of seconds >= 0, got {every_s!r}")
         self._last = time.monotonic()
 
     def _segments(self) -> list[tuple[int, int, Path]]:
@@ -123,22 +183,38 @@ class BlockCheckpoint:
             segs.append((a, b, f))
         return sorted(segs)
 
+    def _key_matches(self) -> bool:
+        text = read_text_or_none(self.path / "key.txt")
+        return text is not None and text.strip() == self.key
+
+    def _read_segment(self, a: int, b: int, f: Path, names: list[str] | None) -> dict[str, np.ndarray]:
+        """The arrays of one segment; ``ValueError`` (or a NumPy/zip error) when it is damaged or foreign."""
+        with np.load(f, allow_pickle=False) as z:
+            out = {k: z[k] for k in z.files}
+        stored = out.pop(_CHECKSUM, None)
+        if stored is None or str(stored) != _segment_checksum(self.key, a, b, out):
+            raise ValueError("checksum mismatch")
+        if names is not None and sorted(out) != names:
+            raise ValueError("other arrays than the segments before it")
+        if any(v.ndim == 0 or v.shape[0] != b - a for v in out.values()):
+            raise ValueError("wrong row count")
+        return out
+
     def load(self) -> tuple[int, dict[str, np.ndarray]]:
         """Rows finished so far (a prefix) and their outputs (0 and ``{}`` when none)."""
-        if self.path is None or not (self.path / "key.txt").is_file():
-            return 0, {}
-        if (self.path / "key.txt").read_text().strip() != self.key:
+        if self.path is None or not self.path.is_dir() or not self._key_matches():
             return 0, {}
         rows, parts = 0, []
         segs = self._segments()
         for i, (a, b, f) in enumerate(segs):
-            if a != rows:  # keep only the contiguous prefix
+            if a != rows or b <= a:  # keep only the contiguous prefix; later segments are stale
+                for _, _, g in segs[i:]:
+                    g.unlink(missing_ok=True)
                 break
             try:
-                with np.load(f, allow_pickle=False) as z:
-                    parts.append({k: z[k] for k in z.files})
-            except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: recompute from here
-                warnings.warn(f"checkpoint: segment {f.name} in {self.path} is damaged ({type(exc).__name__}); "
+                parts.append(self._read_segment(a, b, f, sorted(parts[0]) if parts else None))
+            except Exception as exc:  # noqa: BLE001 - truncated, random bytes, empty or foreign: recompute
+                warnings.warn(f"checkpoint: segment {f} is damaged or foreign ({type(exc).__name__}: {exc}); "
                               f"recomputing rows from {a}", RuntimeWarning, stacklevel=2)
                 for _, _, g in segs[i:]:
                     g.unlink(missing_ok=True)
@@ -153,17 +229,18 @@ class BlockCheckpoint:
         return time.monotonic() - self._last >= self.every_s
 
     def save(self, start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
-        """Write rows ``[start, stop)`` as one segment."""
+        """Write rows ``[start, stop)`` as one segment (with its checksum)."""
         if self.path is None:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         keyfile = self.path / "key.txt"
-        if not keyfile.is_file() or keyfile.read_text().strip() != self.key:
+        if not self._key_matches():
             for _, _, f in self._segments():
                 f.unlink()
             atomic_write_bytes(keyfile, self.key.encode())
+        outputs = {k: np.asarray(v) for k, v in outputs.items()}
         buf = io.BytesIO()
-        np.savez(buf, **dict(outputs))
+        np.savez(buf, **outputs, **{_CHECKSUM: np.asarray(_segment_checksum(self.key, start, stop, outputs))})
         atomic_write_bytes(self.path / f"seg_{start:012d}_{stop:012d}.npz", buf.getvalue())
         self._last = time.monotonic()
 

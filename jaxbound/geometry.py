@@ -257,10 +257,23 @@ def block_distances(xq: jax.Array, refs: jax.Array, *, norm: Any = "l2") -> jax.
       ``[b, m]`` array with ``d(xq_i, refs_j) = ||xq_i - refs_j||_p``.
     """
     norm = _checks.canonical_norm(norm)
-    if xq.ndim != 2 or refs.ndim != 2:
-        raise ValueError(f"xq: expected [b, d] and [m, d] arrays, got {xq.shape} and {refs.shape}")
+    xq, refs = _as_jax_points(xq, "xq"), _as_jax_points(refs, "refs")
     _checks.check_same_dim(xq, refs, "xq", "refs")
     return _finish(_accumulate(xq, refs.T, norm), norm)
+
+
+def _as_jax_points(a: Any, name: str) -> jax.Array:
+    """``[b, d]`` real numbers as a JAX array (NumPy input is moved to the device, so the loop can index it)."""
+    if not isinstance(a, (jax.Array, jax.core.Tracer)):
+        a = np.asarray(a)
+    dt = np.dtype(a.dtype)
+    if dt == np.bool_ or not (np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer)):
+        raise ValueError(f"{name}: expected a real numeric array, got dtype {dt}")
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array shaped [n, d], got shape {tuple(a.shape)}")
+    if not np.issubdtype(dt, np.floating):
+        a = jnp.asarray(a, jnp.float32)
+    return jnp.asarray(a)
 
 
 def _exact_rerank(xq, refs, cand, norm):
@@ -428,6 +441,7 @@ def _stream(
     progress: bool = False,
     desc: str = "",
     checkpoint: Any = None,
+    checkpoint_every: float = 30.0,
     collect: Callable[[tuple, int], tuple] | None = None,
 ) -> list:
     """Run a distance kernel over blocks of query rows through :mod:`jaxbound._engine`.
@@ -455,6 +469,7 @@ def _stream(
             kernel, static, batch, (refs, refs_t, refs_sq, r_lab),
             block_size=rows * len(jax.local_devices()), pad=(0, -1, -1, 0), collect=collect,
             progress=progress, desc=desc, unit="pt", checkpoint=checkpoint, job=(norm, precision),
+            checkpoint_every=checkpoint_every,
         )
     return blocks
 
@@ -514,6 +529,7 @@ def knn(
     precision: str = "float32",
     progress: bool = False,
     checkpoint: Any = None,
+    checkpoint_every: float = 30.0,
 ) -> KNN:
     """The ``k`` nearest references of every query.
 
@@ -532,9 +548,13 @@ def knn(
       block_size: query rows per device and block.
       precision: ``"float32"`` or ``"float64"``.
       progress: show a progress bar.
-      checkpoint: optional folder; finished blocks are saved there (every 30 s,
-        new rows only) and a rerun with the same data and settings resumes
-        after the last saved block. The folder is removed when the job ends.
+      checkpoint: optional folder; finished blocks are saved there (every
+        ``checkpoint_every`` seconds, new rows only) and a rerun with the same
+        data and settings resumes after the last saved block. A damaged or
+        foreign segment file is recomputed with one warning naming it. The
+        folder is removed when the job ends.
+      checkpoint_every: seconds between checkpoint saves (>= 0; ``0`` saves
+        after every block).
 
     Returns:
       :class:`KNN` with ``distances [n, k]`` (ascending) and ``indices [n, k]``.
@@ -547,6 +567,7 @@ def knn(
     norm, xq, xr, same = _prepare(queries, refs, norm=norm, precision=precision)
     if not isinstance(exclude_self, bool):
         raise ValueError(f"exclude_self: expected a bool, got {exclude_self!r}")
+    checkpoint_every = _checks.check_scalar(checkpoint_every, "checkpoint_every", low=0.0)
     if exclude_self and not same:
         raise ValueError("exclude_self: only meaningful when refs is None (queries are the references)")
     m = xr.shape[0]
@@ -556,7 +577,7 @@ def knn(
     res = _stream(
         _knn_block, xq, xr, norm=norm, precision=precision, block_size=block_size,
         static={"k": k, "norm": norm, "exclude_self": exclude_self, "exclude_label": False},
-        progress=progress, desc=f"knn {norm}", checkpoint=checkpoint,
+        progress=progress, desc=f"knn {norm}", checkpoint=checkpoint, checkpoint_every=checkpoint_every,
     )
     dist, idx = _concat(res, 2, [np.zeros((0, k)), np.zeros((0, k), np.int64)])
     return KNN(dist, idx.astype(np.int64))

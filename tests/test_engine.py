@@ -198,3 +198,91 @@ def test_block_rows_and_precision():
         assert dt == jnp.float32
     key = jax.random.key(0)
     np.testing.assert_array_equal(_engine.key_data(key), np.asarray(jax.random.key_data(key)))
+
+
+def _damage(f, how, rng):
+    """Damage one checkpoint segment the ways a crash, a disk or a user can."""
+    data = f.read_bytes()
+    if how == "truncated":
+        f.write_bytes(data[: len(data) // 2])
+    elif how == "random_bytes":
+        f.write_bytes(rng.integers(0, 256, len(data), dtype=np.uint8).tobytes())
+    elif how == "empty":
+        f.write_bytes(b"")
+    elif how == "flipped_byte":  # a valid zip whose array bytes changed: only the checksum sees it
+        with np.load(f) as z:
+            arrays = {k: z[k].copy() for k in z.files}
+        arrays["out0"].reshape(-1)[0] += 1.0
+        np.savez(f.with_suffix(".tmp.npz"), **arrays)
+        f.with_suffix(".tmp.npz").replace(f)
+    elif how == "foreign_keys":
+        np.savez(f.with_suffix(".tmp.npz"), a=np.zeros(3), b=np.zeros(3))
+        f.with_suffix(".tmp.npz").replace(f)
+    elif how == "wrong_shape":  # the right names, no checksum, too few rows
+        np.savez(f.with_suffix(".tmp.npz"), out0=np.zeros((1, 2), np.float32), out1=np.zeros(1, np.int32))
+        f.with_suffix(".tmp.npz").replace(f)
+    else:
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["truncated", "random_bytes", "empty", "flipped_byte", "foreign_keys",
+                                 "wrong_shape"])
+def test_every_kind_of_damaged_segment_is_recomputed_with_one_warning(tmp_path, arrays, monkeypatch, how):
+    path = tmp_path / "ck"
+    x, ids, w, _, full = _interrupted_run(arrays, path, monkeypatch)
+    monkeypatch.undo()
+    segs = sorted(path.glob("seg_*.npz"))
+    _damage(segs[1], how, np.random.default_rng(0))
+    starts = _interrupt_at(monkeypatch, -1)
+    with pytest.warns(RuntimeWarning) as rec:
+        out = _engine.run(_ids_kernel, {}, [x, ids], [w], block_size=3, checkpoint=path)
+    msgs = [str(r.message) for r in rec if issubclass(r.category, RuntimeWarning)]
+    assert len(msgs) == 1 and segs[1].name in msgs[0] and "recomputing rows from 3" in msgs[0]
+    assert starts == [3, 6, 9, 12]  # the first segment is kept, the damaged one and later recomputed
+    for a, b in zip(out, full):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_damaged_key_file_starts_afresh(tmp_path, arrays, monkeypatch):
+    path = tmp_path / "ck"
+    x, ids, w, _, full = _interrupted_run(arrays, path, monkeypatch)
+    monkeypatch.undo()
+    (path / "key.txt").write_bytes(b"\xff\xfe\x00garbage")
+    out = _engine.run(_ids_kernel, {}, [x, ids], [w], block_size=3, checkpoint=path)
+    for a, b in zip(out, full):
+        np.testing.assert_array_equal(a, b)
+    assert not path.exists()
+
+
+def test_checkpoint_every_sets_the_save_interval(tmp_path, arrays, monkeypatch):
+    x, _, w = arrays
+    ids = np.arange(13, dtype=np.int32)
+    saves = []
+    orig = _engine.BlockCheckpoint.save
+
+    def spy(self, start, stop, outputs):
+        saves.append((start, stop))
+        return orig(self, start, stop, outputs)
+
+    monkeypatch.setattr(_engine.BlockCheckpoint, "save", spy)
+    _engine.run(_ids_kernel, {}, [x, ids], [w], block_size=3, checkpoint=tmp_path / "a", checkpoint_every=0.0)
+    assert saves == [(0, 3), (3, 6), (6, 9), (9, 12)]  # after every block but the last
+    saves.clear()
+    _engine.run(_ids_kernel, {}, [x, ids], [w], block_size=3, checkpoint=tmp_path / "b", checkpoint_every=1e9)
+    assert saves == []  # the default 30 s interval is not reached either
+    with pytest.raises(ValueError, match="^checkpoint_every"):
+        _engine.run(_ids_kernel, {}, [x, ids], [w], block_size=3, checkpoint=tmp_path / "c", checkpoint_every=-1.0)
+
+
+def test_checkpoint_path_that_is_a_file_raises_before_any_work(tmp_path, arrays, monkeypatch):
+    x, _, w = arrays
+    ids = np.arange(13, dtype=np.int32)
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    starts = _interrupt_at(monkeypatch, -1)
+    for bad in (f, f / "below"):
+        with pytest.raises(ValueError, match="^checkpoint: .* is a file"):
+            _engine.run(_ids_kernel, {}, [x, ids], [w], block_size=3, checkpoint=bad)
+    with pytest.raises(TypeError, match="^checkpoint"):
+        _engine.run(_ids_kernel, {}, [x, ids], [w], block_size=3, checkpoint=3)
+    assert starts == []

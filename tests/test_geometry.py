@@ -393,6 +393,30 @@ def test_block_distances_jit_equals_eager(rng):
         np.testing.assert_allclose(np.asarray(eager), ref_dist(xq, refs, norm), rtol=2e-6)
 
 
+@pytest.mark.parametrize("norm", ["l1", "l2", "linf", 3])
+def test_block_distances_numpy_input_equals_jax_input(rng, norm):
+    xq = rng.random((5, 8)).astype(np.float32)
+    refs = rng.random((9, 8)).astype(np.float32)
+    from_numpy = np.asarray(g.block_distances(xq, refs, norm=norm))
+    from_jax = np.asarray(g.block_distances(jnp.asarray(xq), jnp.asarray(refs), norm=norm))
+    np.testing.assert_array_equal(from_numpy, from_jax)
+    np.testing.assert_allclose(from_numpy, ref_dist(xq, refs, norm), rtol=2e-6)
+    ints = np.asarray(g.block_distances(np.array([[0, 0]]), np.array([[3, 4]]), norm="l2"))
+    np.testing.assert_array_equal(ints, [[5.0]])  # integers are exact in float32
+
+
+def test_block_distances_bad_inputs_name_the_argument(rng):
+    x = rng.random((4, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="^xq: expected a 2-D"):
+        g.block_distances(x[0], x)
+    with pytest.raises(ValueError, match="^refs: expected a 2-D"):
+        g.block_distances(x, x[None])
+    with pytest.raises(ValueError, match="^refs: feature dimension"):
+        g.block_distances(x, x[:, :2])
+    with pytest.raises(ValueError, match="^xq: expected a real numeric"):
+        g.block_distances(x > 0.5, x)
+
+
 def test_lp_norm(rng):
     from jaxbound import lp
 
