@@ -20,6 +20,10 @@ Public API:
   and OptProb cross-entropy in one call)
 * :func:`gaussian_bounds` -> :class:`GaussianBounds`
 * :func:`clipped_soft_labels`
+* :func:`conflict_hypergraph` / :func:`hypergraph_from_edges` ->
+  :class:`ConflictHypergraph`, :func:`multiclass_zero_one` ->
+  :class:`MulticlassResult`: the optimal adversarial 0-1 loss over all
+  classes (Dai et al. 2023), ``L*(2)`` by one max flow, ``L*(3)`` by HiGHS.
 
 Weights and exactness. Vertex weights ``p`` may be any non-negative finite
 numbers (uniform by default) and are normalised to sum 1. Internally they are
@@ -39,6 +43,10 @@ References:
   Bhagoji, Cullina, Mittal. "Lower bounds on adversarial robustness from
   optimal transport." NeurIPS 2019, arXiv:1909.12272 (the 0-1 loss of the
   conflict graph; Lemma 1, the optimal Gaussian translation).
+  Dai, Ding, Bhagoji, Cullina, Zhao, Zheng, Mittal. "Characterizing the
+  optimal 0-1 loss for multi-class classification with a test-time
+  attacker." NeurIPS 2023, arXiv:2302.10722 (conflict hypergraphs, the
+  LP of the optimal multi-class 0-1 loss and its truncations L*(k)).
 """
 
 from __future__ import annotations
@@ -70,6 +78,11 @@ __all__ = [
     "pair_bounds",
     "gaussian_bounds",
     "clipped_soft_labels",
+    "ConflictHypergraph",
+    "MulticlassResult",
+    "conflict_hypergraph",
+    "hypergraph_from_edges",
+    "multiclass_zero_one",
 ]
 
 
@@ -1066,3 +1079,554 @@ def gaussian_bounds(
         cross_entropy=ce.reshape(shape),
         gap=gap.reshape(shape),
     )
+
+
+# ---------------------------------------------------------------------------
+# Multi-class optimal 0-1 loss (Dai et al. 2023)
+# ---------------------------------------------------------------------------
+
+_HYPER_NORMS = ("l2", "linf")
+_MC_BACKENDS = ("auto", "flow", "lp")
+# float64 decisions of the l2 enclosing-ball test closer than this (relative) are redone exactly
+_MEB_BAND = 1e-9
+# candidate (edge, third vertex) pairs per vectorised chunk of the triangle search
+_TRIANGLE_CHUNK = 1 << 22
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ConflictHypergraph:
+    """The conflict hypergraph of a multi-class sample (Dai et al. 2023, §3).
+
+    Vertices are the ``n`` points in the caller's order. A pair edge joins two
+    points of different labels whose ``eps``-balls intersect; a degree-3
+    hyperedge joins three points of three labels whose three balls share a
+    point.
+
+    Attributes:
+      labels: ``[n]`` int64 label of each vertex.
+      classes: the distinct labels, ascending.
+      p: ``[n]`` float64 vertex probabilities (sum 1).
+      weights: ``[n]`` exact integer weights (int64, or an object array of
+        Python ints) with ``p = weights / sum(weights)``.
+      edges: ``[E, 2]`` int64 pair edges ``(u, v)``, ``u < v``, sorted.
+      hyperedges: ``[H, 3]`` int64 hyperedges ``(u, v, w)``, ``u < v < w``,
+        sorted (``[0, 3]`` for degree 2).
+      degree: the largest hyperedge size kept, 2 or 3.
+      eps: the budget (``None`` for a graph given by its edges).
+      norm: the budget's norm (``None`` for a graph given by its edges).
+      num_triangles: triangles of the pair graph that were tested for a
+        common point (``None`` for degree 2).
+    """
+
+    labels: np.ndarray
+    classes: tuple
+    p: np.ndarray
+    weights: np.ndarray = dataclasses.field(repr=False)
+    edges: np.ndarray
+    hyperedges: np.ndarray
+    degree: int
+    eps: float | None = None
+    norm: str | float | None = None
+    num_triangles: int | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.edges.shape[0])
+
+    @property
+    def num_hyperedges(self) -> int:
+        return int(self.hyperedges.shape[0])
+
+    def to_dict(self) -> dict:
+        """JSON summary (no arrays)."""
+        deg = np.bincount(self.edges.ravel(), minlength=self.n) if self.n else np.zeros(0, np.int64)
+        return {"n": self.n, "classes": [int(c) for c in self.classes], "degree": int(self.degree),
+                "num_edges": self.num_edges, "num_hyperedges": self.num_hyperedges,
+                "num_triangles": None if self.num_triangles is None else int(self.num_triangles),
+                "eps": self.eps, "norm": None if self.norm is None else str(self.norm),
+                "isolated_vertices": int((deg == 0).sum())}
+
+
+def _mc_labels(labels: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(_checks.check_labels(labels, "labels", n=n)).astype(np.int64)
+    classes = np.unique(y)
+    if classes.size < 2:
+        raise ValueError(f"labels: the multi-class bound needs at least two classes, got {classes.tolist()}")
+    return y, classes
+
+
+def _mc_weights(weights: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact integer weights ``[n]`` and their normalised float64 probabilities."""
+    w = _input_weights(weights, "weights", n)
+    w_int, _ = _exact_integer_weights(w, np.zeros(0, np.int64))
+    total = flow.sum_int(w_int)
+    if total == 0:
+        raise ValueError("weights: all vertex weights are zero")
+    return w_int, _normalised(w_int, total)
+
+
+def _sorted_unique_rows(a: np.ndarray, n: int) -> np.ndarray:
+    """Rows of an ``[m, k]`` int64 array (entries in ``[0, n)``) sorted lexicographically, duplicates merged."""
+    if a.shape[0] == 0:
+        return a.reshape(0, a.shape[1]).astype(np.int64)
+    key = np.zeros(a.shape[0], np.int64)
+    for j in range(a.shape[1]):
+        key = key * n + a[:, j]
+    key = np.unique(key)
+    out = np.empty((key.size, a.shape[1]), np.int64)
+    for j in reversed(range(a.shape[1])):
+        out[:, j] = key % n
+        key = key // n
+    return out
+
+
+def _pair_edges(x, y, classes, eps, norm, block_size, progress) -> np.ndarray:
+    """``[E, 2]`` edges between different labels: class ``c`` against every larger label.
+
+    One :func:`jaxbound.geometry.radius_pairs` call per class (radius ``2 eps``,
+    exact float64 boundary), so same-label pairs are never computed: half the
+    distance work of all-against-all for balanced classes, with indices kept
+    as int32 between calls.
+    """
+    from jaxbound import geometry
+
+    idx_dtype = np.int32 if y.size < 2**31 else np.int64
+    parts = []
+    for c in classes[:-1].tolist():
+        ia = np.flatnonzero(y == c)
+        ib = np.flatnonzero(y > c)
+        pr = geometry.radius_pairs(x[ia], x[ib], radius=2.0 * eps, norm=norm, block_size=block_size,
+                                   progress=progress)
+        u, v = ia[pr.rows].astype(idx_dtype), ib[pr.cols].astype(idx_dtype)
+        parts.append(np.stack([np.minimum(u, v), np.maximum(u, v)], axis=1))
+        del pr
+    e = np.concatenate(parts).astype(np.int64) if parts else np.zeros((0, 2), np.int64)
+    return _sorted_unique_rows(e, y.size)
+
+
+def _triangles(n: int, edges: np.ndarray) -> np.ndarray:
+    """All triangles of a sorted edge list as ``[T, 3]`` edge indices ``(uv, vw, uw)``, ``u < v < w``.
+
+    CSR of the forward adjacency; for every edge ``(u, v)`` each forward
+    neighbour ``w`` of ``v`` is a candidate, and ``(u, w)`` is looked up in the
+    sorted edge keys ``u n + w`` (vectorised in chunks).
+    """
+    ne = edges.shape[0]
+    if ne == 0:
+        return np.zeros((0, 3), np.int64)
+    u_all, v_all = edges[:, 0], edges[:, 1]
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(u_all, minlength=n), out=indptr[1:])
+    keys = u_all * n + v_all  # sorted, since the edges are
+    outdeg = indptr[v_all + 1] - indptr[v_all]
+    cum = np.cumsum(outdeg)
+    found = []
+    lo = 0
+    while lo < ne:
+        hi = int(np.searchsorted(cum, (cum[lo - 1] if lo else 0) + _TRIANGLE_CHUNK, side="right"))
+        hi = max(hi, lo + 1)
+        deg = outdeg[lo:hi]
+        total = int(deg.sum())
+        if total:
+            e_uv = np.repeat(np.arange(lo, hi, dtype=np.int64), deg)
+            first = np.cumsum(deg) - deg
+            e_vw = np.repeat(indptr[v_all[lo:hi]] - first, deg) + np.arange(total, dtype=np.int64)
+            k = u_all[e_uv] * n + v_all[e_vw]
+            e_uw = np.minimum(np.searchsorted(keys, k), ne - 1)
+            ok = keys[e_uw] == k
+            found.append(np.stack([e_uv[ok], e_vw[ok], e_uw[ok]], axis=1))
+        lo = hi
+    return np.concatenate(found) if found else np.zeros((0, 3), np.int64)
+
+
+def _edge_sq_dists(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """``[E]`` float64 squared l2 lengths of the edges, ``sum_i (x_ui - x_vi)^2``."""
+    out = np.empty(edges.shape[0], np.float64)
+    step = max(1, 2**22 // max(1, x.shape[1]))
+    for lo in range(0, edges.shape[0], step):
+        d = x[edges[lo:lo + step, 0]] - x[edges[lo:lo + step, 1]]
+        out[lo:lo + step] = np.einsum("ij,ij->i", d, d)
+    return out
+
+
+def _exact_sq(a: np.ndarray, b: np.ndarray) -> Fraction:
+    return sum((Fraction(float(s)) - Fraction(float(t))) ** 2 for s, t in zip(a.tolist(), b.tolist()))
+
+
+def _meb_within(sa, sb, sc, eps2):
+    """Minimum enclosing ball radius of a triangle ``<= eps`` from squared sides (any number type).
+
+    Right or obtuse (``s_max >= s_1 + s_2``, degenerate triangles included):
+    the radius is half the longest side, ``<= eps`` for any triangle of pair
+    edges. Acute: the circumradius ``R``, ``R^2 = sa sb sc / (16 A^2)`` with
+    ``16 A^2 = 2 (sa sb + sb sc + sc sa) - sa^2 - sb^2 - sc^2`` (Heron), so
+    ``R <= eps`` iff ``sa sb sc <= eps^2 16 A^2``.
+    """
+    smax = max(sa, sb, sc)
+    if smax >= sa + sb + sc - smax:
+        return True
+    area16 = 2 * (sa * sb + sb * sc + sc * sa) - sa * sa - sb * sb - sc * sc
+    return sa * sb * sc <= eps2 * area16
+
+
+def _l2_hyperedges(x, edges, tri, eps) -> np.ndarray:
+    """Mask ``[T]`` of the triangles whose l2 ``eps``-balls share a point.
+
+    Vectorised float64 test of :func:`_meb_within` on the squared edge
+    lengths; decisions within a relative ``_MEB_BAND`` of either threshold
+    (right angle, circumradius) are redone in exact rational arithmetic on the
+    float64 coordinates.
+    """
+    if tri.shape[0] == 0:
+        return np.zeros(0, bool)
+    d2 = _edge_sq_dists(x, edges)
+    s = np.sort(np.stack([d2[tri[:, 0]], d2[tri[:, 1]], d2[tri[:, 2]]], axis=1), axis=1)
+    sa, sb, sc = s[:, 0], s[:, 1], s[:, 2]  # sc is the longest
+    e2 = eps * eps
+    right = sc - (sa + sb)
+    area16 = 2 * (sa * sb + sb * sc + sc * sa) - sa * sa - sb * sb - sc * sc
+    slack = e2 * area16 - sa * sb * sc
+    keep = (right >= 0) | (slack >= 0)
+    near_right = np.abs(right) <= _MEB_BAND * sc
+    near_circle = (right < 0) & (np.abs(slack) <= _MEB_BAND * (e2 * (sa + sb + sc) ** 2 + sa * sb * sc))
+    unsure = near_right | near_circle
+    for t in np.flatnonzero(unsure).tolist():
+        u, v = edges[tri[t, 0]]
+        w = edges[tri[t, 1], 1]
+        ex = [_exact_sq(x[i], x[j]) for i, j in ((u, v), (v, w), (u, w))]
+        keep[t] = _meb_within(*ex, Fraction(eps) ** 2)
+    return keep
+
+
+def _hyperedges(x, edges, n, eps, norm) -> tuple[np.ndarray, int]:
+    """``[H, 3]`` sorted hyperedges and the number of triangles tested."""
+    tri = _triangles(n, edges)
+    if norm == "l2":
+        hit = tri[_l2_hyperedges(x, edges, tri, eps)]
+    else:  # linf: every triangle
+        hit = tri
+    hyper = np.stack([edges[hit[:, 0], 0], edges[hit[:, 0], 1], edges[hit[:, 1], 1]], axis=1)
+    return _sorted_unique_rows(hyper, max(n, 1)), int(tri.shape[0])
+
+
+def conflict_hypergraph(
+    x: Any,
+    labels: Any,
+    *,
+    eps: float,
+    norm: Any,
+    degree: int = 2,
+    weights: Any = None,
+    block_size: int | None = None,
+    progress: bool = False,
+) -> ConflictHypergraph:
+    """The conflict hypergraph of a multi-class sample under an ``eps``-ball adversary (Dai et al. 2023).
+
+    Pair edges: ``{u, v}`` with ``labels[u] != labels[v]`` and ``||x_u - x_v||
+    <= 2 eps`` (closed), from :func:`jaxbound.geometry.radius_pairs` (streamed,
+    the boundary decided exactly in float64), one call per class against the
+    larger labels. Degree-3 hyperedges: triangles ``{u, v, w}`` of the pair
+    graph (three distinct labels, since edges join different labels) whose
+    three ``eps``-balls share a point:
+
+    * ``l2``: the minimum enclosing ball of the three points has radius
+      ``<= eps``: half the longest side for a right or obtuse triangle (true
+      for every triangle of edges), the circumradius
+      ``R = abc / (4 A)`` for an acute one, tested as
+      ``a^2 b^2 c^2 <= eps^2 (2 a^2 b^2 + 2 b^2 c^2 + 2 c^2 a^2 - a^4 - b^4 - c^4)``
+      in float64 on exact float64 squared distances, and in exact rational
+      arithmetic within a relative ``1e-9`` of either threshold.
+    * ``linf``: boxes intersect iff they intersect pairwise (Helly in one
+      dimension, coordinate by coordinate), so every triangle is a hyperedge.
+
+    Triangles are listed on the host from the sorted pair graph (forward
+    adjacency and a vectorised edge-key lookup).
+
+    Args:
+      x: ``[n, d]`` (or ``[n, ...]``, flattened) points; float64 input is used
+        as it is.
+      labels: ``[n]`` non-negative integer labels, at least two distinct.
+      eps: budget ``eps >= 0``.
+      norm: ``"l1" | "l2" | "linf"``, ``1 | 2 | inf`` or a real ``p >= 1``
+        (degree 3: ``"l2"`` or ``"linf"``).
+      degree: 2 (pair edges) or 3 (pair edges and three-way hyperedges).
+      weights: ``[n]`` non-negative weights (default uniform), normalised to
+        sum 1 and kept exactly as integers.
+      block_size: query rows per block for the distance kernel.
+      progress: progress bars of the distance passes.
+
+    Returns:
+      :class:`ConflictHypergraph`.
+
+    Raises:
+      ValueError: fewer than two classes, ``labels`` and ``x`` of different
+        lengths, ``eps`` negative or not finite, negative weights, ``degree``
+        not 2 or 3, ``degree=3`` with a norm other than ``l2`` / ``linf``.
+
+    References:
+      Dai, Ding, Bhagoji, Cullina, Zhao, Zheng, Mittal. "Characterizing the
+      optimal 0-1 loss for multi-class classification with a test-time
+      attacker." NeurIPS 2023, arXiv:2302.10722 (§3, conflict hypergraphs;
+      §5, the l2 and l-infinity hyperedge tests).
+    """
+    xs = _flat_points(x, "x")
+    n = xs.shape[0]
+    y, classes = _mc_labels(labels, n)
+    eps = _checks.check_scalar(eps, "eps", low=0.0)
+    norm = _checks.canonical_norm(norm)
+    degree = _checks.check_int(degree, "degree", low=2, high=3)
+    if degree == 3 and norm not in _HYPER_NORMS:
+        raise ValueError(f"degree: three-way hyperedges are implemented for norm 'l2' and 'linf', got norm {norm!r}; "
+                         "use degree=2")
+    w_int, p = _mc_weights(weights, n)
+    edges = _pair_edges(xs, y, classes, eps, norm, block_size, progress)
+    hyper, n_tri = np.zeros((0, 3), np.int64), None
+    if degree == 3:
+        hyper, n_tri = _hyperedges(xs.astype(np.float64, copy=False), edges, n, eps, norm)
+    return ConflictHypergraph(y, tuple(int(c) for c in classes), p, w_int, edges, hyper, degree, eps, norm, n_tri)
+
+
+def _edge_array(a: Any, name: str, k: int, n: int) -> np.ndarray:
+    arr = np.asarray(a) if a is not None else np.zeros((0, k), np.int64)
+    if arr.size == 0:
+        return np.zeros((0, k), np.int64)
+    if arr.ndim != 2 or arr.shape[1] != k:
+        raise ValueError(f"{name}: expected shape [m, {k}], got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name}: vertex indices must be integers, got dtype {arr.dtype}")
+    arr = np.sort(arr.astype(np.int64), axis=1)
+    if int(arr.min()) < 0 or int(arr.max()) >= n:
+        raise ValueError(f"{name}: vertex index out of range [0, {n})")
+    if np.any(arr[:, 1:] == arr[:, :-1]):
+        raise ValueError(f"{name}: a (hyper)edge repeats a vertex")
+    return _sorted_unique_rows(arr, n)
+
+
+def hypergraph_from_edges(labels: Any, edges: Any, hyperedges: Any = None, *, weights: Any = None) -> ConflictHypergraph:
+    """A conflict hypergraph from user-defined edges and hyperedges.
+
+    Args:
+      labels: ``[n]`` non-negative integer labels, at least two distinct.
+      edges: ``[E, 2]`` integer vertex pairs (any order; merged when repeated).
+      hyperedges: ``[H, 3]`` integer vertex triples (``None``: degree 2).
+      weights: ``[n]`` non-negative weights (default uniform).
+
+    Returns:
+      :class:`ConflictHypergraph` with ``eps = norm = None`` and degree 3 when
+      ``hyperedges`` is given.
+
+    Raises:
+      ValueError: fewer than two classes, indices out of range or repeated
+        within a (hyper)edge, an edge or hyperedge joining equal labels, bad weights.
+
+    References:
+      Dai, Ding, Bhagoji, Cullina, Zhao, Zheng, Mittal. "Characterizing the
+      optimal 0-1 loss for multi-class classification with a test-time
+      attacker." NeurIPS 2023, arXiv:2302.10722 (§3).
+    """
+    lab = np.asarray(labels)
+    if lab.ndim != 1:
+        raise ValueError(f"labels: expected a 1-D array of labels, got shape {lab.shape}")
+    n = lab.shape[0]
+    y, classes = _mc_labels(labels, n)
+    e = _edge_array(edges, "edges", 2, n)
+    h = _edge_array(hyperedges, "hyperedges", 3, n)
+    for arr, nm in ((e, "edges"), (h, "hyperedges")):
+        ly = y[arr]
+        if arr.size and np.any(np.sort(ly, axis=1)[:, 1:] == np.sort(ly, axis=1)[:, :-1]):
+            raise ValueError(f"{nm}: every (hyper)edge must join distinct labels")
+    w_int, p = _mc_weights(weights, n)
+    return ConflictHypergraph(y, tuple(int(c) for c in classes), p, w_int, e, h, 3 if hyperedges is not None else 2)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MulticlassResult:
+    """The optimal adversarial 0-1 loss of a conflict hypergraph and its LP certificate.
+
+    The primal is ``max sum_v p_v q_v`` subject to ``sum_{v in e} q_v <= 1`` for
+    every edge and hyperedge ``e`` and ``0 <= q <= 1`` (``sum p = 1``); the
+    loss is ``1 - max``. The dual is ``min sum_e lam_e + sum_v mu_v`` subject
+    to ``sum_{e ni v} lam_e + mu_v >= p_v`` and ``lam, mu >= 0``.
+
+    Attributes:
+      graph: the hypergraph solved.
+      loss: ``L*(degree)``, the optimal adversarial 0-1 loss of the truncation.
+      q: ``[n]`` optimal primal (probability of a correct answer under attack).
+      edge_dual: ``[E]`` dual values ``lam`` of the pair-edge constraints.
+      hyperedge_dual: ``[H]`` dual values of the hyperedge constraints.
+      vertex_dual: ``[n]`` dual values ``mu`` of ``q_v <= 1``.
+      flow_value: for the max-flow solver, the exact integer flow value ``F``
+        of the bipartite double cover (``loss = F / (2 sum w)`` in the integer
+        weights); ``None`` for the LP.
+      degree: the hyperedge degree of the graph.
+      n_edges: number of pair edges.
+      n_hyperedges: number of hyperedges.
+      backend: ``"flow"`` (plus the max-flow solver) or ``"lp"`` (HiGHS).
+    """
+
+    graph: ConflictHypergraph
+    loss: float
+    q: np.ndarray
+    edge_dual: np.ndarray
+    hyperedge_dual: np.ndarray
+    vertex_dual: np.ndarray
+    flow_value: int | None
+    degree: int
+    n_edges: int
+    n_hyperedges: int
+    backend: str
+
+    def verify(self, tol: float = 1e-9) -> Verification:
+        """Check primal feasibility, dual feasibility and the duality gap.
+
+        Violations: ``q_bounds`` (``0 <= q <= 1``), ``edge_feasible`` and
+        ``hyperedge_feasible`` (``sum_{v in e} q_v - 1``), ``dual_nonnegative``,
+        ``dual_feasible`` (``p_v - sum_{e ni v} lam_e - mu_v``), ``gap``
+        (dual objective minus ``sum p q``) and ``loss`` (``|loss - (1 - sum p q)|``).
+
+        Args:
+          tol: tolerance on every violation.
+
+        Returns:
+          :class:`Verification`.
+        """
+        tol = _checks.check_scalar(tol, "tol", low=0.0)
+        g, q, p = self.graph, self.q, self.graph.p
+        viol = {"q_bounds": max(0.0, float(-q.min()), float(q.max() - 1.0)) if q.size else 0.0}
+        for name, arr in (("edge_feasible", g.edges), ("hyperedge_feasible", g.hyperedges)):
+            viol[name] = max(0.0, float((q[arr].sum(axis=1) - 1.0).max())) if arr.size else 0.0
+        lam = np.concatenate([self.edge_dual, self.hyperedge_dual, self.vertex_dual])
+        viol["dual_nonnegative"] = max(0.0, float(-lam.min())) if lam.size else 0.0
+        load = self.vertex_dual.copy()
+        for arr, dual in ((g.edges, self.edge_dual), (g.hyperedges, self.hyperedge_dual)):
+            for j in range(arr.shape[1]):
+                load += np.bincount(arr[:, j], weights=dual, minlength=g.n)
+        viol["dual_feasible"] = max(0.0, float((p - load).max())) if p.size else 0.0
+        primal = math.fsum((p * q).tolist())
+        viol["gap"] = abs(math.fsum(lam.tolist()) - primal)
+        viol["loss"] = abs(self.loss - (1.0 - primal))
+        worst = max(viol.values())
+        return Verification(bool(worst <= tol), float(worst), float(tol), viol)
+
+    def to_dict(self, arrays: bool = False) -> dict:
+        """JSON-ready summary; ``arrays=True`` adds ``q`` and the dual values."""
+        out = {"loss": float(self.loss), "degree": int(self.degree), "n_edges": int(self.n_edges),
+               "n_hyperedges": int(self.n_hyperedges), "backend": self.backend,
+               "flow_value": None if self.flow_value is None else int(self.flow_value),
+               "graph": self.graph.to_dict(), "frac_q_one": float((self.q == 1.0).mean()) if self.q.size else 0.0}
+        if arrays:
+            out.update(q=self.q.tolist(), edge_dual=self.edge_dual.tolist(),
+                       hyperedge_dual=self.hyperedge_dual.tolist(), vertex_dual=self.vertex_dual.tolist())
+        return out
+
+
+def _mc_flow(g: ConflictHypergraph, flow_backend: str) -> MulticlassResult:
+    """``L*(2)`` by max flow on the bipartite double cover (exact integers).
+
+    Network: ``s -> v'`` and ``v'' -> t`` with capacity ``w_v``; ``u' -> v''``
+    and ``v' -> u''`` unbounded for every edge ``{u, v}``. A minimum cut with
+    source side ``S`` gives the vertex cover ``C = {v' not in S} + {v'' in S}``
+    of the double cover, and ``y_v = ([v' in C] + [v'' in C]) / 2`` is a
+    minimum fractional vertex cover of the graph (``y_u + y_v >= 1`` on every
+    edge, weight ``F / 2``), so ``q = 1 - y`` is optimal and ``L*(2) = F / (2 sum w)``.
+    The flow is the certificate: ``lam_uv = (f(u' v'') + f(v' u'')) / (2 sum w)``
+    and ``mu_v = (2 w_v - f(s v') - f(v'' t)) / (2 sum w) >= 0``.
+    """
+    n, e, w = g.n, g.edges, g.weights
+    ne = e.shape[0]
+    res = flow.bipartite_max_flow(n, n, np.concatenate([e[:, 0], e[:, 1]]), np.concatenate([e[:, 1], e[:, 0]]),
+                                  w, w, backend=flow_backend)
+    total = flow.sum_int(w)
+    q = 0.5 * (res.source_a.astype(np.float64) + (~res.source_b).astype(np.float64))
+    fe = res.flow_e
+    lam_int = fe[:ne] + fe[ne:]
+    mu_int = 2 * w - res.flow_a - res.flow_b
+    den = 2 * total
+    lam = _ratio(lam_int, den)
+    mu = _ratio(mu_int, den)
+    return MulticlassResult(g, res.value / den, q, lam, np.zeros(0), mu, int(res.value), g.degree, g.num_edges,
+                            g.num_hyperedges, f"flow:{res.backend}")
+
+
+def _ratio(a: np.ndarray, den: int) -> np.ndarray:
+    if a.dtype != object and den < 2**53 and (a.size == 0 or int(np.abs(a).max()) < 2**53):
+        return a.astype(np.float64) / float(den)
+    return np.array([int(v) / den for v in a.tolist()], np.float64)
+
+
+def _mc_lp(g: ConflictHypergraph) -> MulticlassResult:
+    """``L*(k)`` as a sparse LP solved by HiGHS (dual simplex), with its dual values.
+
+    Pair edges inside a hyperedge are implied by it (``q >= 0``) and left
+    out (their dual value is 0); the objective is scaled by ``1 / max p``.
+    """
+    from scipy import sparse
+    from scipy.optimize import linprog
+
+    n, e, h = g.n, g.edges, g.hyperedges
+    keep = np.ones(e.shape[0], bool)
+    if h.size:
+        inside = _sorted_unique_rows(np.concatenate([h[:, [0, 1]], h[:, [1, 2]], h[:, [0, 2]]]), n)
+        ke, ki = e[:, 0] * n + e[:, 1], inside[:, 0] * n + inside[:, 1]
+        keep = ~np.isin(ke, ki)
+    rows = [e[keep], h]
+    m_e = int(keep.sum())
+    nrow = m_e + h.shape[0]
+    ri = np.concatenate([np.repeat(np.arange(m_e), 2), np.repeat(np.arange(m_e, nrow), 3)])
+    ci = np.concatenate([r.ravel() for r in rows])
+    a = sparse.csr_array((np.ones(ri.size), (ri, ci)), shape=(nrow, n))
+    scale = float(g.p.max())
+    if nrow == 0:
+        q, lam, mu = np.ones(n), np.zeros(0), g.p.copy()
+    else:
+        res = linprog(-g.p / scale, A_ub=a, b_ub=np.ones(nrow), bounds=(0.0, 1.0), method="highs-ds",
+                      options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10})
+        if res.status != 0:  # pragma: no cover - the LP is feasible (q = 0) and bounded
+            raise RuntimeError(f"HiGHS did not solve the multi-class LP: {res.message}")
+        q = np.clip(res.x, 0.0, 1.0)  # HiGHS may return -1e-17 for a bound it holds exactly
+        lam = np.maximum(-res.ineqlin.marginals, 0.0) * scale
+        mu = np.maximum(-res.upper.marginals, 0.0) * scale
+    edge_dual = np.zeros(e.shape[0])
+    edge_dual[keep] = lam[:m_e]
+    loss = 1.0 - math.fsum((g.p * q).tolist())
+    return MulticlassResult(g, loss, q, edge_dual, lam[m_e:], mu, None, g.degree, g.num_edges,
+                            g.num_hyperedges, "lp:highs")
+
+
+def multiclass_zero_one(graph: ConflictHypergraph, *, backend: str = "auto") -> MulticlassResult:
+    """The optimal adversarial 0-1 loss ``L*(k)`` of a multi-class sample (Dai et al. 2023).
+
+    ``L*(k) = 1 - max sum_v p_v q_v`` subject to ``sum_{v in e} q_v <= 1`` for
+    every (hyper)edge of degree ``<= k`` and ``0 <= q <= 1``, with ``sum p = 1``.
+    ``L*(2) <= L*(3) <= ...`` are lower bounds on the adversarial 0-1 loss of
+    every classifier on the sample. ``L*(2)`` is solved exactly by one max flow
+    on the bipartite double cover (``L*(2) = F / (2 sum p)``; see
+    :func:`_mc_flow`), ``L*(3)`` as a sparse LP by HiGHS.
+
+    Args:
+      graph: a :class:`ConflictHypergraph`.
+      backend: ``"auto"`` (max flow without hyperedges, else LP), ``"flow"``
+        (only without hyperedges) or ``"lp"``.
+
+    Returns:
+      :class:`MulticlassResult` (``loss``, ``q``, dual certificate, ``verify()``).
+
+    References:
+      Dai, Ding, Bhagoji, Cullina, Zhao, Zheng, Mittal. "Characterizing the
+      optimal 0-1 loss for multi-class classification with a test-time
+      attacker." NeurIPS 2023, arXiv:2302.10722 (the LP of §3, the degree-2
+      truncation and its flow formulation).
+    """
+    if not isinstance(graph, ConflictHypergraph):
+        raise ValueError(f"graph: expected a ConflictHypergraph, got {type(graph).__name__}")
+    backend = _checks.check_choice(backend, "backend", _MC_BACKENDS)
+    if backend == "flow" and graph.num_hyperedges:
+        raise ValueError(f"backend: 'flow' solves pair edges only; this graph has {graph.num_hyperedges} "
+                         "hyperedges, use 'lp' or 'auto'")
+    if backend == "lp" or (backend == "auto" and graph.num_hyperedges):
+        return _mc_lp(graph)
+    return _mc_flow(graph, "auto")
