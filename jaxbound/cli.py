@@ -267,9 +267,16 @@ def _geometry_parsers(sub) -> None:
     knn.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit status 2), like the commands' own."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``jaxbound`` argument parser: one subcommand per job (see the module docstring)."""
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="jaxbound",
         description="Fundamental limits of adversarial robustness, measured from data, beside what models reach.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -458,13 +465,13 @@ def run_attack(args) -> dict:
     from jaxbound import attacks, metrics
     from jaxbound import report as R
 
-    ds = _load(args)
-    fn = R.load_model(args.model)
     settings = _settings(args, attacks.AttackConfig)
     for name in ("norm", "eps"):
         if name not in settings:
             raise ValueError(f"{name}: give --{name} (the threat model is never defaulted)")
-    cfg = attacks.AttackConfig(**settings)
+    cfg = attacks.AttackConfig(**settings)  # the settings are checked before anything is loaded
+    ds = _load(args)
+    fn = R.load_model(args.model)
     if args.attack == "pgd":
         res = attacks.pgd(fn, ds.images, ds.labels, cfg, key=jax.random.key(args.seed), progress=not args.quiet)
     else:

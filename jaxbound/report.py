@@ -504,7 +504,7 @@ def report_config(config: ReportConfig | None = None, /, **settings: Any) -> Rep
     names = {f.name for f in dataclasses.fields(ReportConfig)}
     for k in settings:
         if k not in names:
-            raise TypeError(f"report: unknown setting {k!r}")
+            raise TypeError(f"{k}: not a setting of ReportConfig (see ReportConfig's fields)")
     if config is None:
         return ReportConfig(**settings)
     if not isinstance(config, ReportConfig):
@@ -1003,8 +1003,10 @@ def report(
         user_fn = load_model(model) if isinstance(model, (str, Path)) else model
         if not callable(user_fn):
             raise ValueError(f"model: expected a logits function or 'module:function', got {model!r}")
-    tr, te = _load_datasets(cfg, data)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir: {str(out)!r} is a file, not a folder")
+    tr, te = _load_datasets(cfg, data)
     out.mkdir(parents=True, exist_ok=True)
     stages = StageCache(out / "stages", base=fingerprint(tr.images, tr.labels, te.images, te.labels, str(cfg.norm),
                                                          _engine.key_data(key)), resume=resume, progress=progress)
