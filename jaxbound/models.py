@@ -82,10 +82,11 @@ References:
 from __future__ import annotations
 
 import functools
-import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -93,7 +94,7 @@ import numpy as np
 from jax import lax
 
 from jaxbound import _checks
-from jaxbound._io import atomic_write_bytes, atomic_write_json, to_jsonable
+from jaxbound._io import atomic_write_bytes, atomic_write_json, file_checksum, read_json, to_jsonable
 
 __all__ = [
     "LeNet5",
@@ -282,15 +283,20 @@ def save(folder: str | Path, *, arch: str, num_classes: int, widen_factor: float
     build(arch, num_classes=num_classes, widen_factor=widen_factor)  # validates the architecture
     shape = _check_input_shape(input_shape)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(folder / "model.msgpack", serialization.to_bytes(params))
+    raw = serialization.to_bytes(params)
+    atomic_write_bytes(folder / "model.msgpack", raw)
     spec = {"arch": arch, "num_classes": int(num_classes), "widen_factor": widen_factor,
-            "input_shape": list(shape), "record": record or {}}
+            "input_shape": list(shape), "record": record or {}, "params_sha256": file_checksum(raw)}
     atomic_write_json(folder / "model.json", spec)
     return folder
 
 
 def load(path: str | Path, *, name: str = "path") -> SavedModel:
     """Read a model written by :func:`save` (or ``jaxbound train --out``).
+
+    ``model.json`` holds the SHA-256 of ``model.msgpack``; a truncated,
+    altered or foreign file of either kind raises one ``ValueError`` naming
+    the file and how to start afresh (train the model again).
 
     Args:
       path: the folder holding ``model.json`` and ``model.msgpack``.
@@ -300,7 +306,7 @@ def load(path: str | Path, *, name: str = "path") -> SavedModel:
       :class:`SavedModel`.
 
     Raises:
-      ValueError: the folder lacks either file.
+      ValueError: the folder lacks either file, or either file is damaged.
     """
     from flax import serialization
 
@@ -308,11 +314,27 @@ def load(path: str | Path, *, name: str = "path") -> SavedModel:
     if not (p / "model.json").is_file() or not (p / "model.msgpack").is_file():
         raise ValueError(f"{name}: folder {str(p)!r} has no model.json and model.msgpack "
                          "(written by 'jaxbound train --out')")
-    spec = json.loads((p / "model.json").read_text())
-    shape = tuple(int(s) for s in spec["input_shape"])
-    module = build(spec["arch"], num_classes=spec["num_classes"], widen_factor=spec.get("widen_factor"))
+    fresh = f"delete {str(p)!r} and train the model again ('jaxbound train --out {p}')"
+    spec = read_json(p / "model.json", name=name, fresh=fresh)
+    try:
+        shape = tuple(int(s) for s in spec["input_shape"])
+        module = build(spec["arch"], num_classes=spec["num_classes"], widen_factor=spec.get("widen_factor"))
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ValueError(f"{name}: {str(p / 'model.json')!r} is not a jaxbound model description "
+                         f"({type(exc).__name__}: {exc}); {fresh}") from None
+    raw = (p / "model.msgpack").read_bytes()
+    if "params_sha256" in spec and spec["params_sha256"] != file_checksum(raw):
+        raise ValueError(f"{name}: {str(p / 'model.msgpack')!r} is damaged (its checksum differs from the one "
+                         f"in model.json); {fresh}")
     template = jax.eval_shape(lambda: init_params(module, shape, key=jax.random.key(0)))
-    params = serialization.from_bytes(template, (p / "model.msgpack").read_bytes())
+    try:
+        params = serialization.from_bytes(template, raw)
+        if jax.tree.structure(params) != jax.tree.structure(template) or any(
+                np.shape(a) != b.shape for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(template))):
+            raise ValueError("parameters of another architecture")
+    except Exception as exc:  # noqa: BLE001 - msgpack and flax raise many kinds; one line names the file
+        raise ValueError(f"{name}: {str(p / 'model.msgpack')!r} is damaged or not parameters of "
+                         f"{spec['arch']!r} ({type(exc).__name__}: {exc}); {fresh}") from None
     return SavedModel(module, params, spec["arch"], int(spec["num_classes"]), spec.get("widen_factor"), shape,
                       spec.get("record") or {})
 
@@ -321,7 +343,8 @@ def init_params(model: nn.Module, input_shape: Sequence[int], *, key: Any) -> An
     """Initial parameters of ``model`` for inputs shaped ``[n, *input_shape]``.
 
     Args:
-      model: a Flax module.
+      model: a Flax module (a registered name is not accepted: build the
+        module first with :func:`build`, which needs ``num_classes``).
       input_shape: shape of one example, e.g. ``(28, 28, 1)``.
       key: ``jax.random`` key.
 
@@ -330,7 +353,12 @@ def init_params(model: nn.Module, input_shape: Sequence[int], *, key: Any) -> An
       With a concrete key the init is jitted (compiled without backend
       optimisation: it runs once) and jax's own cache reuses it for equal
       modules and shapes.
+
+    Raises:
+      TypeError: ``model`` is not a Flax module (e.g. the name ``"mlp"``).
+      ValueError: a bad ``input_shape`` or ``key``.
     """
+    _checks.check_module(model, "model")
     _checks.check_key(key)
     shape = _check_input_shape(input_shape)
     dummy = jnp.zeros((1, *shape), jnp.float32)
@@ -361,10 +389,30 @@ _plain_init = jax.jit(_init, static_argnums=0)
 
 
 def logits_fn(model: nn.Module, params: Any) -> Callable[[jax.Array], jax.Array]:
-    """The plain function ``x [n, ...] -> logits [n, k]`` the attacks and metrics take."""
+    """The plain function ``x [n, ...] -> logits [n, k]`` the attacks and metrics take.
+
+    Args:
+      model: a Flax module (not a registered name: see :func:`build`).
+      params: its parameters (``{"params": ...}``, e.g. from :func:`init_params`).
+
+    Returns:
+      ``fn(x)``; parameters of another architecture raise ``ValueError``
+      naming ``params`` on the first call (their shapes depend on the input).
+
+    Raises:
+      TypeError: ``model`` is not a Flax module; ``params`` is not a mapping.
+    """
+    _checks.check_module(model, "model")
+    if not isinstance(params, Mapping) and not hasattr(params, "keys"):
+        raise TypeError(f"params: expected the parameter mapping of model.init ({{'params': ...}}), "
+                        f"got {type(params).__name__}")
 
     def fn(x):
-        return model.apply(params, x)
+        try:
+            return model.apply(params, x)
+        except flax.errors.FlaxError as exc:
+            raise ValueError(f"params: do not fit {type(model).__name__} on inputs shaped {tuple(np.shape(x))} "
+                             f"(parameters of another architecture or input shape?): {exc}") from None
 
     return fn
 

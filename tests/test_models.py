@@ -247,3 +247,92 @@ def test_load_missing_files(tmp_path):
         models.load(tmp_path)
     with pytest.raises(ValueError, match="^model: folder"):
         models.load(tmp_path, name="model")
+
+
+def _saved_mlp(tmp_path):
+    shape = (8, 8, 1)
+    model = models.build("mlp", num_classes=5, input_shape=shape)
+    params = models.init_params(model, shape, key=jax.random.key(3))
+    return models.save(tmp_path / "m", arch="mlp", num_classes=5, widen_factor=None, input_shape=shape,
+                       params=params), params
+
+
+def _without_checksum(folder):
+    import json
+
+    spec = json.loads((folder / "model.json").read_text())
+    spec.pop("params_sha256")
+    (folder / "model.json").write_text(json.dumps(spec))
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("truncate_params", "model.msgpack' is damaged"),
+    ("flip_params", "model.msgpack' is damaged"),
+    ("truncate_params_old", "model.msgpack' is damaged or not parameters"),  # no checksum: the parse fails
+    ("random_params_old", "model.msgpack' is damaged or not parameters"),
+    ("foreign_params_old", "model.msgpack' is damaged or not parameters"),
+    ("truncate_json", "model.json' is damaged or not a JSON file"),
+    ("random_json", "model.json' is damaged or not a JSON file"),
+    ("empty_json_object", "model.json' is not a jaxbound model description"),
+])
+def test_damaged_model_files_raise_one_line_naming_the_file(tmp_path, damage, match):
+    folder, _ = _saved_mlp(tmp_path)
+    raw, spec = (folder / "model.msgpack").read_bytes(), (folder / "model.json").read_bytes()
+    if damage.endswith("_old"):
+        _without_checksum(folder)
+    if damage.startswith("truncate_params"):
+        (folder / "model.msgpack").write_bytes(raw[: len(raw) // 2])
+    elif damage == "flip_params":  # same length, one byte changed: only the checksum sees it
+        (folder / "model.msgpack").write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
+    elif damage == "random_params_old":
+        (folder / "model.msgpack").write_bytes(np.random.default_rng(0).integers(0, 256, len(raw), np.uint8).tobytes())
+    elif damage == "foreign_params_old":
+        from flax import serialization
+
+        other = models.init_params(models.build("mlp", num_classes=3), (8, 8, 1), key=jax.random.key(0))
+        (folder / "model.msgpack").write_bytes(serialization.to_bytes(other))
+    elif damage == "truncate_json":
+        (folder / "model.json").write_bytes(spec[: len(spec) // 2])
+    elif damage == "random_json":
+        (folder / "model.json").write_bytes(b"\xff\xfe\x00\x81" * 8)
+    elif damage == "empty_json_object":
+        (folder / "model.json").write_text("{}")
+    with pytest.raises(ValueError, match="^model: ") as err:
+        models.load(folder, name="model")
+    msg = str(err.value)
+    assert match in msg and "\n" not in msg and "train the model again" in msg
+
+
+def test_model_saved_without_checksum_still_loads(tmp_path):
+    folder, params = _saved_mlp(tmp_path)
+    _without_checksum(folder)
+    got = models.load(folder)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(got.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_name_is_not_a_module():
+    params = models.init_params(models.build("mlp", num_classes=3), (8, 8, 1), key=jax.random.key(0))
+    with pytest.raises(TypeError, match="^model: expected a Flax module, got the name 'mlp'.*models.build"):
+        models.init_params("mlp", (8, 8, 1), key=jax.random.key(0))
+    with pytest.raises(TypeError, match="^model: expected a Flax module, got the name 'mlp'"):
+        models.logits_fn("mlp", params)
+    with pytest.raises(TypeError, match="^model: expected a Flax module, got int"):
+        models.logits_fn(3, params)
+    with pytest.raises(TypeError, match="^params: expected the parameter mapping"):
+        models.logits_fn(models.build("mlp", num_classes=3), None)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_parameters_of_another_architecture_name_params(jit):
+    x = np.zeros((2, 28, 28, 1), np.float32)
+    lenet = models.build("lenet5", num_classes=10, widen_factor=0.125)
+    mlp_params = models.init_params(models.build("mlp", num_classes=10), (28, 28, 1), key=jax.random.key(0))
+    fn = models.logits_fn(lenet, mlp_params)
+    fn = jax.jit(fn) if jit else fn
+    with pytest.raises(ValueError, match="^params: do not fit LeNet5"):
+        fn(x)
+    wide = models.init_params(models.build("lenet5", num_classes=10, widen_factor=0.25), (28, 28, 1),
+                              key=jax.random.key(0))
+    with pytest.raises(ValueError, match="^params: do not fit LeNet5"):
+        models.logits_fn(lenet, wide)(x)  # same tree, other widths
