@@ -81,16 +81,26 @@ __all__ = [
     "ball_objective",
     "fit_balls",
     "fit_halfspace",
+    "halfspace_directions",
+    "fit_halfspaces",
+    "inflate_balls",
+    "fit_target",
+    "select_count",
+    "Rule",
     "measure",
     "make_splits",
     "run_rectangles",
     "run_balls",
     "run_halfspace",
+    "run_halfspaces",
     "records",
     "Estimate",
     "METHODS",
+    "ALL_METHODS",
     "method_for",
+    "methods_for",
     "estimate",
+    "best_estimate",
 ]
 
 _BIG = np.int32(2**30)
@@ -138,13 +148,19 @@ class Measurement(_ToDict):
 
 @dataclasses.dataclass(frozen=True)
 class SearchStep(_ToDict):
-    """One evaluation of the binary search over ``q`` (Algorithm 1)."""
+    """One evaluation of the binary search over ``q`` (Algorithm 1).
+
+    ``risk``/``adv_risk`` are measured on the selection sample, ``fit_risk`` on
+    the fit sample; ``feasible`` says whether the region meets the search's
+    :class:`Rule`.
+    """
 
     q: float
     n_dense: int
     risk: float
     adv_risk: float
     feasible: bool
+    fit_risk: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +218,10 @@ class Balls(_ToDict):
       n_regions: requested ``T``.
       n_exact: candidate centres evaluated on full distance rows, per ball.
       count_bounds: whether counting tables pruned the candidates.
+      inflation: ``s >= 0`` added to every radius after the greedy search so
+        that the region meets the selection rule (:func:`inflate_balls`);
+        ``radii`` include it, ``covered``/``expanded`` are the greedy's counts
+        before it.
     """
 
     centers: np.ndarray
@@ -218,6 +238,7 @@ class Balls(_ToDict):
     n_regions: int
     n_exact: np.ndarray
     count_bounds: bool = False
+    inflation: float = 0.0
 
     kind = "balls"
     norm = "l2"
@@ -228,12 +249,19 @@ class HalfSpace(_ToDict):
     """Error region ``E = {x : w.x > b}``; ``E_eps = {x : w.x > b - eps ||w||_*}`` (Gilmer et al.).
 
     Attributes:
-      w: ``[d]`` unit-l2 direction (first principal component, sign chosen).
+      w: ``[d]`` direction: the unit-l2 first principal component (sign
+        chosen) for ``family="first_pc"`` (:func:`fit_halfspace`), or a
+        signed element-wise power of a principal component scaled to
+        ``||w||_* = 1`` for ``family="pca_powers"`` (:func:`fit_halfspaces`).
       b: threshold.
       eps: budget.
       norm: perturbation norm (``"l2"`` or ``"linf"``, any lp).
       shift: ``eps * ||w||_*`` with the dual norm.
       alpha: risk threshold.
+      family: ``"first_pc"`` (Gilmer et al.) or ``"pca_powers"`` (Prescott et al.).
+      component: index of the principal component (0 = largest variance).
+      power: element-wise power ``p`` of ``sign(v) |v|^p``.
+      n_candidates: directions compared by the search.
     """
 
     w: np.ndarray
@@ -242,6 +270,10 @@ class HalfSpace(_ToDict):
     norm: Any
     shift: float
     alpha: float
+    family: str = "first_pc"
+    component: int = 0
+    power: float = 1.0
+    n_candidates: int = 1
 
     kind = "halfspace"
 
@@ -315,6 +347,129 @@ def _points(x, name="x") -> np.ndarray:
 
 def _key_data(key) -> tuple[int, ...]:
     return tuple(int(v) for v in _engine.key_data(key).ravel())
+
+
+def _check_margin(margin) -> float:
+    return _checks.check_scalar(margin, "margin", low=0.0)
+
+
+def _check_confidence(confidence) -> float | None:
+    return None if confidence is None else _checks.check_probability(confidence, "confidence")
+
+
+def _check_splits(splits) -> "Splits":
+    if not isinstance(splits, Splits):
+        raise ValueError(f"splits: expected a Splits from make_splits, got {type(splits).__name__}")
+    return splits
+
+
+# ---------------------------------------------------------------------------
+# The validity rule (shared by every method and every repeat)
+# ---------------------------------------------------------------------------
+
+
+def fit_target(alpha: float, n: int, *, margin: float = 0.5) -> float:
+    """Risk a region must reach on the ``n`` points it is fitted to: ``alpha + margin / sqrt(n)``.
+
+    The concentration function ``h(mu, alpha, eps) = inf {mu(E_eps) : mu(E) >= alpha}``
+    is an infimum over regions of measure at least ``alpha``; a region fitted
+    to exactly ``alpha`` of one sample covers less than ``alpha`` of another
+    about half the time, and its adversarial risk can then fall below ``h``.
+    Prescott et al. (2021) fit to ``alpha + 0.5 / sqrt(n)`` for this reason.
+
+    Args:
+      alpha: risk threshold in ``(0, 1)``.
+      n: fit sample size ``>= 1``.
+      margin: ``c >= 0`` in ``alpha + c / sqrt(n)`` (0: the authors' rule).
+
+    Returns:
+      The target risk (may exceed 1 for tiny ``n``; then no region but the
+      whole space reaches it).
+
+    References:
+      Prescott, Zhang, Evans. "Improved estimation of concentration under
+      lp-norm distance metrics using half spaces." ICLR 2021, arXiv:2103.12913.
+    """
+    alpha = _check_alpha(alpha)
+    n = _checks.check_int(n, "n", low=1)
+    margin = _check_margin(margin)
+    return alpha + margin / math.sqrt(n)
+
+
+def select_count(alpha: float, n: int, *, confidence: float | None = 0.95) -> int:
+    """Fewest of ``n`` selection points a region must hold so that its risk is surely ``>= alpha``.
+
+    The smallest ``k`` whose Clopper-Pearson lower end (:func:`clopper_pearson`
+    at ``confidence``) is at least ``alpha``; with ``confidence=None`` simply
+    ``ceil(n alpha)`` (the empirical risk ``>= alpha``, the authors' rule).
+
+    Args:
+      alpha: risk threshold in ``(0, 1)``.
+      n: selection sample size ``>= 1``.
+      confidence: level of the interval, or ``None``.
+
+    Returns:
+      ``k`` in ``[1, n + 1]``; ``n + 1`` means no region short of the whole
+      space passes (too few selection points; a search then keeps every
+      selection point inside).
+
+    References:
+      Clopper, Pearson. "The use of confidence or fiducial limits illustrated
+      in the case of the binomial." Biometrika 26(4), 1934.
+    """
+    from scipy.stats import beta
+
+    alpha = _check_alpha(alpha)
+    n = _checks.check_int(n, "n", low=1)
+    confidence = _check_confidence(confidence)
+    k0 = max(1, int(math.ceil(n * alpha - 1e-9)))
+    if confidence is None:
+        return k0
+    a = (1.0 - confidence) / 2
+    # CP lower end Beta^-1(a; k, n-k+1) increases with k: bisect on [k0, n].
+    lo, hi = k0, n + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if float(beta.ppf(a, mid, n - mid + 1)) >= alpha:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule(_ToDict):
+    """The validity rule of a search: fit target ``alpha + margin / sqrt(n_fit)``, selection count by Clopper-Pearson.
+
+    A region passes when it holds at least ``k_fit = ceil(n_fit * fit_target)``
+    fit points and (when a separate selection split is given) at least
+    ``k_select`` (:func:`select_count`) selection points. A region is *valid*
+    on a split when its empirical risk there is ``>= alpha``.
+    """
+
+    alpha: float
+    margin: float
+    confidence: float | None
+    n_fit: int
+    k_fit: int
+    n_select: int | None = None
+    k_select: int | None = None
+
+    def passes(self, n_fit_in: int, n_select_in: int | None = None) -> bool:
+        """Whether a region with these counts inside meets the rule."""
+        ok = n_fit_in >= self.k_fit
+        if self.k_select is not None and n_select_in is not None:
+            ok = ok and n_select_in >= self.k_select
+        return bool(ok)
+
+
+def _rule(alpha, n_fit, n_select, margin, confidence) -> Rule:
+    t = fit_target(alpha, n_fit, margin=margin)
+    k_fit = int(math.ceil(n_fit * t - 1e-9))
+    k_sel = None if n_select is None else select_count(alpha, n_select, confidence=confidence)
+    # Capped at the sample: the whole space (every point inside) always passes.
+    return Rule(float(alpha), float(margin), confidence, int(n_fit), min(k_fit, int(n_fit)),
+                None if n_select is None else int(n_select), None if k_sel is None else min(k_sel, int(n_select)))
 
 
 # ---------------------------------------------------------------------------
@@ -473,7 +628,18 @@ def box_margin(x: jax.Array, centers: jax.Array, half_widths: jax.Array) -> jax.
 
     Returns:
       ``[n, T]`` margins.
+
+    Raises:
+      ValueError: shapes that are not ``[n, d]``, ``[T, d]``, ``[T, d]``
+        (shape checks only, so the function stays jittable).
     """
+    for name, a in (("x", x), ("centers", centers), ("half_widths", half_widths)):
+        if getattr(a, "ndim", None) != 2:
+            raise ValueError(f"{name}: expected a 2-D array, got shape {getattr(a, 'shape', type(a).__name__)}")
+    if centers.shape[1] != x.shape[1]:
+        raise ValueError(f"centers: feature dimension {centers.shape[1]} does not match x's {x.shape[1]}")
+    if half_widths.shape != centers.shape:
+        raise ValueError(f"half_widths: expected shape {tuple(centers.shape)} like centers, got {tuple(half_widths.shape)}")
     return jnp.max(jnp.abs(x[:, None, :] - centers[None, :, :]) - half_widths[None, :, :], axis=-1)
 
 
@@ -554,6 +720,8 @@ def rectangles_at_q(
     q = _checks.check_scalar(q, "q", low=0.0, high=1.0)
     eps = _check_eps(eps)
     T = _check_T(n_regions)
+    if T > x.shape[0]:
+        raise ValueError(f"n_regions: at most one box per point; got {T} boxes for {x.shape[0]} points")
     radii = _radii(x, radii, k=k, norm=density_norm)
     return _rectangles_at_q(key, x, _dense_order(radii), q=q, eps=eps, T=T, alpha=alpha, update=update,
                             max_iter=max_iter)
@@ -565,7 +733,11 @@ def _radii(x, radii, *, k, norm, progress: bool = False) -> np.ndarray:
     r = np.asarray(radii)
     if r.ndim != 1 or r.shape[0] != x.shape[0]:
         raise ValueError(f"radii: expected shape [{x.shape[0]}], got {r.shape}")
+    if not (np.issubdtype(r.dtype, np.floating) or np.issubdtype(r.dtype, np.integer)) or r.dtype == np.bool_:
+        raise ValueError(f"radii: expected real numbers, got dtype {r.dtype}")
     _checks.check_finite(r, "radii")
+    if r.size and float(r.min()) < 0:
+        raise ValueError(f"radii: density radii are distances and must be >= 0, got minimum {float(r.min())}")
     return r
 
 
@@ -607,6 +779,9 @@ def fit_rectangles(
     update: str = "mean",
     max_iter: int = 30,
     resolution: float = 0.005,
+    margin: float = 0.5,
+    confidence: float | None = 0.95,
+    q_max: float = 1.0,
 ) -> Rectangles:
     """Complement of a union of ``T`` hyperrectangles, searched by Algorithm 1 of the paper.
 
@@ -614,48 +789,64 @@ def fit_rectangles(
     ``floor(N q)`` densest are clustered into ``T`` clusters
     (:func:`kmeans_l1`), each cluster gives a box, and the error region is
     ``E = complement of union_t (box_t)_eps``. When ``q`` is ``None`` it is
-    found by binary search on ``[0, 1]`` until the bracket is shorter than
-    ``resolution`` (8 evaluations for 0.005): ``q`` is feasible when the risk
-    ``mu_hat(E) >= alpha`` on ``x_select`` (on ``x`` when ``x_select`` is
-    ``None``); feasible ``q`` move the lower end up, infeasible ones the upper
-    end down; among feasible evaluations the lowest adversarial risk wins (ties:
-    the larger ``q``). All evaluations share ``key`` (common random numbers).
+    found by binary search on ``[0, q_max]`` until the bracket is shorter than
+    ``resolution`` (8 evaluations for 0.005). A ``q`` is feasible when its
+    region meets the :class:`Rule`: at least ``alpha + margin / sqrt(N)`` of
+    ``x`` inside ``E`` (:func:`fit_target`) and, when ``x_select`` is given,
+    at least :func:`select_count` of its points (Clopper-Pearson lower end
+    ``>= alpha`` at ``confidence``). Feasible ``q`` move the lower end up,
+    infeasible ones the upper end down; among feasible evaluations the lowest
+    adversarial risk on ``x_select`` (on ``x`` without it) wins (ties: the
+    larger ``q``). When no evaluated ``q`` is feasible the search falls back to
+    ``q = 0`` (no box: ``E`` is the whole space, risk 1), so the returned
+    region always meets the rule. All evaluations share ``key`` (common
+    random numbers). ``margin=0, confidence=None`` is the authors' rule
+    (risk ``>= alpha`` on the selection sample).
 
     Args:
-      x: ``[N, d]`` fit points.
+      x: ``[N, d]`` fit points, ``N >= n_regions``.
       key: ``jax.random`` key for the k-means initialisation.
       alpha: risk threshold in ``(0, 1)``.
       eps: l_inf budget ``>= 0``.
       n_regions: number of boxes ``T >= 1``.
       q: covered fraction; searched when ``None``.
-      x_select: ``[M, d]`` points on which feasibility and adversarial risk
-        are judged during the search.
-      radii: ``[N]`` precomputed density radii of ``x`` (reuse across calls).
+      x_select: ``[M, d]`` points on which the selection rule and the
+        adversarial risk are judged during the search.
+      radii: ``[N]`` precomputed non-negative density radii of ``x`` (reuse across calls).
       k: density neighbour rank (paper: 50; the point counts itself).
       density_norm: density distance (paper: ``"l1"``).
       update: ``"mean"`` (paper) or ``"median"`` (k-medians).
       max_iter: k-means iterations (paper: 30).
       resolution: binary-search stopping width (paper: 0.005).
+      margin: ``c`` of the fit target ``alpha + c / sqrt(N)`` (Prescott et al.: 0.5).
+      confidence: Clopper-Pearson level of the selection rule, or ``None``
+        for the empirical risk ``>= alpha``.
+      q_max: upper end of the searched ``q`` range.
 
     Returns:
-      :class:`Rectangles` at the chosen ``q`` with the search trace. When no
-      evaluated ``q`` is feasible the smallest evaluated ``q`` is returned
-      (its trace step says ``feasible=False``).
+      :class:`Rectangles` at the chosen ``q`` with the search trace.
 
     References:
       Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring
       concentration: fundamental limits on intrinsic robustness." NeurIPS
       2019, arXiv:1905.12202.
+      Prescott, Zhang, Evans. "Improved estimation of concentration under
+      lp-norm distance metrics using half spaces." ICLR 2021, arXiv:2103.12913.
     """
     key = _checks.check_key(key)
     x = _points(x)
     alpha = _check_alpha(alpha)
     eps = _check_eps(eps)
     T = _check_T(n_regions)
+    if T > x.shape[0]:
+        raise ValueError(f"n_regions: at most one box per fit point; got {T} boxes for {x.shape[0]} points")
     if update not in ("mean", "median"):
         raise ValueError(f"update: must be 'mean' or 'median', got {update!r}")
     max_iter = _checks.check_int(max_iter, "max_iter", low=0)
     resolution = _checks.check_scalar(resolution, "resolution", low=0.0, high=1.0, low_inclusive=False)
+    q_max = _checks.check_scalar(q_max, "q_max", low=0.0, high=1.0)
+    rule = _rule(alpha, x.shape[0], None if x_select is None else _n_rows(x_select, "x_select"),
+                 _check_margin(margin), _check_confidence(confidence))
     xs = x if x_select is None else _points(x_select, "x_select")
     if xs.shape[1] != x.shape[1]:
         raise ValueError(f"x_select: feature dimension {xs.shape[1]} does not match x's {x.shape[1]}")
@@ -671,24 +862,43 @@ def fit_rectangles(
     if q is not None:
         q = _checks.check_scalar(q, "q", low=0.0, high=1.0)
         return build(q=q)
-    lo, hi = 0.0, 1.0
+    return _search_q(build, x, None if x_select is None else xs, rule, q_max, resolution)
+
+
+def _n_rows(x, name) -> int:
+    return int(_points(x, name).shape[0])
+
+
+def _rect_step(reg: Rectangles, x, xs, rule: Rule) -> SearchStep:
+    """Measure a candidate region on the fit (and selection) sample and judge it by the rule."""
+    mf = measure(reg, x)
+    ms = mf if xs is None else measure(reg, xs)
+    ok = rule.passes(mf.n_risk, None if xs is None else ms.n_risk)
+    return SearchStep(reg.q, reg.n_dense, ms.risk, ms.adv_risk, ok, mf.risk)
+
+
+def _search_q(build, x, xs, rule: Rule, q_max: float, resolution: float) -> Rectangles:
+    """Binary search of ``q`` in ``[0, q_max]`` under ``rule``, falling back to ``q = 0`` (no box)."""
+    lo, hi = 0.0, q_max
     steps: list[SearchStep] = []
     regions: list[Rectangles] = []
     while hi - lo >= resolution:
         mid = 0.5 * (lo + hi)
         reg = build(q=mid)
-        m = measure(reg, xs)
-        feasible = m.risk >= alpha
-        steps.append(SearchStep(mid, reg.n_dense, m.risk, m.adv_risk, bool(feasible)))
+        steps.append(_rect_step(reg, x, xs, rule))
         regions.append(reg)
-        if feasible:
+        if steps[-1].feasible:
             lo = mid
         else:
             hi = mid
+    if not any(s.feasible for s in steps):
+        reg = build(q=0.0)
+        steps.append(_rect_step(reg, x, xs, rule))
+        regions.append(reg)
     feas = [i for i, s in enumerate(steps) if s.feasible]
     if feas:
         best = min(feas, key=lambda i: (steps[i].adv_risk, -steps[i].q))
-    else:
+    else:  # only when even q = 0 fails (cannot happen: the whole space holds every point)
         best = min(range(len(steps)), key=lambda i: steps[i].q)
     return dataclasses.replace(regions[best], search=tuple(steps))
 
@@ -915,10 +1125,13 @@ def fit_balls(
     count_bounds: bool | None = None,
     count_grid: int = 1024,
     progress: bool = False,
+    margin: float = 0.5,
 ) -> Balls:
     """Greedy union of ``T`` l2 balls (paper §4.2, Algorithm 2), exact and without an ``N x N`` table.
 
-    Target coverage ``n_tot = ceil(N alpha (1 + delta))``. Ball ``t`` (of
+    Target coverage ``n_tot = ceil(N a (1 + delta))`` with the fit target
+    ``a = alpha + margin / sqrt(N)`` (:func:`fit_target`; ``margin=0`` is the
+    authors' ``ceil(N alpha (1 + delta))``). Ball ``t`` (of
     ``T``) may cover ``m`` new points with ``n_lo = ceil((n_tot - covered) /
     (T - t)) <= m <= n_hi = n_tot - covered``. Every fit point is a candidate
     centre; its candidate radius ``r_m`` is the distance to its ``m``-th
@@ -967,6 +1180,7 @@ def fit_balls(
       count_grid: histogram buckets per point for ``count_bounds`` (memory
         ``2 N count_grid`` int32).
       progress: show a progress bar over balls.
+      margin: ``c >= 0`` of the fit target ``alpha + c / sqrt(N)``.
 
     Returns:
       :class:`Balls`.
@@ -988,10 +1202,14 @@ def fit_balls(
     count_grid = _checks.check_int(count_grid, "count_grid", low=2)
     if count_bounds not in (None, True, False):
         raise ValueError(f"count_bounds: expected None, True or False, got {count_bounds!r}")
+    if neighbours is not None and not isinstance(neighbours, geometry.KNN):
+        raise ValueError(f"neighbours: expected a geometry.KNN from geometry.knn(x, k=L, norm='l2') or None, "
+                        f"got {type(neighbours).__name__}")
     N = x.shape[0]
-    n_tot = int(math.ceil(N * alpha * (1.0 + delta) - 1e-9))
+    n_tot = int(math.ceil(N * fit_target(alpha, N, margin=margin) * (1.0 + delta) - 1e-9))
     if n_tot >= N:
-        raise ValueError(f"alpha: target coverage ceil(N alpha (1+delta)) = {n_tot} must be below N = {N}")
+        raise ValueError(f"alpha: target coverage ceil(N (alpha + margin/sqrt(N)) (1+delta)) = {n_tot} must be "
+                         f"below N = {N}")
     from tqdm.auto import tqdm
 
     with _engine.precision_ctx(_engine.check_precision(precision)) as dt:
@@ -1174,14 +1392,27 @@ class _GreedyBalls:
 # ---------------------------------------------------------------------------
 
 
-def fit_halfspace(x: Any, *, alpha: float, eps: float, norm: Any, sign: str = "best") -> HalfSpace:
+def fit_halfspace(
+    x: Any,
+    *,
+    alpha: float,
+    eps: float,
+    norm: Any,
+    sign: str = "best",
+    margin: float = 0.0,
+    x_select: Any = None,
+    confidence: float | None = 0.95,
+) -> HalfSpace:
     """Half-space error region along the first principal component (Gilmer et al.; paper Table 3).
 
     ``w`` is the unit first principal component of ``x``; the threshold ``b``
-    is the largest value with at least ``ceil(N alpha)`` points having
-    ``w.x > b`` (exactly that many without ties). The expansion of
-    ``{w.x > b}`` by ``eps`` in norm ``p`` is ``{w.x > b - eps ||w||_*}`` with
-    the dual norm.
+    is the largest value with at least ``k = ceil(N a)`` points having
+    ``w.x > b`` (exactly that many without ties), ``a = alpha + margin /
+    sqrt(N)`` (:func:`fit_target`; the default ``margin=0`` is Gilmer et
+    al.'s ``ceil(N alpha)``). With ``x_select`` the threshold is lowered
+    where needed so that at least :func:`select_count` selection points lie
+    in ``E`` as well. The expansion of ``{w.x > b}`` by ``eps`` in norm ``p``
+    is ``{w.x > b - eps ||w||_*}`` with the dual norm.
 
     Args:
       x: ``[N, d]`` fit points.
@@ -1191,6 +1422,9 @@ def fit_halfspace(x: Any, *, alpha: float, eps: float, norm: Any, sign: str = "b
       sign: ``"+"`` keeps the component's sign (largest-magnitude coordinate
         positive); ``"best"`` (default) also tries ``-w`` and keeps the side
         with the smaller adversarial risk on ``x``.
+      margin: ``c >= 0`` of the fit target ``alpha + c / sqrt(N)``.
+      x_select: ``[M, d]`` selection points of the rule (optional).
+      confidence: Clopper-Pearson level of the selection rule (``None``: risk ``>= alpha``).
 
     Returns:
       :class:`HalfSpace`.
@@ -1208,27 +1442,240 @@ def fit_halfspace(x: Any, *, alpha: float, eps: float, norm: Any, sign: str = "b
     norm = _checks.canonical_norm(norm)
     if sign not in ("best", "+"):
         raise ValueError(f"sign: must be 'best' or '+', got {sign!r}")
+    xs = _select_points(x_select, x)
+    rule = _rule(alpha, x.shape[0], None if xs is None else xs.shape[0], _check_margin(margin),
+                 _check_confidence(confidence))
     xd = x.astype(np.float64)
-    xc = xd - xd.mean(axis=0)
-    _, vecs = np.linalg.eigh(xc.T @ xc)
-    w = vecs[:, -1]
-    w = w * (1.0 if w[np.argmax(np.abs(w))] >= 0 else -1.0)
+    w = _principal_components(xd, 1)[:, 0]
     shift = float(eps * np.asarray(lp.lp_norm(jnp.asarray(w), lp.dual_norm(norm))))
-    n = x.shape[0]
-    k = max(1, int(math.ceil(n * alpha - 1e-9)))
     best = None
     for s in ((1.0, -1.0) if sign == "best" else (1.0,)):
         ws = s * w
         proj = xd @ ws
-        srt = np.sort(proj)[::-1]
-        top = srt[k - 1]
-        below = proj[proj < top]
-        b = float(below.max()) if below.size else -np.inf
+        b = _rule_threshold(proj, None if xs is None else xs.astype(np.float64) @ ws, rule)
         adv = int(np.sum(proj > b - shift))
         if best is None or adv < best[0]:
             best = (adv, ws, b)
     _, w, b = best
     return HalfSpace(w=w, b=b, eps=float(eps), norm=norm, shift=shift, alpha=float(alpha))
+
+
+def _select_points(x_select, x) -> np.ndarray | None:
+    if x_select is None:
+        return None
+    xs = _points(x_select, "x_select")
+    if xs.shape[1] != x.shape[1]:
+        raise ValueError(f"x_select: feature dimension {xs.shape[1]} does not match x's {x.shape[1]}")
+    return xs
+
+
+def _principal_components(xd: np.ndarray, k: int) -> np.ndarray:
+    """``[d, k]`` top-``k`` unit principal directions (largest variance first), largest-magnitude entry positive.
+
+    SciPy's symmetric eigensolver (LAPACK ``syevr``) on the ``d x d`` scatter
+    matrix, asking only for the top ``k`` eigenpairs.
+    """
+    from scipy.linalg import eigh
+
+    xc = xd - xd.mean(axis=0)
+    d = xd.shape[1]
+    _, vecs = eigh(xc.T @ xc, subset_by_index=[d - k, d - 1])
+    vecs = vecs[:, ::-1]
+    signs = np.sign(vecs[np.argmax(np.abs(vecs), axis=0), np.arange(k)])
+    return vecs * np.where(signs == 0, 1.0, signs)[None, :]
+
+
+def _threshold(proj: np.ndarray, k: int) -> float:
+    """Largest ``b`` among the values with at least ``k`` of ``proj`` strictly above it (``-inf`` if none)."""
+    top = np.partition(proj, proj.shape[0] - k)[proj.shape[0] - k]  # the k-th largest value
+    below = proj[proj < top]
+    return float(below.max()) if below.size else -np.inf
+
+
+def _rule_threshold(proj_fit: np.ndarray, proj_sel: np.ndarray | None, rule: Rule) -> float:
+    """The highest threshold whose half-space ``{proj > b}`` meets ``rule`` on both samples."""
+    b = _threshold(proj_fit, max(1, rule.k_fit))
+    if proj_sel is not None and rule.k_select is not None:
+        b = min(b, _threshold(proj_sel, max(1, rule.k_select)))
+    return b
+
+
+def _np_norm(w: np.ndarray, norm: Any) -> float:
+    """Float64 ``||w||_p`` of a vector (``norm`` canonical: ``"l1"``, ``"l2"``, ``"linf"`` or ``p``)."""
+    p = {"l1": 1, "l2": 2, "linf": np.inf}.get(norm, norm)
+    return float(np.linalg.norm(w, ord=p))
+
+
+def halfspace_directions(
+    x: Any, *, norm: Any, n_components: int = 20, powers: Sequence[float] = (1.0, 2.0, 4.0, 8.0)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate directions of the half-space search of Prescott et al. (2021).
+
+    For each of the top ``n_components`` principal directions ``v`` of ``x``
+    (SciPy ``eigh`` of the scatter matrix), each power ``p`` and both signs:
+    ``w = +-sign(v) |v|^p / ||sign(v) |v|^p||_*`` with the dual norm of
+    ``norm``, so that the ``eps``-expansion of ``{w.x > b}`` is exactly
+    ``{w.x > b - eps}`` (Hölder). Powers ``p > 1`` concentrate ``w`` on the
+    largest-magnitude coordinates, which lowers its l1 norm (the dual of
+    l_inf) relative to the spread of ``w.x``.
+
+    Args:
+      x: ``[N, d]`` fit points.
+      norm: perturbation norm (its dual normalises ``w``).
+      n_components: principal directions used, ``1 <= n_components <= d``.
+      powers: element-wise powers ``p > 0`` (``1``: the component itself).
+
+    Returns:
+      ``(W [d, m], meta [m, 3])`` with ``m = 2 n_components len(powers)``;
+      ``meta`` rows are ``(component, power, sign)``.
+
+    References:
+      Prescott, Zhang, Evans. "Improved estimation of concentration under
+      lp-norm distance metrics using half spaces." ICLR 2021, arXiv:2103.12913.
+    """
+    x = _points(x)
+    norm = _checks.canonical_norm(norm)
+    n_components = _checks.check_int(n_components, "n_components", low=1, high=x.shape[1])
+    pw = _check_powers(powers)
+    dual = lp.dual_norm(norm)
+    V = _principal_components(x.astype(np.float64), n_components)
+    cols, meta = [], []
+    for i in range(n_components):
+        for p in pw:
+            u = np.sign(V[:, i]) * np.abs(V[:, i]) ** p
+            u = u / _np_norm(u, dual)
+            for s in (1.0, -1.0):
+                cols.append(s * u)
+                meta.append((i, p, s))
+    return np.stack(cols, axis=1), np.asarray(meta, np.float64)
+
+
+def _check_powers(powers) -> tuple[float, ...]:
+    if isinstance(powers, (str, bytes)) or not isinstance(powers, Sequence) or len(powers) == 0:
+        raise ValueError(f"powers: expected a non-empty sequence of positive numbers, got {powers!r}")
+    return tuple(_checks.check_scalar(p, "powers", low=0.0, low_inclusive=False) for p in powers)
+
+
+def fit_halfspaces(
+    x: Any,
+    *,
+    alpha: float,
+    eps: float,
+    norm: Any,
+    x_select: Any = None,
+    n_components: int = 20,
+    powers: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
+    margin: float = 0.5,
+    confidence: float | None = 0.95,
+    block: int = 64,
+) -> HalfSpace:
+    """The half-space search of Prescott, Zhang & Evans (2021): best of many PCA-based directions.
+
+    Every candidate of :func:`halfspace_directions` (``||w||_* = 1``) gets
+    the threshold of the :class:`Rule`: the highest ``b`` with at least
+    ``ceil(N (alpha + margin / sqrt(N)))`` fit points in ``{w.x > b}`` (the
+    upper tail of the projections; :func:`fit_target`), lowered where needed
+    so that at least :func:`select_count` points of ``x_select`` lie in it.
+    The direction with the fewest points of ``x_select`` (of ``x`` without
+    it) in the expansion ``{w.x > b - eps}`` wins (ties: the earlier
+    candidate). Fit on one split, choose on a second, report on a third, as
+    the records of :func:`run_halfspaces` do.
+
+    Args:
+      x: ``[N, d]`` fit points.
+      alpha: risk threshold in ``(0, 1)``.
+      eps: budget ``>= 0``.
+      norm: perturbation norm (any lp; the paper uses l2 and l_inf).
+      x_select: ``[M, d]`` points that choose the direction.
+      n_components: principal directions searched.
+      powers: element-wise powers searched.
+      margin: ``c >= 0`` of the fit target (Prescott et al.: 0.5).
+      confidence: Clopper-Pearson level of the selection rule (``None``: risk ``>= alpha``).
+      block: directions projected per matrix product.
+
+    Returns:
+      :class:`HalfSpace` with ``family="pca_powers"``.
+
+    References:
+      Prescott, Zhang, Evans. "Improved estimation of concentration under
+      lp-norm distance metrics using half spaces." ICLR 2021, arXiv:2103.12913.
+    """
+    x = _points(x)
+    alpha = _check_alpha(alpha)
+    eps = _check_eps(eps)
+    norm = _checks.canonical_norm(norm)
+    block = _checks.check_int(block, "block", low=1)
+    xs = _select_points(x_select, x)
+    rule = _rule(alpha, x.shape[0], None if xs is None else xs.shape[0], _check_margin(margin),
+                 _check_confidence(confidence))
+    W, meta = halfspace_directions(x, norm=norm, n_components=n_components, powers=powers)
+    xd = x.astype(np.float64)
+    xsd = None if xs is None else xs.astype(np.float64)
+    dual = lp.dual_norm(norm)
+    shifts = [eps * _np_norm(W[:, j], dual) for j in range(W.shape[1])]  # eps up to rounding
+    best = None
+    for s0 in range(0, W.shape[1], block):
+        Wb = W[:, s0 : s0 + block]
+        pf, ps = xd @ Wb, None if xsd is None else xsd @ Wb
+        pscore = pf if xsd is None else ps
+        for j in range(Wb.shape[1]):
+            b = _rule_threshold(pf[:, j], None if ps is None else ps[:, j], rule)
+            adv = int(np.sum(pscore[:, j] > b - shifts[s0 + j]))
+            if best is None or adv < best[0]:
+                best = (adv, s0 + j)
+    j = best[1]
+    w = W[:, j]
+    # The chosen direction's threshold again from matrix-vector products, the arithmetic of measure().
+    b = _rule_threshold(xd @ w, None if xsd is None else xsd @ w, rule)
+    return HalfSpace(w=w, b=b, eps=float(eps), norm=norm, shift=float(shifts[j]), alpha=float(alpha),
+                     family="pca_powers",
+                     component=int(meta[j, 0]), power=float(meta[j, 1]), n_candidates=int(W.shape[1]))
+
+
+def inflate_balls(region: Balls, x: Any, x_select: Any = None, *, margin: float = 0.5,
+                  confidence: float | None = 0.95) -> Balls:
+    """Grow every radius by the smallest ``s >= 0`` that makes a union of balls meet the :class:`Rule`.
+
+    ``E_s = union B(c_t, r_t + s)`` holds a point iff ``min_t (||x - c_t|| -
+    r_t) <= s``, so the smallest ``s`` with at least ``k`` points inside is the
+    ``k``-th smallest of these values (float64, checked with :func:`measure`).
+    The region stays a union of ``T`` balls (paper Definition 3.9).
+
+    Args:
+      region: fitted :class:`Balls`.
+      x: ``[N, d]`` its fit points (rule: ``alpha + margin / sqrt(N)`` of them inside).
+      x_select: ``[M, d]`` selection points (rule: :func:`select_count` of them inside).
+      margin: ``c >= 0`` of the fit target.
+      confidence: Clopper-Pearson level of the selection rule (``None``: risk ``>= alpha``).
+
+    Returns:
+      :class:`Balls` with ``radii + s`` and ``inflation`` increased by ``s``
+      (``region`` itself when ``s = 0``).
+    """
+    if not isinstance(region, Balls):
+        raise ValueError(f"region: expected Balls, got {type(region).__name__}")
+    x = _points(x)
+    _dim(region.centers, x)
+    xs = _select_points(x_select, x)
+    rule = _rule(region.alpha, x.shape[0], None if xs is None else xs.shape[0], _check_margin(margin),
+                 _check_confidence(confidence))
+    if region.radii.size == 0:
+        raise ValueError("region: has no balls to inflate")
+    s = 0.0
+    for pts, k in ((x, rule.k_fit), (xs, rule.k_select)):
+        if pts is None or k is None:
+            continue
+        d = geometry.pairwise_distances(pts, region.centers, norm="l2", precision="float64")
+        gap = np.min(np.asarray(d) - region.radii[None, :], axis=1)
+        s = max(s, float(np.partition(gap, k - 1)[k - 1]))
+    if s <= 0.0:
+        return region
+    out = dataclasses.replace(region, radii=region.radii + s, inflation=region.inflation + s)
+    # r + s may round below a distance: step s up until the counts hold in measure()'s arithmetic.
+    while not rule.passes(measure(out, x).n_risk, None if xs is None else measure(out, xs).n_risk):
+        s = float(np.nextafter(s, np.inf) * (1 + 1e-15))
+        out = dataclasses.replace(region, radii=region.radii + s, inflation=region.inflation + s)
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -1375,7 +1822,12 @@ class ConcentrationRecord(_ToDict):
     half-spaces); ``risk_std``/``adv_risk_std`` their standard deviations
     (``ddof=0``); ``risk_ci``/``adv_risk_ci`` the envelope (smallest lower,
     largest upper end) of the per-repeat 95% Clopper-Pearson intervals;
-    ``repeats`` the per-repeat measurements with their seeds.
+    ``repeats`` the per-repeat measurements with their seeds (and ``q`` and
+    ``valid``). ``valid`` says whether every repeat's region holds risk
+    ``>= alpha`` on this split (the constraint of ``h(mu, alpha, eps)``; an
+    invalid row's adversarial risk may understate ``h``); ``n_valid`` counts
+    the repeats that do and ``min_risk`` is the smallest repeat risk.
+    ``rule`` is the :class:`Rule` the search obeyed.
     """
 
     dataset: str
@@ -1399,12 +1851,18 @@ class ConcentrationRecord(_ToDict):
     repeats: list
     seconds: float
     extra: dict = dataclasses.field(default_factory=dict)
+    valid: bool = True
+    n_valid: int = 1
+    min_risk: float = float("nan")
+    rule: dict = dataclasses.field(default_factory=dict)
 
 
 def _record(dataset, method, norm, eps, alpha, T, q, protocol, split, ms: list[Measurement], seeds, seconds,
-            extra=None) -> ConcentrationRecord:
+            extra=None, qs=None, rule: Rule | None = None) -> ConcentrationRecord:
     risks = np.array([m.risk for m in ms])
     advs = np.array([m.adv_risk for m in ms])
+    ok = [bool(m.risk >= alpha) for m in ms]
+    qs = list(qs) if qs is not None else [q] * len(ms)
     return ConcentrationRecord(
         dataset=dataset, method=method, norm=norm, eps=float(eps), alpha=float(alpha), T=int(T),
         q=None if q is None else float(q), protocol=protocol, split=split, n=int(ms[0].n),
@@ -1413,8 +1871,10 @@ def _record(dataset, method, norm, eps, alpha, T, q, protocol, split, ms: list[M
         risk_ci=(min(m.risk_ci[0] for m in ms), max(m.risk_ci[1] for m in ms)),
         adv_risk_ci=(min(m.adv_risk_ci[0] for m in ms), max(m.adv_risk_ci[1] for m in ms)),
         adv_rule=ms[0].adv_rule, seeds=list(seeds),
-        repeats=[dict(m.to_dict(), seed=s) for m, s in zip(ms, seeds)], seconds=float(seconds),
-        extra=dict(extra or {}),
+        repeats=[dict(m.to_dict(), seed=s, q=None if qq is None else float(qq), valid=v)
+                 for m, s, qq, v in zip(ms, seeds, qs, ok)],
+        seconds=float(seconds), extra=dict(extra or {}), valid=all(ok), n_valid=int(sum(ok)),
+        min_risk=float(risks.min()), rule={} if rule is None else rule.to_dict(),
     )
 
 
@@ -1422,6 +1882,14 @@ def _split_sets(splits: Splits):
     if splits.protocol == "paper":
         return [("train", splits.fit), ("test", splits.report)]
     return [("fit", splits.fit), ("select", splits.select), ("report", splits.report)]
+
+
+def _method_of(region) -> tuple[str, str, int, float | None]:
+    if isinstance(region, Rectangles):
+        return "rectangles", "linf", region.n_regions, region.q
+    if isinstance(region, Balls):
+        return "balls", "l2", region.n_regions, None
+    return ("halfspaces" if region.family == "pca_powers" else "halfspace"), str(region.norm), 1, None
 
 
 def records(
@@ -1432,12 +1900,15 @@ def records(
     seconds: float = 0.0,
     seeds: Sequence[Any] | None = None,
     extra: dict | None = None,
+    rule: Rule | None = None,
 ) -> list[ConcentrationRecord]:
     """Measure fitted regions on every split of a protocol: one :class:`ConcentrationRecord` per split.
 
     Use it to report one fit under several protocols (a ball or half-space
     fit does not depend on the protocol once ``T`` is fixed) or to record
     regions fitted outside :func:`run_rectangles` / :func:`run_balls`.
+    Every record says whether each region holds risk ``>= alpha`` on its
+    split (``valid``, ``n_valid``, ``min_risk``).
 
     Args:
       regions: one region, or a list of repeats of the same kind (same
@@ -1448,6 +1919,7 @@ def records(
       seconds: fitting time stored in the records.
       seeds: one seed per repeat (key data), stored in the records.
       extra: any JSON-serialisable details stored under ``extra``.
+      rule: the :class:`Rule` the search obeyed, stored in the records.
 
     Returns:
       A list with one record per split.
@@ -1458,20 +1930,15 @@ def records(
     kinds = {type(r) for r in regs}
     if len(kinds) != 1 or not isinstance(regs[0], (Rectangles, Balls, HalfSpace)):
         raise ValueError(f"regions: expected Rectangles, Balls or HalfSpace of one kind, got {sorted(k.__name__ for k in kinds)}")
-    if not isinstance(splits, Splits):
-        raise ValueError(f"splits: expected a Splits from make_splits, got {type(splits).__name__}")
+    _check_splits(splits)
     seeds = list(seeds) if seeds is not None else []
     if seeds and len(seeds) != len(regs):
         raise ValueError(f"seeds: expected one per region ({len(regs)}), got {len(seeds)}")
-    r0 = regs[0]
-    if isinstance(r0, Rectangles):
-        method, norm, T, q = "rectangles", "linf", r0.n_regions, r0.q
-    elif isinstance(r0, Balls):
-        method, norm, T, q = "balls", "l2", r0.n_regions, None
-    else:
-        method, norm, T, q = "halfspace", str(r0.norm), 1, None
-    return [_record(dataset, method, norm, r0.eps, r0.alpha, T, q, splits.protocol, name,
-                    [measure(r, xs) for r in regs], seeds, seconds, extra) for name, xs in _split_sets(splits)]
+    method, norm, T, q = _method_of(regs[0])
+    qs = [r.q for r in regs] if isinstance(regs[0], Rectangles) else None
+    return [_record(dataset, method, norm, regs[0].eps, regs[0].alpha, T, q, splits.protocol, name,
+                    [measure(r, xs) for r in regs], seeds or [None] * len(regs), seconds, extra, qs, rule)
+            for name, xs in _split_sets(splits)]
 
 
 def run_rectangles(
@@ -1486,16 +1953,27 @@ def run_rectangles(
     q: float | None = None,
     dataset: str = "",
     progress: bool = False,
+    margin: float = 0.5,
+    confidence: float | None = 0.95,
     **fit_kwargs: Any,
 ) -> tuple[list[ConcentrationRecord], Rectangles]:
     """Algorithm 1 under a protocol: search ``q`` (and ``T``) on the select split, repeat, measure.
 
     For each ``T`` in ``n_regions`` the binary search over ``q`` runs with the
-    first subkey (feasibility and adversarial risk judged on
-    ``splits.select``); the ``T`` with the lowest select adversarial risk
-    among feasible searches wins. Then ``n_repeats`` independent keys refit
-    at the chosen ``(q, T)`` and every split is measured. ``progress`` shows
-    the density ranks' bar and one bar over the searches and refits.
+    first subkey under the :class:`Rule` (fit target ``alpha + margin /
+    sqrt(N)`` on ``splits.fit``, Clopper-Pearson count on ``splits.select``;
+    see :func:`fit_rectangles`); the ``T`` with the lowest select adversarial
+    risk among searches that meet the rule wins. Then ``n_repeats``
+    independent keys refit at the chosen ``(q, T)``; a repeat whose region
+    misses the rule searches its own ``q`` below the chosen one, so every
+    repeat meets it (a fixed ``q`` argument is the upper end likewise). Every
+    split is measured and every record says whether its regions hold risk
+    ``>= alpha`` there (``valid``). ``progress`` shows the density ranks' bar
+    and one bar over the searches and refits.
+
+    Under ``protocol="paper"`` the selection split is the reported test set,
+    so the test records are valid by construction; under ``"honest"`` the
+    report split is untouched by the search and its ``valid`` flag is a check.
 
     Returns:
       ``(records, region_of_first_repeat)``; one record per split.
@@ -1504,12 +1982,16 @@ def run_rectangles(
       Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring
       concentration: fundamental limits on intrinsic robustness." NeurIPS
       2019, arXiv:1905.12202.
+      Prescott, Zhang, Evans. "Improved estimation of concentration under
+      lp-norm distance metrics using half spaces." ICLR 2021, arXiv:2103.12913.
     """
+    _check_splits(splits)
     key = _checks.check_key(key)
     n_repeats = _checks.check_int(n_repeats, "n_repeats", low=1)
-    Ts = [n_regions] if isinstance(n_regions, (int, np.integer)) else list(n_regions)
-    if not Ts:
-        raise ValueError("n_regions: give at least one T")
+    Ts = _candidate_Ts(n_regions)
+    rule = _rule(_check_alpha(alpha), splits.fit.shape[0], splits.select.shape[0], _check_margin(margin),
+                 _check_confidence(confidence))
+    rkw = dict(margin=rule.margin, confidence=rule.confidence)
     t0 = time.perf_counter()
     k_search, k_rep = jax.random.split(key)
     radii = _radii(splits.fit, radii, k=fit_kwargs.get("k", 50), norm=fit_kwargs.get("density_norm", "l1"),
@@ -1518,36 +2000,42 @@ def run_rectangles(
 
     bar = tqdm(total=len(Ts) + n_repeats, desc=f"rectangles eps={eps:g}", unit="fit", disable=not progress,
                leave=False)
-    searches = {}
+    searches, steps = {}, {}
     for T in Ts:
-        searches[int(T)] = fit_rectangles(splits.fit, key=k_search, alpha=alpha, eps=eps, n_regions=T, q=q,
-                                          x_select=splits.select, radii=radii, **fit_kwargs)
+        reg = fit_rectangles(splits.fit, key=k_search, alpha=alpha, eps=eps, n_regions=T, q=q,
+                             x_select=splits.select, radii=radii, **rkw, **fit_kwargs)
+        searches[T] = reg
+        steps[T] = _rect_step(reg, splits.fit, splits.select, rule)
         bar.update(1)
-
-    def score(T):
-        reg = searches[T]
-        m = measure(reg, splits.select)
-        return (0 if m.risk >= alpha else 1, m.adv_risk, T)
-
-    T_best = min(searches, key=score)
+    T_best = min(searches, key=lambda T: (not steps[T].feasible, steps[T].adv_risk, T))
     q_best = searches[T_best].q
     keys = jax.random.split(k_rep, n_repeats)
     regions = []
     for k in keys:
-        regions.append(fit_rectangles(splits.fit, key=k, alpha=alpha, eps=eps, n_regions=T_best, q=q_best,
-                                      radii=radii, **fit_kwargs))
+        reg = fit_rectangles(splits.fit, key=k, alpha=alpha, eps=eps, n_regions=T_best, q=q_best, radii=radii,
+                             **fit_kwargs)
+        if not _rect_step(reg, splits.fit, splits.select, rule).feasible:
+            reg = fit_rectangles(splits.fit, key=k, alpha=alpha, eps=eps, n_regions=T_best, x_select=splits.select,
+                                 radii=radii, q_max=q_best, **rkw, **fit_kwargs)
+        regions.append(reg)
         bar.update(1)
     bar.close()
     seeds = [list(_key_data(k)) for k in keys]
-    seconds = time.perf_counter() - t0
-    recs = []
-    extra = {"search": [s.to_dict() for s in searches[T_best].search],
-             "T_candidates": [int(t) for t in Ts], "update": regions[0].update}
-    for name, xs in _split_sets(splits):
-        ms = [measure(r, xs) for r in regions]
-        recs.append(_record(dataset, "rectangles", "linf", eps, alpha, T_best, q_best, splits.protocol, name, ms,
-                            seeds, seconds, extra))
+    extra = {"search": [st.to_dict() for st in searches[T_best].search],
+             "T_candidates": [int(t) for t in Ts], "update": regions[0].update,
+             "repeat_q": [r.q for r in regions]}
+    recs = records(regions, splits, dataset=dataset, seconds=time.perf_counter() - t0, seeds=seeds, extra=extra,
+                   rule=rule)
+    for r in recs:
+        r.q = float(q_best)
     return recs, regions[0]
+
+
+def _candidate_Ts(n_regions) -> list[int]:
+    Ts = [n_regions] if isinstance(n_regions, (int, np.integer)) else list(n_regions)
+    if not Ts:
+        raise ValueError("n_regions: give at least one T")
+    return [_check_T(t) for t in Ts]
 
 
 def run_balls(
@@ -1557,9 +2045,17 @@ def run_balls(
     eps: float,
     n_regions: int | Sequence[int],
     dataset: str = "",
+    margin: float = 0.5,
+    confidence: float | None = 0.95,
     **fit_kwargs: Any,
 ) -> tuple[list[ConcentrationRecord], Balls]:
     """Algorithm 2 under a protocol: fit on ``splits.fit``, choose ``T`` on the select split, measure.
+
+    Each ``T`` is fitted to the target ``alpha + margin / sqrt(N)``
+    (:func:`fit_balls`), then its radii grow by the least ``s >= 0`` that puts
+    :func:`select_count` selection points inside (:func:`inflate_balls`); the
+    ``T`` with the lowest select adversarial risk wins. Records say whether
+    the region holds risk ``>= alpha`` on each split (``valid``).
 
     Returns:
       ``(records, region)``; one record per split.
@@ -1568,38 +2064,78 @@ def run_balls(
       Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring
       concentration: fundamental limits on intrinsic robustness." NeurIPS
       2019, arXiv:1905.12202.
+      Prescott, Zhang, Evans. "Improved estimation of concentration under
+      lp-norm distance metrics using half spaces." ICLR 2021, arXiv:2103.12913.
     """
-    Ts = [n_regions] if isinstance(n_regions, (int, np.integer)) else list(n_regions)
-    if not Ts:
-        raise ValueError("n_regions: give at least one T")
+    _check_splits(splits)
+    Ts = _candidate_Ts(n_regions)
+    rule = _rule(_check_alpha(alpha), splits.fit.shape[0], splits.select.shape[0], _check_margin(margin),
+                 _check_confidence(confidence))
     t0 = time.perf_counter()
-    fits = {int(T): fit_balls(splits.fit, alpha=alpha, eps=eps, n_regions=T, **fit_kwargs) for T in Ts}
+    fits = {}
+    for T in Ts:
+        reg = fit_balls(splits.fit, alpha=alpha, eps=eps, n_regions=T, margin=rule.margin, **fit_kwargs)
+        fits[T] = inflate_balls(reg, splits.fit, splits.select, margin=rule.margin, confidence=rule.confidence)
 
     def score(T):
         m = measure(fits[T], splits.select)
-        return (0 if m.risk >= alpha else 1, m.adv_risk, T)
+        return (m.n_risk < (rule.k_select or 0), m.adv_risk, T)
 
     T_best = min(fits, key=score)
     reg = fits[T_best]
     seconds = time.perf_counter() - t0
     extra = {"delta": reg.delta, "n_target": reg.n_target, "balls": int(reg.radii.size),
-             "n_exact": reg.n_exact.tolist(), "T_candidates": [int(t) for t in Ts]}
-    return records(reg, splits, dataset=dataset, seconds=seconds, extra=extra), reg
+             "n_exact": reg.n_exact.tolist(), "T_candidates": [int(t) for t in Ts], "inflation": reg.inflation}
+    return records(reg, splits, dataset=dataset, seconds=seconds, extra=extra, rule=rule), reg
 
 
 def run_halfspace(
-    splits: Splits, *, alpha: float, eps: float, norm: Any, dataset: str = ""
+    splits: Splits, *, alpha: float, eps: float, norm: Any, dataset: str = "", margin: float = 0.5,
+    confidence: float | None = 0.95,
 ) -> tuple[list[ConcentrationRecord], HalfSpace]:
-    """The half-space baseline (fit on ``splits.fit``), measured on every split.
+    """The half-space baseline (first principal component, fit on ``splits.fit``), measured on every split.
+
+    The threshold obeys the :class:`Rule` (fit target ``alpha + margin /
+    sqrt(N)``, lowered where needed to hold :func:`select_count` selection
+    points; ``margin=0, confidence=None`` asks for risk ``>= alpha`` on both).
 
     References:
       Gilmer, Metz, Faghri, Schoenholz, Raghu, Wattenberg, Goodfellow.
       "Adversarial spheres." arXiv:1801.02774.
     """
+    _check_splits(splits)
+    rule = _rule(_check_alpha(alpha), splits.fit.shape[0], splits.select.shape[0], _check_margin(margin),
+                 _check_confidence(confidence))
     t0 = time.perf_counter()
-    reg = fit_halfspace(splits.fit, alpha=alpha, eps=eps, norm=norm)
+    reg = fit_halfspace(splits.fit, alpha=alpha, eps=eps, norm=norm, margin=rule.margin,
+                        x_select=splits.select, confidence=rule.confidence)
     seconds = time.perf_counter() - t0
-    return records(reg, splits, dataset=dataset, seconds=seconds), reg
+    return records(reg, splits, dataset=dataset, seconds=seconds, rule=rule), reg
+
+
+def run_halfspaces(
+    splits: Splits, *, alpha: float, eps: float, norm: Any, dataset: str = "", margin: float = 0.5,
+    confidence: float | None = 0.95, **fit_kwargs: Any,
+) -> tuple[list[ConcentrationRecord], HalfSpace]:
+    """The half-space search of Prescott et al. (:func:`fit_halfspaces`): fit, choose on select, measure.
+
+    Directions and thresholds come from ``splits.fit``, the direction is
+    chosen on ``splits.select`` and every split is measured (``valid`` on
+    each). ``fit_kwargs``: ``n_components``, ``powers``, ``block``.
+
+    References:
+      Prescott, Zhang, Evans. "Improved estimation of concentration under
+      lp-norm distance metrics using half spaces." ICLR 2021, arXiv:2103.12913.
+    """
+    _check_splits(splits)
+    rule = _rule(_check_alpha(alpha), splits.fit.shape[0], splits.select.shape[0], _check_margin(margin),
+                 _check_confidence(confidence))
+    t0 = time.perf_counter()
+    reg = fit_halfspaces(splits.fit, alpha=alpha, eps=eps, norm=norm, x_select=splits.select, margin=rule.margin,
+                         confidence=rule.confidence, **fit_kwargs)
+    seconds = time.perf_counter() - t0
+    extra = {"component": reg.component, "power": reg.power, "n_candidates": reg.n_candidates}
+    return records(reg, splits, dataset=dataset, seconds=seconds, extra=extra, rule=rule), reg
 
 
 # ---------------------------------------------------------------------------
@@ -1609,10 +2145,19 @@ def run_halfspace(
 #: Region family of each norm with a convergent method (paper §4.1, §4.2); any other norm uses the half-space.
 METHODS = {"linf": "rectangles", "l2": "balls"}
 
+#: Every method of :func:`estimate`.
+ALL_METHODS = ("rectangles", "balls", "halfspace", "halfspaces")
+
 
 def method_for(norm: Any) -> str:
     """The concentration method of a norm: ``"rectangles"`` (ℓ∞), ``"balls"`` (ℓ2), else ``"halfspace"``."""
     return METHODS.get(_checks.canonical_norm(norm), "halfspace")
+
+
+def methods_for(norm: Any) -> tuple[str, ...]:
+    """Methods compared by ``estimate(method="best")``: the norm's region family (if any) and the half-space search."""
+    m = METHODS.get(_checks.canonical_norm(norm))
+    return (m, "halfspaces") if m else ("halfspaces",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1620,7 +2165,7 @@ class Estimate(_ToDict):
     """The result of :func:`estimate`.
 
     Attributes:
-      method: ``"rectangles"``, ``"balls"`` or ``"halfspace"``.
+      method: ``"rectangles"``, ``"balls"``, ``"halfspace"`` or ``"halfspaces"``.
       norm: the canonical threat-model norm.
       eps: the budget.
       alpha: the risk threshold.
@@ -1630,6 +2175,13 @@ class Estimate(_ToDict):
       splits: the :class:`Splits` used.
       region: the fitted region (the first repeat for rectangles).
       seconds: wall time of fitting and measuring (after the split).
+      valid: whether the reported record holds risk ``>= alpha`` in every
+        repeat (so its adversarial risk estimates ``h(mu, alpha, eps)``
+        rather than a smaller quantity). Use :attr:`value`, which is ``None``
+        when this fails.
+      reason: why the estimate is not valid (empty when it is).
+      candidates: for ``method="best"``, every method's own estimate (in
+        :func:`methods_for` order); empty otherwise.
     """
 
     method: str
@@ -1640,17 +2192,44 @@ class Estimate(_ToDict):
     splits: Splits
     region: Any
     seconds: float
+    valid: bool = True
+    reason: str = ""
+    candidates: tuple = ()
 
     @property
     def report(self) -> ConcentrationRecord:
-        """The record of the reported split (``report``, or ``test`` under the paper's protocol)."""
+        """The record of the reported split (``report``, or ``test`` under the paper's protocol).
+
+        It is returned even when invalid (``report.valid`` says so); :attr:`value` is not.
+        """
         return self.records[-1]
+
+    @property
+    def value(self) -> float | None:
+        """The estimate of ``h(mu, alpha, eps)``: the reported adversarial risk when :attr:`valid`, else ``None``."""
+        return float(self.report.adv_risk) if self.valid else None
 
     def to_dict(self) -> dict:
         """JSON-ready record (the region is summarised by its records)."""
         return {"method": self.method, "norm": str(self.norm), "eps": float(self.eps), "alpha": float(self.alpha),
+                "valid": bool(self.valid), "reason": self.reason, "value": self.value,
                 "splits": self.splits.to_dict(), "records": [r.to_dict() for r in self.records],
-                "seconds": float(self.seconds)}
+                "seconds": float(self.seconds),
+                "candidates": [{k: v for k, v in c.to_dict().items() if k != "candidates"} for c in self.candidates]}
+
+
+def _validity(method: str, rep: ConcentrationRecord) -> tuple[bool, str]:
+    if rep.valid:
+        return True, ""
+    k = len(rep.repeats) or 1
+    return False, (f"{method}: the region covers less than alpha = {rep.alpha:g} of the {rep.split} split "
+                   f"(smallest risk {rep.min_risk:.4g}; {rep.n_valid} of {k} repeats hold), so its adversarial "
+                   f"risk may understate h(alpha, eps)")
+
+
+def _selection_record(est: Estimate) -> ConcentrationRecord:
+    """The record of the split that chose ``T``/``q``/the direction (``select``; ``test`` for the paper's protocol)."""
+    return next(r for r in est.records if r.split in ("select", "test"))
 
 
 def estimate(
@@ -1669,6 +2248,10 @@ def estimate(
     fit_key: jax.Array | None = None,
     dataset: str = "",
     progress: bool = False,
+    margin: float = 0.5,
+    confidence: float | None = 0.95,
+    n_components: int = 20,
+    powers: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
     **fit_kwargs: Any,
 ) -> Estimate:
     """Intrinsic-robustness estimate of one budget: method from the norm, fit/select/report protocol.
@@ -1680,13 +2263,33 @@ def estimate(
       given);
     * ``norm="l2"``: union of ``T`` balls (Algorithm 2, :func:`run_balls`;
       neighbour lists of ``min(2048, N - 1)`` unless ``list_size`` is given);
-    * any other norm: the half-space baseline (:func:`run_halfspace`).
+    * any other norm: the half-space baseline (:func:`run_halfspace`);
+    * ``method="halfspaces"``: the half-space search of Prescott et al.
+      (:func:`run_halfspaces`, any norm);
+    * ``method="best"``: every method of :func:`methods_for` (the norm's
+      region family and the half-space search), keeping the valid one with
+      the lowest adversarial risk on the selection split (see below).
+
+    Validity. ``h(mu, alpha, eps)`` is an infimum over regions of measure
+    ``>= alpha``; a region covering less than ``alpha`` of the reported split
+    can show an adversarial risk below ``h``. Every search obeys one
+    :class:`Rule` -- at least ``alpha + margin / sqrt(N)`` of the fit split in
+    the region (Prescott et al.) and at least :func:`select_count` of the
+    selection split (Clopper-Pearson lower end ``>= alpha``), in every repeat
+    -- and every record says whether it holds risk ``>= alpha`` on its split.
+    The result's :attr:`Estimate.valid` is that flag for the reported split;
+    when it fails, :attr:`Estimate.value` is ``None`` and ``reason`` says why.
+    ``method="best"`` never returns an invalid method when a valid one
+    exists; it compares the methods on the selection split (as ``T`` and
+    ``q`` are chosen), so the reported number is not the minimum of noisy
+    reported numbers. ``margin=0, confidence=None`` is the authors' rule.
 
     Under ``protocol="honest"`` (default) the regions are fitted on
     ``x_train``, ``q`` and ``T`` are chosen on ``select_size`` random test
     points and the estimate is reported on the other test points, so the
     reported number is not biased by the selection. ``protocol="paper"``
-    selects and reports on the whole test set (the authors' protocol).
+    selects and reports on the whole test set (the authors' protocol; the
+    rule then holds on the reported split by construction).
 
     Args:
       x_train: ``[N, d]`` fit points.
@@ -1695,11 +2298,12 @@ def estimate(
       eps: the budget ``>= 0``.
       alpha: the risk threshold in ``(0, 1)``.
       n_regions: ``T`` or candidate ``T`` values chosen on the select split
-        (ignored by the half-space).
+        (ignored by the half-spaces).
       key: ``jax.random`` key of the split (:func:`make_splits`); the
         rectangle search and repeats use ``fit_key``.
-      method: ``"auto"`` (from the norm), or ``"rectangles"`` (needs
-        ``linf``), ``"balls"`` (needs ``l2``) or ``"halfspace"``.
+      method: ``"auto"`` (from the norm), ``"rectangles"`` (needs
+        ``linf``), ``"balls"`` (needs ``l2``), ``"halfspace"``,
+        ``"halfspaces"`` or ``"best"``.
       protocol: ``"honest"`` or ``"paper"``.
       select_size: test points used for selection (honest protocol; default
         ``M // 2``).
@@ -1708,11 +2312,17 @@ def estimate(
         ``jax.random.fold_in(key, 1)``).
       dataset: name stored in the records.
       progress: show progress bars (density ranks, box searches and refits; ball fitting).
+      margin: ``c >= 0`` of the fit target ``alpha + c / sqrt(N)`` (:func:`fit_target`).
+      confidence: Clopper-Pearson level of the selection rule
+        (:func:`select_count`), or ``None`` for risk ``>= alpha``.
+      n_components: principal directions of the half-space search.
+      powers: element-wise powers of the half-space search.
       **fit_kwargs: further settings of :func:`fit_rectangles` or
         :func:`fit_balls`.
 
     Returns:
-      :class:`Estimate`; ``.report`` is the reported record.
+      :class:`Estimate`; ``.report`` is the reported record, ``.valid`` and
+      ``.value`` the validity and the estimate.
 
     References:
       Mahloujifar, Zhang, Mahmoody, Evans. "Empirically measuring
@@ -1720,27 +2330,93 @@ def estimate(
       2019, arXiv:1905.12202.
       Gilmer, Metz, Faghri, Schoenholz, Raghu, Wattenberg, Goodfellow.
       "Adversarial spheres." arXiv:1801.02774 (the half-space baseline).
+      Prescott, Zhang, Evans. "Improved estimation of concentration under
+      lp-norm distance metrics using half spaces." ICLR 2021, arXiv:2103.12913.
     """
     norm = _checks.canonical_norm(norm)
+    kw = dict(norm=norm, eps=eps, alpha=alpha, n_regions=n_regions, key=key, protocol=protocol,
+              select_size=select_size, n_repeats=n_repeats, fit_key=fit_key, dataset=dataset, progress=progress,
+              margin=margin, confidence=confidence, n_components=n_components, powers=powers)
+    if method == "best":
+        return best_estimate(x_train, x_test, **kw, **fit_kwargs)
     chosen = method_for(norm) if method == "auto" else method
-    if chosen not in ("rectangles", "balls", "halfspace"):
-        raise ValueError(f"method: must be 'auto', 'rectangles', 'balls' or 'halfspace', got {method!r}")
-    if chosen != "halfspace" and METHODS.get(norm) != chosen:
+    if chosen not in ALL_METHODS:
+        raise ValueError(f"method: must be 'auto', 'best', 'rectangles', 'balls', 'halfspace' or 'halfspaces', "
+                         f"got {method!r}")
+    if chosen in METHODS.values() and METHODS.get(norm) != chosen:
         raise ValueError(f"method: {chosen!r} is a {'linf' if chosen == 'rectangles' else 'l2'} method, "
                          f"but norm is {norm!r}")
+    if chosen.startswith("halfspace") and fit_kwargs:
+        raise ValueError(f"fit_kwargs: the {chosen} method takes none of {sorted(fit_kwargs)}")
     splits = make_splits(x_train, x_test, key=key, protocol=protocol, select_size=select_size)
     t0 = time.perf_counter()
+    recs, region = _run_method(chosen, splits, kw, fit_kwargs)
+    ok, why = _validity(chosen, recs[-1])
+    return Estimate(method=chosen, norm=norm, eps=float(eps), alpha=float(alpha), records=tuple(recs),
+                    splits=splits, region=region, seconds=time.perf_counter() - t0, valid=ok, reason=why)
+
+
+def _run_method(chosen: str, splits: Splits, kw: dict, fit_kwargs: dict):
+    common = dict(alpha=kw["alpha"], eps=kw["eps"], dataset=kw["dataset"], margin=kw["margin"],
+                  confidence=kw["confidence"])
     n_fit = splits.fit.shape[0]
     if chosen == "rectangles":
         fit_kwargs.setdefault("k", min(50, n_fit - 1))
-        fk = jax.random.fold_in(key, 1) if fit_key is None else fit_key
-        recs, region = run_rectangles(splits, key=fk, alpha=alpha, eps=eps, n_regions=n_regions,
-                                      n_repeats=n_repeats, dataset=dataset, progress=progress, **fit_kwargs)
-    elif chosen == "balls":
+        key = kw["key"]
+        fk = jax.random.fold_in(key, 1) if kw["fit_key"] is None else kw["fit_key"]
+        return run_rectangles(splits, key=fk, n_regions=kw["n_regions"], n_repeats=kw["n_repeats"],
+                              progress=kw["progress"], **common, **fit_kwargs)
+    if chosen == "balls":
         fit_kwargs.setdefault("list_size", min(2048, n_fit - 1))
-        recs, region = run_balls(splits, alpha=alpha, eps=eps, n_regions=n_regions, dataset=dataset,
-                                 progress=progress, **fit_kwargs)
-    else:
-        recs, region = run_halfspace(splits, alpha=alpha, eps=eps, norm=norm, dataset=dataset)
-    return Estimate(method=chosen, norm=norm, eps=float(eps), alpha=float(alpha), records=tuple(recs),
-                    splits=splits, region=region, seconds=time.perf_counter() - t0)
+        return run_balls(splits, n_regions=kw["n_regions"], progress=kw["progress"], **common, **fit_kwargs)
+    if chosen == "halfspaces":
+        return run_halfspaces(splits, norm=kw["norm"], n_components=min(kw["n_components"], splits.fit.shape[1]),
+                              powers=kw["powers"], **common)
+    return run_halfspace(splits, norm=kw["norm"], **common)
+
+
+def best_estimate(x_train: Any, x_test: Any, **kwargs: Any) -> Estimate:
+    """The lowest valid concentration estimate over the methods of a norm (``estimate(method="best")``).
+
+    Runs :func:`estimate` with every method of :func:`methods_for` on the
+    same splits. Among the estimates that are valid on the reported split,
+    the one with the lowest adversarial risk on the *selection* split wins
+    (ties: the reported adversarial risk, then the order of
+    :func:`methods_for`), so the choice of method is made like the choice of
+    ``T``. When none is valid the lowest is returned with ``valid=False`` and
+    every method's reason. ``candidates`` holds every method's estimate.
+
+    Args:
+      x_train: ``[N, d]`` fit points.
+      x_test: ``[M, d]`` held-out points.
+      **kwargs: the keyword arguments of :func:`estimate` (``method`` excluded;
+        region-method settings go to the norm's region family only).
+
+    Returns:
+      :class:`Estimate`.
+
+    References:
+      Prescott, Zhang, Evans. "Improved estimation of concentration under
+      lp-norm distance metrics using half spaces." ICLR 2021, arXiv:2103.12913.
+    """
+    if "method" in kwargs:
+        raise ValueError("method: best_estimate compares every method; do not pass one")
+    if "norm" not in kwargs:
+        raise ValueError("norm: required (it picks the methods compared)")
+    base = {k: kwargs[k] for k in kwargs if k in _ESTIMATE_KEYS}
+    extra = {k: kwargs[k] for k in kwargs if k not in _ESTIMATE_KEYS}
+    ests = []
+    for m in methods_for(kwargs["norm"]):
+        ests.append(estimate(x_train, x_test, method=m, **base, **({} if m.startswith("halfspace") else extra)))
+    order = {id(e): i for i, e in enumerate(ests)}
+
+    def rank(e):
+        return (not e.valid, _selection_record(e).adv_risk, e.report.adv_risk, order[id(e)])
+
+    best = min(ests, key=rank)
+    reason = best.reason if best.valid else "; ".join(e.reason for e in ests)
+    return dataclasses.replace(best, candidates=tuple(ests), reason=reason)
+
+
+_ESTIMATE_KEYS = ("norm", "eps", "alpha", "n_regions", "key", "protocol", "select_size", "n_repeats", "fit_key",
+                  "dataset", "progress", "margin", "confidence", "n_components", "powers")
