@@ -77,6 +77,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
+import math
+import warnings
+from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -85,7 +89,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxbound import _checks, _engine, lp
+from jaxbound import _checks, _engine, _io, lp
 from jaxbound._io import to_jsonable
 
 __all__ = [
@@ -106,6 +110,12 @@ __all__ = [
     "margin",
     "example_keys",
     "jacobian_norm",
+    "dlr_loss",
+    "apgd_checkpoints",
+    "apgd",
+    "AUTOATTACK_ATTACKS",
+    "AutoAttackResult",
+    "autoattack",
 ]
 
 _LOSSES = ("ce", "margin")
@@ -1177,3 +1187,855 @@ def perturbation_norms(x: Any, x_adv: Any, norm: Any) -> Any:
     if n == "l2":
         return xp.sqrt((d * d).sum(axis=1))
     return xp.abs(d).max(axis=1, initial=0.0)
+
+
+# ---------------------------------------------------------------------------
+# AutoAttack: shared pieces (DLR loss, randomised models, non-finite logits)
+# ---------------------------------------------------------------------------
+
+_APGD_LOSSES = ("ce", "dlr", "ce-targeted", "dlr-targeted")
+
+
+def dlr_loss(logits: Any, y: Any, target: Any = None) -> Any:
+    """Difference-of-logits-ratio loss per example (Croce & Hein 2020, eqs. 6 and 7), to maximise.
+
+    Untargeted: ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12)``;
+    targeted at ``t``: ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``,
+    where ``z_pi1 >= z_pi2 >= ...`` are the sorted logits. The ratio is
+    invariant to shifting and scaling the logits. With fewer classes than
+    the denominator needs (``k < 3`` untargeted, ``k < 4`` targeted) the
+    denominator falls back to ``z_pi1 - z_pi3`` (``k = 3``) or to 1 (``k = 2``,
+    the plain margin).
+
+    Args:
+      logits: ``[n, k]`` logits.
+      y: ``[n]`` true labels.
+      target: ``[n]`` target labels, or ``None`` for the untargeted loss.
+
+    Returns:
+      ``[n]`` losses (positive where the point is misclassified, untargeted).
+
+    References:
+      Croce, Hein. "Reliable evaluation of adversarial robustness with an
+      ensemble of diverse parameter-free attacks." ICML 2020,
+      arXiv:2003.01690, §4.
+    """
+    logits = jnp.asarray(logits)
+    y = jnp.asarray(y)
+    k = logits.shape[1]
+    s = jnp.sort(logits, axis=1)
+    zy = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
+    if target is None:
+        num = -margin(logits, y)
+        den = s[:, -1] - s[:, -3] if k >= 3 else jnp.ones_like(zy)
+    else:
+        zt = jnp.take_along_axis(logits, jnp.asarray(target)[:, None], axis=1)[:, 0]
+        num = zt - zy
+        if k >= 4:
+            den = s[:, -1] - 0.5 * (s[:, -3] + s[:, -4])
+        else:
+            den = s[:, -1] - s[:, -3] if k == 3 else jnp.ones_like(zy)
+    return num / (den + _TINY)
+
+
+def _takes_key(logits_fn: Callable) -> bool:
+    """True for a randomised model ``logits_fn(x, *, key)`` (a parameter named ``key``)."""
+    import inspect
+
+    try:
+        return "key" in inspect.signature(logits_fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _model(logits_fn: Callable, randomized: bool) -> Callable:
+    """``model(x [n, ...], keys [n]) -> logits``: per-example keys for a randomised model (batch-invariant)."""
+    if not randomized:
+        return lambda z, keys: logits_fn(z)
+    return lambda z, keys: jax.vmap(lambda zi, ki: logits_fn(zi[None], key=ki)[0])(z, keys)
+
+
+def _finite(logits):
+    return jnp.all(jnp.isfinite(logits), axis=-1)
+
+
+def _check_finite_logits(logits: Any, what: str) -> None:
+    """Raise a ``ValueError`` naming ``logits_fn`` when concrete result logits hold NaN/inf (never a 'success')."""
+    if not _checks.is_concrete(logits):
+        return
+    a = np.asarray(logits)
+    if a.size and not np.isfinite(a).all():
+        bad = int((~np.isfinite(a).reshape(-1, a.shape[-1]).all(axis=-1)).sum())
+        raise ValueError(f"logits_fn: returned NaN or infinite logits for {bad} example(s) during {what}; "
+                         "a model with non-finite outputs cannot be attacked (fix the model or its inputs)")
+
+
+def _targets(logits, y, j):
+    """The ``j``-th most likely class other than ``y`` (``j = 0``: the runner-up) per example ``[n]``."""
+    masked = jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=bool), -jnp.inf, logits)
+    order = jnp.argsort(-masked, axis=1, stable=True)
+    return jnp.take_along_axis(order, jnp.broadcast_to(j, y.shape)[:, None].astype(jnp.int32), axis=1)[:, 0]
+
+
+def _project_l1_box(x, z, eps, bounds, iters: int = 40):
+    """Euclidean projection of ``z`` onto ``{||v - x||_1 <= eps} ∩ box`` (exact up to bisection on the threshold).
+
+    Per coordinate the projection is ``clip(soft(z - x, lam), low - x, high - x)``
+    (separable KKT conditions); ``lam >= 0`` is found by bisection on the
+    monotone ℓ1 norm, keeping the feasible end of the bracket.
+    """
+    if bounds is None:
+        return x + lp.project(z - x, eps, "l1")
+    n = x.shape[0]
+    v = (z - x).reshape(n, -1)
+    lo = (bounds[0] - x).reshape(n, -1)
+    hi = (bounds[1] - x).reshape(n, -1)
+    a = jnp.abs(v)
+
+    def delta(lam):
+        return jnp.clip(jnp.sign(v) * jnp.maximum(a - lam[:, None], 0.0), lo, hi)
+
+    def size(lam):
+        return jnp.sum(jnp.abs(delta(lam)), axis=1)
+
+    def body(_, c):
+        l_lo, l_hi = c
+        mid = 0.5 * (l_lo + l_hi)
+        over = size(mid) > eps
+        return jnp.where(over, mid, l_lo), jnp.where(over, l_hi, mid)
+
+    l_lo, l_hi = lax.fori_loop(0, iters, body, (jnp.zeros((n,), v.dtype), jnp.max(a, axis=1)))
+    lam = jnp.where(size(jnp.zeros((n,), v.dtype)) <= eps, 0.0, l_hi)
+    return x + delta(lam).reshape(x.shape)
+
+
+def _sparse_l1_direction(g, xa, kfrac, bounds):
+    """Sparse ℓ1 ascent direction with a per-example sparsity ``kfrac [n]``: ``sign(g)/m`` on the top-``m`` coordinates.
+
+    Coordinates that the box blocks at ``xa`` are left out (Croce & Hein
+    2021, APGD-ℓ1); ``m = ceil(kfrac d)`` (ties included).
+    """
+    n = g.shape[0]
+    flat = g.reshape(n, -1)
+    a = jnp.abs(flat)
+    if bounds is not None:
+        xf = xa.reshape(n, -1)
+        a = jnp.where(((xf <= bounds[0]) & (flat < 0)) | ((xf >= bounds[1]) & (flat > 0)), 0.0, a)
+    d = flat.shape[1]
+    m = jnp.clip(jnp.floor(kfrac * d + 1e-6), 1, d).astype(jnp.int32)
+    thr = jnp.take_along_axis(-jnp.sort(-a, axis=1), (m - 1)[:, None], axis=1)
+    mask = (a >= thr) & (a > 0)
+    cnt = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1).astype(flat.dtype)
+    return (jnp.where(mask, jnp.sign(flat), 0.0) / cnt).reshape(g.shape)
+
+
+# ---------------------------------------------------------------------------
+# APGD (Auto-PGD)
+# ---------------------------------------------------------------------------
+
+
+def apgd_checkpoints(steps: int) -> tuple[int, ...]:
+    """APGD's checkpoints ``w_j = ceil(p_j N)`` with ``p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``.
+
+    Args:
+      steps: the iteration budget ``N >= 1``.
+
+    Returns:
+      The checkpoints in ``(0, N]``, increasing.
+
+    References:
+      Croce, Hein. ICML 2020, arXiv:2003.01690, §3.2.
+    """
+    steps = _checks.check_int(steps, "steps", low=1)
+    p = [0.0, 0.22]
+    while p[-1] <= 1.0:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    out = sorted({int(math.ceil(q * steps - 1e-9)) for q in p[1:] if q <= 1.0})
+    return tuple(w for w in out if 0 < w <= steps)
+
+
+def _apgd_objective(logits, y, target, loss):
+    if loss == "ce":
+        return cross_entropy(logits, y)
+    if loss == "ce-targeted":
+        return -cross_entropy(logits, target)
+    return dlr_loss(logits, y, target if loss == "dlr-targeted" else None)
+
+
+def _apgd_value_grad(model, y, target, keys, *, loss, eot):
+    """``(f [n], logits [n, k], grad)`` at a point, the gradient averaged over ``eot`` model draws (EOT)."""
+
+    def total(xa, ks):
+        logits = model(xa, ks)
+        return jnp.sum(_apgd_objective(logits, y, target, loss)), logits
+
+    vg = jax.value_and_grad(total, has_aux=True)
+
+    def at(xa, step):
+        def draw(e, c):
+            fs, ls, gs = c
+            ks = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, step), e))(keys)
+            (_, logits), g = vg(xa, ks)
+            return fs + _apgd_objective(logits, y, target, loss), ls + logits, gs + g
+
+        n, k = y.shape[0], jax.eval_shape(model, xa, keys).shape[1]
+        if eot == 1:
+            return draw(0, (jnp.zeros((n,)), jnp.zeros((n, k)), jnp.zeros_like(xa)))
+        fs, ls, gs = lax.fori_loop(0, eot, draw, (jnp.zeros((n,)), jnp.zeros((n, k)), jnp.zeros_like(xa)))
+        return fs / eot, ls / eot, gs / eot
+
+    return at
+
+
+def _apgd_run(x, y, target, keys, eps, x0, *, model, norm, steps, bounds, loss, eot, rho, momentum):
+    """One APGD run from ``x0`` (Croce & Hein 2020, Algorithm 1): ``(x_found, logits_found, found, bad)``.
+
+    ``found`` marks examples misclassified at some iterate (the first such
+    iterate is kept), else ``x_found`` is the iterate of highest loss.
+    ``bad`` marks examples where the model returned non-finite logits.
+    """
+    n = x.shape[0]
+    at = _apgd_value_grad(model, y, target, keys, loss=loss, eot=eot)
+    ck = jnp.asarray(apgd_checkpoints(steps), jnp.int32)
+    l1 = norm == "l1"
+
+    def proj(z):
+        if l1:
+            return _project_l1_box(x, z, eps, bounds)
+        return lp.project_in_box(x, z - x, eps, norm, bounds)
+
+    def direction(g, xa, kfrac):
+        return _sparse_l1_direction(g, xa, kfrac, bounds) if l1 else lp.steepest_ascent(g, norm)
+
+    def track(st, xa, logits):
+        adv_x, adv_logits, found, bad = st
+        ok = _finite(logits)
+        succ = (jnp.argmax(logits, axis=-1) != y) & ok
+        take = succ & ~found
+        return (jnp.where(_rows(take, x), xa, adv_x), jnp.where(take[:, None], logits, adv_logits),
+                found | succ, bad | ~ok)
+
+    f0, logits0, g0 = at(x0, 0)
+    adv = track((x0, logits0, jnp.zeros((n,), bool), jnp.zeros((n,), bool)), x0, logits0)
+    eta0 = (1.0 if l1 else 2.0) * eps
+    kfrac0 = jnp.full((n,), 0.2 if l1 else 1.0, x.dtype)
+
+    def body(i, c):
+        xk, xprev, gk, fk, eta, best, cnt, last, adv, kfrac = c
+        x_best, g_best, f_best = best
+        f_last, eta_last, ck_last = last
+        z = proj(xk + _rows(eta, x) * direction(gk, xk, kfrac))
+        a = jnp.where(i == 0, 1.0, momentum)
+        xn = proj(xk + a * (z - xk) + (1.0 - a) * (xk - xprev))
+        fn, logits_n, gn = at(xn, i + 1)
+        adv = track(adv, xn, logits_n)
+        fn = jnp.where(jnp.isfinite(fn), fn, -jnp.inf)
+        cnt = cnt + (fn > fk)
+        up = fn > f_best
+        x_best, g_best, f_best = (jnp.where(_rows(up, x), xn, x_best), jnp.where(_rows(up, x), gn, g_best),
+                                  jnp.where(up, fn, f_best))
+        is_ck = jnp.any(ck == i + 1)
+        h = (i + 1 - ck_last).astype(x.dtype)
+        reduce = is_ck & ((cnt < rho * h) | ((eta == eta_last) & (f_best == f_last)))
+        rb = _rows(reduce, x)
+        if l1:  # sparsity adapted to the best point's support at each reduction (Croce & Hein 2021)
+            sp = jnp.sum((x_best - x).reshape(n, -1) != 0, axis=1) / x[0].size
+            kfrac = jnp.where(reduce, jnp.clip(sp / 1.5, 1.0 / x[0].size, 1.0), kfrac)
+        last = (jnp.where(is_ck, f_best, f_last), jnp.where(is_ck, eta, eta_last), jnp.where(is_ck, i + 1, ck_last))
+        eta = jnp.where(reduce, eta / 2.0, eta)
+        cnt = jnp.where(is_ck, 0.0, cnt)
+        xprev = jnp.where(rb, x_best, xk)
+        xn, gn, fn = jnp.where(rb, x_best, xn), jnp.where(rb, g_best, gn), jnp.where(reduce, f_best, fn)
+        return xn, xprev, gn, fn, eta, (x_best, g_best, f_best), cnt, last, adv, kfrac
+
+    f0 = jnp.where(jnp.isfinite(f0), f0, -jnp.inf)
+    init = (x0, x0, g0, f0, eta0, (x0, g0, f0), jnp.zeros((n,), x.dtype),
+            (f0, eta0, jnp.int32(0)), adv, kfrac0)
+    out = lax.fori_loop(0, steps, body, init)
+    (x_best, _, _), (adv_x, adv_logits, found, bad) = out[5], out[8]
+    best_logits = model(x_best, keys)
+    bad = bad | ~_finite(best_logits)
+    return (jnp.where(_rows(found, x), adv_x, x_best), jnp.where(found[:, None], adv_logits, best_logits),
+            found, bad)
+
+
+def _apgd_core(x, y, idx, eps, key, *, logits_fn, randomized, norm, steps, restarts, n_targets, loss, bounds, eot,
+               rho, momentum):
+    """APGD over ``restarts`` random starts (and ``n_targets`` target classes for targeted losses)."""
+    n = x.shape[0]
+    keys = example_keys(idx, key=key)
+    model = _model(logits_fn, randomized)
+    clean_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2**20))(keys)
+    logits_c = model(x, clean_keys)
+    n_runs = n_targets if loss.endswith("targeted") else 1
+    kw = dict(model=model, norm=norm, steps=steps, bounds=bounds, loss=loss, eot=eot, rho=rho, momentum=momentum)
+
+    def run(r, st):
+        best_x, best_logits, found, bad = st
+        t, rr = r // restarts, r % restarts
+        target = _targets(logits_c, y, t)
+        rk = jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
+        start = lp.sample_balls(eps, norm, shape=x.shape[1:], keys=rk, dtype=x.dtype)
+        x0 = _project_l1_box(x, x + start, eps, bounds) if norm == "l1" else lp.project_in_box(
+            x, start, eps, norm, bounds)
+        del rr
+        xa, la, fa, ba = _apgd_run(x, y, target, jax.vmap(lambda k: jax.random.fold_in(k, r + 1))(rk), eps, x0,
+                                   **kw)
+        take = fa & ~found
+        first = (r == 0) & ~found
+        keep = take | first
+        return (jnp.where(_rows(keep, x), xa, best_x), jnp.where(keep[:, None], la, best_logits), found | fa,
+                bad | ba)
+
+    init = (x, logits_c.astype(jnp.float32), jnp.zeros((n,), bool), ~_finite(logits_c))
+    best_x, best_logits, found, bad = lax.fori_loop(0, n_runs * restarts, run, init)
+    best_logits = jnp.where(bad[:, None], jnp.nan, best_logits.astype(jnp.float32))
+    return _result(x, best_x, found & ~bad, best_logits)
+
+
+def apgd(
+    logits_fn: Callable,
+    x: Any,
+    y: Any = None,
+    *,
+    key: Any,
+    norm: Any,
+    eps: float,
+    steps: int = 100,
+    restarts: int = 1,
+    loss: str = "ce",
+    n_targets: int = 9,
+    eot: int = 1,
+    rho: float = 0.75,
+    momentum: float = 0.75,
+    bounds: Sequence[float] | None = (0.0, 1.0),
+    batch_size: int | None = None,
+    progress: bool = False,
+    checkpoint: Any = None,
+) -> AttackResult:
+    """Auto-PGD (APGD, Croce & Hein 2020): PGD with momentum and a step size that adapts itself.
+
+    From a random start ``x^(0)`` in the ``eps`` ball, with ``eta^(0) = 2 eps``
+    (ℓ∞, ℓ2; ``eps`` for ℓ1) and ``alpha = momentum``::
+
+        z^(k+1) = P(x^(k) + eta^(k) s(grad f(x^(k))))
+        x^(k+1) = P(x^(k) + alpha (z^(k+1) - x^(k)) + (1 - alpha)(x^(k) - x^(k-1)))
+
+    (no momentum in the first step), ``P`` the projection onto the ball
+    clipped to ``bounds``, ``s`` the steepest-ascent direction (sign for ℓ∞,
+    normalised gradient for ℓ2). At each checkpoint ``w_j``
+    (:func:`apgd_checkpoints`) the step is halved and the iterate restarts
+    from the best point when fewer than ``rho (w_j - w_{j-1})`` steps
+    increased the loss since ``w_{j-1}``, or when neither the step nor the
+    best loss changed since then (§3.2, conditions 1 and 2). ℓ1 follows
+    APGD-ℓ1 (Croce & Hein 2021): the step moves the top ``20%`` coordinates
+    of the gradient that the box does not block, the projection is onto the
+    ℓ1 ball intersected with the box, and the sparsity adapts to the best
+    point's support whenever the step is reduced.
+
+    Losses: ``"ce"`` (cross-entropy), ``"dlr"`` (:func:`dlr_loss`),
+    ``"dlr-targeted"`` and ``"ce-targeted"``; the targeted losses run once
+    per target class, the ``n_targets`` most likely classes other than
+    ``y`` at ``x`` (APGD-T). Success always means misclassified
+    (``argmax != y``); per example the first successful iterate over all
+    runs is kept, else the point of highest loss of the first run.
+
+    A randomised model takes a keyword ``key`` (``logits_fn(x, *, key)``):
+    every example then gets its own draws, and ``eot`` draws average the
+    gradient (expectation over transformation, the "rand" version).
+
+    Args:
+      logits_fn: ``x [n, ...] -> logits [n, k]`` (or ``logits_fn(x, *, key)``).
+      x: ``[n, ...]`` inputs inside ``bounds``.
+      y: ``[n]`` labels; ``None`` uses the predictions.
+      key: ``jax.random`` key.
+      norm: ``"linf" | "l2" | "l1"`` (never defaulted).
+      eps: budget ``> 0``.
+      steps: iterations ``N`` per run (static); ``N + 1`` gradients each.
+      restarts: random restarts per run (static).
+      loss: see above.
+      n_targets: target classes of the targeted losses (at most ``k - 1``).
+      eot: gradient draws per step for randomised models (static).
+      rho: the checkpoint's success-fraction threshold in ``(0, 1)``.
+      momentum: ``alpha`` in ``(0, 1]``.
+      bounds: ``(low, high)`` or ``None``.
+      batch_size, progress, checkpoint: as in :func:`pgd`.
+
+    Returns:
+      :class:`AttackResult`.
+
+    Raises:
+      ValueError: a bad argument (named), or ``logits_fn`` returned
+        non-finite logits (a NaN model is never "successfully attacked").
+
+    References:
+      Croce, Hein. "Reliable evaluation of adversarial robustness with an
+      ensemble of diverse parameter-free attacks." ICML 2020,
+      arXiv:2003.01690, Algorithm 1.
+      Croce, Hein. "Mind the box: l1-APGD for sparse adversarial attacks on
+      image classifiers." ICML 2021, arXiv:2103.01208.
+    """
+    prep = _prepare_auto(logits_fn, x, y, key=key, norm=norm, eps=eps, bounds=bounds)
+    x, y, bounds, k, norm, eps = prep
+    static = _apgd_static(logits_fn, k, norm=norm, steps=steps, restarts=restarts, loss=loss, n_targets=n_targets,
+                          eot=eot, rho=rho, momentum=momentum, bounds=bounds)
+    return _run_attack(_apgd_core, static, logits_fn, x, y, eps, key, batch_size=batch_size, progress=progress,
+                       checkpoint=checkpoint, desc=f"apgd-{loss}")
+
+
+def _apgd_static(logits_fn, k, *, norm, steps, restarts, loss, n_targets, eot, rho, momentum, bounds):
+    loss = _checks.check_choice(loss, "loss", _APGD_LOSSES)
+    n_targets = _checks.check_int(n_targets, "n_targets", low=1)
+    return dict(logits_fn=logits_fn, randomized=_takes_key(logits_fn), norm=norm,
+                steps=_checks.check_int(steps, "steps", low=1),
+                restarts=_checks.check_int(restarts, "restarts", low=1), n_targets=min(n_targets, k - 1),
+                loss=loss, bounds=bounds, eot=_checks.check_int(eot, "eot", low=1),
+                rho=_checks.check_scalar(rho, "rho", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False),
+                momentum=_checks.check_scalar(momentum, "momentum", low=0.0, high=1.0, low_inclusive=False))
+
+
+def _prepare_auto(logits_fn, x, y, *, key, norm, eps, bounds):
+    """Validate the arguments shared by apgd, fab, square and autoattack."""
+    _checks.check_key(key)
+    norm = _checks.check_attack_norm(norm)
+    eps = _checks.check_scalar(eps, "eps", low=0.0, low_inclusive=False)
+    _checks.check_logits_fn(logits_fn)
+    randomized = _takes_key(logits_fn)
+    f = (lambda z: logits_fn(z, key=jax.random.key(0))) if randomized else logits_fn
+    bounds = _check_bounds(bounds)
+    x = _checks.check_model_inputs(x, bounds)
+    k = _checks.num_classes_of(f, x)
+    if y is None:
+        y = np.asarray(predict(f, x)) if _checks.is_concrete(x) else jnp.argmax(f(x), axis=-1).astype(jnp.int32)
+    y = _checks.check_model_labels(y, x.shape[0], k, "y")
+    return x, y, bounds, k, norm, eps
+
+
+def _run_attack(core, static, logits_fn, x, y, eps, key, *, batch_size, progress, checkpoint, desc, idx=None):
+    """Run an AutoAttack kernel ``core(x, y, idx, eps [n], key)`` through the engine; raise on non-finite logits."""
+    n = x.shape[0]
+    if n == 0:
+        f = (lambda z: logits_fn(z, key=jax.random.key(0))) if static.get("randomized") else logits_fn
+        return _empty_result(f, x, None)
+    concrete = _checks.is_concrete(x)
+    if idx is None:
+        idx = np.arange(n, dtype=np.int32) if concrete else jnp.arange(n, dtype=jnp.int32)
+    eps_n = np.full(n, eps, np.float32) if concrete else jnp.full((n,), eps, jnp.float32)
+    call_static = {k: v for k, v in static.items()}
+    if static.get("randomized"):
+        call_static["logits_fn"] = logits_fn
+    res = _execute_auto(core, call_static, (x, y, idx, eps_n), (key,), batch_size=batch_size, progress=progress,
+                        checkpoint=checkpoint, desc=desc)
+    _check_finite_logits(res.logits, desc)
+    return res
+
+
+def _execute_auto(core, static, batch_args, rep_args, *, batch_size, progress, checkpoint, desc):
+    """:func:`_execute` with the checkpoint probe run through a randomised model's fixed key."""
+    if static.get("randomized") and checkpoint is not None:
+        f = static["logits_fn"]
+        job = (desc, np.asarray(f(np.asarray(batch_args[0])[:4], key=jax.random.key(0))))
+        return _engine.run(core, static, batch_args, rep_args, block_size=batch_size, default_block=_DEFAULT_BATCH,
+                           progress=progress, desc=desc, checkpoint=checkpoint, job=job)
+    return _execute(core, static, batch_args, rep_args, batch_size=batch_size, progress=progress,
+                    checkpoint=checkpoint, desc=desc)
+
+
+# ---------------------------------------------------------------------------
+# AutoAttack: the ensemble
+# ---------------------------------------------------------------------------
+
+#: Every attack name ``autoattack`` knows, in a fixed order (each attack's key is ``fold_in(key, position)``).
+AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+_VERSIONS = ("standard", "rand", "custom")
+
+
+class AutoAttackResult(NamedTuple):
+    """Outcome of :func:`autoattack` on ``n`` examples: the per-point worst case over the ensemble.
+
+    Attributes:
+      x_adv: ``[n, ...]`` the adversarial example of each broken point, ``x``
+        itself where the point is robust or misclassified already.
+      robust: ``[n]`` bool, correctly classified and no attack found an
+        adversarial example within ``eps``.
+      broken_by: ``[n]`` int: ``-1`` robust, ``0`` misclassified without
+        attack, ``j >= 1`` broken by ``attacks[j - 1]``.
+      logits: ``[n, k]`` logits at ``x_adv``.
+      attacks: the attack names, in the order they ran.
+      robust_accuracy: ``[len(attacks) + 1]``: the clean accuracy, then the
+        robust accuracy after each attack (never increasing).
+      checks: the self-checks (see :func:`autoattack`), with ``"warnings"``,
+        the list of messages of the checks that failed.
+      l1, l2, linf: ``[n]`` norms of ``x_adv - x``.
+    """
+
+    x_adv: Any
+    robust: Any
+    broken_by: Any
+    logits: Any
+    attacks: tuple
+    robust_accuracy: Any
+    checks: dict
+    l1: Any
+    l2: Any
+    linf: Any
+
+    @property
+    def clean_accuracy(self) -> float:
+        """Fraction of points classified correctly without attack."""
+        return float(self.robust_accuracy[0])
+
+    @property
+    def accuracy(self) -> float:
+        """The final robust accuracy (after every attack)."""
+        return float(self.robust_accuracy[-1])
+
+    def broken_by_name(self) -> list[str]:
+        """Per point ``"robust"``, ``"clean"`` (misclassified without attack) or the breaking attack's name."""
+        names = ("clean",) + tuple(self.attacks)
+        return ["robust" if b < 0 else names[b] for b in np.asarray(self.broken_by).tolist()]
+
+    def norm(self, norm: Any) -> Any:
+        """Perturbation norms ``[n]`` in ``"l1" | "l2" | "linf"``."""
+        return {"l1": self.l1, "l2": self.l2, "linf": self.linf}[_checks.check_attack_norm(norm)]
+
+    def to_dict(self, *, include_x_adv: bool = False) -> dict:
+        """JSON-ready summary: accuracies per attack, per point robustness and breaking attack, the self-checks."""
+        ra = np.asarray(self.robust_accuracy, np.float64)
+        out = {
+            "n": int(np.asarray(self.robust).shape[0]),
+            "attacks": list(self.attacks),
+            "clean_accuracy": to_jsonable(ra[0]),
+            "robust_accuracy": to_jsonable(ra[-1]),
+            "robust_accuracy_after": {name: to_jsonable(v) for name, v in zip(self.attacks, ra[1:])},
+            "robust": to_jsonable(np.asarray(self.robust)),
+            "broken_by": self.broken_by_name(),
+            "l1": to_jsonable(self.l1),
+            "l2": to_jsonable(self.l2),
+            "linf": to_jsonable(self.linf),
+            "checks": to_jsonable(self.checks),
+        }
+        if include_x_adv:
+            out["x_adv"] = to_jsonable(self.x_adv)
+        return out
+
+
+def _auto_plan(version, attack_names, norm, k, bounds, *, steps, n_targets, n_queries, restarts, eot, p_init,
+               fab_steps):
+    """``[(name, core, static-without-logits_fn)]`` for the ensemble."""
+    if attack_names is None:
+        if version == "custom":
+            raise ValueError("attacks: version='custom' needs the list of attacks")
+        if version == "rand":
+            attack_names = ("apgd-ce", "apgd-dlr")
+        elif norm == "l1":
+            attack_names = ("apgd-ce", "apgd-t", "fab-t")
+        else:
+            attack_names = ("apgd-ce", "apgd-t", "fab-t", "square")
+    elif isinstance(attack_names, str) or not all(isinstance(a, str) for a in attack_names):
+        raise ValueError(f"attacks: expected a sequence of attack names, got {attack_names!r}")
+    names = tuple(attack_names)
+    if not names:
+        raise ValueError("attacks: is empty")
+    for a in names:
+        if a not in AUTOATTACK_ATTACKS:
+            raise ValueError(f"attacks: unknown attack {a!r}; known: {', '.join(AUTOATTACK_ATTACKS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"attacks: lists an attack twice: {list(names)}")
+    if "square" in names and norm == "l1":
+        raise ValueError("attacks: 'square' supports norm 'linf' and 'l2' only")
+    eot = eot if version == "rand" else 1
+    plan = []
+    for a in names:
+        if a.startswith("apgd"):
+            loss = {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr-targeted"}[a]
+            st = _apgd_static(None, k, norm=norm, steps=steps, restarts=restarts, loss=loss, n_targets=n_targets,
+                              eot=eot, rho=0.75, momentum=0.75, bounds=bounds)
+            plan.append((a, _apgd_core, st))
+        elif a.startswith("fab"):
+            plan.append((a, _fab_core, _fab_static(None, k, norm=norm, steps=fab_steps, restarts=restarts,
+                                                   targeted=a == "fab-t", n_targets=n_targets, bounds=bounds)))
+        else:
+            plan.append((a, _square_core, _square_static(None, norm=norm, n_queries=n_queries, p_init=p_init,
+                                                                  bounds=bounds)))
+    return plan
+
+
+def _fixed_key_model(logits_fn: Callable) -> Callable:
+    """A deterministic view of the model (a randomised one with a fixed key) for predictions and checks."""
+    if _takes_key(logits_fn):
+        return functools.partial(logits_fn, key=jax.random.key(0))
+    return logits_fn
+
+
+def _logits_core(x, *, logits_fn):
+    return logits_fn(x).astype(jnp.float32)
+
+
+def _auto_state(checkpoint, fp):
+    """Saved ensemble state ``(done, arrays)`` from ``checkpoint/autoattack_state.npz`` when its fingerprint matches."""
+    if checkpoint is None:
+        return 0, None
+    path = Path(checkpoint) / "autoattack_state.npz"
+    if not path.exists():
+        return 0, None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            saved = {name: z[name] for name in z.files}
+        if str(saved["fingerprint"]) != fp:
+            return 0, None
+        return int(saved["done"]), saved
+    except Exception as exc:  # noqa: BLE001 - a damaged file is recomputed
+        warnings.warn(f"checkpoint: {path} is damaged ({type(exc).__name__}); recomputing the ensemble", stacklevel=3)
+        return 0, None
+
+
+def _save_auto_state(checkpoint, fp, done, **arrays):
+    buf = io.BytesIO()
+    np.savez(buf, fingerprint=np.asarray(fp), done=np.asarray(done), **arrays)
+    _io.atomic_write_bytes(Path(checkpoint) / "autoattack_state.npz", buf.getvalue())
+
+
+def _bucket(n: int, batch_size: int | None) -> int:
+    """Rows per call for ``n`` remaining points: a power of two (few compilations as the robust set shrinks)."""
+    cap = _DEFAULT_BATCH if batch_size is None else _checks.check_int(batch_size, "batch_size", low=1)
+    return max(1, min(cap, 1 << max(0, (n - 1).bit_length())))
+
+
+def _run_ensemble(logits_fn, x, y, eps, norm, bounds, plan, key, state, *, batch_size, progress, checkpoint, fp):
+    """Run the attacks of ``plan`` in turn, each on the points still robust; returns the updated state."""
+    robust, broken_by, x_adv, logits, acc, done = state
+    for j, (name, core, st) in enumerate(plan):
+        if j < done:
+            continue
+        rest = np.flatnonzero(robust)
+        if rest.size:
+            sub = jax.random.fold_in(key, AUTOATTACK_ATTACKS.index(name))
+            st = {**st, "logits_fn": logits_fn}
+            ck = None if checkpoint is None else Path(checkpoint) / name
+            r = _run_attack(core, st, logits_fn, x[rest], y[rest], eps, sub, idx=rest.astype(np.int32),
+                            batch_size=_bucket(rest.size, batch_size), progress=progress, checkpoint=ck, desc=name)
+            xr = np.asarray(r.x_adv, np.float32)
+            inside = perturbation_norms(x[rest], xr, norm) <= eps * (1 + 1e-5) + 1e-7
+            if bounds is not None:
+                inside &= (xr.reshape(rest.size, -1).min(1, initial=bounds[0]) >= bounds[0]) & (
+                    xr.reshape(rest.size, -1).max(1, initial=bounds[1]) <= bounds[1])
+            hit = rest[np.asarray(r.success) & inside]
+            sel = np.isin(rest, hit)
+            x_adv[hit], logits[hit] = xr[sel], np.asarray(r.logits, np.float32)[sel]
+            robust[hit], broken_by[hit] = False, j + 1
+        acc.append(float(robust.mean()))
+        if checkpoint is not None:
+            _save_auto_state(checkpoint, fp, j + 1, robust=robust, broken_by=broken_by, x_adv=x_adv, logits=logits,
+                             acc=np.asarray(acc))
+    return robust, broken_by, x_adv, logits, acc
+
+
+def _self_checks(logits_fn, x, y, pred, logits0, acc, broken_by, names, version, *, batch_size):
+    """The ensemble's self-checks (the original's warnings), as a dict; failed ones are listed under "warnings"."""
+    f = _fixed_key_model(logits_fn)
+    n, msgs = x.shape[0], []
+    m = min(n, 64)
+    pred2 = np.asarray(predict(f, x[:m], batch_size=max(1, (m + 2) // 3)))
+    consistent = bool(np.array_equal(pred2, pred[:m]))
+    if not consistent:
+        msgs.append("clean predictions change with the batch split: the model does not treat examples independently "
+             "(batch statistics?), so robust accuracy is not well defined")
+    xs = jnp.asarray(x[: min(n, 16)])
+    if _takes_key(logits_fn):
+        o1, o2 = logits_fn(xs, key=jax.random.key(1)), logits_fn(xs, key=jax.random.key(2))
+    else:
+        o1, o2 = logits_fn(xs), logits_fn(xs)
+    randomized = not np.array_equal(np.asarray(o1), np.asarray(o2))
+    if randomized and version != "rand":
+        msgs.append("the model's outputs differ between two calls on the same inputs: it is randomised; use "
+             "version='rand' (EOT over the randomness)")
+    probs = bool(np.all(logits0 >= 0) and np.all(logits0 <= 1) and np.allclose(logits0.sum(1), 1.0, atol=1e-5))
+    if probs:
+        msgs.append("the model seems to return probabilities (rows in [0, 1] summing to 1); the DLR losses and FAB need "
+             "logits")
+    sel = np.flatnonzero(pred == y)[:64]
+    zero = nonfinite = 0.0
+    if sel.size:
+        g = np.asarray(jax.jit(jax.grad(lambda z, t: jnp.sum(cross_entropy(f(z), t))))(x[sel], y[sel]))
+        g = g.reshape(sel.size, -1)
+        nonfinite = float((~np.isfinite(g)).any(1).mean())
+        zero = float((g == 0).all(1).mean())
+    if zero > 0 or nonfinite > 0:
+        msgs.append(f"the loss gradient is zero at {zero:.1%} and non-finite at {nonfinite:.1%} of the checked points: "
+             "gradient masking is likely, so the gradient-free Square result matters")
+    sq = 0.0
+    if "square" in names and names.index("square") > 0:
+        sq = float(np.mean(np.asarray(broken_by) == names.index("square") + 1))
+        if sq > 0.002:
+            msgs.append(f"Square broke {sq:.1%} of the points that the gradient attacks left robust: a sign of gradient "
+                 "masking")
+    nonincreasing = bool(np.all(np.diff(np.asarray(acc)) <= 0))
+    if not nonincreasing:
+        msgs.append("robust accuracy increased when an attack was added (a bug or a randomised model)")
+    return {"clean_accuracy": float(acc[0]), "clean_accuracy_consistent": consistent,
+            "randomized_outputs": randomized, "probability_outputs": probs, "zero_gradient_fraction": zero,
+            "nonfinite_gradient_fraction": nonfinite, "square_after_gradient_fraction": sq,
+            "robust_accuracy_nonincreasing": nonincreasing, "warnings": msgs}
+
+
+def autoattack(
+    logits_fn: Callable,
+    x: Any,
+    y: Any = None,
+    *,
+    key: Any,
+    eps: float,
+    norm: Any,
+    version: str = "standard",
+    attacks: Sequence[str] | None = None,
+    bounds: Sequence[float] | None = (0.0, 1.0),
+    steps: int = 100,
+    n_targets: int = 9,
+    n_queries: int = 5000,
+    restarts: int = 1,
+    eot: int = 20,
+    p_init: float | None = None,
+    self_checks: bool = True,
+    batch_size: int | None = None,
+    progress: bool = False,
+    checkpoint: Any = None,
+) -> AutoAttackResult:
+    """AutoAttack (Croce & Hein 2020): the ensemble APGD-CE, APGD-T, FAB-T and Square, the per-point worst case.
+
+    The clean points misclassified count as broken; then each attack runs
+    only on the points still robust (as in the original), and a point is
+    broken by the first attack that finds a misclassified point within
+    ``eps`` (checked again on the host: norm and box). Versions:
+
+    * ``"standard"``: ``apgd-ce`` (no restarts), ``apgd-t`` (``n_targets``
+      target classes), ``fab-t`` (``n_targets`` targets) and ``square``
+      (``n_queries`` queries), each with ``steps`` iterations; for ``l1``:
+      ``apgd-ce``, ``apgd-t`` (APGD-ℓ1) and ``fab-t``.
+    * ``"rand"``: ``apgd-ce`` and ``apgd-dlr`` with EOT over ``eot`` draws,
+      for randomised models (``logits_fn(x, *, key)``).
+    * ``"custom"``: the ``attacks`` given (names of
+      :data:`AUTOATTACK_ATTACKS`), which also override the other versions'
+      lists.
+
+    Self-checks (the original's warnings, kept in ``checks``; every failed
+    one is also issued as a ``UserWarning``): clean predictions do not change
+    with the batch split (``clean_accuracy_consistent``); two calls on the
+    same inputs agree (``randomized_outputs``, else use ``"rand"``); the
+    outputs are not probabilities; the fraction of points with a zero or
+    non-finite loss gradient (gradient masking); the fraction Square broke
+    after the gradient attacks (> 0.2% flags masking); robust accuracy never
+    increases along the ensemble.
+
+    Randomness of example ``i`` depends only on ``(key, i)`` and the attack,
+    so the same key gives bit-identical results whatever the batch size, the
+    device count or a resumed ``checkpoint``. ``autoattack`` selects points
+    on the host and needs concrete arrays; the attacks :func:`apgd`,
+    :func:`fab` and :func:`square` also run under ``jax.jit``.
+
+    Args:
+      logits_fn: ``x [n, ...] -> logits [n, k]`` (a randomised model takes
+        a keyword ``key``).
+      x: ``[n, ...]`` inputs inside ``bounds``.
+      y: ``[n]`` labels; ``None`` uses the predictions.
+      key: ``jax.random`` key.
+      eps: budget ``> 0``.
+      norm: ``"linf" | "l2" | "l1"``.
+      version: ``"standard" | "rand" | "custom"``.
+      attacks: attack names run in this order (``None``: the version's).
+      bounds: ``(low, high)`` or ``None``.
+      steps: iterations of APGD and FAB.
+      n_targets: target classes of ``apgd-t`` and ``fab-t``.
+      n_queries: Square's queries (``>= 1``).
+      restarts: random restarts of APGD and FAB.
+      eot: gradient draws per step in the ``"rand"`` version.
+      p_init: Square's initial fraction of pixels (default 0.8 for ``linf``,
+        0.1 for ``l2``).
+      self_checks: run the self-checks.
+      batch_size: examples per batch group (the remaining points of each
+        attack run in power-of-two blocks up to it).
+      progress: progress bars per attack.
+      checkpoint: folder keeping finished attacks and batches; a rerun with
+        the same inputs resumes (removed when done).
+
+    Returns:
+      :class:`AutoAttackResult`.
+
+    Raises:
+      ValueError: a bad argument (named), or ``logits_fn`` returned
+        non-finite logits (such a model is never reported as attacked).
+
+    References:
+      Croce, Hein. "Reliable evaluation of adversarial robustness with an
+      ensemble of diverse parameter-free attacks." ICML 2020, arXiv:2003.01690.
+      Croce, Hein. "Minimally distorted adversarial examples with a fast
+      adaptive boundary attack." ICML 2020, arXiv:1907.02044.
+      Andriushchenko, Croce, Flammarion, Hein. "Square attack: a
+      query-efficient black-box adversarial attack via random search."
+      ECCV 2020, arXiv:1912.00049.
+    """
+    version = _checks.check_choice(version, "version", _VERSIONS)
+    if not isinstance(self_checks, (bool, np.bool_)):
+        raise ValueError(f"self_checks: expected a bool, got {self_checks!r}")
+    x, y, bounds, k, norm, eps = _prepare_auto(logits_fn, x, y, key=key, norm=norm, eps=eps, bounds=bounds)
+    if not _checks.is_concrete(x) or not _checks.is_concrete(y):
+        raise ValueError("x: autoattack selects the points still robust on the host and needs concrete arrays; "
+                         "call apgd, fab or square under jax.jit instead")
+    plan = _auto_plan(version, attacks, norm, k, bounds, steps=steps, n_targets=n_targets, n_queries=n_queries,
+                      restarts=restarts, eot=_checks.check_int(eot, "eot", low=1), p_init=p_init, fab_steps=steps)
+    names = tuple(p[0] for p in plan)
+    f = _fixed_key_model(logits_fn)
+    n = x.shape[0]
+    logits0 = np.asarray(_execute(_logits_core, dict(logits_fn=f), (x,), (), batch_size=batch_size), np.float32) \
+        if n else np.zeros((0, k), np.float32)
+    _check_finite_logits(logits0, "the clean evaluation")
+    pred = logits0.argmax(1).astype(np.int32)
+    robust = pred == y
+    state = (robust, np.where(robust, -1, 0).astype(np.int32), x.copy(), logits0.copy(),
+             [float(robust.mean()) if n else float("nan")], 0)
+    fp = None
+    if checkpoint is not None and n:
+        settings = repr([(nm, sorted((a, b) for a, b in st.items() if not callable(b) and a != "logits_fn"))
+                         for nm, _, st in plan])
+        fp = _io.fingerprint("autoattack", settings, norm, eps, bounds, x, y, _engine.key_data(key), logits0[:4])
+        done, saved = _auto_state(checkpoint, fp)
+        if saved is not None:
+            state = (saved["robust"], saved["broken_by"], saved["x_adv"], saved["logits"], list(saved["acc"]), done)
+    if n:
+        robust, broken_by, x_adv, logits, acc = _run_ensemble(
+            logits_fn, x, y, eps, norm, bounds, plan, key, state, batch_size=batch_size, progress=progress,
+            checkpoint=checkpoint, fp=fp)
+    else:
+        robust, broken_by, x_adv, logits, acc = state[:4] + ([float("nan")] * (len(plan) + 1),)
+    checks = {}
+    if self_checks and n:
+        checks = _self_checks(logits_fn, x, y, pred, logits0, acc, broken_by, names, version, batch_size=batch_size)
+        for msg in checks["warnings"]:
+            warnings.warn(f"autoattack: {msg}", UserWarning, stacklevel=2)
+    if checkpoint is not None and n:
+        import shutil
+
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    l1, l2, linf = (perturbation_norms(x, x_adv, nm).astype(np.float32) for nm in ("l1", "l2", "linf"))
+    return AutoAttackResult(x_adv, robust, broken_by, logits, names, np.asarray(acc, np.float64), checks, l1, l2, linf)
+
+
+# ---------------------------------------------------------------------------
+# FAB and Square (filled in below)
+# ---------------------------------------------------------------------------
+
+
+def _fab_static(logits_fn, k, *, norm, steps, restarts, targeted, n_targets, bounds):
+    raise ValueError("attacks: 'fab' and 'fab-t' are not available yet")
+
+
+def _fab_core(*a, **kw):  # pragma: no cover
+    raise NotImplementedError
+
+
+def _square_static(logits_fn, *, norm, n_queries, p_init, bounds):
+    raise ValueError("attacks: 'square' is not available yet")
+
+
+def _square_core(*a, **kw):  # pragma: no cover
+    raise NotImplementedError
