@@ -8,9 +8,18 @@ beside the repository):
 * Table 3's MNIST rows (l2, alpha = 0.01, eps in {1.58, 3.16, 4.74}, T = 20) with
   the half-space baseline of Gilmer et al.,
 
+* the half-space search of Prescott, Zhang & Evans (ICLR 2021) at every l_inf and
+  l2 budget above (``halfspaces``),
+
 under the paper's protocol (fit on train, select q / report on test) and the
 honest protocol (fit on train, select on half of test, report on the other
-half). Prints paper versus ours and appends records to
+half). Every search obeys the validity rule of ``jaxbound.concentration``
+(fit target alpha + margin/sqrt(N), Clopper-Pearson lower end >= alpha on the
+selection split; ``--margin 0 --confidence none`` is the authors' rule) and
+every record says whether its regions hold risk >= alpha on its split
+(``valid``). Rows written before the rule existed are kept, marked
+``"rule": "authors"`` with ``valid`` computed from their stored risks.
+Prints paper versus ours and appends records to
 ``benchmarks/results/concentration_mnist.json`` atomically, one job at a time;
 a rerun skips finished jobs, so the run can be interrupted and resumed
 (``--time-limit`` stops starting new jobs after that many seconds).
@@ -31,6 +40,7 @@ Usage::
     python benchmarks/concentration_mnist.py                       # everything, resumable
     python benchmarks/concentration_mnist.py --only linf --eps 0.3 --time-limit 600
     python benchmarks/concentration_mnist.py --dataset fashion_mnist --only linf
+    python benchmarks/concentration_mnist.py --only halfspaces --repeats 3
 """
 
 from __future__ import annotations
@@ -72,6 +82,24 @@ def load_results(path: Path) -> list:
     return []
 
 
+def mark_old_rows(path: Path) -> list:
+    """Rows written before the validity rule: mark them ``rule="authors"`` and add ``valid`` from their risks."""
+    rows = load_results(path)
+    changed = False
+    for r in rows:
+        if "split" not in r or "valid" in r:
+            continue
+        risks = [rep["risk"] for rep in r.get("repeats") or []] or [r["risk"]]
+        r["valid"] = bool(min(risks) >= r["alpha"])
+        r["n_valid"] = int(sum(x >= r["alpha"] for x in risks))
+        r["min_risk"] = float(min(risks))
+        r["rule"] = "authors"
+        changed = True
+    if changed:
+        atomic_write_json(path, rows)
+    return rows
+
+
 def job_id(**kw) -> str:
     return "|".join(f"{k}={kw[k]}" for k in sorted(kw))
 
@@ -109,8 +137,10 @@ def main():
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "jaxbound" / "concentration"))
-    ap.add_argument("--only", nargs="*", default=["linf", "table2", "l2", "halfspace"],
-                    choices=["linf", "table2", "l2", "halfspace"])
+    ap.add_argument("--only", nargs="*", default=["halfspaces", "halfspace", "linf", "l2", "table2"],
+                    choices=["linf", "table2", "l2", "halfspace", "halfspaces"])
+    ap.add_argument("--margin", type=float, default=0.5, help="fit target alpha + margin/sqrt(N)")
+    ap.add_argument("--confidence", default="0.95", help="Clopper-Pearson level of the selection rule, or 'none'")
     ap.add_argument("--eps", nargs="*", type=float, default=None, help="restrict to these eps values")
     ap.add_argument("--protocols", nargs="*", default=["paper", "honest"], choices=["paper", "honest"])
     ap.add_argument("--repeats", type=int, default=10)
@@ -123,6 +153,9 @@ def main():
                     help="fit the l2 balls on the first N training points only (recorded as a subset run)")
     args = ap.parse_args()
 
+    conf = None if str(args.confidence).lower() == "none" else float(args.confidence)
+    rule = {"margin": args.margin, "confidence": conf}
+    rtag = f"m{args.margin:g}c{args.confidence}"
     t_start = time.perf_counter()
     folder = find_data_dir(args.data_dir, need=("mnist", "fashion-mnist"))
     if folder is None:
@@ -133,7 +166,7 @@ def main():
     cache = Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     out_path = Path(args.out)
-    results = load_results(out_path)
+    results = mark_old_rows(out_path)
     done = {r.get("job") for r in results}
     ds = args.dataset
     key = jax.random.key(args.seed)
@@ -155,12 +188,25 @@ def main():
             d = r.to_dict()
             d.update(extra_fields)
             pr, pa = paper_numbers(r.method, r.eps, r.alpha, r.split) if ds == "mnist" else (None, None)
-            d.update(job=job, paper_risk=pr, paper_adv_risk=pa)
+            d.update(job=job, paper_risk=pr, paper_adv_risk=pa, loadavg=list(os.getloadavg()))
             rows.append(d)
         results = load_results(out_path) + rows  # re-read: another process may have appended
         atomic_write_json(out_path, results)
         for d in rows:
             show(d)
+
+    # ---------------- the half-space search of Prescott et al. (every l_inf and l2 budget) ----------------
+    if "halfspaces" in args.only:
+        hs_jobs = [("linf", e) for e in TABLE1] + [("l2", e) for e in TABLE3]
+        for nrm, eps in [j for j in hs_jobs if keep(j[1])]:
+            for p in args.protocols:
+                job = job_id(dataset=ds, method="halfspaces", norm=nrm, eps=eps, alpha=0.01, protocol=p, rule=rtag)
+                if job in done:
+                    continue
+                if out_of_time():
+                    return summary(out_path)
+                recs, _ = C.run_halfspaces(splits[p], alpha=0.01, eps=eps, norm=nrm, dataset=ds, **rule)
+                save(job, recs, {})
 
     # ---------------- l_inf (Tables 1 and 2) ----------------
     linf_jobs = []
@@ -177,13 +223,14 @@ def main():
         for eps, alpha, T in linf_jobs:
             for p in args.protocols:
                 job = job_id(dataset=ds, method="rectangles", eps=eps, alpha=alpha, T=T, protocol=p,
-                             repeats=args.repeats)
+                             repeats=args.repeats, rule=rtag)
                 if job in done:
                     continue
                 if out_of_time():
                     return summary(out_path)
                 recs, _ = C.run_rectangles(splits[p], key=jax.random.fold_in(key, 2), alpha=alpha, eps=eps,
-                                           n_regions=T, radii=dens["radii"], n_repeats=args.repeats, dataset=ds)
+                                           n_regions=T, radii=dens["radii"], n_repeats=args.repeats, dataset=ds,
+                                           **rule)
                 full = float(dens["seconds"]) + recs[0].seconds
                 save(job, recs, {"density_seconds": float(dens["seconds"]), "full_run_seconds": full,
                                  "target_seconds": 900.0})
@@ -195,10 +242,10 @@ def main():
     if "halfspace" in args.only:
         for eps in l2_eps:
             for p in args.protocols:
-                job = job_id(dataset=ds, method="halfspace", eps=eps, alpha=0.01, protocol=p)
+                job = job_id(dataset=ds, method="halfspace", eps=eps, alpha=0.01, protocol=p, rule=rtag)
                 if job in done:
                     continue
-                recs, _ = C.run_halfspace(splits[p], alpha=0.01, eps=eps, norm="l2", dataset=ds)
+                recs, _ = C.run_halfspace(splits[p], alpha=0.01, eps=eps, norm="l2", dataset=ds, **rule)
                 save(job, recs, {})
     if "l2" in args.only and l2_eps:
         fit_x = train if args.l2_subset is None else train[: args.l2_subset]
@@ -209,7 +256,7 @@ def main():
         for eps in l2_eps:
             T = TABLE3[eps][2]
             jobs = {p: job_id(dataset=ds, method="balls", eps=eps, alpha=0.01, T=T, protocol=p, delta=args.delta,
-                              n_fit=N) for p in args.protocols}
+                              n_fit=N, rule=rtag) for p in args.protocols}
             if all(j in done for j in jobs.values()):
                 continue
             if out_of_time():
@@ -219,15 +266,20 @@ def main():
                 nb = cached(cache / f"{ds}{sub}_knn_l2_k{L}.npz", lambda: _l2_lists(fit_x, L))
                 print(f"l2 neighbour lists (k={L}, N={N}): {float(nb['seconds']):.0f}s (cached run)")
             t0 = time.perf_counter()
-            reg = C.fit_balls(fit_x, alpha=0.01, eps=eps, n_regions=T, delta=args.delta,
-                              neighbours=geometry.KNN(nb["distances"], nb["indices"]), progress=True)
+            reg0 = C.fit_balls(fit_x, alpha=0.01, eps=eps, n_regions=T, delta=args.delta, margin=args.margin,
+                               neighbours=geometry.KNN(nb["distances"], nb["indices"]), progress=True)
             fit_s = time.perf_counter() - t0
             full = float(nb["seconds"]) + fit_s
             for p, job in jobs.items():
                 if job in done:
                     continue
-                recs = C.records(reg, splits[p], dataset=ds, seconds=fit_s,
+                sp = splits[p] if args.l2_subset is None else C.Splits(
+                    p, fit_x, splits[p].select, splits[p].report, splits[p].select_indices, splits[p].report_indices)
+                # the greedy fit does not depend on the protocol; the radii grow until the selection split passes
+                reg = C.inflate_balls(reg0, sp.fit, sp.select, **rule)
+                recs = C.records(reg, sp, dataset=ds, seconds=fit_s,
                                  extra={"delta": reg.delta, "n_target": reg.n_target, "balls": int(reg.radii.size),
+                                        "inflation": reg.inflation, "rule": rule,
                                         "n_exact": reg.n_exact.tolist(), "objective": reg.objective.tolist(),
                                         "radii": reg.radii.tolist(), "center_indices": reg.center_indices.tolist(),
                                         "count_bounds": reg.count_bounds})
@@ -300,9 +352,11 @@ def show(d):
     paper = f"paper {100 * pr:5.2f}/{100 * pa:5.2f}" if pr is not None and pa is not None else "paper   -  /  -  "
     std = f" (+-{100 * d['adv_risk_std']:.2f})" if d.get("adv_risk_std") else ""
     q = f" q={d['q']:.3f}" if d.get("q") is not None else ""
+    rule = "authors" if d.get("rule") == "authors" else "rule"
+    valid = "valid" if d.get("valid") else "INVALID"
     print(f"{d['dataset']:>6} {d['method']:>10} {d['norm']:>4} eps={d['eps']:<5} a={d['alpha']:<6} T={d['T']:<3}{q} "
           f"{d['protocol']:>6}/{d['split']:<6} n={d['n']:<6} ours risk/adv {100 * d['risk']:5.2f}/"
-          f"{100 * d['adv_risk']:5.2f}{std}  {paper}  [{d['seconds']:.0f}s]")
+          f"{100 * d['adv_risk']:5.2f}{std} {rule:>7} {valid:>7}  {paper}  [{d['seconds']:.0f}s]")
 
 
 def summary(out_path):
