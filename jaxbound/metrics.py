@@ -78,6 +78,10 @@ __all__ = [
 ]
 
 
+#: Rows per call of the checked prediction (the attacks' default batch).
+_PREDICT_BLOCK = 512
+
+
 def _asdict(nt) -> dict:
     return to_jsonable(nt._asdict())
 
@@ -114,19 +118,41 @@ class RobustAccuracy(NamedTuple):
         return d
 
 
-def _labels_for(logits_fn, x, y):
-    x = _checks.check_model_inputs(x, None)
+def _labels_for(logits_fn, x, y, name: str = "x"):
+    x = _checks.check_model_inputs(x, None, name)
     k = _checks.num_classes_of(logits_fn, x)
     return x, _checks.check_model_labels(y, x.shape[0], k), k
 
 
+def _predict_finite_core(x, *, logits_fn):
+    logits = logits_fn(x)
+    finite = jnp.all(jnp.isfinite(logits), axis=tuple(range(1, logits.ndim)))
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32), finite
+
+
+def _predict(logits_fn: Callable, x: np.ndarray, *, batch_size: int | None, name: str = "x") -> np.ndarray:
+    """Predicted labels ``[n]``; a model with NaN or infinite logits on any row raises naming ``logits_fn``.
+
+    (The argmax of a NaN row is 0, so such a model would otherwise score as
+    if it predicted class 0 everywhere.)
+    """
+    pred, finite = _engine.run(_predict_finite_core, dict(logits_fn=logits_fn), (x,), (), block_size=batch_size,
+                               default_block=_PREDICT_BLOCK, desc="predict")
+    _checks.check_finite_logits(np.asarray(finite), "logits_fn", inputs=name)
+    return np.asarray(pred)
+
+
 def accuracy(logits_fn: Callable, x: Any, y: Any, *, batch_size: int | None = None) -> float:
-    """Clean accuracy of ``logits_fn`` on ``(x [n, ...], y [n])``."""
+    """Clean accuracy of ``logits_fn`` on ``(x [n, ...], y [n])``.
+
+    Raises:
+      ValueError: ``x`` is empty (no accuracy to measure), labels out of
+        range, or ``logits_fn`` returns NaN or infinite logits.
+    """
     _checks.check_logits_fn(logits_fn)
     x, y, _ = _labels_for(logits_fn, x, y)
-    if x.shape[0] == 0:
-        return float("nan")
-    pred = np.asarray(_attacks.predict(logits_fn, x, batch_size=batch_size))
+    _checks.check_nonempty(x, "x")
+    pred = _predict(logits_fn, x, batch_size=batch_size)
     return float(np.mean(pred == np.asarray(y)))
 
 
@@ -172,13 +198,13 @@ def robust_accuracy(
     """
     _checks.check_logits_fn(logits_fn)
     x, y, _ = _labels_for(logits_fn, x, y)
+    _checks.check_nonempty(x, "x")
     n = x.shape[0]
     succ = _success_stack(results, n)
-    correct = (np.asarray(_attacks.predict(logits_fn, x, batch_size=batch_size)) == np.asarray(y)) if n else \
-        np.zeros(0, bool)
+    correct = _predict(logits_fn, x, batch_size=batch_size) == np.asarray(y)
     robust = correct & ~succ.any(axis=0)
-    clean = float(correct.mean()) if n else float("nan")
-    rob = robust.mean(axis=-1) if n else np.full(robust.shape[:-1], np.nan)
+    clean = float(correct.mean())
+    rob = robust.mean(axis=-1)
     rob = float(rob) if rob.ndim == 0 else rob.astype(float).tolist()
     return RobustAccuracy(clean, rob, int(n), correct, robust)
 
@@ -203,7 +229,7 @@ def robustness_wrt_predictions(results: Any) -> Any:
     n = np.asarray(results[0].success).shape[-1] if isinstance(results, (list, tuple)) and results else -1
     succ = _success_stack(results, n)
     if n == 0:
-        return float("nan")
+        raise ValueError("results: hold no examples (success arrays of length 0)")
     v = 1.0 - succ.any(axis=0).mean(axis=-1)
     return float(v) if v.ndim == 0 else v.astype(float).tolist()
 
@@ -354,7 +380,10 @@ def robust_error_curve(
 
 
 def _check_distances(distances: Any, name: str = "distances") -> np.ndarray:
-    d = np.asarray(distances, dtype=np.float64)
+    try:
+        d = np.asarray(distances, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a 1-D array of real distances, got {type(distances).__name__}") from None
     if d.ndim != 1:
         raise ValueError(f"{name}: expected a 1-D array, got shape {d.shape}")
     if np.isnan(d).any():
@@ -381,10 +410,9 @@ def error_curve(distances: Any, eps: Any) -> ErrorCurve:
       networks generalize and are adversarially robust." arXiv:1808.09540 (Figs. 2-3).
     """
     d = _check_distances(distances)
+    _checks.check_nonempty(d, "distances", what="distances")
     eps_k, _ = _checks.check_eps(eps)
     e = eps_k.astype(np.float64)
-    if d.size == 0:
-        return ErrorCurve(e, np.full(e.shape, np.nan), float("nan"), 0)
     err = (d[None, :] <= e[:, None]).mean(axis=1)
     return ErrorCurve(e, err, float((d == 0).mean()), int(d.size))
 
@@ -402,8 +430,7 @@ def median_adversarial_distance(distances: Any) -> float:
       networks generalize and are adversarially robust." arXiv:1808.09540 (§5, Tables 2-3).
     """
     d = _check_distances(distances)
-    if d.size == 0:
-        raise ValueError("distances: is empty")
+    _checks.check_nonempty(d, "distances", what="distances")
     return float(np.sort(d)[math.ceil(d.size / 2) - 1])
 
 
@@ -471,7 +498,8 @@ def _gradnorm_core(x, y, *, logits_fn, dual, output):
 
     g, lv = jax.grad(ce, has_aux=True)(x)
     model = _attacks.jacobian_norm(logits_fn, x, norm=dual, output=output)
-    return lp.per_example_norm(g, dual), model, lv
+    finite = jnp.all(jnp.isfinite(logits_fn(x)), axis=-1)
+    return lp.per_example_norm(g, dual), model, lv, finite
 
 
 def gradient_norms(
@@ -482,6 +510,7 @@ def gradient_norms(
     norm: Any,
     output: str = "probs",
     batch_size: int | None = None,
+    name: str = "x",
 ) -> GradientNorms:
     """Loss and model input-gradient norms in the dual of ``norm`` (Finlay et al. 2019, §6).
 
@@ -500,9 +529,15 @@ def gradient_norms(
       norm: attack norm ``"linf" | "l2" | "l1"`` (required); gradients use its dual.
       output: ``"probs"`` (softmax, default) or ``"logits"`` for the model Jacobian.
       batch_size: examples per batch group.
+      name: the argument named in errors about ``x`` (callers that pass
+        their own inputs, e.g. :func:`detect_adversarial`'s ``x_adv``).
 
     Returns:
       :class:`GradientNorms`.
+
+    Raises:
+      ValueError: ``x`` empty or not finite; ``logits_fn`` returns NaN or
+        infinite logits.
 
     References:
       Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural
@@ -512,17 +547,16 @@ def gradient_norms(
     norm = _checks.check_attack_norm(norm)
     dual = lp.dual_norm(norm)
     output = _checks.check_choice(output, "output", ("probs", "logits"))
-    x = _checks.check_model_inputs(x, None)
+    x = _checks.check_model_inputs(x, None, name)
+    _checks.check_nonempty(x, name)
     k = _checks.num_classes_of(logits_fn, x)
     if y is None:
-        y = _attacks.predict(logits_fn, x, batch_size=batch_size)
+        y = _predict(logits_fn, x, batch_size=batch_size, name=name)
     else:
         y = _checks.check_model_labels(y, x.shape[0], k)
-    if x.shape[0] == 0:
-        z = np.zeros(0, np.float32)
-        return GradientNorms(z, z.copy(), z.copy(), norm, dual, output)
-    ln, mn, lv = _engine.run(_gradnorm_core, dict(logits_fn=logits_fn, dual=dual, output=output), (x, y), (),
-                             block_size=batch_size, desc="gradient norms")
+    ln, mn, lv, finite = _engine.run(_gradnorm_core, dict(logits_fn=logits_fn, dual=dual, output=output), (x, y),
+                                     (), block_size=batch_size, desc="gradient norms")
+    _checks.check_finite_logits(np.asarray(finite), "logits_fn", inputs=name)
     return GradientNorms(np.asarray(ln), np.asarray(mn), np.asarray(lv), norm, dual, output)
 
 
@@ -563,9 +597,7 @@ def predicted_minimal_distance(
     x, y, k = _labels_for(logits_fn, x, y)
     l0 = math.log(k) if l0 is None else _checks.check_scalar(l0, "l0", low=0.0, low_inclusive=False)
     gn = gradient_norms(logits_fn, x, y, norm=norm, batch_size=batch_size)
-    if x.shape[0] == 0:
-        return np.zeros(0)
-    correct = np.asarray(_attacks.predict(logits_fn, x, batch_size=batch_size)) == np.asarray(y)
+    correct = _predict(logits_fn, x, batch_size=batch_size) == np.asarray(y)
     gap = l0 - gn.loss_value.astype(np.float64)
     g = gn.loss.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -678,7 +710,10 @@ class Detection(NamedTuple):
 
 
 def _check_scores(s: Any, name: str) -> np.ndarray:
-    a = np.asarray(s, dtype=np.float64)
+    try:
+        a = np.asarray(s, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a 1-D array of real scores, got {type(s).__name__}") from None
     if a.ndim != 1:
         raise ValueError(f"{name}: expected a 1-D array of scores, got shape {a.shape}")
     if np.isnan(a).any():
@@ -694,8 +729,7 @@ def detection_threshold(clean_scores: Any, *, fpr: float = 0.05) -> float:
     below ``fpr`` (ties never push it above).
     """
     s = _check_scores(clean_scores, "clean_scores")
-    if s.size == 0:
-        raise ValueError("clean_scores: is empty")
+    _checks.check_nonempty(s, "clean_scores", what="scores")
     fpr = _checks.check_probability(fpr, "fpr", open_low=False, open_high=True)
     k = max(1, math.ceil((1.0 - fpr) * s.size - 1e-9))
     return float(np.sort(s)[k - 1])
@@ -722,10 +756,10 @@ def gradient_norm_detection(clean_scores: Any, adv_scores: Any, *, fpr: float = 
     """
     c = _check_scores(clean_scores, "clean_scores")
     a = _check_scores(adv_scores, "adv_scores")
+    _checks.check_nonempty(a, "adv_scores", what="scores")
     thr = detection_threshold(c, fpr=fpr)
     det = a > thr
-    return Detection(thr, float(fpr), float(np.mean(c > thr)), float(det.mean()) if a.size else float("nan"),
-                     int(c.size), int(a.size), det)
+    return Detection(thr, float(fpr), float(np.mean(c > thr)), float(det.mean()), int(c.size), int(a.size), det)
 
 
 def detect_adversarial(
@@ -745,11 +779,21 @@ def detect_adversarial(
     ``"loss"`` the loss gradient at the predicted class; ``norm`` is the
     attack norm (gradients in its dual).
 
+    Raises:
+      ValueError: ``x_clean`` or ``x_adv`` empty, not finite or shaped
+        differently (the error names the input); ``logits_fn`` failing or
+        returning non-finite logits.
+
     References:
       Finlay, Calder, Abbasi, Oberman. "Lipschitz regularized deep neural
       networks generalize and are adversarially robust." arXiv:1808.09540.
     """
     statistic = _checks.check_choice(statistic, "statistic", ("model", "loss"))
-    sc = gradient_norms(logits_fn, x_clean, None, norm=norm, output=output, batch_size=batch_size)
-    sa = gradient_norms(logits_fn, x_adv, None, norm=norm, output=output, batch_size=batch_size)
+    xc = _checks.check_model_inputs(x_clean, None, "x_clean")
+    xa = _checks.check_model_inputs(x_adv, None, "x_adv")
+    if xa.shape[1:] != xc.shape[1:]:
+        raise ValueError(f"x_adv: examples shaped {tuple(xa.shape[1:])} do not match x_clean's "
+                         f"{tuple(xc.shape[1:])}")
+    sc = gradient_norms(logits_fn, x_clean, None, norm=norm, output=output, batch_size=batch_size, name="x_clean")
+    sa = gradient_norms(logits_fn, x_adv, None, norm=norm, output=output, batch_size=batch_size, name="x_adv")
     return gradient_norm_detection(getattr(sc, statistic), getattr(sa, statistic), fpr=fpr)

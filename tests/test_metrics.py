@@ -116,7 +116,8 @@ def test_error_curve_and_median_distance():
         r = np.random.default_rng(n).random(n)
         m = metrics.median_adversarial_distance(r)
         assert (r <= m).mean() >= 0.5 and (r < m).mean() < 0.5
-    assert metrics.error_curve([], 0.1).n == 0
+    with pytest.raises(ValueError, match="^distances: is empty"):
+        metrics.error_curve([], 0.1)
 
 
 def test_median_distance_of_bisection_pgd_on_affine(aff):
@@ -289,3 +290,46 @@ def test_bad_inputs_are_rejected(aff):
     _raises("statistic", metrics.detect_adversarial, aff.f, aff.x, aff.x, norm="l2", statistic="both")
     _raises("labels", metrics.dataset_lipschitz, aff.x, np.zeros(n, int), norm="l2")
     _raises("x", metrics.dataset_lipschitz, aff.x[0], aff.y, norm="l2")
+
+
+def test_nan_model_raises_instead_of_scoring_class_zero(aff):
+    """argmax of a NaN row is 0: a NaN model used to score the share of class-0 labels as its accuracy."""
+    n = len(aff.y)
+
+    def nan_f(x):
+        return aff.f(x) * jnp.nan
+
+    def one_bad_row(x):
+        z = aff.f(x)
+        return z.at[3].set(jnp.inf) if z.shape[0] > 3 else z
+
+    for fn in (nan_f, one_bad_row):
+        for call in (lambda: metrics.accuracy(fn, aff.x, aff.y),
+                     lambda: metrics.robust_accuracy(fn, aff.x, aff.y, fake_result(np.zeros(n, bool))),
+                     lambda: metrics.gradient_norms(fn, aff.x, aff.y, norm="l2"),
+                     lambda: metrics.gradient_norms(fn, aff.x, None, norm="l2"),
+                     lambda: metrics.predicted_minimal_distance(fn, aff.x, aff.y, norm="l2")):
+            with pytest.raises(ValueError, match="^logits_fn: returned NaN or infinite outputs") as e:
+                call()
+            if fn is one_bad_row:
+                assert "on 1 of" in str(e.value) and "rows 3)" in str(e.value)
+
+
+def test_empty_inputs_raise_instead_of_nan(aff):
+    none = aff.x[:0], aff.y[:0]
+    _raises("x", metrics.accuracy, aff.f, *none)
+    _raises("x", metrics.robust_accuracy, aff.f, *none, fake_result(np.zeros(0, bool)))
+    _raises("results", metrics.robustness_wrt_predictions, fake_result(np.zeros(0, bool)))
+    _raises("x", metrics.gradient_norms, aff.f, *none, norm="l2")
+    _raises("x", metrics.predicted_minimal_distance, aff.f, *none, norm="l2")
+    _raises("distances", metrics.error_curve, [], [0.1, 0.2])
+    _raises("adv_scores", metrics.gradient_norm_detection, [1.0, 2.0], [], fpr=0.5)
+    _raises("x_clean", metrics.detect_adversarial, aff.f, aff.x[:0], aff.x, norm="l2")
+    _raises("x_adv", metrics.detect_adversarial, aff.f, aff.x, aff.x[:0], norm="l2")
+
+
+def test_detect_adversarial_names_the_bad_input(aff):
+    _raises("x_adv", metrics.detect_adversarial, aff.f, aff.x, aff.x[:, :-1], norm="l2")
+    _raises("x_adv", metrics.detect_adversarial, aff.f, aff.x, aff.x * np.nan, norm="l2")
+    _raises("x_adv", metrics.detect_adversarial, aff.f, aff.x, aff.x[0], norm="l2")
+    _raises("x_clean", metrics.detect_adversarial, aff.f, aff.x * np.inf, aff.x, norm="l2")
