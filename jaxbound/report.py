@@ -123,6 +123,14 @@ DEFINITIONS = {
                               "whose error is >= alpha (an estimate from above of an infimum, not a certified bound)",
     "intrinsic_robustness": "1 - concentration_adv_risk: estimated highest robust accuracy of any classifier "
                             "with error >= alpha",
+    "multiclass_zero_one_bound": "Dai et al. 2023: optimal adversarial 0-1 loss L*(k) over all classifiers of the "
+                                 "empirical multi-class distribution of the training sample (the first N points "
+                                 "of each class, uniform weights): 1 - max sum_v p_v q_v subject to "
+                                 "sum_{v in e} q_v <= 1 for every conflict (hyper)edge e of degree <= k (pairs "
+                                 "of different labels with ||x-x'|| <= 2 eps; for k = 3 also triples of labels "
+                                 "whose three eps-balls share a point) and 0 <= q <= 1; a certified lower bound "
+                                 "on the robust error of every classifier on that sample (k = 2 exact by "
+                                 "max-flow, k = 3 by HiGHS)",
     "zero_one_bound": "Bhagoji et al. 2021: optimal adversarial 0-1 loss over all classifiers of the empirical "
                       "two-class distribution (minimum vertex cover of the conflict graph, edges ||x-x'|| <= 2 eps); "
                       "a certified lower bound on the robust error on that training sample",
@@ -371,6 +379,10 @@ class ReportConfig:
                                  "the other) or 'paper' (select and report on all of it)")
     select_size: int | None = _f(None, "concentration: held-out points used for selection (honest protocol; "
                                        "default half)")
+    multiclass_per_class: int | None = _f(1000, "multi-class bound (the headline limit): first N training points "
+                                                "of each class (0 or none: the whole training split)")
+    multiclass_degree: int = _f(3, "multi-class bound: 2 (pair conflicts, exact max-flow) or 3 (also triples of "
+                                   "classes, a sparse LP; l1 stays at 2)")
     pairs: str = _f("hardest", "optimal bounds for the 'hardest' class pair or for 'all' pairs")
     n_per_class: int | None = _f(1000, "optimal bounds: first N training points of each class of a pair")
     models: tuple[str, ...] = _f(("standard", "pgd"), "recipes to train on the spot, from standard, pgd, "
@@ -408,6 +420,9 @@ class ReportConfig:
         if not nr:
             raise ValueError("n_regions: give at least one T")
         put("n_regions", tuple(_checks.check_int(t, "n_regions", low=1) for t in nr))
+        if self.multiclass_degree not in (2, 3) or isinstance(self.multiclass_degree, bool):
+            raise ValueError(f"multiclass_degree: must be 2 or 3, got {self.multiclass_degree!r}")
+        put("multiclass_degree", int(self.multiclass_degree))
         if self.protocol not in ("honest", "paper"):
             raise ValueError(f"protocol: must be 'honest' or 'paper', got {self.protocol!r}")
         if self.pairs not in ("hardest", "all"):
@@ -422,8 +437,9 @@ class ReportConfig:
                        ("train_attack_steps", 1)):
             put(k, _checks.check_int(getattr(self, k), k, low=low))
         for k, low in (("limit", 2), ("test_limit", 2), ("select_size", 1), ("n_per_class", 1),
-                       ("eval_limit", 1), ("check_per_class", 1)):
-            v = _none_if_zero(getattr(self, k)) if k in ("eval_limit", "check_per_class") else getattr(self, k)
+                       ("eval_limit", 1), ("check_per_class", 1), ("multiclass_per_class", 1)):
+            v = (_none_if_zero(getattr(self, k)) if k in ("eval_limit", "check_per_class", "multiclass_per_class")
+                 else getattr(self, k))
             put(k, None if v is None else _checks.check_int(v, k, low=low))
         if self.attack_restarts is not None:
             put("attack_restarts", _checks.check_int(self.attack_restarts, "attack_restarts", low=1))
@@ -729,6 +745,38 @@ def _concentration_stage(key, tr, te, cfg: ReportConfig, eps: float, *, progress
     }
 
 
+def multiclass_points(ds: Any, per_class: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``per_class`` points of each class in file order, classes ascending: ``(x [n, d], labels [n])``.
+
+    The sample of the report's multi-class bound (``None``: every point).
+    """
+    idx = np.concatenate([np.flatnonzero(ds.labels == c)[:per_class] for c in np.unique(ds.labels)])
+    return ds.flat()[idx], ds.labels[idx]
+
+
+def _multiclass_stage(tr, *, norm, eps, per_class, degree, progress=False):
+    """L*(degree) (and L*(2)) of the multi-class training sample at one budget."""
+    from jaxbound import bounds
+
+    x, y = multiclass_points(tr, per_class)
+    t0 = time.perf_counter()
+    used = 2 if str(norm) == "l1" else degree  # degree-3 hyperedges are defined for l2 and linf
+    g = bounds.conflict_hypergraph(x, y, eps=eps, norm=norm, degree=used, progress=progress)
+    r = bounds.multiclass_zero_one(g)
+    out = {"eps": float(eps), "n": int(len(y)), "degree": int(used), "zero_one": float(r.loss),
+           "n_edges": int(r.n_edges), "n_hyperedges": int(r.n_hyperedges), "backend": r.backend,
+           "verified": bool(r.verify(1e-6).passed)}
+    if used == 3:
+        r2 = bounds.multiclass_zero_one(dataclasses.replace(g, hyperedges=np.zeros((0, 3), np.int64), degree=2,
+                                                            num_triangles=None))
+        out["zero_one_degree2"] = float(r2.loss)
+        out["verified"] = out["verified"] and bool(r2.verify(1e-6).passed)
+    else:
+        out["zero_one_degree2"] = float(r.loss)
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
 def _pair_points(tr, a, b, n_per_class):
     from jaxbound import data
 
@@ -902,13 +950,14 @@ def _model_stages(keys, stages: StageCache, entries, tr, te, te_eval, cfg, chose
     return recs
 
 
-def _table_and_flags(cfg: ReportConfig, conc, hardest, bound_rows, model_recs):
+def _table_and_flags(cfg: ReportConfig, conc, mc_rows, hardest, bound_rows, model_recs):
     hp = tuple(hardest["pair"])
     table = []
     for j, e in enumerate(cfg.eps_grid):
         c = conc[j]
         hb = next(r for r in bound_rows if tuple(r["pair"]) == hp and abs(r["eps"] - e) < 1e-12)
-        row = {"eps": e, "concentration_adv_risk": c["adv_risk"], "concentration_adv_risk_ci": c["adv_risk_ci"],
+        row = {"eps": e, "multiclass_zero_one_bound": mc_rows[j]["zero_one"],
+               "multiclass_degree": mc_rows[j]["degree"], "concentration_adv_risk": c["adv_risk"], "concentration_adv_risk_ci": c["adv_risk_ci"],
                "intrinsic_robustness": c["intrinsic_robustness"],
                "intrinsic_robustness_ci": c["intrinsic_robustness_ci"],
                "hardest_pair": list(hp), "zero_one_bound": hb["zero_one"], "cross_entropy_bound": hb["cross_entropy"]}
@@ -937,7 +986,8 @@ def _table_and_flags(cfg: ReportConfig, conc, hardest, bound_rows, model_recs):
 def _config_record(cfg: ReportConfig, name: str, user_model: Any, key) -> dict:
     return {"dataset": name, "norm": cfg.norm, "eps": list(cfg.eps_grid), "alpha": cfg.alpha,
             "n_regions": list(cfg.n_regions), "n_repeats": cfg.n_repeats, "protocol": cfg.protocol,
-            "select_size": cfg.select_size, "pairs": cfg.pairs, "n_per_class": cfg.n_per_class,
+            "select_size": cfg.select_size, "multiclass_per_class": cfg.multiclass_per_class,
+            "multiclass_degree": cfg.multiclass_degree, "pairs": cfg.pairs, "n_per_class": cfg.n_per_class,
             "models": list(cfg.models), "user_model": user_model, "arch": cfg.arch, "widen_factor": cfg.widen,
             "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "learning_rate": cfg.train_config("standard").learning_rate,
@@ -1022,6 +1072,12 @@ def report(
     geom = stages.run("geometry", {}, lambda: geometry_summary(tr.flat(), tr.labels, norm=cfg.norm,
                                                                progress=progress),
                       label=f"geometry of {len(tr)} training images")
+    mc_per_class = cfg.multiclass_per_class
+    mc_rows = [stages.run("multiclass", {"eps": e, "per_class": mc_per_class, "degree": cfg.multiclass_degree},
+                          lambda e=e: _multiclass_stage(tr, norm=cfg.norm, eps=e, per_class=mc_per_class,
+                                                        degree=cfg.multiclass_degree, progress=progress),
+                          label=f"multi-class bound eps={e:g} ({j + 1}/{len(cfg.eps_grid)})")
+               for j, e in enumerate(cfg.eps_grid)]
     conc = [stages.run("concentration", {"eps": e, "alpha": cfg.alpha, "T": list(cfg.n_regions),
                                          "repeats": cfg.n_repeats, "protocol": cfg.protocol,
                                          "select_size": cfg.select_size},
@@ -1034,7 +1090,7 @@ def report(
         entries.append((cfg.model_name, "user", user_fn))
     model_recs = _model_stages((k_train, k_eval, k_check), stages, entries, tr, te, te_eval, cfg, chosen,
                                bound_rows, user_name, progress=progress)
-    table, flags = _table_and_flags(cfg, conc, hardest, bound_rows, model_recs)
+    table, flags = _table_and_flags(cfg, conc, mc_rows, hardest, bound_rows, model_recs)
     from jaxbound import __version__
 
     record = to_jsonable({
@@ -1043,6 +1099,9 @@ def report(
         "dataset": {"train": tr.to_dict(), "test": te.to_dict(), "eval_n": len(te_eval)},
         "definitions": DEFINITIONS, "norm": cfg.norm, "eps": list(cfg.eps_grid), "geometry": geom,
         "concentration": conc,
+        "multiclass": {"per_class": mc_per_class, "n": mc_rows[0]["n"], "degree": mc_rows[0]["degree"],
+                       "sample": "the first per_class training points of each class, uniform weights",
+                       "rows": mc_rows},
         "bounds": {"pairs": cfg.pairs, "hardest_pair": list(hardest["pair"]), "selection_eps": cfg.eps_grid[-1],
                    "selection": selection, "rows": bound_rows},
         "models": model_recs, "table": table, "flags": flags,
@@ -1078,11 +1137,12 @@ def _ci(v):
 def _format_table(rec: dict) -> str:
     names = [m["name"] for m in rec["models"]]
     hp = rec["bounds"]["hardest_pair"]
-    head = ["eps", "conc. adv risk", "1-adv (intr. rob.)", f"0-1 bound {hp[0]}v{hp[1]}", f"CE bound {hp[0]}v{hp[1]}"]
+    head = ["eps", "0-1 bound all", "conc. adv risk", "1-adv (intr. rob.)", f"0-1 bound {hp[0]}v{hp[1]}",
+            f"CE bound {hp[0]}v{hp[1]}"]
     head += [f"{n} rob. err" for n in names]
     rows = []
     for r in rec["table"]:
-        row = [f"{r['eps']:g}", _fmt(r["concentration_adv_risk"]), _fmt(r["intrinsic_robustness"]),
+        row = [f"{r['eps']:g}", _fmt(r.get("multiclass_zero_one_bound")), _fmt(r["concentration_adv_risk"]), _fmt(r["intrinsic_robustness"]),
                _fmt(r["zero_one_bound"]), _fmt(r["cross_entropy_bound"])]
         row += [_fmt(r[f"{n}_robust_error"]) for n in names]
         rows.append(row)
@@ -1127,12 +1187,15 @@ def render_markdown(rec: dict) -> str:
     L.append("")
     L.append("## Limits beside achieved robust error")
     L.append("")
-    head = ["eps", "concentration adv. risk [95% CI]", "intrinsic robustness", f"0-1 bound (pair {hp[0]} vs {hp[1]})",
+    mc = rec.get("multiclass") or {}
+    head = ["eps", f"0-1 bound, all classes (L*({mc.get('degree', '?')}), n = {mc.get('n', '?')})",
+            "concentration adv. risk [95% CI]", "intrinsic robustness", f"0-1 bound (pair {hp[0]} vs {hp[1]})",
             "cross-entropy bound"] + [f"{n}: robust error [95% CI]" for n in names]
     L.append("| " + " | ".join(head) + " |")
     L.append("|" + "---|" * len(head))
     for r in rec["table"]:
-        cells = [f"{r['eps']:g}", f"{_fmt(r['concentration_adv_risk'])} {_ci(r['concentration_adv_risk_ci'])}",
+        cells = [f"{r['eps']:g}", _fmt(r.get("multiclass_zero_one_bound")),
+                 f"{_fmt(r['concentration_adv_risk'])} {_ci(r['concentration_adv_risk_ci'])}",
                  _fmt(r["intrinsic_robustness"]), _fmt(r["zero_one_bound"]), _fmt(r["cross_entropy_bound"])]
         cells += [f"{_fmt(r[f'{n}_robust_error'])} {_ci(r[f'{n}_robust_error_ci'])}" for n in names]
         L.append("| " + " | ".join(cells) + " |")
@@ -1242,9 +1305,13 @@ def plot_report(rec: dict, out_dir: str | Path) -> dict:
     ax.plot(eps, adv, "o--", color="tab:purple",
             label=f"concentration estimate h(α={c[0]['alpha']:g}, ε)")
     ax.fill_between(eps, lo, hi, color="tab:purple", alpha=0.15)
+    mc = rec.get("multiclass")
+    if mc:
+        ax.plot(eps, [r["zero_one"] for r in mc["rows"]], "D-", color="black", lw=2,
+                label=f"optimal 0-1 loss, all classes L*({mc['degree']}) (train, n = {mc['n']})")
     hp = rec["bounds"]["hardest_pair"]
     zb = [r["zero_one_bound"] for r in rec["table"]]
-    ax.plot(eps, zb, "s--", color="black", label=f"optimal 0-1 loss, pair {hp[0]} vs {hp[1]} (train)")
+    ax.plot(eps, zb, "s--", color="gray", label=f"optimal 0-1 loss, pair {hp[0]} vs {hp[1]} (train)")
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:brown"]
     for i, m in enumerate(rec["models"]):
         re = np.array([r["robust_error"] for r in m["robust"]])

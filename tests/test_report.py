@@ -64,7 +64,7 @@ def _interval_pairs(obj):
 
 
 TINY = dict(norm="linf", eps=(0.3, 0.45), limit=400, test_limit=120, n_regions=(3,), n_repeats=1,
-            n_per_class=30, check_per_class=20, attack_steps=5, progress=False)
+            n_per_class=30, check_per_class=20, attack_steps=5, multiclass_per_class=25, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,8 @@ def test_report_files_schema_and_numbers(tiny_report):
     assert (out / "robust_error.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rec = json.loads((out / "report.json").read_text())
     assert rec == json.loads(json.dumps(rep.to_dict()))
-    for key in ("schema", "config", "dataset", "definitions", "norm", "eps", "geometry", "concentration", "bounds",
-                "models", "table", "flags", "seconds", "files"):
+    for key in ("schema", "config", "dataset", "definitions", "norm", "eps", "geometry", "concentration",
+                "multiclass", "bounds", "models", "table", "flags", "seconds", "files"):
         assert key in rec
     assert rec["eps"] == [0.3, 0.45] and rec["norm"] == "linf"
     assert [m["name"] for m in rec["models"]] == ["standard", "masked"]
@@ -110,6 +110,26 @@ def test_report_files_schema_and_numbers(tiny_report):
     assert rec["geometry"]["lipschitz"]["lipschitz"] > 0
     md = (out / "report.md").read_text()
     assert "## Definitions" in md and "weak attack" in md.lower()
+
+
+def test_report_multiclass_headline_matches_direct_computation(tiny_report):
+    rep, out = tiny_report
+    rec = rep.record
+    tr = data.load("digits").subset(np.arange(400))
+    mc = rec["multiclass"]
+    assert mc["per_class"] == 25 and mc["degree"] == 3
+    idx = np.concatenate([np.flatnonzero(tr.labels == c)[:25] for c in range(10)])
+    assert mc["n"] == idx.size == 250
+    for row, trow in zip(mc["rows"], rec["table"]):
+        g3 = bounds.conflict_hypergraph(tr.flat()[idx], tr.labels[idx], eps=row["eps"], norm="linf", degree=3)
+        g2 = bounds.conflict_hypergraph(tr.flat()[idx], tr.labels[idx], eps=row["eps"], norm="linf", degree=2)
+        assert row["zero_one"] == pytest.approx(bounds.multiclass_zero_one(g3).loss, abs=1e-9)
+        assert row["zero_one_degree2"] == pytest.approx(bounds.multiclass_zero_one(g2).loss, abs=1e-9)
+        assert row["zero_one_degree2"] <= row["zero_one"] + 1e-9 and row["verified"]
+        assert (row["n_edges"], row["n_hyperedges"]) == (g3.num_edges, g3.hyperedges.shape[0])
+        assert trow["multiclass_zero_one_bound"] == row["zero_one"] and trow["multiclass_degree"] == 3
+    assert mc["rows"][-1]["zero_one"] > 0 and mc["rows"][-1]["n_hyperedges"] > 0  # the grid reaches triples
+    assert "all classes" in (out / "report.md").read_text()
 
 
 def test_report_bounds_match_direct_computation(tiny_report):
@@ -232,7 +252,7 @@ def test_load_callable(tmp_path, monkeypatch):
     (dict(models=("magic",)), "^models"),
     (dict(protocol="other"), "^protocol"),
     (dict(alpha=1.5), "^alpha"),
-    (dict(dataset="cifar11"), "^name: unknown dataset"),
+    (dict(dataset="cifar11"), "^dataset: unknown dataset"),
     (dict(arch="mlp", widen_factor=0.5), "^widen_factor"),
     (dict(arch="no_such_net"), "^arch"),
 ])
