@@ -39,6 +39,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import os
 from pathlib import Path
@@ -78,13 +79,19 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dt
 class Dataset:
     """Images and labels.
 
+    Checked on construction (errors name the field): images are finite real
+    numbers shaped ``[n, H, W, C]`` with pixels in ``[0, 1]``, or ``[n, d]``
+    vectors of synthetic data (any finite values); a batch of grey images
+    ``[n, H, W]`` needs its channel axis (``images[..., None]``); labels are
+    ``n`` integers in ``[0, num_classes)``.
+
     Attributes:
       images: ``[n, H, W, C]`` float32 in ``[0, 1]`` (or ``[n, d]`` for
         synthetic vector data).
       labels: ``[n]`` int64 labels in ``[0, num_classes)``.
       name: dataset name.
       split: split name.
-      num_classes: number of classes.
+      num_classes: number of classes (``0``: ``max(labels) + 1``).
     """
 
     images: np.ndarray
@@ -92,6 +99,35 @@ class Dataset:
     name: str = ""
     split: str = ""
     num_classes: int = 0
+
+    def __post_init__(self):
+        put = functools.partial(object.__setattr__, self)
+        images = self.images if isinstance(self.images, np.ndarray) else np.asarray(self.images)
+        dt = images.dtype
+        if dt == np.bool_ or not (np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer)):
+            raise ValueError(f"images: expected real numbers, got dtype {dt}")
+        if images.ndim == 3:
+            raise ValueError(f"images: expected [n, H, W, C] images or [n, d] vectors, got shape {images.shape}; "
+                             "add the channel axis of grey images with images[..., None]")
+        if images.ndim not in (2, 4):
+            raise ValueError(f"images: expected [n, H, W, C] images or [n, d] vectors, got shape {images.shape}")
+        _checks.check_finite(images, "images")
+        if images.ndim == 4:
+            _checks.check_bounds(images, "images", (0.0, 1.0))
+        labels = self.labels if isinstance(self.labels, np.ndarray) else np.asarray(self.labels)
+        if labels.size == 0 and labels.ndim == 1 and labels.dtype.kind == "f":
+            labels = labels.astype(np.int64)  # np.asarray([]) is float64
+        _checks.check_labels(labels, "labels", n=images.shape[0])
+        if not isinstance(self.name, str) or not isinstance(self.split, str):
+            raise ValueError(f"name: name and split must be strings, got {self.name!r} and {self.split!r}")
+        k = _checks.check_int(self.num_classes, "num_classes", low=0)
+        if k == 0:
+            k = int(labels.max()) + 1 if labels.size else 0
+        elif labels.size and int(labels.max()) >= k:
+            raise ValueError(f"labels: label {int(labels.max())} is out of range for num_classes={k}")
+        put("images", images)
+        put("labels", labels)
+        put("num_classes", k)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

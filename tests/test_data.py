@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import shutil
 
@@ -217,3 +218,40 @@ def test_uniform_cube_ball_spheres():
         data.uniform_cube(3, key=k, d=0)
     with pytest.raises(ValueError, match="^radii:"):
         data.concentric_spheres(3, key=k, d=3, radii=(1.0, 1.0))
+
+
+def _imgs(n=4):
+    return np.linspace(0, 1, n * 4, dtype=np.float32).reshape(n, 2, 2, 1)
+
+
+@pytest.mark.parametrize("images, labels, kw, field, match", [
+    (_imgs(4), np.arange(3), {}, "labels", "has 3 labels for 4 inputs"),
+    (np.where(_imgs(4) > 0.5, np.nan, _imgs(4)), np.arange(4), {}, "images", "NaN"),
+    (_imgs(4) + np.inf, np.arange(4), {}, "images", "NaN or infinite"),
+    (_imgs(4) * 2.0, np.arange(4), {}, "images", r"values must lie in \[0.0, 1.0\]"),
+    (_imgs(4), np.array([0, 1, 2, 10]), {"num_classes": 10}, "labels", "label 10 is out of range"),
+    (_imgs(4), np.array([0, 1, 2, -1]), {"num_classes": 10}, "labels", "must be >= 0"),
+    (_imgs(4), np.array([0.0, 1.0, 2.0, 3.0]), {}, "labels", "must be integers"),
+    (_imgs(4)[..., 0], np.arange(4), {}, "images", r"images\[\.\.\., None\]"),
+    (_imgs(4)[:, 0, 0, 0], np.arange(4), {}, "images", "expected"),
+    (_imgs(4)[None], np.arange(4), {}, "images", "expected"),
+    (np.array([["a"]]), np.arange(1), {}, "images", "real numbers"),
+    (_imgs(4) > 0.5, np.arange(4), {}, "images", "real numbers"),
+    (_imgs(4), np.arange(4), {"num_classes": -1}, "num_classes", ">= 0"),
+    (_imgs(4), np.arange(4), {"num_classes": 2.5}, "num_classes", "integer"),
+    (_imgs(4), np.arange(4), {"name": 3}, "name", "strings"),
+])
+def test_dataset_rejects_inconsistent_fields(images, labels, kw, field, match):
+    with pytest.raises(ValueError, match=f"^{field}: .*{match}"):
+        data.Dataset(images, labels, **kw)
+
+
+def test_dataset_accepts_vectors_empty_sets_and_infers_classes():
+    v = data.Dataset(np.array([[-3.0, 5.0], [0.5, 1e3]], np.float32), np.array([0, 2]))
+    assert v.num_classes == 3 and v.shape == (2,)  # synthetic vectors: any finite values
+    e = data.Dataset(np.zeros((0, 2, 2, 1), np.float32), np.zeros(0, np.int64), num_classes=10)
+    assert len(e) == 0 and e.class_counts().tolist() == [0] * 10
+    full = data.Dataset(_imgs(4), np.arange(4), num_classes=10)
+    assert full.subset([1, 3]).labels.tolist() == [1, 3]
+    with pytest.raises(ValueError, match="^labels"):
+        dataclasses.replace(full, labels=np.arange(3))
