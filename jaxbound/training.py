@@ -78,9 +78,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -93,7 +93,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxbound import _checks, _engine, attacks, lp, models
-from jaxbound._io import atomic_write_json, fingerprint, to_jsonable
+from jaxbound._io import atomic_write_json, fingerprint, load_json_or_none, to_jsonable
 
 __all__ = [
     "RECIPES",
@@ -164,7 +164,8 @@ class TrainConfig:
 
     Attributes:
       recipe: ``"standard" | "pgd" | "trades" | "gradient_reg" | "soft_labels"``.
-      epochs: passes over the data (>= 0).
+      epochs: passes over the data (>= 1; an untrained model is
+        :func:`jaxbound.models.init_params`).
       batch_size: examples per step (>= 1, at most the number of examples).
       optimizer: ``"adam"``, ``"adamw"`` (decoupled decay), ``"sgd"`` (with
         ``momentum``), or any ``optax.GradientTransformation`` (then
@@ -226,7 +227,7 @@ class TrainConfig:
         put = functools.partial(object.__setattr__, self)
         if not isinstance(self.recipe, str) or self.recipe not in RECIPES:
             raise ValueError(f"recipe: must be one of {', '.join(map(repr, RECIPES))}, got {self.recipe!r}")
-        put("epochs", _checks.check_int(self.epochs, "epochs", low=0))
+        put("epochs", _checks.check_int(self.epochs, "epochs", low=1))
         put("batch_size", _checks.check_int(self.batch_size, "batch_size", low=1))
         if not isinstance(self.optimizer, optax.GradientTransformation) and self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer: must be one of {', '.join(map(repr, OPTIMIZERS))} or an optax "
@@ -602,7 +603,7 @@ def _train_step(spec: _StepSpec, params, opt_state, x, t, key, scale):
 def _step_function(model: nn.Module, cfg: TrainConfig, total_steps: int, data_sh, repl) -> Callable:
     """The jitted step; jax's own cache reuses it across :func:`train` calls with equal settings."""
     uses_total = isinstance(cfg.optimizer, str) and cfg.schedule in ("piecewise", "cosine")
-    spec = _StepSpec(model, cfg.replace(epochs=0), total_steps if uses_total else None)
+    spec = _StepSpec(model, cfg.replace(epochs=1), total_steps if uses_total else None)
     shardings = dict(in_shardings=(repl, repl, data_sh, data_sh, repl, repl), out_shardings=(repl, repl, repl))
     try:
         hash(spec)
@@ -701,10 +702,17 @@ def _make_optimizer(cfg: TrainConfig, total: int | None):
 
 
 def _ckpt_meta(path: Path) -> dict | None:
+    """The checkpoint's ``meta.json``; ``None`` when absent, or (with one warning) when damaged."""
     f = path / "meta.json"
-    if not f.is_file():
+    if not f.exists():
         return None
-    return json.loads(f.read_text())
+    meta = load_json_or_none(f, what="training checkpoint")
+    if meta is not None and not (isinstance(meta, dict) and {"fingerprint", "checkpoint", "epoch", "step",
+                                                              "history"} <= set(meta)):
+        warnings.warn(f"training checkpoint {f} is not a jaxbound checkpoint description; training from the "
+                      "start", RuntimeWarning, stacklevel=2)
+        return None
+    return meta
 
 
 def _save_checkpoint(path: Path, state: dict, meta: dict) -> None:
@@ -824,17 +832,28 @@ def _run_fingerprint(config: dict, key: Any, d: _Data, cfg: TrainConfig) -> str:
 
 
 def _resume(ckdir: Path, fp: str, st: _State) -> None:
-    """Load the last checkpoint of this run into ``st`` (another run's checkpoint raises)."""
+    """Load the last checkpoint of this run into ``st`` (another run's checkpoint raises).
+
+    A damaged checkpoint (unreadable ``meta.json``, or an Orbax folder that
+    does not restore) is ignored with one warning naming it: the run starts
+    from the beginning, which gives the same result as an uninterrupted run.
+    """
     meta = _ckpt_meta(ckdir)
     if meta is None:
         return
     if meta.get("fingerprint") != fp:
         raise ValueError(f"checkpoint_dir: {ckdir} holds a checkpoint of a different run "
                          "(other data, model, key or settings); use another folder or remove it")
-    state = _restore_checkpoint(ckdir, meta, {"params": st.params, "opt_state": st.opt_state})
-    st.params = jax.tree.map(jnp.asarray, state["params"])
-    st.opt_state = jax.tree.map(jnp.asarray, state["opt_state"])
-    st.step, st.epoch, st.history = int(meta["step"]), int(meta["epoch"]), list(meta["history"])
+    try:
+        state = _restore_checkpoint(ckdir, meta, {"params": st.params, "opt_state": st.opt_state})
+        params = jax.tree.map(jnp.asarray, state["params"])
+        opt_state = jax.tree.map(jnp.asarray, state["opt_state"])
+        step, epoch, history = int(meta["step"]), int(meta["epoch"]), list(meta["history"])
+    except Exception as exc:  # noqa: BLE001 - Orbax and tensorstore raise many kinds; recompute instead
+        warnings.warn(f"training checkpoint {ckdir / str(meta.get('checkpoint'))} is damaged "
+                      f"({type(exc).__name__}); training from the start", RuntimeWarning, stacklevel=2)
+        return
+    st.params, st.opt_state, st.step, st.epoch, st.history = params, opt_state, step, epoch, history
 
 
 def _train_epoch(step_fn: Callable, st: _State, d: _Data, cfg: TrainConfig, k_perm, k_step, epoch: int, data_sh,

@@ -424,11 +424,62 @@ def test_bad_model_and_data_rejected(digits):
         training.train(_mlp(), (x, y), key=0)
 
 
-def test_epochs_zero_returns_initial_model(digits):
+def test_epochs_zero_raises_instead_of_returning_an_untrained_model(digits):
     tr, _ = digits
-    r = training.train("mlp", tr, key=jax.random.key(0), epochs=0, progress=False)
-    assert r.steps == 0 and r.history == []
-    assert r.logits_fn()(tr.images[:3]).shape == (3, 10)
+    with pytest.raises(ValueError, match="^epochs: must be >= 1, got 0"):
+        training.train("mlp", tr, key=jax.random.key(0), epochs=0, progress=False)
+    with pytest.raises(ValueError, match="^epochs"):
+        training.TrainConfig(epochs=0)
+
+
+def _damage_checkpoint(ck, how):
+    """Damage a training checkpoint folder the ways a crash, a disk or a user can."""
+    meta = ck / "meta.json"
+    if how == "meta_truncated":
+        meta.write_bytes(meta.read_bytes()[:25])
+    elif how == "meta_random":
+        meta.write_bytes(np.random.default_rng(0).integers(0, 256, 300, np.uint8).tobytes())
+    elif how == "meta_empty_object":
+        meta.write_text("{}")
+    elif how in ("orbax_truncated", "orbax_random"):
+        files = sorted(f for f in ck.rglob("*") if f.is_file() and f.stat().st_size > 0 and f.name != "meta.json")
+        for f in files:
+            b = f.read_bytes()
+            f.write_bytes(b[: len(b) // 3] if how == "orbax_truncated"
+                          else np.random.default_rng(1).integers(0, 256, len(b), np.uint8).tobytes())
+    elif how == "orbax_missing":
+        import shutil
+
+        shutil.rmtree(next(ck.glob("epoch_*")))
+    else:
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["meta_truncated", "meta_random", "meta_empty_object", "orbax_truncated",
+                                 "orbax_random", "orbax_missing"])
+def test_damaged_checkpoint_trains_from_the_start_with_one_warning(digits, tmp_path, monkeypatch, how):
+    tr, _ = digits
+    x, y = tr.images[:128], tr.labels[:128]
+    kw = dict(epochs=2, batch_size=64, progress=False)
+    full = training.train(_mlp(), (x, y), key=jax.random.key(1), **kw)
+    ck = tmp_path / "ck"
+    orig, calls = training._permutation, []
+
+    def interrupt(key, n):
+        calls.append(n)
+        if len(calls) == 2:  # start of the second epoch: the first is checkpointed
+            raise KeyboardInterrupt
+        return orig(key, n)
+
+    with monkeypatch.context() as m:
+        m.setattr(training, "_permutation", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            training.train(_mlp(), (x, y), key=jax.random.key(1), checkpoint_dir=ck, **kw)
+    _damage_checkpoint(ck, how)
+    with pytest.warns(RuntimeWarning, match="training checkpoint .*(meta.json|epoch_)") as rec:
+        again = training.train(_mlp(), (x, y), key=jax.random.key(1), checkpoint_dir=ck, **kw)
+    assert len([r for r in rec if issubclass(r.category, RuntimeWarning)]) == 1
+    assert again.steps == full.steps == 4 and _tree_maxdiff(again.params, full.params) == 0.0
 
 
 # ---------------------------------------------------------------------------
