@@ -18,6 +18,21 @@ error regions ``E`` in the families the paper proves convergent:
   greedily (the family B(T), Definition 3.9) -- :func:`fit_balls`.
 * The half-space baseline of Gilmer et al. (the "Gilmer" columns of Table 3)
   -- :func:`fit_halfspace`.
+* The half-space search of Prescott, Zhang & Evans (2021): principal
+  directions and their element-wise powers, scaled to unit dual norm, the
+  upper tail of the projections as ``E`` -- :func:`fit_halfspaces`.
+
+Validity: ``h`` is an infimum over regions of measure ``>= alpha``, so a
+region holding less than ``alpha`` of the split it is reported on can show an
+adversarial risk below ``h``. Every search obeys one :class:`Rule` -- at least
+``alpha + margin / sqrt(N)`` of the fit split in ``E`` (:func:`fit_target`,
+the margin of Prescott et al.) and a Clopper-Pearson lower end ``>= alpha`` on
+the selection split (:func:`select_count`) -- in every repeat, and every
+record says whether its regions hold risk ``>= alpha`` on its split
+(``valid``). :func:`estimate` never presents an invalid record as the
+estimate (``Estimate.valid``, ``Estimate.value``), and
+``estimate(method="best")`` (:func:`best_estimate`) keeps the lowest valid
+estimate over methods.
 
 :func:`measure` gives the empirical risk ``mu_hat(E)`` and adversarial risk
 ``mu_hat(E_eps)`` of a region with Clopper-Pearson intervals, and
@@ -27,7 +42,8 @@ on a held-out third; or the paper's protocol, which selects and reports on the
 test set) and return JSON-serialisable :class:`ConcentrationRecord` rows.
 :func:`estimate` is the one entry point that picks the method from the
 threat-model norm (``linf`` -> rectangles, ``l2`` -> balls, any other norm ->
-half-space) and runs it under the protocol.
+half-space; ``method="halfspaces"`` or ``"best"`` on request) and runs it under
+the protocol.
 
 Facts about the authors' implementation that are reproduced: the density rank
 is the l1 distance to the 50-th neighbour counting the point itself; boxes are
@@ -44,6 +60,8 @@ References:
   fundamental limits on intrinsic robustness." NeurIPS 2019, arXiv:1905.12202.
   Gilmer, Metz, Faghri, Schoenholz, Raghu, Wattenberg, Goodfellow.
   "Adversarial spheres." arXiv:1801.02774 (the half-space baseline).
+  Prescott, Zhang, Evans. "Improved estimation of concentration under
+  lp-norm distance metrics using half spaces." ICLR 2021, arXiv:2103.12913.
   Clopper, Pearson. "The use of confidence or fiducial limits illustrated in
   the case of the binomial." Biometrika 26(4), 1934.
 """
@@ -1507,7 +1525,7 @@ def _np_norm(w: np.ndarray, norm: Any) -> float:
 
 
 def halfspace_directions(
-    x: Any, *, norm: Any, n_components: int = 20, powers: Sequence[float] = (1.0, 2.0, 4.0, 8.0)
+    x: Any, *, norm: Any, n_components: int | None = None, powers: Sequence[float] = (1.0, 2.0, 4.0, 8.0)
 ) -> tuple[np.ndarray, np.ndarray]:
     """Candidate directions of the half-space search of Prescott et al. (2021).
 
@@ -1522,7 +1540,8 @@ def halfspace_directions(
     Args:
       x: ``[N, d]`` fit points.
       norm: perturbation norm (its dual normalises ``w``).
-      n_components: principal directions used, ``1 <= n_components <= d``.
+      n_components: principal directions used, ``1 <= n_components <= d``
+        (default ``min(20, d)``).
       powers: element-wise powers ``p > 0`` (``1``: the component itself).
 
     Returns:
@@ -1535,6 +1554,8 @@ def halfspace_directions(
     """
     x = _points(x)
     norm = _checks.canonical_norm(norm)
+    if n_components is None:
+        n_components = min(20, x.shape[1])
     n_components = _checks.check_int(n_components, "n_components", low=1, high=x.shape[1])
     pw = _check_powers(powers)
     dual = lp.dual_norm(norm)
@@ -1563,7 +1584,7 @@ def fit_halfspaces(
     eps: float,
     norm: Any,
     x_select: Any = None,
-    n_components: int = 20,
+    n_components: int | None = None,
     powers: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
     margin: float = 0.5,
     confidence: float | None = 0.95,
@@ -1587,7 +1608,7 @@ def fit_halfspaces(
       eps: budget ``>= 0``.
       norm: perturbation norm (any lp; the paper uses l2 and l_inf).
       x_select: ``[M, d]`` points that choose the direction.
-      n_components: principal directions searched.
+      n_components: principal directions searched (default ``min(20, d)``).
       powers: element-wise powers searched.
       margin: ``c >= 0`` of the fit target (Prescott et al.: 0.5).
       confidence: Clopper-Pearson level of the selection rule (``None``: risk ``>= alpha``).
@@ -2250,7 +2271,7 @@ def estimate(
     progress: bool = False,
     margin: float = 0.5,
     confidence: float | None = 0.95,
-    n_components: int = 20,
+    n_components: int | None = None,
     powers: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
     **fit_kwargs: Any,
 ) -> Estimate:
@@ -2315,7 +2336,7 @@ def estimate(
       margin: ``c >= 0`` of the fit target ``alpha + c / sqrt(N)`` (:func:`fit_target`).
       confidence: Clopper-Pearson level of the selection rule
         (:func:`select_count`), or ``None`` for risk ``>= alpha``.
-      n_components: principal directions of the half-space search.
+      n_components: principal directions of the half-space search (default ``min(20, d)``).
       powers: element-wise powers of the half-space search.
       **fit_kwargs: further settings of :func:`fit_rectangles` or
         :func:`fit_balls`.
@@ -2370,8 +2391,8 @@ def _run_method(chosen: str, splits: Splits, kw: dict, fit_kwargs: dict):
         fit_kwargs.setdefault("list_size", min(2048, n_fit - 1))
         return run_balls(splits, n_regions=kw["n_regions"], progress=kw["progress"], **common, **fit_kwargs)
     if chosen == "halfspaces":
-        return run_halfspaces(splits, norm=kw["norm"], n_components=min(kw["n_components"], splits.fit.shape[1]),
-                              powers=kw["powers"], **common)
+        return run_halfspaces(splits, norm=kw["norm"], n_components=kw["n_components"], powers=kw["powers"],
+                              **common)
     return run_halfspace(splits, norm=kw["norm"], **common)
 
 
