@@ -16,7 +16,8 @@ Main job:
 One method each (same conventions; JSON on stdout and in --out):
 
 * ``jaxbound concentration``: intrinsic-robustness estimate per eps.
-* ``jaxbound optprob``: optimal cross-entropy and 0-1 losses of a class pair.
+* ``jaxbound optprob``: optimal cross-entropy and 0-1 losses of a class pair,
+  or (``--classes all``) the optimal 0-1 loss over all classes (Dai et al. 2023).
 * ``jaxbound attack``: clean and robust accuracy of a model under PGD or FGM.
 * ``jaxbound train``: train a model (standard, PGD or TRADES) and save it.
 * ``jaxbound lipschitz``: dataset Lipschitz constant and inter-class distance.
@@ -205,7 +206,10 @@ def _method_parsers(sub) -> None:
     op = sub.add_parser("optprob", help="optimal cross-entropy and 0-1 losses of a class pair (Bhagoji et al. 2021)",
                         description=_desc("optprob"), formatter_class=raw)
     _add_dataset_args(op)
-    op.add_argument("--classes", default="3,7", help="the class pair, e.g. 3,7 (default)")
+    op.add_argument("--classes", default="3,7", help="the class pair, e.g. 3,7 (default), or 'all': the optimal "
+                                                      "0-1 loss over all classes (Dai et al. 2023)")
+    op.add_argument("--degree", type=int, default=3, choices=[2, 3],
+                    help="with --classes all: 2 (pair conflicts, max-flow) or 3 (also triples, LP; default)")
     op.add_argument("--n-per-class", type=int, default=None, help="first N points of each class (default all)")
     op.add_argument("--norm", default="l2", help="l1, l2 (default) or linf")
     op.add_argument("--eps", default="1.0,2.0", help="comma-separated budgets (default 1.0,2.0)")
@@ -263,6 +267,8 @@ def _geometry_parsers(sub) -> None:
     knn.add_argument("--block-size", type=int, default=None, help="query rows per device and block")
     knn.add_argument("--checkpoint", default=None,
                      help="folder keeping finished blocks; rerun the same command to resume after an interruption")
+    knn.add_argument("--checkpoint-every", type=float, default=30.0,
+                     help="with --checkpoint: seconds between saves (default 30; 0 saves every block)")
     knn.add_argument("--out", default="knn.npz", help="output .npz with distances and indices (default knn.npz)")
     knn.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -437,15 +443,31 @@ def run_concentration(args) -> dict:
                         "adv_risk_ci": r["adv_risk_ci"]} for r in rows if r["split"] in ("report", "test")]}
 
 
+def _multiclass_rows(ds, eps, args) -> dict:
+    from jaxbound import report as R
+
+    rows = [R.multiclass_bound(ds, norm=args.norm, eps=e, per_class=args.n_per_class, degree=args.degree,
+                                progress=not args.quiet) for e in eps]
+    return {"classes": "all", "n": rows[0]["n"] if rows else 0, "degree": rows[0]["degree"] if rows else None,
+            "rows": rows}
+
+
 def run_optprob(args) -> dict:
     from jaxbound import bounds, data
     from jaxbound import report as R
 
     ds = _load(args)
+    eps = R.parse_eps(args.eps)
+    if str(args.classes).strip().lower() == "all":
+        rec = {"command": "optprob", "dataset": ds.to_dict(), "norm": str(args.norm), "n_per_class": args.n_per_class,
+               **_multiclass_rows(ds, eps, args)}
+        _write_json(args.out, rec)
+        return {"written": args.out, "classes": "all", "n": rec["n"], "degree": rec["degree"],
+                "rows": [{k: r[k] for k in ("eps", "zero_one", "zero_one_degree2", "n_edges", "n_hyperedges")}
+                         for r in rec["rows"]]}
     cls = _ints(args.classes, "classes")
     if len(cls) != 2:
-        raise ValueError(f"classes: give two classes like 3,7, got {args.classes!r}")
-    eps = R.parse_eps(args.eps)
+        raise ValueError(f"classes: give two classes like 3,7 or 'all', got {args.classes!r}")
     xa, xb = data.class_pair(ds, cls[0], cls[1], n_per_class=args.n_per_class)
     rows = []
     for e in eps:
@@ -592,7 +614,7 @@ def run_knn(args) -> Path:
     ds = _load(args)
     res = geometry.knn(ds.flat(), k=args.k, norm=args.norm, exclude_self=args.exclude_self,
                        precision=args.precision, block_size=args.block_size,
-                       progress=not args.quiet, checkpoint=args.checkpoint)
+                       progress=not args.quiet, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
     buf = io.BytesIO()
     np.savez(buf, distances=res.distances, indices=res.indices, labels=ds.labels)
     out = Path(args.out)

@@ -754,8 +754,29 @@ def multiclass_points(ds: Any, per_class: int | None) -> tuple[np.ndarray, np.nd
     return ds.flat()[idx], ds.labels[idx]
 
 
-def _multiclass_stage(tr, *, norm, eps, per_class, degree, progress=False):
-    """L*(degree) (and L*(2)) of the multi-class training sample at one budget."""
+def multiclass_bound(tr: Any, *, norm: Any, eps: float, per_class: int | None, degree: int = 3,
+                     progress: bool = False) -> dict:
+    """The report's multi-class limit at one budget: ``L*(degree)`` and ``L*(2)`` of a class-balanced sample.
+
+    Args:
+      tr: a :class:`jaxbound.data.Dataset` (the training split).
+      norm: ``"l1" | "l2" | "linf"`` (``l1`` stays at degree 2).
+      eps: the budget.
+      per_class: first N points of each class (:func:`multiclass_points`; ``None``: all).
+      degree: 2 or 3.
+      progress: progress bars of the distance pass.
+
+    Returns:
+      ``{"eps", "n", "degree", "zero_one", "zero_one_degree2", "n_edges",
+      "n_hyperedges", "backend", "verified", "seconds"}`` (``zero_one`` is
+      ``L*(degree)``, a lower bound on every classifier's robust error on the
+      sample; ``verified``: both certificates pass ``verify(1e-6)``).
+
+    References:
+      Dai, Ding, Bhagoji, Cullina, Zhao, Zheng, Mittal. "Characterizing the
+      optimal 0-1 loss for multi-class classification with a test-time
+      attacker." NeurIPS 2023, arXiv:2302.10722.
+    """
     from jaxbound import bounds
 
     x, y = multiclass_points(tr, per_class)
@@ -1074,7 +1095,7 @@ def report(
                       label=f"geometry of {len(tr)} training images")
     mc_per_class = cfg.multiclass_per_class
     mc_rows = [stages.run("multiclass", {"eps": e, "per_class": mc_per_class, "degree": cfg.multiclass_degree},
-                          lambda e=e: _multiclass_stage(tr, norm=cfg.norm, eps=e, per_class=mc_per_class,
+                          lambda e=e: multiclass_bound(tr, norm=cfg.norm, eps=e, per_class=mc_per_class,
                                                         degree=cfg.multiclass_degree, progress=progress),
                           label=f"multi-class bound eps={e:g} ({j + 1}/{len(cfg.eps_grid)})")
                for j, e in enumerate(cfg.eps_grid)]

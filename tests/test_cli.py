@@ -54,6 +54,13 @@ def test_knn_command_writes_npz(tmp_path):
     assert cli.main(["knn", "--limit", "100", "--k", "5", "--norm", "l2", "--out", str(out), "--quiet"]) == 0
     z = np.load(out)
     assert z["indices"].shape == (100, 5) and np.all(z["indices"][:, 0] == np.arange(100))
+    # a settable checkpoint interval (resume after a kill: tests/test_faults.py)
+    ck, out2 = tmp_path / "ck", tmp_path / "k2.npz"
+    argv = ["knn", "--limit", "100", "--k", "5", "--norm", "l2", "--block-size", "16", "--checkpoint", str(ck),
+            "--checkpoint-every", "0", "--quiet"]
+    assert cli.main(argv + ["--out", str(out2)]) == 0
+    assert np.array_equal(np.load(out)["indices"], np.load(out2)["indices"])
+    assert cli.main(argv[:-3] + ["--checkpoint-every", "-1", "--out", str(out2), "--quiet"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -152,6 +159,14 @@ def test_method_subcommands_write_json(tmp_path, capsys):
     g = bounds.conflict_graph(xa, xb, eps=1.5, norm="l2")
     assert rec["rows"][1]["cross_entropy"] == pytest.approx(bounds.optprob(g).loss)
     assert rec["rows"][1]["zero_one"] == pytest.approx(bounds.min_zero_one_loss(g).loss)
+    # --classes all: the multi-class bound of the first N points of each class
+    assert cli.main(["optprob", "--limit", "400", "--classes", "all", "--n-per-class", "20", "--norm", "linf",
+                     "--eps", "0.45", "--out", str(o), "--quiet"]) == 0
+    rec = json.loads(o.read_text())
+    idx = np.concatenate([np.flatnonzero(ds.labels == c)[:20] for c in range(10)])
+    g3 = bounds.conflict_hypergraph(ds.flat()[idx], ds.labels[idx], eps=0.45, norm="linf", degree=3)
+    assert rec["classes"] == "all" and rec["n"] == 200 and rec["degree"] == 3
+    assert rec["rows"][0]["zero_one"] == pytest.approx(bounds.multiclass_zero_one(g3).loss)
     lp = tmp_path / "l.json"
     assert cli.main(["lipschitz", "--limit", "400", "--out", str(lp), "--quiet"]) == 0
     rec = json.loads(lp.read_text())
