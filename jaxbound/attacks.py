@@ -113,6 +113,8 @@ __all__ = [
     "dlr_loss",
     "apgd_checkpoints",
     "apgd",
+    "fab",
+    "square",
     "AUTOATTACK_ATTACKS",
     "AutoAttackResult",
     "autoattack",
@@ -1472,13 +1474,11 @@ def _apgd_core(x, y, idx, eps, key, *, logits_fn, randomized, norm, steps, resta
 
     def run(r, st):
         best_x, best_logits, found, bad = st
-        t, rr = r // restarts, r % restarts
-        target = _targets(logits_c, y, t)
+        target = _targets(logits_c, y, r // restarts)
         rk = jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
         start = lp.sample_balls(eps, norm, shape=x.shape[1:], keys=rk, dtype=x.dtype)
         x0 = _project_l1_box(x, x + start, eps, bounds) if norm == "l1" else lp.project_in_box(
             x, start, eps, norm, bounds)
-        del rr
         xa, la, fa, ba = _apgd_run(x, y, target, jax.vmap(lambda k: jax.random.fold_in(k, r + 1))(rk), eps, x0,
                                    **kw)
         take = fa & ~found
@@ -2021,21 +2021,470 @@ def autoattack(
 
 
 # ---------------------------------------------------------------------------
-# FAB and Square (filled in below)
+# Square attack (score-based)
 # ---------------------------------------------------------------------------
 
-
-def _fab_static(logits_fn, k, *, norm, steps, restarts, targeted, n_targets, bounds):
-    raise ValueError("attacks: 'fab' and 'fab-t' are not available yet")
+_SQUARE_STEPS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
-def _fab_core(*a, **kw):  # pragma: no cover
-    raise NotImplementedError
+def _square_p(p_init, i, n_queries):
+    """Square's schedule: ``p_init`` halved after iterations 10, 50, 200, ..., 8000 of 10,000 (rescaled to ``n_queries``)."""
+    ip = (i * 10000) // max(n_queries, 1)
+    halvings = sum((ip > t).astype(jnp.int32) for t in _SQUARE_STEPS)
+    return p_init / (2.0 ** halvings)
+
+
+def _image_shape(shape):
+    """``(H, W, C)`` of one example: images ``[H, W, C]``; ``[H, W]``; a flat ``[d]`` as a ``1 x d`` strip."""
+    if len(shape) == 3:
+        return tuple(int(s) for s in shape)
+    if len(shape) == 2:
+        return int(shape[0]), int(shape[1]), 1
+    return 1, int(np.prod(shape)), 1
+
+
+def _window_sides(p, hwc, *, minimum, odd):
+    """Side lengths ``(sh, sw)`` of a square covering a fraction ``p`` of the pixels (a strip segment when H = 1)."""
+    h, w, _ = hwc
+    if h == 1:
+        sw = jnp.clip(jnp.round(p * w), 1, max(w - 1, 1)).astype(jnp.int32)
+        return jnp.int32(1), sw
+    s = jnp.maximum(jnp.round(jnp.sqrt(p * h * w)), minimum)
+    if odd:
+        s = jnp.where(s % 2 == 0, s + 1, s)
+    s = jnp.clip(s, 1, max(min(h, w) - 1, 1)).astype(jnp.int32)
+    return s, s
+
+
+def _window(keys, sh, sw, hwc):
+    """A random ``sh x sw`` window per example: ``(mask [n, H, W, 1], top [n], left [n])``."""
+    h, w, _ = hwc
+    kr, kc = jax.vmap(jax.random.split)(keys).transpose(1, 0)
+    top = jax.vmap(lambda k: jax.random.randint(k, (), 0, h - sh + 1))(kr)
+    left = jax.vmap(lambda k: jax.random.randint(k, (), 0, w - sw + 1))(kc)
+    r = jnp.arange(h)[None, :, None, None] - top[:, None, None, None]
+    c = jnp.arange(w)[None, None, :, None] - left[:, None, None, None]
+    return (r >= 0) & (r < sh) & (c >= 0) & (c < sw), top, left
+
+
+def _square_linf_step(i, xi, delta, keys, eps, *, p, hwc, lo, hi):
+    """Candidate of one ℓ∞ Square iteration: a window set to ``±eps`` per channel (a change guaranteed)."""
+    sh, sw = _window_sides(p, hwc, minimum=1, odd=False)
+    k1, k2 = jax.vmap(jax.random.split)(jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)).transpose(1, 0)
+    mask, _, _ = _window(k1, sh, sw, hwc)
+    sgn = jax.vmap(lambda k: jax.random.rademacher(k, (1, 1, hwc[2]), xi.dtype))(k2)
+    e = eps[:, None, None, None]
+    cand = jnp.clip(xi + sgn * e, lo, hi) - xi
+    same = jnp.all(jnp.where(mask, jnp.abs(cand - delta) < 1e-7, True), axis=(1, 2, 3))
+    cand = jnp.where(same[:, None, None, None], jnp.clip(xi - sgn * e, lo, hi) - xi, cand)
+    return jnp.where(mask, cand, delta)
+
+
+def _pseudo_gaussian(u, v, sh, sw, table):
+    """The centred pseudo-Gaussian pattern of an ``sh x sw`` rectangle at relative pixel ``(u, v)`` (0 outside)."""
+    m = jnp.maximum(sh, sw) // 2
+    level = jnp.maximum(jnp.abs(u - sh // 2), jnp.abs(v - sw // 2))
+    inside = (u >= 0) & (u < sh) & (v >= 0) & (v < sw)
+    return jnp.where(inside, table[m + 1] - table[jnp.clip(level, 0, m + 1)], 0.0)
+
+
+def _meta_pattern(top, left, sh, sw, flip, hwc, table):
+    """Unit-ℓ2 two-halves pattern ``[+eta, -eta]`` in a window (halves side by side, or stacked when ``flip``)."""
+    h, w, _ = hwc
+    u = jnp.arange(h)[None, :, None, None] - top[:, None, None, None]
+    v = jnp.arange(w)[None, None, :, None] - left[:, None, None, None]
+    fl = flip[:, None, None, None]
+    a, b = jnp.where(fl, v, u), jnp.where(fl, u, v)
+    half = jnp.maximum(sw // 2, 1)
+    pat = _pseudo_gaussian(a, b, sh, half, table) - _pseudo_gaussian(a, b - half, sh, sw - half, table)
+    nrm = jnp.sqrt(jnp.sum(pat * pat, axis=(1, 2, 3), keepdims=True))
+    return pat / jnp.maximum(nrm, _TINY)
+
+
+def _square_l2_step(i, xi, delta, keys, eps, *, p, hwc, lo, hi, table):
+    """Candidate of one ℓ2 Square iteration: mass of window 2 and the unused budget moved into window 1."""
+    sh, sw = _window_sides(p, hwc, minimum=3, odd=True)
+    ks = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, i), 4))(keys)
+    m1, top, left = _window(ks[:, 0], sh, sw, hwc)
+    m2, _, _ = _window(ks[:, 1], sh, sw, hwc)
+    sgn = jax.vmap(lambda k: jax.random.rademacher(k, (1, 1, hwc[2]), xi.dtype))(ks[:, 2])
+    flip = jax.vmap(lambda k: jax.random.bernoulli(k))(ks[:, 3]) & (hwc[0] > 1)
+    pat = _meta_pattern(top, left, sh, sw, flip, hwc, table) * sgn
+    e2 = (eps * eps)[:, None, None, None]
+    total = jnp.sum(delta * delta, axis=(1, 2, 3), keepdims=True)
+    spare = jnp.maximum(e2 - total, 0.0) / hwc[2]
+    union = jnp.sum(jnp.where(m1 | m2, delta * delta, 0.0), axis=(1, 2), keepdims=True)  # per channel
+    old = jnp.where(m1, delta, 0.0)
+    old = old / (jnp.sqrt(jnp.sum(old * old, axis=(1, 2), keepdims=True)) + 1e-10)
+    new = pat + old
+    new = new / jnp.maximum(jnp.sqrt(jnp.sum(new * new, axis=(1, 2), keepdims=True)), _TINY)
+    new = new * jnp.sqrt(union + spare)
+    d = jnp.where(m1, new, jnp.where(m2, 0.0, delta))
+    nrm = jnp.sqrt(jnp.sum(d * d, axis=(1, 2, 3), keepdims=True))
+    d = d * jnp.minimum(1.0, jnp.sqrt(e2) / jnp.maximum(nrm, _TINY))
+    return jnp.clip(xi + d, lo, hi) - xi
+
+
+def _square_init(xi, keys, eps, *, norm, hwc, lo, hi, table):
+    """ℓ∞: vertical stripes of ``±eps``; ℓ2: a grid of pseudo-Gaussian squares of random signs, scaled to ``eps``."""
+    h, w, c = hwc
+    if norm == "linf":
+        sgn = jax.vmap(lambda k: jax.random.rademacher(k, (1, w, c), xi.dtype))(keys)
+        return jnp.clip(xi + sgn * eps[:, None, None, None], lo, hi) - xi
+    sb = max(h // 5, 1) if h > 1 else max(w // 5, 1)
+    d = jnp.zeros_like(xi)
+    ks = jax.vmap(lambda k: jax.random.split(k, (h // max(sb, 1) + 1) * (w // sb + 1)))(keys)
+    j = 0
+    for r in range(0, h - sb + 1 if h > 1 else 1, sb if h > 1 else 1):
+        for cc in range(0, w - sb + 1, sb):
+            top, left = jnp.full((xi.shape[0],), r), jnp.full((xi.shape[0],), cc)
+            sh = sb if h > 1 else 1
+            pat = _meta_pattern(top, left, sh, sb, jnp.zeros((xi.shape[0],), bool), hwc, table)
+            d = d + pat * jax.vmap(lambda k: jax.random.rademacher(k, (1, 1, c), xi.dtype))(ks[:, j])
+            j += 1
+    nrm = jnp.sqrt(jnp.sum(d * d, axis=(1, 2, 3), keepdims=True))
+    return jnp.clip(xi + d * eps[:, None, None, None] / jnp.maximum(nrm, _TINY), lo, hi) - xi
+
+
+def _square_core(x, y, idx, eps, key, *, logits_fn, norm, n_queries, p_init, bounds):
+    """Square attack on a batch (Andriushchenko et al. 2020, Algorithm 1 with the margin loss)."""
+    n = x.shape[0]
+    hwc = _image_shape(x.shape[1:])
+    xi = x.reshape((n,) + hwc)
+    lo, hi = (-jnp.inf, jnp.inf) if bounds is None else bounds
+    keys = example_keys(idx, key=key)
+    table = jnp.asarray(np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, max(hwc) + 3) ** 2)]), x.dtype)
+
+    def loss(d):
+        logits = logits_fn((xi + d).reshape(x.shape))
+        ok = _finite(logits)
+        return jnp.where(ok, margin(logits, y), jnp.inf), logits, ok
+
+    d0 = _square_init(xi, jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys), eps, norm=norm, hwc=hwc, lo=lo,
+                      hi=hi, table=table)
+    logits_x = logits_fn(x)
+    m_x = margin(logits_x, y)
+    m0, l0, ok0 = loss(d0)
+    # points misclassified at x stay at x; otherwise start from the initial perturbation
+    keep_x = m_x <= 0
+    d0 = jnp.where(keep_x[:, None, None, None], 0.0, d0)
+    m0, l0 = jnp.where(keep_x, m_x, m0), jnp.where(keep_x[:, None], logits_x, l0)
+    bad0 = ~_finite(logits_x) | ~ok0
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+
+    def body(i, c):
+        d, m, logits, bad = c
+        p = _square_p(p_init, i, n_queries)
+        if norm == "linf":
+            cand = _square_linf_step(i, xi, d, step_keys, eps, p=p, hwc=hwc, lo=lo, hi=hi)
+        else:
+            cand = _square_l2_step(i, xi, d, step_keys, eps, p=p, hwc=hwc, lo=lo, hi=hi, table=table)
+        mc, lc, ok = loss(cand)
+        take = (m > 0) & (mc < m)
+        return (jnp.where(take[:, None, None, None], cand, d), jnp.where(take, mc, m),
+                jnp.where(take[:, None], lc, logits), bad | ~ok)
+
+    d, m, logits, bad = lax.fori_loop(0, n_queries - 1, body, (d0, m0, l0, bad0))
+    x_adv = (xi + d).reshape(x.shape)
+    logits = jnp.where(bad[:, None], jnp.nan, logits.astype(jnp.float32))
+    return _result(x, x_adv, (m < 0) & ~bad & (jnp.argmax(logits, -1) != y), logits)
 
 
 def _square_static(logits_fn, *, norm, n_queries, p_init, bounds):
-    raise ValueError("attacks: 'square' is not available yet")
+    norm = _checks.check_attack_norm(norm)
+    if norm == "l1":
+        raise ValueError("norm: the Square attack supports 'linf' and 'l2'")
+    n_queries = _checks.check_int(n_queries, "n_queries", low=1)
+    p_init = (0.8 if norm == "linf" else 0.1) if p_init is None else _checks.check_scalar(
+        p_init, "p_init", low=0.0, high=1.0, low_inclusive=False)
+    return dict(logits_fn=logits_fn, norm=norm, n_queries=n_queries, p_init=float(p_init), bounds=bounds)
 
 
-def _square_core(*a, **kw):  # pragma: no cover
-    raise NotImplementedError
+def square(
+    logits_fn: Callable,
+    x: Any,
+    y: Any = None,
+    *,
+    key: Any,
+    norm: Any,
+    eps: float,
+    n_queries: int = 5000,
+    p_init: float | None = None,
+    bounds: Sequence[float] | None = (0.0, 1.0),
+    batch_size: int | None = None,
+    progress: bool = False,
+    checkpoint: Any = None,
+) -> AttackResult:
+    """The Square attack (Andriushchenko et al. 2020): random search on the margin loss, no gradients.
+
+    Only the model's scores are used (``n_queries`` forward passes per
+    example). ℓ∞: starts from vertical stripes of ``±eps`` and, at every
+    iteration, sets a random square window (side ``sqrt(p h w)`` pixels, each
+    channel one random ``±eps``) and keeps the candidate when the margin
+    ``z_y - max_{j != y} z_j`` decreases. ℓ2: starts from a grid of
+    pseudo-Gaussian squares and moves the mass of a second window plus the
+    unused budget into the first window, with a centred two-halves
+    pseudo-Gaussian pattern of random sign (§3.2), staying on the ``eps``
+    sphere before clipping to the box. ``p`` starts at ``p_init`` (0.8 for
+    ℓ∞, 0.1 for ℓ2) and halves after iterations 10, 50, 200, 500, 1000,
+    2000, 4000, 6000 and 8000 of 10,000, rescaled to ``n_queries``. An
+    example stops changing once misclassified. Images are ``[n, H, W, C]``
+    (``[n, H, W]`` or flat ``[n, d]`` inputs are ``1 x d`` strips).
+
+    Args:
+      logits_fn: ``x [n, ...] -> logits [n, k]``.
+      x: ``[n, ...]`` inputs inside ``bounds``.
+      y: ``[n]`` labels; ``None`` uses the predictions.
+      key: ``jax.random`` key.
+      norm: ``"linf" | "l2"``.
+      eps: budget ``> 0``.
+      n_queries: model queries per example (``>= 1``, static).
+      p_init: initial fraction of pixels in a window (in ``(0, 1]``).
+      bounds: ``(low, high)`` or ``None``.
+      batch_size, progress, checkpoint: as in :func:`pgd`.
+
+    Returns:
+      :class:`AttackResult` (``success``: misclassified at ``x_adv``).
+
+    Raises:
+      ValueError: a bad argument (named), or non-finite logits (naming ``logits_fn``).
+
+    References:
+      Andriushchenko, Croce, Flammarion, Hein. "Square attack: a
+      query-efficient black-box adversarial attack via random search."
+      ECCV 2020, arXiv:1912.00049, Algorithms 1-3.
+    """
+    static = _square_static(logits_fn, norm=norm, n_queries=n_queries, p_init=p_init, bounds=None)
+    x, y, bounds, _, norm, eps = _prepare_auto(logits_fn, x, y, key=key, norm=norm, eps=eps, bounds=bounds)
+    if _takes_key(logits_fn):
+        raise ValueError("logits_fn: the Square attack needs a deterministic model (no key parameter)")
+    static["bounds"] = bounds
+    return _run_attack(_square_core, static, logits_fn, x, y, eps, key, batch_size=batch_size, progress=progress,
+                       checkpoint=checkpoint, desc="square")
+
+
+# ---------------------------------------------------------------------------
+# FAB (fast adaptive boundary attack)
+# ---------------------------------------------------------------------------
+
+
+def _hyperplane_box_step(w, b, lo, hi, norm):
+    """Minimal-``norm`` ``delta [n, d]`` with ``<w, delta> = b`` and ``lo <= delta <= hi`` (FAB's projection).
+
+    ``lo <= 0 <= hi``. Flipping signs makes ``b >= 0``; coordinate ``i``
+    moves ``sign(w_i) min(lambda r_i, c_i)`` with capacity ``c_i`` (the box in
+    the useful direction) and rate ``r_i = |w_i|`` (ℓ2) or 1 (ℓ∞), so that
+    ``<w, delta>`` is piecewise linear and increasing in ``lambda``; the
+    breakpoints ``c_i / r_i`` are sorted and ``lambda`` solved exactly on
+    its segment. ℓ1 fills coordinates in decreasing ``|w_i|`` (greedy, exact
+    for a linear objective). When even the whole box cannot reach the
+    hyperplane, every coordinate moves to its capacity.
+    """
+    s = jnp.where(b < 0, -1.0, 1.0)[:, None]
+    w, b = w * s, jnp.abs(b)
+    a = jnp.abs(w)
+    cap = jnp.where(w > 0, hi, -lo)
+    cap = jnp.where(a > 0, cap, 0.0)
+    big = jnp.asarray(1e30, w.dtype)
+    if norm == "l1":
+        order = jnp.argsort(-a, axis=1)
+        a_s, c_s = jnp.take_along_axis(a, order, 1), jnp.take_along_axis(cap, order, 1)
+        full = jnp.cumsum(a_s * c_s, axis=1)
+        before = full - a_s * c_s
+        part = jnp.clip((b[:, None] - before) / jnp.maximum(a_s, _TINY), 0.0, c_s)
+        amt_s = jnp.where(full <= b[:, None], c_s, jnp.where(before < b[:, None], part, 0.0))
+        amt = jnp.zeros_like(amt_s).at[jnp.arange(a.shape[0])[:, None], order].set(amt_s)
+        return jnp.sign(w) * amt * s
+    r = a if norm == "l2" else (a > 0).astype(w.dtype)
+    t = jnp.where(r > 0, cap / jnp.maximum(r, _TINY), big)
+    order = jnp.argsort(t, axis=1)
+    t_s, a_s, r_s, c_s = (jnp.take_along_axis(v, order, 1) for v in (t, a, r, cap))
+    sat = jnp.cumsum(a_s * c_s, axis=1)  # contribution of coordinates saturated at t_(j)
+    slope = jnp.sum(a_s * r_s, axis=1, keepdims=True) - jnp.cumsum(a_s * r_s, axis=1)
+    g = sat + jnp.where(slope > 0, t_s * slope, 0.0)
+    j = jnp.argmax(g >= b[:, None], axis=1)  # first breakpoint reaching b
+    feasible = jnp.any(g >= b[:, None], axis=1)
+    sat_prev = jnp.where(j > 0, jnp.take_along_axis(sat, jnp.maximum(j - 1, 0)[:, None], 1)[:, 0], 0.0)
+    slope_prev = jnp.where(j > 0, jnp.take_along_axis(slope, jnp.maximum(j - 1, 0)[:, None], 1)[:, 0],
+                           jnp.sum(a_s * r_s, axis=1))
+    lam = jnp.where(feasible, (b - sat_prev) / jnp.maximum(slope_prev, _TINY), big)
+    return jnp.sign(w) * jnp.minimum(lam[:, None] * r, cap) * s
+
+
+def _fab_run(x, y, target, x0, eps, *, model, norm, steps, bounds, targeted, alpha_max, eta, beta):
+    """One FAB run from ``x0``: ``(x_best, best_norm, logits_best, bad)`` (``best_norm = inf``: nothing found)."""
+    n = x.shape[0]
+    shape = x.shape
+    xf = x.reshape(n, -1)
+    lo_b, hi_b = (-1e30, 1e30) if bounds is None else bounds
+    dual = {"linf": "l1", "l2": "l2", "l1": "linf"}[norm]
+
+    def pnorm(v):
+        return lp.per_example_norm(v, norm)
+
+    def boundary(xk):
+        logits, vjp = jax.vjp(model, xk)
+        oh_y = jax.nn.one_hot(y, logits.shape[1], dtype=logits.dtype)
+        if targeted:  # one backward pass: the gradient of f_t - f_y
+            cls = target
+        else:  # the full Jacobian: the closest linearised boundary over all classes
+            eye = jnp.eye(logits.shape[1], dtype=logits.dtype)
+            jac = jax.vmap(lambda e: vjp(jnp.broadcast_to(e, logits.shape) - oh_y)[0].reshape(n, -1))(eye)
+            df = logits - jnp.take_along_axis(logits, y[:, None], 1)
+            dist = jnp.abs(df) / (jnp.moveaxis(jax.vmap(lambda g: lp.per_example_norm(g, dual))(jac), 0, 1) + _TINY)
+            cls = jnp.argmin(jnp.where(oh_y > 0, jnp.inf, dist), axis=1)
+        w = vjp(jax.nn.one_hot(cls, logits.shape[1], dtype=logits.dtype) - oh_y)[0].reshape(n, -1)
+        f = jnp.take_along_axis(logits, cls[:, None], 1)[:, 0] - jnp.take_along_axis(logits, y[:, None], 1)[:, 0]
+        return f, w, logits
+
+    def body(_, c):
+        xk, best_x, best_n, best_logits, bad = c
+        f, w, logits = boundary(xk.reshape(shape))
+        bad = bad | ~_finite(logits)
+        d1 = _hyperplane_box_step(w, -f, lo_b - xk, hi_b - xk, norm)
+        d2 = _hyperplane_box_step(w, -f - jnp.sum(w * (xf - xk), 1), lo_b - xf, hi_b - xf, norm)
+        n1, n2 = pnorm(d1), pnorm(d2)
+        a = jnp.clip(n1 / (n1 + n2 + _TINY), 0.0, alpha_max)[:, None]
+        xn = jnp.clip((1 - a) * (xk + eta * d1) + a * (xf + eta * d2), lo_b, hi_b)
+        ln = model(xn.reshape(shape))
+        ok = _finite(ln)
+        adv = (jnp.argmax(ln, -1) != y) & ok
+        dn = pnorm(xn - xf)
+        better = adv & (dn < best_n)
+        best_x = jnp.where(better[:, None], xn, best_x)
+        best_n = jnp.where(better, dn, best_n)
+        best_logits = jnp.where(better[:, None], ln, best_logits)
+        xn = jnp.where(adv[:, None], (1 - beta) * xf + beta * xn, xn)
+        return xn, best_x, best_n, best_logits, bad | ~ok
+
+    k = jax.eval_shape(model, x).shape[1]
+    init = (x0.reshape(n, -1), xf, jnp.full((n,), jnp.inf, x.dtype), jnp.zeros((n, k), jnp.float32),
+            jnp.zeros((n,), bool))
+    xk, best_x, best_n, best_logits, bad = lax.fori_loop(0, steps, body, init)
+    return best_x.reshape(shape), best_n, best_logits, bad
+
+
+def _fab_core(x, y, idx, eps, key, *, logits_fn, norm, steps, restarts, targeted, n_targets, bounds, alpha_max, eta,
+              beta):
+    """FAB over restarts (and target classes for FAB-T); an example succeeds when its closest point is within eps."""
+    keys = example_keys(idx, key=key)
+    logits_c = logits_fn(x)
+    runs = n_targets if targeted else 1
+    kw = dict(model=logits_fn, norm=norm, steps=steps, bounds=bounds, targeted=targeted,
+              alpha_max=alpha_max, eta=eta, beta=beta)
+
+    def run(r, st):
+        best_x, best_n, best_logits, bad = st
+        t, rr = r // restarts, r % restarts
+        target = _targets(logits_c, y, t)
+        rk = jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
+        radius = jnp.minimum(best_n, eps) / 2.0
+        start = lp.project_in_box(x, lp.sample_balls(jnp.where(jnp.isfinite(radius), radius, eps / 2.0), norm,
+                                                     shape=x.shape[1:], keys=rk, dtype=x.dtype), eps, norm, bounds)
+        x0 = jnp.where(rr == 0, x, start)
+        bx, bn, bl, bb = _fab_run(x, y, target, x0, eps, **kw)
+        better = bn < best_n
+        return (jnp.where(_rows(better, x), bx, best_x), jnp.where(better, bn, best_n),
+                jnp.where(better[:, None], bl, best_logits), bad | bb)
+
+    clean_bad = ~_finite(logits_c)
+    mis = jnp.argmax(logits_c, -1) != y
+    init = (x, jnp.where(mis, 0.0, jnp.inf).astype(x.dtype), logits_c.astype(jnp.float32), clean_bad)
+    best_x, best_n, best_logits, bad = lax.fori_loop(0, runs * restarts, run, init)
+    within = best_n <= eps * (1 + 1e-5)
+    x_adv = jnp.where(_rows(within, x), best_x, x)
+    logits = jnp.where(within[:, None], best_logits, logits_c.astype(jnp.float32))
+    logits = jnp.where(bad[:, None], jnp.nan, logits)
+    return _result(x, x_adv, within & ~bad, logits)
+
+
+def _fab_static(logits_fn, k, *, norm, steps, restarts, targeted, n_targets, bounds, alpha_max=0.1, eta=1.05,
+                beta=0.9):
+    return dict(logits_fn=logits_fn, norm=_checks.check_attack_norm(norm),
+                steps=_checks.check_int(steps, "steps", low=1),
+                restarts=_checks.check_int(restarts, "restarts", low=1), targeted=bool(targeted),
+                n_targets=min(_checks.check_int(n_targets, "n_targets", low=1), k - 1), bounds=bounds,
+                alpha_max=_checks.check_scalar(alpha_max, "alpha_max", low=0.0, high=1.0),
+                eta=_checks.check_scalar(eta, "eta", low=1.0),
+                beta=_checks.check_scalar(beta, "beta", low=0.0, high=1.0, low_inclusive=False,
+                                          high_inclusive=False))
+
+
+def fab(
+    logits_fn: Callable,
+    x: Any,
+    y: Any = None,
+    *,
+    key: Any,
+    norm: Any,
+    eps: float,
+    steps: int = 100,
+    restarts: int = 1,
+    targeted: bool = True,
+    n_targets: int = 9,
+    alpha_max: float = 0.1,
+    eta: float = 1.05,
+    beta: float = 0.9,
+    bounds: Sequence[float] | None = (0.0, 1.0),
+    batch_size: int | None = None,
+    progress: bool = False,
+    checkpoint: Any = None,
+) -> AttackResult:
+    """FAB, the fast adaptive boundary attack (Croce & Hein 2020): minimal perturbations by linearised projections.
+
+    At ``x^(i)`` the decision boundary between ``y`` and a class ``t`` is
+    linearised, ``pi: f_t(x^(i)) - f_y(x^(i)) + <grad(f_t - f_y), z - x^(i)> = 0``;
+    ``delta^(i)`` and ``delta_orig`` are the minimal-``norm`` steps that bring
+    ``x^(i)`` and the original ``x`` onto ``pi`` within the box (an exact
+    projection onto the hyperplane intersected with the box). Then::
+
+        alpha = min(||delta^(i)|| / (||delta^(i)|| + ||delta_orig||), alpha_max)
+        x^(i+1) = clip((1 - alpha)(x^(i) + eta delta^(i)) + alpha (x + eta delta_orig))
+
+    and, when ``x^(i+1)`` is misclassified, it is kept if it is the closest so
+    far and pulled back, ``x^(i+1) = (1 - beta) x + beta x^(i+1)``. FAB-T
+    (``targeted=True``, the AutoAttack version) runs once for each of the
+    ``n_targets`` most likely classes other than ``y``; untargeted FAB
+    picks at every step the class of the closest linearised boundary
+    (``|f_t - f_y| / ||grad(f_t - f_y)||_*``, the dual norm). Restarts after the
+    first start from a random point of the ball of radius
+    ``min(best, eps) / 2``. An example succeeds when the closest
+    misclassified point found is within ``eps``; its ``x_adv`` is then that
+    point, else ``x``.
+
+    Args:
+      logits_fn: ``x [n, ...] -> logits [n, k]``.
+      x: ``[n, ...]`` inputs inside ``bounds``.
+      y: ``[n]`` labels; ``None`` uses the predictions.
+      key: ``jax.random`` key (restarts).
+      norm: ``"linf" | "l2" | "l1"``.
+      eps: budget ``> 0`` deciding success.
+      steps: iterations per run (static).
+      restarts: runs per target (static).
+      targeted: FAB-T over ``n_targets`` classes, else untargeted FAB.
+      n_targets: target classes (at most ``k - 1``).
+      alpha_max, eta, beta: the paper's bias limit, extrapolation and
+        backward-step factors.
+      bounds: ``(low, high)`` or ``None``.
+      batch_size, progress, checkpoint: as in :func:`pgd`.
+
+    Returns:
+      :class:`AttackResult`.
+
+    Raises:
+      ValueError: a bad argument (named), or non-finite logits (naming ``logits_fn``).
+
+    References:
+      Croce, Hein. "Minimally distorted adversarial examples with a fast
+      adaptive boundary attack." ICML 2020, arXiv:1907.02044, §3.
+      Croce, Hein. ICML 2020, arXiv:2003.01690 (FAB-T).
+    """
+    if not isinstance(targeted, (bool, np.bool_)):
+        raise ValueError(f"targeted: expected a bool, got {targeted!r}")
+    x, y, bounds, k, norm, eps = _prepare_auto(logits_fn, x, y, key=key, norm=norm, eps=eps, bounds=bounds)
+    if _takes_key(logits_fn):
+        raise ValueError("logits_fn: FAB needs a deterministic model (no key parameter)")
+    static = _fab_static(logits_fn, k, norm=norm, steps=steps, restarts=restarts, targeted=targeted,
+                         n_targets=n_targets, bounds=bounds, alpha_max=alpha_max, eta=eta, beta=beta)
+    return _run_attack(_fab_core, static, logits_fn, x, y, eps, key, batch_size=batch_size, progress=progress,
+                       checkpoint=checkpoint, desc="fab-t" if targeted else "fab")
