@@ -708,6 +708,8 @@ def pair_bounds(
       Bhagoji, Cullina, Mittal. "Lower bounds on adversarial robustness from
       optimal transport." NeurIPS 2019, arXiv:1909.12272.
     """
+    if not isinstance(verify, (bool, np.bool_)):
+        raise ValueError(f"verify: expected True or False, got {verify!r}")
     t0 = time.perf_counter()
     g = conflict_graph(x_a, x_b, eps=eps, norm=norm, weights_a=weights_a, weights_b=weights_b,
                        progress=progress)
