@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -565,12 +566,27 @@ def _save_checkpoint(path: Path, state: dict, meta: dict) -> None:
     atomic_write_bytes(path, serialization.msgpack_serialize(serialization.to_state_dict(blob)))
 
 
+def _same_layout(a: Any, b: Any) -> bool:
+    """Whether two pytrees have the same structure and leaf shapes."""
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return jax.tree.structure(a) == jax.tree.structure(b) and all(np.shape(x) == np.shape(y) for x, y in zip(la, lb))
+
+
 def _load_checkpoint(path: Path, target: dict):
+    """``(state, meta)`` of the checkpoint; ``None`` when absent, or (one warning) when damaged or foreign."""
+    if not path.exists():
+        return None
     try:
         raw = serialization.msgpack_restore(path.read_bytes())
         meta = json.loads(bytes(np.asarray(raw["meta"], np.uint8)).decode())
         state = serialization.from_state_dict(target, raw["state"])
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint is ignored and overwritten
+        if not isinstance(meta, dict) or not {"fingerprint", "step", "history", "acc"} <= set(meta):
+            raise ValueError("no training metadata")
+        if not _same_layout(state, target):
+            raise ValueError("arrays of another model")
+    except Exception as exc:  # noqa: BLE001 - truncated, random or foreign: train from the start, overwrite it
+        warnings.warn(f"checkpoint {path} is damaged or foreign ({type(exc).__name__}); training from the start",
+                      RuntimeWarning, stacklevel=2)
         return None
     return state, meta
 
@@ -587,15 +603,18 @@ def load_acgan(checkpoint_dir: Any) -> ACGAN:
     try:
         raw = serialization.msgpack_restore(path.read_bytes())
         meta = json.loads(bytes(np.asarray(raw["meta"], np.uint8)).decode())
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"checkpoint_dir: cannot read {str(path)!r}: {exc}") from None
-    cfg = meta["config"]
-    h, w, c = cfg["image_shape"]
-    gen = ACGANGenerator(int(cfg["latent_dim"]), int(cfg["num_classes"]), (h, w, c))
-    gv = gen.init(jax.random.key(0), jnp.zeros((2, cfg["latent_dim"])), jnp.zeros((2,), jnp.int32), train=False)
-    st = raw["state"]
-    variables = {"params": serialization.from_state_dict(gv["params"], st["g_params"]),
-                 "batch_stats": serialization.from_state_dict(gv["batch_stats"], st["g_stats"])}
+        cfg = meta["config"]
+        h, w, c = cfg["image_shape"]
+        gen = ACGANGenerator(int(cfg["latent_dim"]), int(cfg["num_classes"]), (h, w, c))
+        gv = gen.init(jax.random.key(0), jnp.zeros((2, cfg["latent_dim"])), jnp.zeros((2,), jnp.int32), train=False)
+        st = raw["state"]
+        variables = {"params": serialization.from_state_dict(gv["params"], st["g_params"]),
+                     "batch_stats": serialization.from_state_dict(gv["batch_stats"], st["g_stats"])}
+        if not _same_layout(variables, {"params": gv["params"], "batch_stats": gv["batch_stats"]}):
+            raise ValueError("arrays of another generator")
+    except Exception as exc:  # noqa: BLE001 - one line naming the file
+        raise ValueError(f"checkpoint_dir: {str(path)!r} is damaged or not a train_acgan checkpoint "
+                         f"({type(exc).__name__}: {exc}); delete it and train again") from None
     return ACGAN(gen, variables, int(cfg["latent_dim"]), int(cfg["num_classes"]), (h, w, c))
 
 

@@ -143,6 +143,67 @@ def test_train_acgan_tiny_resumes_exactly(tmp_path):
         G.load_acgan(tmp_path / "nothing")
 
 
+def _foreign_checkpoint(raw: bytes) -> bytes:
+    """The same checkpoint with one generator array of another shape (another model's file)."""
+    from flax import serialization
+
+    tree = serialization.msgpack_restore(raw)
+    leaf_path = []
+    node = tree["state"]["g_params"]
+    while isinstance(node, dict):
+        k = sorted(node)[0]
+        leaf_path.append(k)
+        parent, node = node, node[k]
+    parent[leaf_path[-1]] = np.zeros(np.asarray(node).shape + (2,), np.float32)
+    return serialization.msgpack_serialize(tree)
+
+
+def test_damaged_acgan_checkpoint_file_is_dropped_with_one_warning(tmp_path):
+    from jaxbound import _acgan
+
+    state = {"g_params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, "step": np.int32(2)}
+    meta = {"fingerprint": "f", "step": 2, "history": [], "acc": [0.0]}
+    f = tmp_path / "ck.msgpack"
+    _acgan._save_checkpoint(f, state, meta)
+    raw = f.read_bytes()
+    got, got_meta = _acgan._load_checkpoint(f, state)
+    np.testing.assert_array_equal(got["g_params"]["w"], state["g_params"]["w"])
+    assert got_meta == meta
+    assert _acgan._load_checkpoint(tmp_path / "absent", state) is None
+    wrong = {"g_params": {"w": np.zeros((3, 2), np.float32)}, "step": np.int32(0)}
+    for content, target in [(raw[: len(raw) // 2], state), (b"", state), (bytes(range(256)) * 4, state),
+                            (raw, wrong)]:
+        f.write_bytes(content)
+        with pytest.warns(RuntimeWarning, match=f"checkpoint {f} is damaged or foreign") as rec:
+            assert _acgan._load_checkpoint(f, target) is None
+        assert len(rec) == 1
+
+
+@pytest.mark.slow
+def test_damaged_acgan_checkpoint_trains_from_the_start_with_one_warning(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (16, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 2, 16)
+    kw = dict(epochs=1, batch_size=8, latent_dim=4, num_classes=2, progress=False)
+    full = G.train_acgan((x, y), key=jax.random.key(3), **kw)
+    ck = tmp_path / "gan"
+    G.train_acgan((x, y), key=jax.random.key(3), max_steps=1, checkpoint_dir=ck, checkpoint_every=1, **kw)
+    (f,) = [p for p in ck.iterdir() if p.is_file()]
+    raw = f.read_bytes()
+    damaged = {"truncated": raw[: len(raw) // 2], "random_bytes": rng.integers(0, 256, len(raw), np.uint8).tobytes(),
+               "empty": b"", "foreign": _foreign_checkpoint(raw)}
+    for how, content in damaged.items():
+        f.write_bytes(content)
+        with pytest.warns(RuntimeWarning, match=f"checkpoint {f}") as rec:
+            again = G.train_acgan((x, y), key=jax.random.key(3), checkpoint_dir=ck, **kw)
+        assert len([r for r in rec if issubclass(r.category, RuntimeWarning)]) == 1, how
+        for a, b in zip(jax.tree.leaves(full.gan.variables), jax.tree.leaves(again.gan.variables)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        f.write_bytes(content)
+        with pytest.raises(ValueError, match="^checkpoint_dir: .* is damaged or not a train_acgan checkpoint"):
+            G.load_acgan(ck)
+
+
 # ---------------------------------------------------------------------------
 # Generated datasets
 # ---------------------------------------------------------------------------
