@@ -541,7 +541,7 @@ def concentric_spheres(
     _checks.check_key(key)
     n = _checks.check_int(n, "n", low=0)
     d = _checks.check_int(d, "d", low=2)
-    if len(radii) != 2:
+    if not isinstance(radii, (tuple, list, np.ndarray)) or len(radii) != 2:
         raise ValueError(f"radii: expected two radii, got {radii!r}")
     r0 = _checks.check_scalar(radii[0], "radii", low=0.0, low_inclusive=False)
     r1 = _checks.check_scalar(radii[1], "radii", low=0.0, low_inclusive=False)
