@@ -197,6 +197,8 @@ def l2_sq_gemm(xq: jax.Array, refs: jax.Array, refs_sq: jax.Array | None = None)
     Returns:
       ``[b, m]`` squared distances ``>= 0``.
     """
+    xq, refs = _as_jax_points(xq, "xq"), _as_jax_points(refs, "refs")
+    _checks.check_same_dim(xq, refs, "xq", "refs")
     if refs_sq is None:
         refs_sq = jnp.sum(refs * refs, axis=1)
     xq_sq = jnp.sum(xq * xq, axis=1)
@@ -233,11 +235,18 @@ def gemm_rounding_bound(d: int, dtype: Any = "float32") -> float:
       Higham. "Accuracy and Stability of Numerical Algorithms", 2nd ed.,
       SIAM 2002, §3.1 (error of inner products).
     """
-    return 4 * (int(d) + 4) * _unit_roundoff(dtype)
+    d = _checks.check_int(d, "d", low=0)
+    return 4 * (d + 4) * _unit_roundoff(dtype)
 
 
-def _unit_roundoff(dtype: Any) -> float:
-    return float(np.finfo(np.dtype(dtype)).eps) / 2.0
+def _unit_roundoff(dtype: Any, name: str = "dtype") -> float:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"{name}: expected a floating dtype such as 'float32', got {dtype!r}") from None
+    if not np.issubdtype(dt, np.floating):
+        raise ValueError(f"{name}: expected a floating dtype such as 'float32', got {dt}")
+    return float(np.finfo(dt).eps) / 2.0
 
 
 def block_distances(xq: jax.Array, refs: jax.Array, *, norm: Any = "l2") -> jax.Array:
@@ -598,7 +607,10 @@ def _exact_norm_rows(a: np.ndarray, b: np.ndarray, norm) -> np.ndarray:
 def _radius_setup(x, y, radius, norm, precision):
     """Validate radius queries; per-row radii ``[n]`` and the rounding band of the fast pass."""
     norm, xq, xr, _ = _prepare(x, y, norm=norm, precision=precision)
-    r = np.asarray(radius, dtype=np.float64) if not isinstance(radius, (int, float)) else None
+    try:
+        r = np.asarray(radius, dtype=np.float64) if not isinstance(radius, (int, float)) else None
+    except (TypeError, ValueError):
+        raise ValueError(f"radius: expected a number or one radius per row, got {radius!r}") from None
     if r is None or r.ndim == 0:
         radii = np.full(xq.shape[0], _checks.check_scalar(radius, "radius", low=0.0))
     else:

@@ -224,10 +224,8 @@ def build(arch: str, *, num_classes: int, input_shape: Sequence[int] | None = No
         shape = _check_input_shape(input_shape)
         try:
             jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, *shape), jnp.float32)))
-        except ValueError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - reported against the argument
-            raise ValueError(f"input_shape: {arch!r} fails on inputs shaped {shape}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - reported against the argument (the model names its own 'x')
+            raise ValueError(f"input_shape: {arch!r} cannot take inputs shaped {shape}: {exc}") from None
     return module
 
 
