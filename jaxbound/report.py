@@ -4,6 +4,11 @@
 ``eps``, the question "how robust could any classifier be on these data, and
 how far are real models from it?". For each ``eps`` it gathers
 
+* the headline limit, the **optimal adversarial 0-1 loss over all classes**
+  of Dai et al. (2023): ``L*(3)`` (``L*(2)`` for l1) of the empirical
+  distribution of the first ``multiclass_per_class`` training points of each
+  class, a certified lower bound on the robust error of *every* classifier of
+  that sample (:func:`multiclass_bound`, with ``L*(2)`` beside it);
 * the **concentration estimate** of Mahloujifar et al. (2019): an error region
   ``E`` of measure ``mu(E) >= alpha`` with the smallest adversarial risk
   ``mu(E_eps)`` found by Algorithm 1 (l_inf, unions of boxes), Algorithm 2
@@ -65,6 +70,9 @@ References:
   resistant to adversarial attacks." ICLR 2018, arXiv:1706.06083 (PGD).
   Clopper, Pearson. "The use of confidence or fiducial limits illustrated in
   the case of the binomial." Biometrika 26(4), 1934.
+  Dai, Ding, Bhagoji, Cullina, Zhao, Zheng, Mittal. "Characterizing the
+  optimal 0-1 loss for multi-class classification with a test-time
+  attacker." NeurIPS 2023, arXiv:2302.10722.
 """
 
 from __future__ import annotations
