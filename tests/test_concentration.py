@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -21,10 +22,13 @@ from jaxbound import data
 # ---------------------------------------------------------------------------
 
 
-def brute_greedy_balls(x, *, alpha, eps, T, delta):
-    """Algorithm 2 as the authors' code runs it, with a dense float64 distance table: the independent reference."""
+def brute_greedy_balls(x, *, alpha, eps, T, delta, margin=0.0):
+    """Algorithm 2 as the authors' code runs it, with a dense float64 distance table: the independent reference.
+
+    ``margin`` raises the target to ``ceil(N (alpha + margin / sqrt(N)) (1 + delta))`` (0: the authors' target).
+    """
     N = x.shape[0]
-    n_tot = math.ceil(N * alpha * (1 + delta) - 1e-9)
+    n_tot = math.ceil(N * (alpha + margin / math.sqrt(N)) * (1 + delta) - 1e-9)
     D = cdist(x.astype(np.float64), x.astype(np.float64))
     covered = np.zeros(N, bool)
     expanded = np.zeros(N, bool)
@@ -248,7 +252,7 @@ def test_greedy_balls_equal_bruteforce_continuous(list_size):
     kw = dict(alpha=0.15, eps=0.4, T=4, delta=0.1)
     ref = brute_greedy_balls(x, **kw)
     reg = C.fit_balls(x, alpha=0.15, eps=0.4, n_regions=4, delta=0.1, list_size=list_size, precision="float64",
-                      block_size=32, exact_block=8)
+                      block_size=32, exact_block=8, margin=0.0)
     _compare_balls(reg, ref)
     m = C.measure(reg, x)
     assert (m.n_risk, m.n_adv) == (ref[-1]["cov"], ref[-1]["exp"])
@@ -263,7 +267,7 @@ def test_greedy_balls_count_bounds_prune_without_changing_the_balls(precision):
     x = np.concatenate([rng.normal(0, 1, (110, 4)), rng.normal(2.5, 0.6, (70, 4))]).astype(np.float32)
     ref = brute_greedy_balls(x, alpha=0.1, eps=1.5, T=4, delta=0.1)
     kw = dict(alpha=0.1, eps=1.5, n_regions=4, delta=0.1, list_size=20, precision=precision, block_size=64,
-              exact_block=4)
+              exact_block=4, margin=0.0)
     plain = C.fit_balls(x, count_bounds=False, **kw)
     tight = C.fit_balls(x, count_bounds=True, count_grid=256, **kw)
     assert tight.count_bounds and not plain.count_bounds
@@ -275,8 +279,9 @@ def test_greedy_balls_count_bounds_prune_without_changing_the_balls(precision):
 def test_greedy_balls_equal_bruteforce_with_ties_float32():
     rng = np.random.default_rng(8)
     x = rng.integers(0, 4, (90, 3)).astype(np.float32)  # duplicates and equal distances
-    ref = brute_greedy_balls(x, alpha=0.2, eps=0.37, T=3, delta=0.05)
-    reg = C.fit_balls(x, alpha=0.2, eps=0.37, n_regions=3, delta=0.05, list_size=20, block_size=16)
+    ref = brute_greedy_balls(x, alpha=0.2, eps=0.37, T=3, delta=0.05, margin=0.5)  # the default fit target
+    reg = C.fit_balls(x, alpha=0.2, eps=0.37, n_regions=3, delta=0.05, list_size=30, block_size=16)
+    assert reg.n_target == math.ceil(90 * (0.2 + 0.5 / math.sqrt(90)) * 1.05 - 1e-9)
     _compare_balls(reg, ref)
     json.dumps(reg.to_dict())
 
@@ -424,10 +429,13 @@ def test_single_point_and_tiny_sets():
     with pytest.raises(ValueError, match="^k"):
         C.density_ranks(x1, k=1)
     x2 = np.array([[0, 0], [1, 1]], np.float32)
-    reg = C.fit_rectangles(x2, key=jax.random.key(0), alpha=0.5, eps=0.1, n_regions=3, k=1, q=0.5)
+    with pytest.raises(ValueError, match="^n_regions"):  # more boxes than points
+        C.fit_rectangles(x2, key=jax.random.key(0), alpha=0.5, eps=0.1, n_regions=3, k=1, q=0.5)
+    x3 = np.array([[0, 0], [1, 1], [3, 3]], np.float32)
+    reg = C.fit_rectangles(x3, key=jax.random.key(0), alpha=0.5, eps=0.1, n_regions=3, k=1, q=0.5)
     assert reg.centers.shape == (1, 2)  # fewer dense points than T: one box
-    m = C.measure(reg, x2)
-    assert (m.n_risk, m.n_adv) == (1, 1)
+    m = C.measure(reg, x3)
+    assert (m.n_risk, m.n_adv) == (2, 2)
     reg0 = C.fit_rectangles(x2, key=jax.random.key(0), alpha=0.5, eps=0.1, n_regions=1, k=1, q=0.0)
     assert C.measure(reg0, x2).risk == 1.0  # no box: everything is in the error region
 
@@ -449,7 +457,7 @@ def test_greedy_balls_equal_bruteforce_larger():
     rng = np.random.default_rng(13)
     x = np.concatenate([rng.normal(0, 1, (200, 5)), rng.normal(2, 0.3, (150, 5))]).astype(np.float32)
     ref = brute_greedy_balls(x, alpha=0.1, eps=0.5, T=6, delta=0.2)
-    reg = C.fit_balls(x, alpha=0.1, eps=0.5, n_regions=6, delta=0.2, list_size=45, precision="float64")
+    reg = C.fit_balls(x, alpha=0.1, eps=0.5, n_regions=6, delta=0.2, list_size=45, precision="float64", margin=0.0)
     _compare_balls(reg, ref)
 
 
@@ -528,3 +536,245 @@ def test_estimate_rejects_a_method_of_another_norm():
         C.estimate(x, x, norm="l2", eps=0.1, alpha=0.1, n_regions=2, key=jax.random.key(0), method="voronoi")
     with pytest.raises(TypeError):
         C.estimate(x, x, jax.random.key(0), norm="l2", eps=0.1, alpha=0.1, n_regions=2)
+
+
+# ---------------------------------------------------------------------------
+# The validity rule (Prescott et al. margin, Clopper-Pearson selection count)
+# ---------------------------------------------------------------------------
+
+
+def brute_select_count(alpha, n, confidence):
+    """Smallest k whose Clopper-Pearson lower end is >= alpha, by scanning every k (the independent reference)."""
+    from scipy.stats import beta
+
+    if confidence is None:
+        return max(1, math.ceil(n * alpha - 1e-9))
+    for k in range(1, n + 1):
+        if beta.ppf((1 - confidence) / 2, k, n - k + 1) >= alpha:
+            return k
+    return n + 1
+
+
+@pytest.mark.parametrize("n", [1, 2, 10, 137, 5000])
+@pytest.mark.parametrize("confidence", [None, 0.9, 0.95])
+def test_fit_target_and_select_count_match_closed_form_and_scan(n, confidence):
+    for alpha in (0.01, 0.3):
+        assert C.fit_target(alpha, n) == pytest.approx(alpha + 0.5 / math.sqrt(n))
+        assert C.fit_target(alpha, n, margin=0.0) == alpha
+        k = C.select_count(alpha, n, confidence=confidence)
+        assert k == brute_select_count(alpha, n, confidence)
+        if confidence is not None and k <= n:
+            assert C.clopper_pearson(k, n, confidence=confidence)[0] >= alpha
+            if k > 1:
+                assert C.clopper_pearson(k - 1, n, confidence=confidence)[0] < alpha
+
+
+def _shrunk(x, f):
+    """Points pulled towards their mean: the upper tails of every projection get thinner."""
+    return (x.mean(0) + f * (x - x.mean(0))).astype(np.float32)
+
+
+def test_naive_target_fails_where_the_rule_holds():
+    # The held-out sample is the fit sample pulled 3% towards its mean: a region fitted to exactly alpha
+    # of the fit sample (the authors' rule) covers less than alpha of it; the rule lowers the threshold /
+    # grows the radii until the selection split passes, so the reported (= selection, paper protocol) split
+    # keeps risk >= alpha.
+    rng = np.random.default_rng(30)
+    x = (rng.normal(size=(600, 4)) * np.array([2.0, 1.0, 0.5, 0.3])).astype(np.float32)
+    xt = _shrunk(x, 0.97)
+    alpha = 0.05
+    splits = C.make_splits(x, xt, key=jax.random.key(0), protocol="paper")
+    naive = C.fit_halfspace(x, alpha=alpha, eps=0.2, norm="l2")
+    assert C.measure(naive, xt).risk < alpha
+    for run in (C.run_halfspace, C.run_halfspaces):
+        recs, reg = run(splits, alpha=alpha, eps=0.2, norm="l2")
+        test = recs[-1]
+        assert test.split == "test" and test.valid and test.risk >= alpha
+        k = C.select_count(alpha, len(xt))
+        assert C.measure(reg, xt).n_risk >= k
+        assert recs[0].risk >= C.fit_target(alpha, len(x))
+        assert test.rule["k_select"] == k
+    recs_naive, _ = C.run_halfspace(splits, alpha=alpha, eps=0.2, norm="l2", margin=0.0, confidence=None)
+    assert recs_naive[-1].risk >= alpha  # the authors' rule still asks for risk >= alpha on the selection split
+    balls = C.fit_balls(x, alpha=alpha, eps=0.2, n_regions=3, delta=0.0, margin=0.0, precision="float64")
+    xb = (x + 0.2 * np.random.default_rng(39).normal(size=x.shape)).astype(np.float32)
+    assert C.measure(balls, xb).risk < alpha  # jittered held-out points leave the tight balls
+    recs, reg = C.run_balls(C.make_splits(x, xb, key=jax.random.key(0), protocol="paper"),
+                            alpha=alpha, eps=0.2, n_regions=3, delta=0.0, precision="float64")
+    assert reg.inflation > 0 and recs[-1].valid and recs[-1].risk >= alpha
+
+
+def test_inflate_balls_is_the_smallest_growth():
+    rng = np.random.default_rng(31)
+    x = rng.normal(size=(300, 3)).astype(np.float32)
+    xs = (1.3 * rng.normal(size=(200, 3))).astype(np.float32)
+    reg = C.fit_balls(x, alpha=0.05, eps=0.1, n_regions=2, margin=0.0, precision="float64")
+    out = C.inflate_balls(reg, x, xs)
+    k = C.select_count(0.05, 200)
+    assert out.inflation > 0
+    np.testing.assert_allclose(out.radii - reg.radii, out.inflation)
+    assert C.measure(out, xs).n_risk >= k
+    smaller = dataclasses.replace(reg, radii=reg.radii + out.inflation * (1 - 1e-9))
+    assert C.measure(smaller, xs).n_risk < k
+    # brute force: the k-th smallest gap to the union of balls
+    gap = np.min(cdist(xs.astype(np.float64), reg.centers) - reg.radii[None, :], axis=1)
+    assert out.inflation == pytest.approx(np.sort(gap)[k - 1], rel=1e-9)
+    assert C.inflate_balls(out, x, xs) is out  # already passes: unchanged
+
+
+def test_every_repeat_meets_the_rule_and_records_mark_validity():
+    x = blobs(32, 500, 4, [[0] * 4, [1] * 4, [0, 1, 0, 1]], scale=0.2)
+    xt = blobs(33, 400, 4, [[0] * 4, [1] * 4, [0, 1, 0, 1]], scale=0.2)
+    alpha = 0.05
+    for protocol in ("paper", "honest"):
+        splits = C.make_splits(x, xt, key=jax.random.key(1), protocol=protocol)
+        recs, _ = C.run_rectangles(splits, key=jax.random.key(2), alpha=alpha, eps=0.1, n_regions=3, n_repeats=3,
+                                   k=10, max_iter=10)
+        rule = recs[0].rule
+        assert rule["k_fit"] == math.ceil(len(x) * C.fit_target(alpha, len(x)) - 1e-9)
+        sel = next(r for r in recs if r.split in ("select", "test"))
+        for rep in recs[0].repeats:
+            assert rep["n_risk"] >= rule["k_fit"] and rep["q"] <= recs[0].q
+        for rep in sel.repeats:
+            assert rep["n_risk"] >= rule["k_select"]
+        for r in recs:
+            risks = [rep["risk"] for rep in r.repeats]
+            assert r.valid == (min(risks) >= alpha) and r.n_valid == sum(v >= alpha for v in risks)
+            assert [rep["valid"] for rep in r.repeats] == [v >= alpha for v in risks]
+            assert r.min_risk == min(risks)
+        assert sel.valid  # the selection split passes by construction
+
+
+def test_estimate_never_reports_an_invalid_record_as_the_estimate():
+    rng = np.random.default_rng(34)
+    x = rng.normal(size=(400, 3)).astype(np.float32)
+    xt = rng.normal(size=(400, 3)).astype(np.float32)
+    seen = set()
+    for seed in range(8):
+        # the authors' rule (no margin): the report split holds less than alpha about half the time
+        est = C.estimate(x, xt, norm="l2", eps=0.2, alpha=0.1, n_regions=1, key=jax.random.key(seed),
+                         method="halfspace", margin=0.0, confidence=None)
+        rep = est.report
+        assert est.valid == rep.valid == (rep.risk >= 0.1)
+        assert (est.value is None) == (not est.valid)
+        assert (est.reason == "") == est.valid
+        if est.valid:
+            assert est.value == rep.adv_risk
+        else:
+            assert "alpha" in est.reason and est.to_dict()["value"] is None
+        seen.add(est.valid)
+    assert seen == {True, False}  # both cases occurred
+
+
+def test_best_estimate_is_the_lowest_valid_method_on_the_selection_split():
+    rng = np.random.default_rng(35)
+    x = (rng.normal(size=(400, 5)) * np.array([2.0, 1.0, 1.0, 0.5, 0.2])).astype(np.float32)
+    xt = (rng.normal(size=(300, 5)) * np.array([2.0, 1.0, 1.0, 0.5, 0.2])).astype(np.float32)
+    key = jax.random.key(3)
+    best = C.estimate(x, xt, norm="l2", eps=0.3, alpha=0.05, n_regions=[2, 3], key=key, method="best")
+    assert C.methods_for("l2") == ("balls", "halfspaces") and C.methods_for("l1") == ("halfspaces",)
+    cands = best.candidates
+    assert [c.method for c in cands] == ["balls", "halfspaces"]
+    for c, m in zip(cands, ["balls", "halfspaces"]):
+        ref = C.estimate(x, xt, norm="l2", eps=0.3, alpha=0.05, n_regions=[2, 3], key=key, method=m)
+        _same_records(c.records, ref.records)
+    valid = [c for c in cands if c.valid]
+    assert valid and best.valid
+    sel = {c.method: next(r for r in c.records if r.split == "select").adv_risk for c in valid}
+    assert best.method == min(sel, key=lambda m: (sel[m], m != "balls"))
+    assert best.value == best.report.adv_risk
+    json.dumps(best.to_dict())
+
+
+# ---------------------------------------------------------------------------
+# The half-space search of Prescott et al. (2021)
+# ---------------------------------------------------------------------------
+
+
+def brute_halfspaces(x, xs, *, alpha, eps, norm, n_components, powers, margin, confidence):
+    """Every candidate direction scored with explicit loops (SVD for the principal directions)."""
+    n, ns = len(x), len(xs)
+    xd, xsd = x.astype(np.float64), xs.astype(np.float64)
+    V = np.linalg.svd(xd - xd.mean(0), full_matrices=False)[2][:n_components]
+    dual = {"l2": 2, "linf": 1}[norm]
+    k_fit = min(math.ceil(n * (alpha + margin / math.sqrt(n)) - 1e-9), n)
+    k_sel = min(brute_select_count(alpha, ns, confidence), ns)
+
+    def thresh(proj, k):
+        top = sorted(proj, reverse=True)[k - 1]
+        below = [v for v in proj if v < top]
+        return max(below) if below else -np.inf
+
+    out = []
+    for i, v in enumerate(V):
+        for p in powers:
+            u = np.sign(v) * np.abs(v) ** p
+            u = u / np.linalg.norm(u, ord=dual)
+            for s in (1.0, -1.0):  # SVD signs are arbitrary: both signs are candidates either way
+                w = s * u
+                b = min(thresh(xd @ w, k_fit), thresh(xsd @ w, k_sel))
+                adv = sum(1 for xi in xsd if xi @ w > b - eps)
+                out.append((adv, i, p, w, b))
+    return out
+
+
+@pytest.mark.parametrize("nrm", ["l2", "linf"])
+def test_halfspaces_match_bruteforce_and_expansion(nrm):
+    rng = np.random.default_rng(36)
+    scale = np.array([3.0, 2.0, 1.0, 0.5, 0.25, 0.1])
+    x = (rng.normal(size=(250, 6)) * scale).astype(np.float32)
+    xs = (rng.normal(size=(150, 6)) * scale).astype(np.float32)
+    kw = dict(alpha=0.08, eps=0.4, norm=nrm)
+    reg = C.fit_halfspaces(x, x_select=xs, n_components=3, powers=(1.0, 2.0, 3.0), **kw)
+    ref = brute_halfspaces(x, xs, n_components=3, powers=(1.0, 2.0, 3.0), margin=0.5, confidence=0.95, **kw)
+    best_adv = min(r[0] for r in ref)
+    m = C.measure(reg, xs)
+    assert m.n_adv == best_adv and reg.n_candidates == 18
+    # the chosen direction is a brute-force candidate with the same score, threshold and counts
+    match = [r for r in ref if r[0] == best_adv and np.allclose(r[3], reg.w, atol=1e-10)]
+    assert match, "chosen direction is not a best brute-force candidate"
+    assert (match[0][1], match[0][2]) == (reg.component, reg.power) and reg.b == pytest.approx(match[0][4])
+    dual = np.sum(np.abs(reg.w)) if nrm == "linf" else np.linalg.norm(reg.w)
+    assert dual == pytest.approx(1.0) and reg.shift == pytest.approx(0.4)
+    # expansion by explicit perturbations: x + delta with ||delta|| = eps enters E iff w.x > b - eps (Hoelder)
+    step = 0.4 * (np.sign(reg.w) if nrm == "linf" else reg.w / np.linalg.norm(reg.w))
+    assert np.linalg.norm(step, ord=np.inf if nrm == "linf" else 2) == pytest.approx(0.4)
+    xsd = xs.astype(np.float64)
+    reach = (xsd + step) @ reg.w > reg.b
+    np.testing.assert_array_equal(reach, xsd @ reg.w > reg.b - reg.shift + 1e-12 * 0)
+    assert int(reach.sum()) == m.n_adv
+    # the rule: fit target on x, Clopper-Pearson count on x_select
+    assert C.measure(reg, x).n_risk >= math.ceil(250 * C.fit_target(0.08, 250) - 1e-9)
+    assert m.n_risk >= C.select_count(0.08, 150)
+
+
+def test_halfspace_directions_are_signed_powers_with_unit_dual_norm():
+    rng = np.random.default_rng(37)
+    x = (rng.normal(size=(120, 4)) * np.array([2.0, 1.0, 0.5, 0.2])).astype(np.float32)
+    W, meta = C.halfspace_directions(x, norm="linf", n_components=2, powers=(1.0, 3.0))
+    V = np.linalg.svd(x.astype(np.float64) - x.mean(0), full_matrices=False)[2][:2]
+    assert W.shape == (4, 8) and meta.shape == (8, 3)
+    np.testing.assert_allclose(np.sum(np.abs(W), axis=0), 1.0)  # dual of linf is l1
+    for j, (i, p, s) in enumerate(meta):
+        u = np.sign(V[int(i)]) * np.abs(V[int(i)]) ** p
+        u = u / np.sum(np.abs(u))
+        assert np.allclose(W[:, j], u) or np.allclose(W[:, j], -u)
+        if j % 2:
+            np.testing.assert_array_equal(W[:, j], -W[:, j - 1])  # both signs
+    # one point: no spread, still finite directions and the whole space at k = 1
+    one = C.fit_halfspaces(x[:1], alpha=0.5, eps=0.1, norm="l2", n_components=1)
+    assert np.isfinite(one.w).all() and C.measure(one, x[:1]).n_risk == 1
+
+
+def test_halfspaces_estimate_is_run_halfspaces():
+    rng = np.random.default_rng(38)
+    x = rng.random((200, 5)).astype(np.float32)
+    xt = rng.random((120, 5)).astype(np.float32)
+    key = jax.random.key(5)
+    est = C.estimate(x, xt, norm="linf", eps=0.05, alpha=0.05, n_regions=1, key=key, method="halfspaces",
+                     n_components=3, powers=(1.0, 2.0))
+    ref, reg = C.run_halfspaces(C.make_splits(x, xt, key=key), alpha=0.05, eps=0.05, norm="linf", n_components=3,
+                                powers=(1.0, 2.0))
+    _same_records(est.records, ref)
+    assert est.method == "halfspaces" and [r.method for r in est.records] == ["halfspaces"] * 3
+    np.testing.assert_array_equal(est.region.w, reg.w)
