@@ -42,6 +42,7 @@ import dataclasses
 import functools
 import math
 import time
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -51,8 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from jaxbound import _checks, geometry
-from jaxbound._io import atomic_write_json, fingerprint, to_jsonable
+from jaxbound import _checks, _engine, geometry
+from jaxbound._io import atomic_write_json, fingerprint, load_json_or_none, to_jsonable
 
 __all__ = [
     "InterClassDistance",
@@ -81,8 +82,9 @@ def log2_perturbable_volumes(x: jax.Array, eps: Any, low: float = 0.0, high: flo
 
     ``Vol(x, eps) = prod_i (min(x_i + eps_i, high) - max(x_i - eps_i, low))``:
     the volume of the ``l_inf`` box of radius ``eps`` around ``x`` intersected
-    with the data domain ``[low, high]^d``. No validation (use
-    :func:`perturbable_volume` for checked input).
+    with the data domain ``[low, high]^d``. Concrete inputs are checked
+    (finite ``x``, ``eps > 0``, ``low < high``); traced ones only by shape
+    (:func:`perturbable_volume` also checks the domain).
 
     Args:
       x: ``[n, ...]`` points inside ``[low, high]``.
@@ -97,6 +99,16 @@ def log2_perturbable_volumes(x: jax.Array, eps: Any, low: float = 0.0, high: flo
       Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
       robustness to input data distributions." ICLR 2019, arXiv:1902.08336 (App. D.1).
     """
+    if not hasattr(x, "ndim") or x.ndim < 1:
+        x = np.asarray(x)
+    if x.ndim < 1:
+        raise ValueError(f"x: expected a batch shaped [n, ...], got shape {tuple(x.shape)}")
+    _checks.check_interval((low, high), "bounds")
+    _checks.check_finite(x, "x")
+    if _checks.is_concrete(eps):
+        e = np.asarray(eps, dtype=np.float64)
+        if not np.isfinite(e).all() or (e <= 0).any():
+            raise ValueError(f"eps: must be finite and > 0, got {eps!r}")
     lengths = jnp.minimum(x + eps, high) - jnp.maximum(x - eps, low)
     return jnp.sum(jnp.log2(lengths).reshape(x.shape[0], -1), axis=1)
 
@@ -630,10 +642,9 @@ def _sweep_settings(attack, has_test, *, volume, inter_class, inter_class_n, con
         raise ValueError("concentration: 'balls' is the l2 method; use norm='l2' or another method")
     if concentration is not None and not has_test:
         raise ValueError("test_data: the concentration estimate needs held-out test data")
-    if concentration is not None:
-        alpha = _checks.check_probability(alpha, "alpha")
-        n_regions = _checks.check_int(n_regions, "n_regions", low=1)
-        concentration_repeats = _checks.check_int(concentration_repeats, "concentration_repeats", low=1)
+    alpha = _checks.check_probability(alpha, "alpha")
+    n_regions = _checks.check_int(n_regions, "n_regions", low=1)
+    concentration_repeats = _checks.check_int(concentration_repeats, "concentration_repeats", low=1)
     if pair is not None:
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise ValueError(f"pair: expected two class labels, got {pair!r}")
@@ -843,7 +854,7 @@ def sensitivity_sweep(
                          pair_n=pair_n, pair_attack=pair_attack, train_models=train_models, model=model, train=train,
                          eval_n=eval_n)
     specs = _level_specs(transform, levels)
-    out = None if out_dir is None else Path(out_dir)
+    out = None if out_dir is None else _engine.check_checkpoint_dir(out_dir, "out_dir")
     data_fp = fingerprint(x_tr, y_tr, x_te, y_te)
     key_fp = fingerprint(np.asarray(jax.random.key_data(key)))
     records = []
@@ -873,15 +884,17 @@ def sensitivity_sweep(
 
 
 def _load_record(path, fp):
-    if path is None or not path.is_file():
+    """A level's saved record; ``None`` (recompute) when absent, of other settings, or damaged (one warning)."""
+    if path is None or not path.exists():
         return None
-    import json
-
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError):
+    rec = load_json_or_none(path, what="sweep record")
+    if rec is None:
         return None
-    if not isinstance(rec, dict) or rec.get("fingerprint") != fp:
+    if not isinstance(rec, dict) or not isinstance(rec.get("quantities", {}), dict) \
+            or not isinstance(rec.get("seconds", {}), dict):
+        warnings.warn(f"sweep record {path} is not a level record; recomputing it", RuntimeWarning, stacklevel=2)
+        return None
+    if rec.get("fingerprint") != fp:
         return None
     rec.setdefault("quantities", {})
     rec.setdefault("seconds", {})

@@ -331,6 +331,19 @@ def test_sweep_resumes_after_interruption(digits_split, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "levels" / "binarize.json").read_text())["quantities"] == first["quantities"]
 
 
+@pytest.mark.parametrize("damage", [b'{"label": "binar', b"\xff\xfe\x00 random", b'{"quantities": [1, 2]}'])
+def test_sweep_recomputes_a_damaged_record_with_one_warning(digits_split, tmp_path, damage):
+    a = _sweep(digits_split, tmp_path, concentration=None, pair=None, inter_class=False)
+    rec = tmp_path / "levels" / "binarize.json"
+    rec.write_bytes(damage)
+    with pytest.warns(RuntimeWarning, match=f"sweep record {rec}") as warned:
+        b = _sweep(digits_split, tmp_path, concentration=None, pair=None, inter_class=False)
+    assert len([w for w in warned if issubclass(w.category, RuntimeWarning)]) == 1
+    assert [r["perturbable_volume"] for r in b.table] == [r["perturbable_volume"] for r in a.table]
+    (first,) = [r for r in a.records if r["label"] == "binarize"]
+    assert json.loads(rec.read_text())["quantities"] == first["quantities"]
+
+
 def test_sweep_recomputes_when_settings_change(digits_split, tmp_path):
     a = _sweep(digits_split, tmp_path, concentration=None, pair=None, inter_class=False)
     b = _sweep(digits_split, tmp_path, concentration=None, pair=None, inter_class=False, eps=0.1)
