@@ -1893,7 +1893,7 @@ def _record(dataset, method, norm, eps, alpha, T, q, protocol, split, ms: list[M
         adv_risk_ci=(min(m.adv_risk_ci[0] for m in ms), max(m.adv_risk_ci[1] for m in ms)),
         adv_rule=ms[0].adv_rule, seeds=list(seeds),
         repeats=[dict(m.to_dict(), seed=s, q=None if qq is None else float(qq), valid=v)
-                 for m, s, qq, v in zip(ms, seeds, qs, ok)],
+                 for m, s, qq, v in zip(ms, list(seeds) or [None] * len(ms), qs, ok)],
         seconds=float(seconds), extra=dict(extra or {}), valid=all(ok), n_valid=int(sum(ok)),
         min_risk=float(risks.min()), rule={} if rule is None else rule.to_dict(),
     )
@@ -1958,7 +1958,7 @@ def records(
     method, norm, T, q = _method_of(regs[0])
     qs = [r.q for r in regs] if isinstance(regs[0], Rectangles) else None
     return [_record(dataset, method, norm, regs[0].eps, regs[0].alpha, T, q, splits.protocol, name,
-                    [measure(r, xs) for r in regs], seeds or [None] * len(regs), seconds, extra, qs, rule)
+                    [measure(r, xs) for r in regs], seeds, seconds, extra, qs, rule)
             for name, xs in _split_sets(splits)]
 
 
