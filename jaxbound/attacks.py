@@ -436,11 +436,13 @@ def _fgm_core(x, y, eps, *, logits_fn, norm, targeted, loss, bounds, l1_fraction
         logits = logits_fn(xa)
         return jnp.sum(_objective(logits, y, loss=loss, targeted=targeted)), logits
 
-    g, _ = jax.grad(total, has_aux=True)(x)
+    g, logits0 = jax.grad(total, has_aux=True)(x)
     step = _rows(eps, x) * _ascent(g, x, norm, bounds, l1_fraction)
     x_adv = lp.project_in_box(x, step, eps, norm, bounds)
     logits = logits_fn(x_adv)
-    return _result(x, x_adv, _is_success(logits, y, targeted), logits)
+    ok = _finite(logits) & _finite(logits0)  # a NaN model is never "successfully attacked"
+    logits = jnp.where(ok[:, None], logits, jnp.nan)
+    return _result(x, x_adv, _is_success(logits, y, targeted) & ok, logits)
 
 
 def _fgm_core_vec(x, y, eps_nk, **kw):
@@ -496,8 +498,11 @@ def fgm(
         return _empty_result(logits_fn, x, len(eps_k) if vector else None)
     if vector:
         eps_nk = np.broadcast_to(eps_k, (n, eps_k.shape[0])).astype(np.float32)
-        return _execute(_fgm_core_vec, static, (x, y, eps_nk), (), out_axis=1, batch_size=batch_size)
-    return _execute(_fgm_core, static, (x, y, np.full(n, eps_k[0], np.float32)), (), batch_size=batch_size)
+        res = _execute(_fgm_core_vec, static, (x, y, eps_nk), (), out_axis=1, batch_size=batch_size)
+    else:
+        res = _execute(_fgm_core, static, (x, y, np.full(n, eps_k[0], np.float32)), (), batch_size=batch_size)
+    _check_finite_logits(res.logits, "fgm")
+    return res
 
 
 def fgsm(
@@ -545,14 +550,15 @@ def _pgd_core(x, y, idx, eps, step, key, *, logits_fn, norm, steps, restarts, ra
     step_b = _rows(step, x)
 
     def track(state, xa, logits):
-        best_x, best_logits, best_obj, found = state
+        best_x, best_logits, best_obj, found, bad = state
         obj = _objective(logits, y, loss=loss, targeted=targeted)
-        succ = _is_success(logits, y, targeted)
+        ok = _finite(logits)  # non-finite logits never count as a success
+        succ = _is_success(logits, y, targeted) & ok
         take = (succ & ~found) | (~found & ~succ & (obj > best_obj))
         best_x = jnp.where(_rows(take, x), xa, best_x)
         best_logits = jnp.where(take[:, None], logits, best_logits)
         best_obj = jnp.where(take, obj, best_obj)
-        return best_x, best_logits, best_obj, found | succ
+        return best_x, best_logits, best_obj, found | succ, bad | ~ok
 
     def restart(r, state):
         if random_start:
@@ -572,9 +578,11 @@ def _pgd_core(x, y, idx, eps, step, key, *, logits_fn, norm, steps, restarts, ra
         return track(state, xa, logits_fn(xa))
 
     k = jax.eval_shape(logits_fn, x).shape[1]
-    init = (x, jnp.zeros((n, k), jnp.float32), jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), bool))
-    best_x, best_logits, _, found = lax.fori_loop(0, restarts, restart, init)
-    return _result(x, best_x, found, best_logits.astype(jnp.float32))
+    init = (x, jnp.zeros((n, k), jnp.float32), jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), bool),
+            jnp.zeros((n,), bool))
+    best_x, best_logits, _, found, bad = lax.fori_loop(0, restarts, restart, init)
+    best_logits = jnp.where(bad[:, None], jnp.nan, best_logits.astype(jnp.float32))
+    return _result(x, best_x, found & ~bad, best_logits)
 
 
 def _pgd_core_vec(x, y, idx, eps_nk, step_nk, key, **kw):
@@ -646,10 +654,13 @@ def pgd(
     if vector:
         eps_nk = np.broadcast_to(eps_k, (n, eps_k.shape[0])).astype(np.float32)
         step_nk = np.broadcast_to(step_k, (n, step_k.shape[0])).astype(np.float32)
-        return _execute(_pgd_core_vec, static, (x, y, idx, eps_nk, step_nk), (key,), out_axis=1, **opts)
-    eps_n = np.full(n, eps_k[0], np.float32)
-    step_n = np.full(n, step_k[0], np.float32)
-    return _execute(_pgd_core, static, (x, y, idx, eps_n, step_n), (key,), **opts)
+        res = _execute(_pgd_core_vec, static, (x, y, idx, eps_nk, step_nk), (key,), out_axis=1, **opts)
+    else:
+        eps_n = np.full(n, eps_k[0], np.float32)
+        step_n = np.full(n, step_k[0], np.float32)
+        res = _execute(_pgd_core, static, (x, y, idx, eps_n, step_n), (key,), **opts)
+    _check_finite_logits(res.logits, "pgd")
+    return res
 
 
 # ---------------------------------------------------------------------------
@@ -767,8 +778,10 @@ def minimal_adversarial_distance(
                   steps=cfg.steps, rel_step=float(rel), restarts=cfg.restarts, random_start=cfg.random_start,
                   targeted=cfg.targeted, loss=cfg.loss, bounds=bounds, l1_fraction=cfg.l1_fraction)
     idx = np.arange(n, dtype=np.int32) if _checks.is_concrete(x) else jnp.arange(n, dtype=jnp.int32)
-    return _execute(_mindist_core, static, (x, y, idx), (key,), batch_size=batch_size, progress=progress,
-                    checkpoint=checkpoint, desc="minimal distance")
+    res = _execute(_mindist_core, static, (x, y, idx), (key,), batch_size=batch_size, progress=progress,
+                   checkpoint=checkpoint, desc="minimal distance")
+    _check_finite_logits(res.attack.logits, "the minimal-distance search")
+    return res
 
 
 # ---------------------------------------------------------------------------
@@ -1182,7 +1195,7 @@ def perturbation_norms(x: Any, x_adv: Any, norm: Any) -> Any:
     b = np.asarray(x_adv, np.float64) if _checks.is_concrete(x_adv) else x_adv
     if a.shape != b.shape:
         raise ValueError(f"x_adv: shape {tuple(b.shape)} does not match x's {tuple(a.shape)}")
-    d = (b - a).reshape(a.shape[0], -1)
+    d = (b - a).reshape(a.shape[0], int(np.prod(a.shape[1:], dtype=np.int64)))
     xp = np if isinstance(d, np.ndarray) else jnp
     if n == "l1":
         return xp.abs(d).sum(axis=1)
