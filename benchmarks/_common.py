@@ -33,3 +33,36 @@ def require_data_dir(arg=None, *, need=("mnist",)) -> Path:
         sys.exit(f"{' / '.join(need)} IDX files not found: set JAXBOUND_DATA_DIR, or place them in ../shared/data "
                  "(skipping the benchmark)")
     return path
+
+
+def torch_lenet5(weights: dict):
+    """PyTorch copy of jaxbound's LeNet5 from its Flax weights (``"<layer>_kernel"``, ``"<layer>_bias"``).
+
+    ``torch.nn.Sequential`` (conv5x5 - ReLU - maxpool2, twice, then fc -
+    ReLU - fc) in eval mode with frozen parameters; it takes NCHW images.
+    Flax kernels are HWIO and flatten NHWC, so the convolutions are permuted
+    and the rows of ``fc1`` reordered once (the layout of ``attacks.py``).
+    """
+    import torch
+
+    z = weights
+    c1, c2 = z["conv1_kernel"].shape[-1], z["conv2_kernel"].shape[-1]
+    hid, k = z["fc1_kernel"].shape[-1], z["fc2_kernel"].shape[-1]
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(z["conv1_kernel"].shape[2], c1, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(c1, c2, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(7 * 7 * c2, hid), torch.nn.ReLU(), torch.nn.Linear(hid, k),
+    ).eval()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor(z["conv1_kernel"]).permute(3, 2, 0, 1))
+        net[0].bias.copy_(torch.tensor(z["conv1_bias"]))
+        net[3].weight.copy_(torch.tensor(z["conv2_kernel"]).permute(3, 2, 0, 1))
+        net[3].bias.copy_(torch.tensor(z["conv2_bias"]))
+        w3 = z["fc1_kernel"].reshape(7, 7, c2, hid).transpose(2, 0, 1, 3).reshape(-1, hid)
+        net[7].weight.copy_(torch.tensor(w3).T)
+        net[7].bias.copy_(torch.tensor(z["fc1_bias"]))
+        net[9].weight.copy_(torch.tensor(z["fc2_kernel"]).T)
+        net[9].bias.copy_(torch.tensor(z["fc2_bias"]))
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
