@@ -648,7 +648,10 @@ def init_acgan(*, key: Any, latent_dim: int = 100, num_classes: int = 10,
     _checks.check_key(key)
     latent_dim = _checks.check_int(latent_dim, "latent_dim", low=1)
     num_classes = _checks.check_int(num_classes, "num_classes", low=1)
-    shape = tuple(int(v) for v in image_shape)
+    try:
+        shape = tuple(int(v) for v in image_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_shape: expected (H, W, C), got {image_shape!r}") from None
     if len(shape) != 3 or shape[0] % 4 or shape[1] % 4 or min(shape) < 1:
         raise ValueError(f"image_shape: expected (H, W, C) with H, W divisible by 4, got {image_shape!r}")
     gen = ACGANGenerator(latent_dim, num_classes, shape)

@@ -148,6 +148,10 @@ def lp_norm(v: jax.Array, norm: Any, axis: int | Sequence[int] = -1) -> jax.Arra
       ``v``'s norm with ``axis`` reduced.
     """
     norm = canonical_norm(norm)
+    nd = getattr(v, "ndim", np.ndim(v))
+    for ax in (axis,) if isinstance(axis, numbers.Integral) else tuple(axis):
+        if not -nd <= int(ax) < max(nd, 1):
+            raise ValueError(f"axis: {ax} is out of range for an array with {nd} dimensions")
     a = jnp.abs(v)
     if norm == "l1":
         return jnp.sum(a, axis=axis)
@@ -163,6 +167,7 @@ def per_example_norms(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
     An example with no coordinates has norm 0.
     """
+    _check_batch(x, "x")
     flat = _flat(x)
     a = jnp.abs(flat)
     return jnp.sum(a, axis=1), jnp.sqrt(jnp.sum(flat * flat, axis=1)), jnp.max(a, axis=1, initial=0.0)
@@ -171,6 +176,7 @@ def per_example_norms(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 def per_example_norm(x: jax.Array, norm: Any) -> jax.Array:
     """``||x_i||_p`` per example of ``x [n, ...]`` -> ``[n]``."""
     n = canonical_norm(norm)
+    _check_batch(x, "x")
     if n in NORMS:
         l1, l2, linf = per_example_norms(x)
         return {"l1": l1, "l2": l2, "linf": linf}[n]
@@ -187,6 +193,41 @@ def _bcast(v, x):
     v = jnp.asarray(v, x.dtype)
     v = jnp.broadcast_to(v, (x.shape[0],)) if v.ndim == 0 else v
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def _concrete(v: Any) -> bool:
+    return not isinstance(v, jax.core.Tracer)
+
+
+def _check_batch(x: Any, name: str) -> None:
+    """``x`` must be an array with a leading example axis (``[n, ...]``)."""
+    if getattr(x, "ndim", np.ndim(x)) < 1:
+        raise ValueError(f"{name}: expected a batch shaped [n, ...], got shape {tuple(np.shape(x))}")
+
+
+def _check_radii(eps: Any, n: int, name: str = "eps") -> None:
+    """Radii: a scalar or one per example (``[n]``), finite and ``>= 0`` when concrete."""
+    shape = tuple(np.shape(eps))
+    if shape not in ((), (1,), (n,)):
+        raise ValueError(f"{name}: expected a scalar or one radius per example ([{n}]), got shape {shape}")
+    if _concrete(eps):
+        try:
+            e = np.asarray(eps, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected a number, got {eps!r}") from None
+        if not np.isfinite(e).all() or (e < 0).any():
+            raise ValueError(f"{name}: radii must be finite and >= 0, got {eps!r}")
+
+
+def _check_bounds(bounds: Any) -> None:
+    if bounds is None:
+        return
+    try:
+        lo, hi = bounds
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds: expected None or a pair (low, high), got {bounds!r}") from None
+    if _concrete(lo) and _concrete(hi) and not float(lo) < float(hi):
+        raise ValueError(f"bounds: need low < high, got ({lo}, {hi})")
 
 
 def project(delta: jax.Array, eps: Any, norm: Any) -> jax.Array:
@@ -209,6 +250,8 @@ def project(delta: jax.Array, eps: Any, norm: Any) -> jax.Array:
       high dimensions." ICML 2008, Fig. 1.
     """
     norm = _check_kernel_norm(norm)
+    _check_batch(delta, "delta")
+    _check_radii(eps, delta.shape[0])
     e = jnp.broadcast_to(jnp.asarray(eps, delta.dtype), (delta.shape[0],))
     if norm == "linf":
         eb = _bcast(e, delta)
@@ -240,6 +283,9 @@ def project_in_box(x: jax.Array, delta: jax.Array, eps: Any, norm: Any,
     ``eps`` of ``x`` in ``norm`` whenever ``x`` is inside the box (clipping
     toward a box that contains ``x`` never lengthens the perturbation).
     """
+    if np.shape(x) != np.shape(delta):
+        raise ValueError(f"delta: shape {tuple(np.shape(delta))} does not match x's {tuple(np.shape(x))}")
+    _check_bounds(bounds)
     x_new = x + project(delta, eps, norm)
     return x_new if bounds is None else jnp.clip(x_new, bounds[0], bounds[1])
 
@@ -279,6 +325,13 @@ def steepest_ascent(
       perturbations." NeurIPS 2019, arXiv:1904.13000 (sparse ℓ1 steps).
     """
     norm = _check_kernel_norm(norm)
+    _check_batch(g, "g")
+    if l1_fraction is not None and (isinstance(l1_fraction, bool) or not isinstance(l1_fraction, numbers.Real)
+                                    or not 0.0 < float(l1_fraction) <= 1.0):
+        raise ValueError(f"l1_fraction: must be a number in (0, 1], got {l1_fraction!r}")
+    if x is not None and np.shape(x) != np.shape(g):
+        raise ValueError(f"x: shape {tuple(np.shape(x))} does not match g's {tuple(np.shape(g))}")
+    _check_bounds(bounds)
     if norm == "linf":
         return jnp.sign(g)
     flat = _flat(g)
@@ -324,7 +377,9 @@ def sample_ball(eps: Any, norm: Any, *, shape: Sequence[int], key: jax.Array, dt
       ℓp^n-ball." Ann. Probab. 2005, arXiv:math/0503650, Thm. 1.
     """
     norm = _check_kernel_norm(norm)
-    shape = tuple(int(s) for s in shape)
+    shape = _check_shape(shape)
+    _check_key(key)
+    _check_radii(eps, 1)
     d = int(np.prod(shape))
     if norm == "linf":
         return jax.random.uniform(key, shape, dtype, -1.0, 1.0) * eps
@@ -340,6 +395,22 @@ def sample_ball(eps: Any, norm: Any, *, shape: Sequence[int], key: jax.Array, dt
     return (v * eps).reshape(shape)
 
 
+def _check_shape(shape: Any) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape: expected a sequence of sizes, got {shape!r}") from None
+    if isinstance(shape, str) or any(v < 0 for v in out):
+        raise ValueError(f"shape: expected non-negative sizes, got {shape!r}")
+    return out
+
+
+def _check_key(key: Any, name: str = "key") -> None:
+    dt = getattr(key, "dtype", None)
+    if dt is None or not (jnp.issubdtype(dt, jax.dtypes.prng_key) or (dt == jnp.uint32 and key.shape[-1:] == (2,))):
+        raise ValueError(f"{name}: expected a jax.random key (jax.random.key(seed)), got {type(key).__name__}")
+
+
 def _check_kernel_norm(norm: Any) -> str:
     n = canonical_norm(norm)
     if n not in NORMS:
@@ -350,4 +421,11 @@ def _check_kernel_norm(norm: Any) -> str:
 def sample_balls(eps: jax.Array, norm: Any, *, shape: Sequence[int], keys: jax.Array,
                  dtype: Any = jnp.float32) -> jax.Array:
     """One :func:`sample_ball` draw per example: ``keys [n]`` and radii ``eps [n]`` -> ``[n, *shape]``."""
+    _check_key(keys, "keys")
+    typed = jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
+    if keys.ndim != (1 if typed else 2):
+        raise ValueError(f"keys: expected one key per example (jax.random.split(key, n)), got shape {keys.shape}")
+    n_keys = keys.shape[0]
+    if np.shape(eps) != (n_keys,):
+        raise ValueError(f"eps: expected one radius per key ([{n_keys}]), got shape {tuple(np.shape(eps))}")
     return jax.vmap(lambda k, e: sample_ball(e, norm, shape=shape, key=k, dtype=dtype))(keys, eps)
