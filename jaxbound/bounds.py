@@ -1561,10 +1561,14 @@ def _ratio(a: np.ndarray, den: int) -> np.ndarray:
 
 
 def _mc_lp(g: ConflictHypergraph) -> MulticlassResult:
-    """``L*(k)`` as a sparse LP solved by HiGHS (dual simplex), with its dual values.
+    """``L*(k)`` as a sparse LP solved by HiGHS, with its dual values.
 
-    Pair edges inside a hyperedge are implied by it (``q >= 0``) and left
-    out (their dual value is 0); the objective is scaled by ``1 / max p``.
+    HiGHS' interior point method with crossover (a basic optimal solution):
+    with many more constraints than vertices it was 2-3x faster than the dual
+    simplex on Fashion-MNIST hypergraphs (35,877 and 154,966 hyperedges on
+    500 points). Pair edges inside a hyperedge are implied by it (``q >= 0``)
+    and left out (their dual value is 0); the objective is scaled by
+    ``1 / max p``.
     """
     from scipy import sparse
     from scipy.optimize import linprog
@@ -1585,7 +1589,7 @@ def _mc_lp(g: ConflictHypergraph) -> MulticlassResult:
     if nrow == 0:
         q, lam, mu = np.ones(n), np.zeros(0), g.p.copy()
     else:
-        res = linprog(-g.p / scale, A_ub=a, b_ub=np.ones(nrow), bounds=(0.0, 1.0), method="highs-ds",
+        res = linprog(-g.p / scale, A_ub=a, b_ub=np.ones(nrow), bounds=(0.0, 1.0), method="highs-ipm",
                       options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10})
         if res.status != 0:  # pragma: no cover - the LP is feasible (q = 0) and bounded
             raise RuntimeError(f"HiGHS did not solve the multi-class LP: {res.message}")

@@ -327,7 +327,8 @@ def test_verify_detects_broken_certificates():
     bad_q[g.edges[0]] = 1.0
     v = dataclasses.replace(r, q=bad_q).verify()
     assert not v.passed and v.violations["edge_feasible"] > 0.5
-    v = dataclasses.replace(r, vertex_dual=np.zeros(g.n)).verify()
+    v = dataclasses.replace(r, vertex_dual=np.zeros(g.n), edge_dual=0 * r.edge_dual,
+                            hyperedge_dual=0 * r.hyperedge_dual).verify()
     assert not v.passed and v.violations["dual_feasible"] > 0
     v = dataclasses.replace(r, loss=r.loss + 1e-3).verify()
     assert not v.passed and v.violations["loss"] > 0
