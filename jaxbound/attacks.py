@@ -1824,7 +1824,10 @@ def _run_ensemble(logits_fn, x, y, eps, norm, bounds, plan, key, state, *, batch
         rest = np.flatnonzero(robust)
         if rest.size:
             sub = jax.random.fold_in(key, AUTOATTACK_ATTACKS.index(name))
-            st = {**st, "logits_fn": logits_fn}
+            if "randomized" in st:  # APGD draws a randomised model's keys per example
+                st = {**st, "logits_fn": logits_fn, "randomized": _takes_key(logits_fn)}
+            else:
+                st = {**st, "logits_fn": _fixed_key_model(logits_fn)}
             ck = None if checkpoint is None else Path(checkpoint) / name
             r = _run_attack(core, st, logits_fn, x[rest], y[rest], eps, sub, idx=rest.astype(np.int32),
                             batch_size=_bucket(rest.size, batch_size), progress=progress, checkpoint=ck, desc=name)
@@ -1881,8 +1884,8 @@ def _self_checks(logits_fn, x, y, pred, logits0, acc, broken_by, names, version,
     if "square" in names and names.index("square") > 0:
         sq = float(np.mean(np.asarray(broken_by) == names.index("square") + 1))
         if sq > 0.002:
-            msgs.append(f"Square broke {sq:.1%} of the points that the gradient attacks left robust: a sign of gradient "
-                 "masking")
+            msgs.append(f"Square broke {sq:.1%} of all points after the gradient attacks had left them robust: a sign "
+                        "of gradient masking")
     nonincreasing = bool(np.all(np.diff(np.asarray(acc)) <= 0))
     if not nonincreasing:
         msgs.append("robust accuracy increased when an attack was added (a bug or a randomised model)")
