@@ -245,10 +245,12 @@ class BlockCheckpoint:
         self._last = time.monotonic()
 
     def remove(self) -> None:
-        """Delete the checkpoint folder once the job has finished."""
+        """Delete the checkpoint folder once the job has finished (with temporary files a killed run left)."""
         if self.path is not None and self.path.is_dir():
             for _, _, f in self._segments():
                 f.unlink()
+            for f in [*self.path.glob(".seg_*.tmp"), *self.path.glob(".key.txt.*.tmp")]:
+                f.unlink(missing_ok=True)
             (self.path / "key.txt").unlink(missing_ok=True)
             try:
                 self.path.rmdir()

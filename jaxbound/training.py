@@ -1088,15 +1088,17 @@ def loss_gradient_norm(
     x = _checks.check_model_inputs(x, None, "x")
     k = _checks.num_classes_of(logits_fn, x)
     y = _checks.check_model_labels(y, x.shape[0], k, "y")
-    if x.shape[0] == 0:
-        return np.zeros(0, np.float64)
+    _checks.check_nonempty(x, "x")
 
     @jax.jit
     def run(x, y):
         g, v = _input_grad(logits_fn, x, y)
+        finite = jnp.all(jnp.isfinite(logits_fn(x)), axis=-1)
         if mode == "exact":
-            return _dual_norms(g, norm)
+            return _dual_norms(g, norm), finite
         d = lp.steepest_ascent(g, norm)
-        return (attacks.cross_entropy(logits_fn(x + fd_step * d), y) - v) / fd_step
+        return (attacks.cross_entropy(logits_fn(x + fd_step * d), y) - v) / fd_step, finite
 
-    return np.asarray(run(jnp.asarray(x), jnp.asarray(y)), np.float64)
+    out, finite = run(jnp.asarray(x), jnp.asarray(y))
+    _checks.check_finite_logits(np.asarray(finite), "logits_fn", inputs="x")
+    return np.asarray(out, np.float64)

@@ -192,7 +192,10 @@ def test_loss_gradient_norm_exact_and_fd(norm, rng):
     fd = training.loss_gradient_norm(f, x, y, norm=norm, mode="fd", fd_step=1e-3)
     assert np.median(np.abs(fd - ref) / ref) < 0.02
     assert abs(fd.mean() - ref.mean()) / ref.mean() < 0.03
-    assert training.loss_gradient_norm(f, x[:0], y[:0], norm=norm).shape == (0,)
+    with pytest.raises(ValueError, match="^x: is empty"):
+        training.loss_gradient_norm(f, x[:0], y[:0], norm=norm)
+    with pytest.raises(ValueError, match="^logits_fn: returned NaN"):
+        training.loss_gradient_norm(lambda z: f(z) * jnp.nan, x, y, norm=norm)
 
 
 def test_fd_matches_exact_on_trained_network(runs, digits):
