@@ -18,7 +18,8 @@ One method each (same conventions; JSON on stdout and in --out):
 * ``jaxbound concentration``: intrinsic-robustness estimate per eps.
 * ``jaxbound optprob``: optimal cross-entropy and 0-1 losses of a class pair,
   or (``--classes all``) the optimal 0-1 loss over all classes (Dai et al. 2023).
-* ``jaxbound attack``: clean and robust accuracy of a model under PGD or FGM.
+* ``jaxbound attack``: clean and robust accuracy of a model under AutoAttack
+  (default), PGD or FGM.
 * ``jaxbound train``: train a model (standard, PGD or TRADES) and save it.
 * ``jaxbound lipschitz``: dataset Lipschitz constant and inter-class distance.
 * ``jaxbound knn``: k nearest neighbours of a dataset's points (.npz,
@@ -220,7 +221,9 @@ def _method_parsers(sub) -> None:
     _add_dataset_args(at, split="test")
     at.add_argument("--model", required=True,
                     help="'module:function' returning logits, or a folder written by 'jaxbound train --out'")
-    at.add_argument("--attack", default="pgd", choices=["pgd", "fgm"], help="pgd (default) or fgm")
+    at.add_argument("--attack", default="autoattack", choices=["autoattack", "pgd", "fgm"],
+                    help="autoattack (default: APGD-CE, APGD-T, FAB-T, Square, Croce & Hein 2020), pgd or fgm")
+    at.add_argument("--n-queries", type=int, default=5000, help="autoattack: Square's queries (default 5000)")
     _add_fields(at, attacks.AttackConfig, ("norm", "eps", "steps", "step_size", "restarts", "random_start",
                                            "bounds", "loss"))
     _add_common(at, "attack.json")
@@ -494,15 +497,34 @@ def run_attack(args) -> dict:
     cfg = attacks.AttackConfig(**settings)  # the settings are checked before anything is loaded
     ds = _load(args)
     fn = R.load_model(args.model)
-    if args.attack == "pgd":
-        res = attacks.pgd(fn, ds.images, ds.labels, cfg, key=jax.random.key(args.seed), progress=not args.quiet)
+    eps32 = np.asarray(cfg.eps_array, np.float32).astype(float).tolist()
+    if args.attack == "autoattack":
+        steps = 100 if "steps" not in settings else cfg.steps
+        per_eps = []
+        clean = metrics.accuracy(fn, ds.images, ds.labels)
+        for j, e in enumerate(eps32):
+            if e == 0.0:  # no attack at a zero budget: the clean accuracy
+                per_eps.append({"eps": e, "attacks": [], "robust_accuracy": clean, "robust_accuracy_after": [clean],
+                                "warnings": []})
+                continue
+            res = attacks.autoattack(fn, ds.images, ds.labels, key=jax.random.fold_in(jax.random.key(args.seed), j),
+                                     eps=e, norm=cfg.norm, bounds=cfg.bounds, steps=steps, n_queries=args.n_queries,
+                                     restarts=cfg.restarts, progress=not args.quiet)
+            per_eps.append({"eps": e, "attacks": list(res.attacks), "robust_accuracy": res.accuracy,
+                            "robust_accuracy_after": np.asarray(res.robust_accuracy, float).tolist(),
+                            "warnings": list(res.checks.get("warnings", []))})
+        n, robust = len(ds), [r["robust_accuracy"] for r in per_eps]
+        extra = {"steps": steps, "n_queries": args.n_queries, "per_eps": per_eps}
     else:
-        res = attacks.fgm(fn, ds.images, ds.labels, cfg)
-    ra = metrics.robust_accuracy(fn, ds.images, ds.labels, res)
+        if args.attack == "pgd":
+            res = attacks.pgd(fn, ds.images, ds.labels, cfg, key=jax.random.key(args.seed), progress=not args.quiet)
+        else:
+            res = attacks.fgm(fn, ds.images, ds.labels, cfg)
+        ra = metrics.robust_accuracy(fn, ds.images, ds.labels, res)
+        n, clean, robust, extra = ra.n, ra.clean_accuracy, ra.robust_accuracy, {"steps": cfg.steps}
     rec = {"command": "attack", "dataset": ds.to_dict(), "model": args.model, "attack": args.attack,
-           "norm": str(cfg.norm), "eps": np.asarray(cfg.eps_array, np.float32).astype(float).tolist(),
-           "steps": cfg.steps, "restarts": cfg.restarts, "bounds": cfg.bounds, "n": ra.n,
-           "clean_accuracy": ra.clean_accuracy, "robust_accuracy": ra.robust_accuracy}
+           "norm": str(cfg.norm), "eps": eps32, "restarts": cfg.restarts, "bounds": cfg.bounds, "n": n,
+           "clean_accuracy": clean, "robust_accuracy": robust, **extra}
     _write_json(args.out, rec)
     return {k: rec[k] for k in ("n", "eps", "clean_accuracy", "robust_accuracy")} | {"written": args.out}
 

@@ -405,8 +405,13 @@ class ReportConfig:
     learning_rate: float | None = _f(None, "training learning rate, Adam (default: TrainConfig's)", flag="--lr")
     train_eps: float | None = _f(None, "budget of adversarial training (default: the middle budget of eps)")
     train_attack_steps: int = _f(7, "PGD steps inside adversarial training")
-    attack_steps: int = _f(20, "PGD steps of the evaluation and the self-check (step 2.5 eps / steps, random "
-                               "start, images kept in [0, 1])")
+    evaluation_attack: str = _f("autoattack", "attack of the evaluation and the self-check: 'autoattack' (the "
+                                              "standard ensemble APGD-CE, APGD-T, FAB-T, Square; Croce & Hein "
+                                              "2020) or 'pgd'", flag="--attack")
+    autoattack_steps: int = _f(100, "AutoAttack: iterations of APGD and FAB (the original's 100)")
+    n_queries: int = _f(5000, "AutoAttack: queries of the Square attack (the original's 5,000)")
+    attack_steps: int = _f(20, "PGD steps of the evaluation and the self-check with --attack pgd (step "
+                               "2.5 eps / steps, random start, images kept in [0, 1])")
     attack_restarts: int | None = _f(None, "PGD restarts of the evaluation and the self-check (default: "
                                            "AttackConfig's)", flag="--restarts")
     eval_limit: int | None = _f(1000, "evaluate models on the first N held-out examples (0 or none: all)")
@@ -441,8 +446,10 @@ class ReportConfig:
             if r not in _RECIPES:
                 raise ValueError(f"models: unknown training recipe {r!r}; use standard, pgd or trades")
         put("models", models)
+        if self.evaluation_attack not in ("autoattack", "pgd"):
+            raise ValueError(f"evaluation_attack: must be 'autoattack' or 'pgd', got {self.evaluation_attack!r}")
         for k, low in (("n_repeats", 1), ("epochs", 1), ("batch_size", 1), ("attack_steps", 1),
-                       ("train_attack_steps", 1)):
+                       ("train_attack_steps", 1), ("autoattack_steps", 1), ("n_queries", 1)):
             put(k, _checks.check_int(getattr(self, k), k, low=low))
         for k, low in (("limit", 2), ("test_limit", 2), ("select_size", 1), ("n_per_class", 1),
                        ("eval_limit", 1), ("check_per_class", 1), ("multiclass_per_class", 1)):
@@ -484,8 +491,13 @@ class ReportConfig:
         g = self.eps_grid
         return g[(len(g) - 1) // 2] if self.train_eps is None else self.train_eps
 
+    @property
+    def evaluation_steps(self) -> int:
+        """Iterations of the evaluation attack: ``autoattack_steps`` or ``attack_steps`` (PGD)."""
+        return self.autoattack_steps if self.evaluation_attack == "autoattack" else self.attack_steps
+
     def attack(self) -> Any:
-        """The evaluation and self-check attack: PGD at the report's norm and budgets."""
+        """The PGD evaluation and self-check attack (``evaluation_attack="pgd"``) at the report's norm and budgets."""
         from jaxbound import attacks
 
         extra = {} if self.attack_restarts is None else {"restarts": self.attack_restarts}
@@ -894,22 +906,61 @@ def _train_model(key, stages: StageCache, recipe, tr, te, cfg: ReportConfig, *, 
     return models.logits_fn(module, res.params), rec
 
 
-def _attack_curve(key, logits_fn, x, y, attack, *, progress):
-    """``(robust_error [K], clean_error)`` of ``logits_fn`` under the PGD attack ``attack`` (an AttackConfig)."""
+def _autoattack_curve(key, logits_fn, x, y, cfg: "ReportConfig", *, progress):
+    """AutoAttack at every budget: ``(robust_error [K], clean_error, details [K])``."""
+    import jax
+
+    from jaxbound import attacks
+
+    errs, details, clean = [], [], None
+    eps32 = np.asarray(cfg.eps_grid, np.float32).astype(float)  # the budgets as float32 values, as PGD attacks
+    for j, e in enumerate(eps32):
+        if e == 0.0:
+            pred = np.asarray(attacks.predict(logits_fn, x)).argmax(-1) if len(x) else np.zeros(0, int)
+            acc = float(np.mean(pred == np.asarray(y))) if len(x) else 0.0
+            errs.append(1.0 - acc)
+            details.append({"eps": float(cfg.eps_grid[j]), "attacks": [], "robust_accuracy_after": [acc],
+                            "warnings": []})
+            continue
+        res = attacks.autoattack(logits_fn, x, y, key=jax.random.fold_in(key, j), eps=float(e), norm=cfg.norm,
+                                 steps=cfg.evaluation_steps, n_queries=cfg.n_queries, progress=progress)
+        clean = 1.0 - res.clean_accuracy
+        errs.append(1.0 - res.accuracy)
+        details.append({"eps": float(cfg.eps_grid[j]), "attacks": list(res.attacks),
+                        "robust_accuracy_after": np.asarray(res.robust_accuracy, float).tolist(),
+                        "warnings": list(res.checks.get("warnings", []))})
+    if clean is None:
+        clean = errs[0] if errs else 0.0
+    return np.asarray(errs, float), clean, details
+
+
+def _attack_curve(key, logits_fn, x, y, cfg: "ReportConfig", *, progress):
+    """``(robust_error [K], clean_error, details)`` of ``logits_fn`` under the report's evaluation attack."""
     from jaxbound import metrics
 
+    if cfg.evaluation_attack == "autoattack":
+        return _autoattack_curve(key, logits_fn, x, y, cfg, progress=progress)
+    attack = cfg.attack()
     # the budgets as float32 values, as the report has always attacked (keeps the numbers of earlier reports)
     att = attack.replace(eps=tuple(float(e) for e in np.asarray(attack.eps_array, np.float32)))
     rep = metrics.evaluate_robustness(logits_fn, x, y, att, key=key, wrt_predictions=False, progress=progress)
     rob = np.asarray(rep.robust_accuracy, dtype=float)
-    return 1.0 - rob, 1.0 - rep.clean_accuracy
+    return 1.0 - rob, 1.0 - rep.clean_accuracy, None
+
+
+def _attack_record(cfg: "ReportConfig", details) -> dict:
+    if cfg.evaluation_attack == "autoattack":
+        return {"name": "autoattack", "version": "standard", "norm": str(cfg.norm), "steps": cfg.evaluation_steps,
+                "n_queries": cfg.n_queries, "bounds": [0.0, 1.0], "per_eps": details}
+    attack = cfg.attack()
+    return {"name": "pgd", "norm": str(cfg.norm), "steps": int(attack.steps), "restarts": int(attack.restarts),
+            "step_size": "2.5 eps / steps", "random_start": True, "bounds": [0.0, 1.0]}
 
 
 def _evaluate_model(key, logits_fn, te, cfg: ReportConfig, *, progress=False):
     x, y = te.images, te.labels
     n = len(te)
-    attack = cfg.attack()
-    robust_error, clean_err = _attack_curve(key, logits_fn, x, y, attack, progress=progress)
+    robust_error, clean_err, details = _attack_curve(key, logits_fn, x, y, cfg, progress=progress)
     clean_err = float(clean_err)
     k_clean = int(round(clean_err * n))
     rows = []
@@ -918,10 +969,7 @@ def _evaluate_model(key, logits_fn, te, cfg: ReportConfig, *, progress=False):
         rows.append({"eps": float(e), "robust_error": float(r), "robust_accuracy": 1.0 - float(r),
                      "robust_error_ci": list(_clopper(k, n))})
     return {"n": n, "clean_accuracy": 1.0 - clean_err, "clean_error": clean_err,
-            "clean_error_ci": list(_clopper(k_clean, n)), "robust": rows,
-            "attack": {"name": "pgd", "norm": str(cfg.norm), "steps": int(attack.steps),
-                       "restarts": int(attack.restarts), "step_size": "2.5 eps / steps", "random_start": True,
-                       "bounds": [0.0, 1.0]}}
+            "clean_error_ci": list(_clopper(k_clean, n)), "robust": rows, "attack": _attack_record(cfg, details)}
 
 
 def _self_check(key, logits_fn, tr, pair, bound_rows, cfg: ReportConfig, *, progress=False):
@@ -937,7 +985,7 @@ def _self_check(key, logits_fn, tr, pair, bound_rows, cfg: ReportConfig, *, prog
             bounds.conflict_graph(xa, xb, eps=e, norm=cfg.norm)).loss} for e in cfg.eps_grid]
     x = np.concatenate([xa, xb])
     y = np.concatenate([np.zeros(len(xa), np.int64), np.ones(len(xb), np.int64)])
-    robust_error, _ = _attack_curve(key, restrict_to_pair(logits_fn, a, b), x, y, cfg.attack(), progress=progress)
+    robust_error, _, _ = _attack_curve(key, restrict_to_pair(logits_fn, a, b), x, y, cfg, progress=progress)
     out = []
     for e, r in zip(cfg.eps_grid, robust_error):
         zb = next(row for row in bound_rows if abs(row["eps"] - e) < 1e-12)["zero_one"]
@@ -962,8 +1010,10 @@ def _model_stages(keys, stages: StageCache, entries, tr, te, te_eval, cfg, chose
             mfp = {"train": train_rec.get("settings"), "recipe": mname}
         else:
             mfp = {"user": user_name, "probe": np.asarray(fn(te.images[:4]), np.float64)}
-        ev_cfg = {"model": mfp, "eps": list(cfg.eps_grid), "steps": cfg.attack_steps,
+        ev_cfg = {"model": mfp, "eps": list(cfg.eps_grid), "steps": cfg.evaluation_steps,
                   "restarts": cfg.attack().restarts, "eval_limit": cfg.eval_limit}
+        if cfg.evaluation_attack != "pgd":
+            ev_cfg.update(attack=cfg.evaluation_attack, n_queries=cfg.n_queries)
         ev = stages.run("evaluate", ev_cfg, lambda fn=fn: _evaluate_model(k_eval, fn, te_eval, cfg,
                                                                           progress=progress),
                         label=f"evaluate {mname} on {len(te_eval)} images")
@@ -1021,7 +1071,8 @@ def _config_record(cfg: ReportConfig, name: str, user_model: Any, key) -> dict:
             "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "learning_rate": cfg.train_config("standard").learning_rate,
             "train_eps": cfg.adversarial_eps, "train_attack_steps": cfg.train_attack_steps,
-            "attack_steps": cfg.attack_steps, "attack_restarts": cfg.attack().restarts,
+            "evaluation_attack": cfg.evaluation_attack, "autoattack_steps": cfg.autoattack_steps,
+            "n_queries": cfg.n_queries, "attack_steps": cfg.attack_steps, "attack_restarts": cfg.attack().restarts,
             "eval_limit": cfg.eval_limit, "check_per_class": cfg.check_per_class, "limit": cfg.limit,
             "test_limit": cfg.test_limit, "test_split": cfg.test_split,
             "key": _engine.key_data(key).astype(np.int64).tolist()}
@@ -1198,6 +1249,65 @@ def _check_record(rec: Any, name: str = "rec") -> dict:
     return rec
 
 
+def _attack_text(a: dict) -> str:
+    if a.get("name") == "autoattack":
+        atts = sorted({n for r in a.get("per_eps", []) for n in r.get("attacks", [])},
+                      key=lambda n: ["apgd-ce", "apgd-t", "fab-t", "square"].index(n) if n in
+                      ("apgd-ce", "apgd-t", "fab-t", "square") else 9)
+        warn = sorted({w for r in a.get("per_eps", []) for w in r.get("warnings", [])})
+        text = (f"AutoAttack standard ({', '.join(atts) or 'no attack'}; {a['steps']} iterations, Square "
+                f"{a['n_queries']} queries), {a['norm']}, images kept in [0, 1]")
+        return text + (f"; self-check warnings: {'; '.join(warn)}" if warn else "")
+    return (f"PGD-{a['norm']} {a['steps']} steps x {a['restarts']} restart(s), step 2.5 eps/steps, random start, "
+            "images kept in [0, 1]")
+
+
+def _md_models(rec: dict) -> list[str]:
+    if not rec["models"]:
+        return []
+    L = ["## Models", ""]
+    for m in rec["models"]:
+        desc = f"{m['source']}"
+        if m.get("train"):
+            t = m["train"]
+            desc += f", {t['arch']} (widen {t['widen_factor']}), recipe `{t['recipe']}`, {t['steps']} steps"
+            if t["settings"].get("eps") is not None:
+                desc += f", training eps {t['settings']['eps']:g}"
+        L.append(f"- **{m['name']}** ({desc}): clean accuracy {m['clean_accuracy']:.4f} on n = {m['n']}; "
+                 f"attack {_attack_text(m['attack'])}.")
+    L.append("")
+    return L
+
+
+def _md_definitions(rec: dict) -> list[str]:
+    L = ["## Definitions", ""]
+    for k, v in rec["definitions"].items():
+        L.append(f"- `{k}`: {v}.")
+    L.append("")
+    files = rec.get("files", {})
+    for k in ("robust_error_png", "pair_bounds_png"):
+        if k in files:
+            L.append(f"![{k}]({Path(files[k]).name})")
+    L.append("")
+    return L
+
+
+def _md_multiclass(rec: dict) -> list[str]:
+    mc = rec.get("multiclass")
+    if not mc:
+        return []
+    L = ["## Optimal 0-1 loss over all classes (Dai et al. 2023)", "",
+         f"The first {mc['per_class']} training points of each class (n = {mc['n']}, uniform weights); "
+         f"L*({mc['degree']}) is the headline limit, L*(2) beside it (every certificate checked).", "",
+         "| eps | L*(2) | L*(3) | pair edges | hyperedges | verified |", "|---|---|---|---|---|---|"]
+    for r in mc["rows"]:
+        l3 = _fmt(r["zero_one"], 4) if r["degree"] == 3 else "n/a"
+        L.append(f"| {r['eps']:g} | {_fmt(r['zero_one_degree2'], 4)} | {l3} | {r['n_edges']} | "
+                 f"{r['n_hyperedges']} | {'yes' if r['verified'] else 'no'} |")
+    L.append("")
+    return L
+
+
 def render_markdown(rec: dict) -> str:
     """The ``report.md`` text of a report record.
 
@@ -1256,6 +1366,7 @@ def render_markdown(rec: dict) -> str:
     else:
         L.append(f"- Inter-class distance: not computed ({icd['reason']}).")
     L.append("")
+    L += _md_multiclass(rec)
     L.append("## Concentration (Mahloujifar et al. 2019)")
     L.append("")
     c0 = rec["concentration"][0]
@@ -1279,31 +1390,8 @@ def render_markdown(rec: dict) -> str:
         L.append(f"| {r['pair'][0]}-{r['pair'][1]} | {r['eps']:g} | {r['n'][0]}+{r['n'][1]} | {r['num_edges']} | "
                  f"{_fmt(r['zero_one'], 4)} | {_fmt(r['cross_entropy'], 4)} |")
     L.append("")
-    if rec["models"]:
-        L.append("## Models")
-        L.append("")
-        for m in rec["models"]:
-            a = m["attack"]
-            desc = f"{m['source']}"
-            if m.get("train"):
-                t = m["train"]
-                desc += f", {t['arch']} (widen {t['widen_factor']}), recipe `{t['recipe']}`, {t['steps']} steps"
-                if t["settings"].get("eps") is not None:
-                    desc += f", training eps {t['settings']['eps']:g}"
-            L.append(f"- **{m['name']}** ({desc}): clean accuracy {m['clean_accuracy']:.4f} on n = {m['n']}; "
-                     f"attack PGD-{a['norm']} {a['steps']} steps x {a['restarts']} restart(s), step 2.5 eps/steps, "
-                     f"random start, images kept in [0, 1].")
-        L.append("")
-    L.append("## Definitions")
-    L.append("")
-    for k, v in rec["definitions"].items():
-        L.append(f"- `{k}`: {v}.")
-    L.append("")
-    files = rec.get("files", {})
-    for k in ("robust_error_png", "pair_bounds_png"):
-        if k in files:
-            L.append(f"![{k}]({Path(files[k]).name})")
-    L.append("")
+    L += _md_models(rec)
+    L += _md_definitions(rec)
     L.append(f"Settings: `{json.dumps(cfg)}`")
     L.append("")
     return "\n".join(L)

@@ -64,7 +64,8 @@ def _interval_pairs(obj):
 
 
 TINY = dict(norm="linf", eps=(0.3, 0.45), limit=400, test_limit=120, n_regions=(3,), n_repeats=1,
-            n_per_class=30, check_per_class=20, attack_steps=5, multiclass_per_class=25, progress=False)
+            n_per_class=30, check_per_class=20, attack_steps=5, multiclass_per_class=25, evaluation_attack="pgd",
+            progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +181,27 @@ def test_report_resumes_from_stages(tiny_report):
     assert rep2.record["stages"]["ran"] == []
     assert "train standard" in rep2.record["stages"]["skipped"]
     assert rep2.table == rep.table
+
+
+def test_report_autoattack_breaks_the_masked_model(tiny_report, tmp_path):
+    """The default evaluation, AutoAttack: its gradient-free Square moves the zero-gradient model PGD cannot."""
+    rep, _ = tiny_report
+    tr = data.load("digits").subset(np.arange(400))
+    kw = dict(TINY, evaluation_attack="autoattack", autoattack_steps=5, n_queries=300, eps=(0.45,), test_limit=60,
+              check_per_class=10)
+    rep2 = R.report(key=jax.random.key(0), dataset="digits", out_dir=tmp_path, models=(),
+                    model=masked_centroid_model(tr), model_name="masked", **kw)
+    m = rep2.record["models"][0]
+    a = m["attack"]
+    assert a["name"] == "autoattack" and a["steps"] == 5 and a["n_queries"] == 300
+    assert a["per_eps"][0]["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    after = a["per_eps"][0]["robust_accuracy_after"]
+    assert all(x >= y for x, y in zip(after, after[1:]))  # robust accuracy never increases along the ensemble
+    assert after[-1] == pytest.approx(1 - m["robust"][0]["robust_error"])
+    assert after[-1] < after[2]  # Square (after the gradient attacks) breaks points the gradients could not
+    pgd_masked = next(x for x in rep.record["models"] if x["name"] == "masked")["robust"][1]["robust_error"]
+    assert m["robust"][0]["robust_error"] > pgd_masked
+    assert "AutoAttack standard" in rep2.markdown()
 
 
 def test_weak_attack_check_and_restriction():
