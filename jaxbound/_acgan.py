@@ -78,6 +78,15 @@ _PHASE_TAPS = {0: ((0, 1), (-1, 3)), 1: ((0, 2), (1, 0))}
 _LAX_MAX_COUT = 8
 
 
+def _check_conv_args(x, w) -> None:
+    """``x [n, H, W, Cin]`` and ``w [4, 4, Cin, Cout]`` arrays (errors name the argument)."""
+    if getattr(x, "ndim", None) != 4:
+        raise ValueError(f"x: expected an array shaped [n, H, W, Cin], got {getattr(x, 'shape', type(x).__name__)}")
+    if getattr(w, "ndim", None) != 4 or tuple(w.shape[:2]) != (4, 4) or w.shape[2] != x.shape[3]:
+        raise ValueError(f"w: expected a kernel shaped [4, 4, {x.shape[3]}, Cout], "
+                         f"got {getattr(w, 'shape', type(w).__name__)}")
+
+
 def deconv4x4_s2(x, w):
     """Transposed convolution, kernel 4, stride 2, padding 1 (PyTorch ``ConvTranspose2d(k=4, s=2, p=1)``).
 
@@ -88,6 +97,7 @@ def deconv4x4_s2(x, w):
     Returns:
       ``[n, 2H, 2W, Cout]``.
     """
+    _check_conv_args(x, w)
     n, h, wd, _ = x.shape
     cout = w.shape[3]
     if cout <= _LAX_MAX_COUT:  # transposed conv = input dilated by 2, padded by 4 - 1 - 1, flipped kernel
@@ -116,6 +126,7 @@ def conv4x4_s2(x, w):
     Returns:
       ``[n, H/2, W/2, Cout]``.
     """
+    _check_conv_args(x, w)
     n, h, wd, cin = x.shape
     ho, wo = h // 2, wd // 2
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
@@ -597,7 +608,7 @@ def load_acgan(checkpoint_dir: Any) -> ACGAN:
     Raises:
       ValueError: ``checkpoint_dir`` holds no readable checkpoint.
     """
-    path = Path(checkpoint_dir) / _CKPT_NAME
+    path = _checks.check_path(checkpoint_dir, "checkpoint_dir") / _CKPT_NAME
     if not path.is_file():
         raise ValueError(f"checkpoint_dir: no {_CKPT_NAME} in {str(checkpoint_dir)!r}")
     try:
@@ -620,7 +631,7 @@ def load_acgan(checkpoint_dir: Any) -> ACGAN:
 
 def checkpoint_info(checkpoint_dir: Any) -> dict | None:
     """The metadata (step, history, config) of a :func:`train_acgan` checkpoint, or ``None``."""
-    path = Path(checkpoint_dir) / _CKPT_NAME
+    path = _checks.check_path(checkpoint_dir, "checkpoint_dir") / _CKPT_NAME
     if not path.is_file():
         return None
     try:

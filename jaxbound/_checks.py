@@ -50,6 +50,8 @@ __all__ = [
     "check_finite_logits",
     "check_module",
     "check_bool",
+    "check_path",
+    "as_batch",
 ]
 
 def is_concrete(x: Any) -> bool:
@@ -62,7 +64,7 @@ def _as_array(x: Any, name: str):
         return x
     try:
         return np.asarray(x)
-    except Exception as exc:  # pragma: no cover - exotic inputs
+    except Exception as exc:  # noqa: BLE001 - ragged lists and exotic inputs
         raise ValueError(f"{name}: cannot be converted to an array ({exc})") from None
 
 
@@ -387,6 +389,27 @@ def check_module(model: Any, name: str = "model"):
         raise TypeError(f"{name}: expected a Flax module, got the name {model!r}; build the module first, e.g. "
                         f"jaxbound.models.build({model!r}, num_classes=10)")
     raise TypeError(f"{name}: expected a Flax module, got {type(model).__name__}")
+
+
+def check_path(path: Any, name: str = "path"):
+    """A file-system path (``str`` or ``os.PathLike``) as a :class:`pathlib.Path`; other objects raise ``TypeError``."""
+    import os
+    from pathlib import Path
+
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name}: expected a file or folder path, got {type(path).__name__}")
+    return Path(path).expanduser()
+
+
+def as_batch(x: Any, name: str = "x") -> np.ndarray:
+    """A concrete batch ``[n, ...]`` (at least 2-D) as a NumPy array; ragged or 0-/1-D input raises naming ``name``."""
+    arr = _as_array(x, name)
+    if not is_concrete(arr):
+        raise ValueError(f"{name}: must be a concrete array, not a traced value")
+    arr = np.asarray(arr)
+    if arr.ndim < 2:
+        raise ValueError(f"{name}: expected a batch shaped [n, ...] with at least 2 dimensions, got shape {arr.shape}")
+    return arr
 
 
 def check_bool(value: Any, name: str) -> bool:

@@ -249,7 +249,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
       ValueError: naming the file when the magic number, the sizes or the
         payload length are wrong, or the file cannot be read.
     """
-    path = Path(path)
+    path = _checks.check_path(path, "path")
     try:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
@@ -350,6 +350,11 @@ def _load_tfds(tfds_name: str, split: str, data_dir) -> Dataset:
 # ---------------------------------------------------------------------------
 
 
+def _check_dataset(ds: Any, name: str = "ds") -> None:
+    if not isinstance(ds, Dataset):
+        raise TypeError(f"{name}: expected a jaxbound.data.Dataset (data.load(...)), got {type(ds).__name__}")
+
+
 def class_pair(ds: Dataset, a: int, b: int, *, n_per_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n_per_class`` examples of classes ``a`` and ``b`` in file order.
 
@@ -365,6 +370,7 @@ def class_pair(ds: Dataset, a: int, b: int, *, n_per_class: int | None = None) -
     Returns:
       ``(x_a, x_b)``, images of class ``a`` and of class ``b``.
     """
+    _check_dataset(ds)
     a = _checks.check_int(a, "a", low=0, high=ds.num_classes - 1)
     b = _checks.check_int(b, "b", low=0, high=ds.num_classes - 1)
     if a == b:
@@ -394,6 +400,7 @@ def random_subset(ds: Dataset, *, n: int, key: jax.Array) -> Dataset:
     Returns:
       :class:`Dataset` with ``n`` examples.
     """
+    _check_dataset(ds)
     _checks.check_key(key)
     n = _checks.check_int(n, "n", low=0, high=len(ds))
     idx = np.asarray(jax.random.permutation(key, len(ds))[:n])

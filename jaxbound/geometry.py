@@ -274,7 +274,10 @@ def block_distances(xq: jax.Array, refs: jax.Array, *, norm: Any = "l2") -> jax.
 def _as_jax_points(a: Any, name: str) -> jax.Array:
     """``[b, d]`` real numbers as a JAX array (NumPy input is moved to the device, so the loop can index it)."""
     if not isinstance(a, (jax.Array, jax.core.Tracer)):
-        a = np.asarray(a)
+        try:
+            a = np.asarray(a)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name}: cannot be converted to an array ({exc})") from None
     dt = np.dtype(a.dtype)
     if dt == np.bool_ or not (np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer)):
         raise ValueError(f"{name}: expected a real numeric array, got dtype {dt}")
@@ -423,15 +426,16 @@ def _prepare(
     *,
     norm: Any,
     precision: str,
+    names: tuple[str, str] = ("x", "y"),
 ):
-    """Validate inputs; return host arrays, canonical norm and whether refs is queries."""
+    """Validate inputs (errors name the public arguments ``names``); host arrays, norm, whether refs is queries."""
     norm = _checks.canonical_norm(norm)
     _engine.check_precision(precision)
-    xq = np.asarray(_checks.check_points(queries, "queries" if refs is not None else "x"))
+    xq = np.asarray(_checks.check_points(queries, names[0]))
     same = refs is None
-    xr = xq if same else np.asarray(_checks.check_points(refs, "refs"))
+    xr = xq if same else np.asarray(_checks.check_points(refs, names[1]))
     if not same:
-        _checks.check_same_dim(xq, xr, "queries", "refs")
+        _checks.check_same_dim(xq, xr, names[0], names[1])
     return norm, xq, xr, same
 
 
@@ -573,7 +577,7 @@ def knn(
       concentration: fundamental limits on intrinsic robustness." NeurIPS
       2019, arXiv:1905.12202. (§4.1, density ranks)
     """
-    norm, xq, xr, same = _prepare(queries, refs, norm=norm, precision=precision)
+    norm, xq, xr, same = _prepare(queries, refs, norm=norm, precision=precision, names=("queries", "refs"))
     if not isinstance(exclude_self, bool):
         raise ValueError(f"exclude_self: expected a bool, got {exclude_self!r}")
     checkpoint_every = _checks.check_scalar(checkpoint_every, "checkpoint_every", low=0.0)
@@ -839,7 +843,7 @@ def nearest_other_class(
       Ding, Lui, Jin, Wang, Huang. "On the sensitivity of adversarial
       robustness to input data distributions." ICLR 2019, arXiv:1902.08336.
     """
-    norm, xq, xr, same = _prepare(x, refs, norm=norm, precision=precision)
+    norm, xq, xr, same = _prepare(x, refs, norm=norm, precision=precision, names=("x", "refs"))
     q_lab = np.asarray(_checks.check_labels(labels, "labels", n=xq.shape[0]))
     if same:
         if ref_labels is not None:

@@ -226,7 +226,8 @@ def robustness_wrt_predictions(results: Any) -> Any:
     """
     if isinstance(results, _attacks.AttackResult):
         results = [results]
-    n = np.asarray(results[0].success).shape[-1] if isinstance(results, (list, tuple)) and results else -1
+    ok = isinstance(results, (list, tuple)) and results and isinstance(results[0], _attacks.AttackResult)
+    n = np.asarray(results[0].success).shape[-1] if ok else -1
     succ = _success_stack(results, n)
     if n == 0:
         raise ValueError("results: hold no examples (success arrays of length 0)")
@@ -662,9 +663,8 @@ def dataset_lipschitz(
     """
     from jaxbound import geometry
 
-    arr = np.asarray(x) if _checks.is_concrete(x) else None
-    if arr is None or arr.ndim < 2:
-        raise ValueError(f"x: expected a concrete array shaped [n, ...], got {getattr(x, 'shape', x)!r}")
+    arr = _checks.as_batch(x, "x")
+    _checks.check_nonempty(arr, "x")
     flat = arr.reshape(arr.shape[0], -1)
     norm_c = lp.canonical_norm(norm)
     res = geometry.nearest_other_class(flat, labels, norm=norm_c, block_size=block_size, precision=precision,

@@ -277,7 +277,7 @@ def save(folder: str | Path, *, arch: str, num_classes: int, widen_factor: float
     """
     from flax import serialization
 
-    folder = Path(folder)
+    folder = _checks.check_path(folder, "folder")
     build(arch, num_classes=num_classes, widen_factor=widen_factor)  # validates the architecture
     shape = _check_input_shape(input_shape)
     folder.mkdir(parents=True, exist_ok=True)

@@ -100,7 +100,7 @@ def log2_perturbable_volumes(x: jax.Array, eps: Any, low: float = 0.0, high: flo
       robustness to input data distributions." ICLR 2019, arXiv:1902.08336 (App. D.1).
     """
     if not hasattr(x, "ndim") or x.ndim < 1:
-        x = np.asarray(x)
+        x = _checks.as_batch(x, "x") if np.ndim(x) >= 2 else np.asarray(x)
     if x.ndim < 1:
         raise ValueError(f"x: expected a batch shaped [n, ...], got shape {tuple(x.shape)}")
     _checks.check_interval((low, high), "bounds")
@@ -110,7 +110,7 @@ def log2_perturbable_volumes(x: jax.Array, eps: Any, low: float = 0.0, high: flo
         if not np.isfinite(e).all() or (e <= 0).any():
             raise ValueError(f"eps: must be finite and > 0, got {eps!r}")
     lengths = jnp.minimum(x + eps, high) - jnp.maximum(x - eps, low)
-    return jnp.sum(jnp.log2(lengths).reshape(x.shape[0], -1), axis=1)
+    return jnp.sum(jnp.log2(lengths).reshape(x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64))), axis=1)
 
 
 def perturbable_volume(x: Any, *, eps: Any, bounds: Sequence[float] = (0.0, 1.0)) -> float:
@@ -137,7 +137,7 @@ def perturbable_volume(x: Any, *, eps: Any, bounds: Sequence[float] = (0.0, 1.0)
       robustness to input data distributions." ICLR 2019, arXiv:1902.08336 (App. D.1, Table 6).
     """
     lo, hi = _check_bounds(bounds)
-    arr = np.asarray(x) if not isinstance(x, np.ndarray) else x
+    arr = _checks.as_batch(x, "x")
     if arr.ndim < 2:
         raise ValueError(f"x: expected points shaped [n, ...] with n >= 1, got shape {arr.shape}")
     if arr.shape[0] == 0:
@@ -192,9 +192,8 @@ def _count_at_least(fraction: float, m: int) -> int:
 
 
 def _labels_and_points(x, labels, num_classes):
-    arr = np.asarray(x)
-    if arr.ndim < 2:
-        raise ValueError(f"x: expected points shaped [n, ...], got shape {arr.shape}")
+    arr = _checks.as_batch(x, "x")
+    _checks.check_nonempty(arr, "x")
     flat = np.asarray(_checks.check_points(arr.reshape(arr.shape[0], -1), "x"))
     y = np.asarray(_checks.check_labels(labels, "labels", n=flat.shape[0]))
     K = int(y.max()) + 1 if num_classes is None else _checks.check_int(num_classes, "num_classes", low=2)

@@ -74,6 +74,8 @@ CASES = [
                                               input_shape=(4, 4, 1), params={}), ValueError, "arch"),
     ("save bad input_shape", lambda: models.save("/tmp/bi/s", arch="mlp", num_classes=3, widen_factor=None,
                                                  input_shape=(0,), params={}), ValueError, "input_shape"),
+    ("save folder none", lambda: models.save(None, arch="mlp", num_classes=3, widen_factor=None,
+                                             input_shape=(4, 4, 1), params={}), TypeError, "folder"),
     ("load missing folder", lambda: models.load("/nonexistent/model"), ValueError, "path"),
     ("load named argument", lambda: models.load("/nonexistent/model", name="model"), ValueError, "model"),
 ]
