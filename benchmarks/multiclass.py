@@ -21,7 +21,8 @@ Items:
   largest eps (:func:`jaxbound.bounds.conflict_hypergraph`) with their float64
   lengths (the expression of the exact boundary test of ``radius_pairs``), and
   each smaller eps keeps the edges of length ``<= 2 eps``; one grid point is
-  recomputed directly and must give the same edges. L*(3) on the same grid
+  recomputed directly and must give the same edges (L*(2) never exceeds 1/2,
+  since ``q = 1/2`` is feasible; only L*(3) can go above it). L*(3) on the same grid
   for ``--l3-n`` points per class (the LP), while the triangle count stays
   below ``--max-triangles``.
 

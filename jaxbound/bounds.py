@@ -1609,7 +1609,8 @@ def multiclass_zero_one(graph: ConflictHypergraph, *, backend: str = "auto") -> 
     ``L*(k) = 1 - max sum_v p_v q_v`` subject to ``sum_{v in e} q_v <= 1`` for
     every (hyper)edge of degree ``<= k`` and ``0 <= q <= 1``, with ``sum p = 1``.
     ``L*(2) <= L*(3) <= ...`` are lower bounds on the adversarial 0-1 loss of
-    every classifier on the sample. ``L*(2)`` is solved exactly by one max flow
+    every classifier on the sample. ``L*(2) <= 1/2`` always (``q = 1/2`` is
+    feasible) and ``L*(3) <= 2/3``. ``L*(2)`` is solved exactly by one max flow
     on the bipartite double cover (``L*(2) = F / (2 sum p)``; see
     :func:`_mc_flow`), ``L*(3)`` as a sparse LP by HiGHS.
 
