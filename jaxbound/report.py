@@ -149,6 +149,8 @@ DEFINITIONS = {
     "weak_attack": "a model's attacked robust error on a pair's training sample (prediction restricted to the "
                    "two classes) below the optimal 0-1 loss of that sample: impossible for an exact attack",
     "intervals": "95% Clopper-Pearson intervals (concentration: the envelope over repeats)",
+    "concentration_valid": "the reported error region keeps risk >= alpha on the split where it is reported (in "
+                           "every repeat); otherwise concentration_adv_risk is null (never reported)",
 }
 
 
@@ -744,21 +746,29 @@ def _load_datasets(cfg: ReportConfig, data_pair):
 
 
 def _concentration_stage(key, tr, te, cfg: ReportConfig, eps: float, *, progress: bool):
+    """The lowest valid concentration estimate over the norm's methods (``None`` values when none is valid)."""
     from jaxbound import concentration as C
 
     est = C.estimate(tr.flat(), te.flat(), norm=cfg.norm, eps=eps, alpha=cfg.alpha, n_regions=list(cfg.n_regions),
-                     key=key, protocol=cfg.protocol, select_size=cfg.select_size, n_repeats=cfg.n_repeats,
-                     dataset=tr.name or "data", progress=progress)
+                     key=key, method="best", protocol=cfg.protocol, select_size=cfg.select_size,
+                     n_repeats=cfg.n_repeats, dataset=tr.name or "data", progress=progress)
     rep = est.report  # the report split (test for the paper protocol)
+    valid = bool(est.valid)
     lo, hi = (float(v) for v in rep.adv_risk_ci)
+    adv = est.value  # None when the reported region does not keep risk >= alpha: never used as the estimate
     return {
         "eps": float(eps), "method": rep.method, "norm": rep.norm, "alpha": float(cfg.alpha), "T": int(rep.T),
         "q": rep.q, "protocol": rep.protocol, "split": rep.split, "n": int(rep.n),
+        "valid": valid, "reason": est.reason,
         "risk": float(rep.risk), "risk_ci": [float(v) for v in rep.risk_ci],
-        "adv_risk": float(rep.adv_risk), "adv_risk_ci": [lo, hi], "adv_risk_std": float(rep.adv_risk_std),
-        "adv_rule": rep.adv_rule,
-        "intrinsic_robustness": 1.0 - float(rep.adv_risk), "intrinsic_robustness_ci": [1.0 - hi, 1.0 - lo],
+        "adv_risk": adv, "adv_risk_ci": [lo, hi] if valid else None,
+        "adv_risk_std": float(rep.adv_risk_std) if valid else None,
+        "adv_rule": rep.adv_rule, "region_adv_risk": float(rep.adv_risk),
+        "intrinsic_robustness": None if adv is None else 1.0 - adv,
+        "intrinsic_robustness_ci": [1.0 - hi, 1.0 - lo] if valid else None,
         "risk_feasible": bool(rep.risk >= cfg.alpha),
+        "methods": [{"method": c.method, "valid": bool(c.valid), "reason": c.reason, "value": c.value}
+                    for c in est.candidates],
         "splits": est.splits.to_dict(),
         "all_splits": [{"split": r.split, "n": r.n, "risk": r.risk, "adv_risk": r.adv_risk} for r in est.records],
         "seconds": est.seconds,
@@ -1036,7 +1046,8 @@ def _table_and_flags(cfg: ReportConfig, conc, mc_rows, hardest, bound_rows, mode
         c = conc[j]
         hb = next(r for r in bound_rows if tuple(r["pair"]) == hp and abs(r["eps"] - e) < 1e-12)
         row = {"eps": e, "multiclass_zero_one_bound": mc_rows[j]["zero_one"],
-               "multiclass_degree": mc_rows[j]["degree"], "concentration_adv_risk": c["adv_risk"], "concentration_adv_risk_ci": c["adv_risk_ci"],
+               "multiclass_degree": mc_rows[j]["degree"], "concentration_adv_risk": c["adv_risk"],
+               "concentration_adv_risk_ci": c["adv_risk_ci"], "concentration_valid": c.get("valid", True),
                "intrinsic_robustness": c["intrinsic_robustness"],
                "intrinsic_robustness_ci": c["intrinsic_robustness_ci"],
                "hardest_pair": list(hp), "zero_one_bound": hb["zero_one"], "cross_entropy_bound": hb["cross_entropy"]}
@@ -1373,11 +1384,17 @@ def render_markdown(rec: dict) -> str:
     L.append(f"Method `{c0['method']}`, alpha = {c0['alpha']}, protocol `{c0['protocol']}` (reported on the "
              f"'{c0['split']}' split, n = {c0['n']}).")
     L.append("")
-    L.append("| eps | T | q | risk | adv. risk [95% CI] | risk >= alpha on report split |")
-    L.append("|---|---|---|---|---|---|")
+    L.append("The estimate is the lowest valid one over the norm's region family and the half-space search of "
+             "Prescott et al. (2021), compared on the selection split; a region whose risk on the reported split "
+             "is below alpha is never used (`n/a`, with the reason).")
+    L.append("")
+    L.append("| eps | method | T | q | risk | adv. risk [95% CI] | valid (risk >= alpha on report split) |")
+    L.append("|---|---|---|---|---|---|---|")
     for c in rec["concentration"]:
-        L.append(f"| {c['eps']:g} | {c['T']} | {_fmt(c['q'])} | {_fmt(c['risk'])} | {_fmt(c['adv_risk'])} "
-                 f"{_ci(c['adv_risk_ci'])} | {'yes' if c['risk_feasible'] else 'no'} |")
+        valid = c.get("valid", c["risk_feasible"])
+        ci = _ci(c["adv_risk_ci"]) if c.get("adv_risk_ci") else ""
+        L.append(f"| {c['eps']:g} | {c['method']} | {c['T']} | {_fmt(c['q'])} | {_fmt(c['risk'])} | "
+                 f"{_fmt(c['adv_risk'])} {ci} | {'yes' if valid else 'no: ' + c.get('reason', '')} |")
     L.append("")
     L.append("## Optimal losses per class pair (Bhagoji et al. 2021)")
     L.append("")
@@ -1416,9 +1433,10 @@ def plot_report(rec: dict, out_dir: str | Path) -> dict:
     files = {}
     fig, ax = plt.subplots(figsize=(6.4, 5.0), dpi=100)
     c = rec["concentration"]
-    adv = np.array([r["adv_risk"] for r in c])
-    lo = np.array([r["adv_risk_ci"][0] for r in c])
-    hi = np.array([r["adv_risk_ci"][1] for r in c])
+    nan2 = (float("nan"), float("nan"))
+    adv = np.array([np.nan if r["adv_risk"] is None else r["adv_risk"] for r in c], float)  # invalid: not drawn
+    lo = np.array([(r["adv_risk_ci"] or nan2)[0] for r in c], float)
+    hi = np.array([(r["adv_risk_ci"] or nan2)[1] for r in c], float)
     ax.plot(eps, adv, "o--", color="tab:purple",
             label=f"concentration estimate h(α={c[0]['alpha']:g}, ε)")
     ax.fill_between(eps, lo, hi, color="tab:purple", alpha=0.15)
