@@ -521,6 +521,7 @@ _TABLE_COLUMNS = (
     ("perturbable_volume", "log2 perturbable volume (bits)"),
     ("inter_class_distance", "inter-class distance (l2)"),
     ("concentration_adv_risk", "concentration: adversarial risk"),
+    ("multiclass_zero_one_loss", "all classes: optimal adversarial 0-1 loss"),
     ("pair_zero_one_loss", "class pair: optimal adversarial 0-1 loss"),
     ("pair_cross_entropy", "class pair: optimal adversarial cross-entropy"),
     ("standard_clean_accuracy", "standard training: clean accuracy"),
@@ -629,7 +630,7 @@ def _sweep_data(dataset, test_data):
 
 def _sweep_settings(attack, has_test, *, volume, inter_class, inter_class_n, concentration, alpha, n_regions,
                     concentration_n, concentration_repeats, pair, pair_n, pair_attack, train_models, model, train,
-                    eval_n) -> dict:
+                    eval_n, multiclass_degree=3, multiclass_n=1000) -> dict:
     """Checked settings of :func:`sensitivity_sweep` (errors name the argument), as one JSON-ready dict."""
     eps = _checks.check_scalar(attack.eps, "eps", low=0.0, low_inclusive=False)
     norm = attack.norm
@@ -658,8 +659,12 @@ def _sweep_settings(attack, has_test, *, volume, inter_class, inter_class_n, con
         raise ValueError("test_data: training models needs test data to evaluate on")
     if train is not None and not isinstance(train, _training().TrainConfig):
         raise ValueError(f"train: expected a jaxbound.training.TrainConfig, got {type(train).__name__}")
+    if multiclass_degree is not None and (isinstance(multiclass_degree, bool) or multiclass_degree not in (2, 3)):
+        raise ValueError(f"multiclass_degree: must be 2, 3 or None, got {multiclass_degree!r}")
+    if multiclass_degree == 3 and str(p_norm) not in ("l2", "linf"):
+        multiclass_degree = 2  # degree-3 hyperedges are defined for l2 and linf
     for nm, v in (("inter_class_n", inter_class_n), ("concentration_n", concentration_n), ("pair_n", pair_n),
-                  ("eval_n", eval_n)):
+                  ("eval_n", eval_n), ("multiclass_n", multiclass_n)):
         if v is not None:
             _checks.check_int(v, nm, low=1)
     return dict(
@@ -668,6 +673,8 @@ def _sweep_settings(attack, has_test, *, volume, inter_class, inter_class_n, con
         concentration_repeats=concentration_repeats, pair=pair, pair_n=pair_n, pair_eps=p_eps,
         pair_norm=str(p_norm), train_models=bool(train_models), model=str(model), attack=attack.to_dict(),
         train=None if train is None else train.to_dict(), eval_n=eval_n,
+        **({} if multiclass_degree is None else {"multiclass_degree": int(multiclass_degree),
+                                                 "multiclass_n": multiclass_n}),
     )
 
 
@@ -720,6 +727,9 @@ def _run_level(lvl: _LevelRecord, lkey, data, y_tr, y_te, st: dict, attack, trai
     if st["pair"] is not None:
         lvl.step("pair", lambda: _pair_step(data()[0], y_tr, st["pair"], st["pair_n"], st["pair_eps"],
                                             st["pair_norm"], progress))
+    if st.get("multiclass_degree") is not None:
+        lvl.step("multiclass", lambda: _multiclass_step(data()[0], y_tr, st["multiclass_n"], st["pair_eps"],
+                                                        st["pair_norm"], st["multiclass_degree"], progress))
     if st["train_models"]:
         lvl.step("models", lambda: _models_step(jax.random.fold_in(lkey, 3), data(), y_tr, y_te, model=model,
                                                 attack=attack, train=train, eval_n=st["eval_n"], progress=progress))
@@ -748,6 +758,8 @@ def sensitivity_sweep(
     pair: tuple[int, int] | None = (3, 7),
     pair_n: int | None = 1000,
     pair_attack: Any = None,
+    multiclass_degree: int | None = 3,
+    multiclass_n: int | None = 1000,
     train_models: bool = False,
     model: Any = "lenet5",
     train: Any = None,
@@ -775,6 +787,11 @@ def sensitivity_sweep(
       order, Bhagoji et al.'s protocol) the optimal adversarial 0-1 loss and
       cross-entropy (natural log) under ``pair_attack``'s budget and norm
       (default: the sweep's threat model; :func:`jaxbound.bounds.pair_bounds`);
+    * ``multiclass``: the optimal adversarial 0-1 loss over all classes
+      (Dai et al. 2023, ``L*(multiclass_degree)`` by
+      :func:`jaxbound.bounds.multiclass_zero_one`; degree 2 for norms other
+      than ``l2``/``linf``) of the first ``multiclass_n`` training points of
+      each class, under the pair bounds' threat model;
     * with ``train_models``: a standard and a PGD-trained ``model``
       (:func:`jaxbound.training.train` with ``train``; PGD training at the
       threat model's ``eps`` and norm, with the steps of ``train.attack``
@@ -820,6 +837,8 @@ def sensitivity_sweep(
       pair_attack: the threat model (``norm``, ``eps``) of the pair bounds,
         an :class:`jaxbound.attacks.AttackConfig` (default ``attack``; e.g.
         Bhagoji et al.'s ``AttackConfig(norm="l2", eps=3.0)`` on MNIST).
+      multiclass_degree: 2 or 3 for the multi-class bound, ``None`` to skip it.
+      multiclass_n: points per class of the multi-class bound (``None``: all).
       train_models: train and evaluate models (needs test data).
       model: model name or flax module for :func:`jaxbound.training.train`.
       train: :class:`jaxbound.training.TrainConfig` of both models (default
@@ -841,6 +860,9 @@ def sensitivity_sweep(
       2019, arXiv:1905.12202.
       Bhagoji, Cullina, Sehwag, Mittal. "Lower bounds on cross-entropy loss in
       the presence of test-time adversaries." ICML 2021, arXiv:2104.08382.
+      Dai, Ding, Bhagoji, Cullina, Zhao, Zheng, Mittal. "Characterizing the
+      optimal 0-1 loss for multi-class classification with a test-time
+      attacker." NeurIPS 2023, arXiv:2302.10722.
     """
     from jaxbound import attacks
 
@@ -851,7 +873,7 @@ def sensitivity_sweep(
                          inter_class_n=inter_class_n, concentration=concentration, alpha=alpha, n_regions=n_regions,
                          concentration_n=concentration_n, concentration_repeats=concentration_repeats, pair=pair,
                          pair_n=pair_n, pair_attack=pair_attack, train_models=train_models, model=model, train=train,
-                         eval_n=eval_n)
+                         eval_n=eval_n, multiclass_degree=multiclass_degree, multiclass_n=multiclass_n)
     specs = _level_specs(transform, levels)
     out = None if out_dir is None else _engine.check_checkpoint_dir(out_dir, "out_dir")
     data_fp = fingerprint(x_tr, y_tr, x_te, y_te)
@@ -940,6 +962,17 @@ def _pair_step(x, y, pair, n, eps, norm, progress):
             "norm": str(norm), "num_edges": r.num_edges, "zero_one_loss": r.zero_one, "cross_entropy": r.cross_entropy}
 
 
+def _multiclass_step(x, y, n, eps, norm, degree, progress):
+    from jaxbound import bounds as B
+
+    idx = np.concatenate([np.flatnonzero(y == c)[:n] for c in np.unique(y)])
+    g = B.conflict_hypergraph(x[idx].reshape(idx.size, -1), y[idx], eps=eps, norm=norm, degree=degree,
+                              progress=progress)
+    r = B.multiclass_zero_one(g)
+    return {"n": int(idx.size), "n_per_class": n, "eps": float(eps), "norm": str(norm), "degree": int(degree),
+            "zero_one_loss": float(r.loss), "n_edges": int(r.n_edges), "n_hyperedges": int(r.n_hyperedges)}
+
+
 def _models_step(key, xs, y_tr, y_te, *, model, attack, train, eval_n, progress):
     from jaxbound import metrics, training
 
@@ -988,6 +1021,7 @@ def _row(rec: dict) -> dict:
         "inter_class_distance": None if icd is None else icd["value"],
         "concentration_risk": None if conc is None else conc["risk"],
         "concentration_adv_risk": None if conc is None else conc["adv_risk"],
+        "multiclass_zero_one_loss": None if q.get("multiclass") is None else q["multiclass"]["zero_one_loss"],
         "pair_zero_one_loss": None if pr is None else pr["zero_one_loss"],
         "pair_cross_entropy": None if pr is None else pr["cross_entropy"],
         "standard_clean_accuracy": mod.get("standard_clean_accuracy"),

@@ -79,7 +79,7 @@ CASES = [
     ("report model", lambda: R.report(key=KEY, model=3, data=(_ds(), _ds()), out_dir="/tmp/bi/r"), ValueError,
      "model"),
     ("report nan pixels", lambda: R.report(key=KEY, data=(_ds(nan=True), _ds()), out_dir="/tmp/bi/r"), ValueError,
-     "dataset"),
+     "images"),  # the Dataset itself refuses NaN pixels
     ("report one class", lambda: R.report(key=KEY, data=(_ds(k=1), _ds(k=1)), out_dir="/tmp/bi/r", models=()),
      ValueError, "dataset"),
     ("report out is a file", lambda: R.report(key=KEY, data=(_ds(), _ds()), out_dir="/etc/passwd", models=()),

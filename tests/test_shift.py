@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from jaxbound import bounds as B
 from jaxbound import data
 from jaxbound import shift as S
 from jaxbound import transforms as T
@@ -262,7 +263,8 @@ _LEVELS = [("binarize", None), None, 2, 3]
 def _sweep(digits_split, out_dir, **kw):
     tr, te = digits_split
     opts = dict(key=jax.random.key(0), test_data=te, eps=0.3, norm="linf", out_dir=out_dir, pair=(3, 7), pair_n=40,
-                concentration="rectangles", n_regions=3, alpha=0.05, concentration_n=600, progress=False)
+                concentration="rectangles", n_regions=3, alpha=0.05, concentration_n=600, multiclass_n=30,
+                progress=False)
     opts.update(kw)
     return S.sensitivity_sweep(tr, "smooth", _LEVELS, **opts)
 
@@ -279,6 +281,10 @@ def test_sweep_table_records_and_figures(digits_split, tmp_path):
             S.inter_class_distance(np.asarray(f(tr.images)), tr.labels).value)
         assert 0.0 <= row["pair_zero_one_loss"] <= row["pair_cross_entropy"] / math.log(2) + 1e-9
         assert row["concentration_adv_risk"] >= row["concentration_risk"]
+        xt = np.asarray(f(tr.images)).reshape(len(tr), -1)
+        idx = np.concatenate([np.flatnonzero(tr.labels == c)[:30] for c in range(10)])
+        g = B.conflict_hypergraph(xt[idx], tr.labels[idx], eps=0.3, norm="linf", degree=3)
+        assert row["multiclass_zero_one_loss"] == pytest.approx(B.multiclass_zero_one(g).loss, abs=1e-12)
         assert row["standard_clean_accuracy"] is None
     vols = [r["perturbable_volume"] for r in res.table]
     assert vols == sorted(vols)
