@@ -200,8 +200,10 @@ def _method_parsers(sub) -> None:
     _add_dataset_args(cp)
     _add_fields(cp, R.ReportConfig, ("test_split", "test_limit", "norm", "eps", "alpha", "n_regions", "n_repeats",
                                      "protocol"))
-    cp.add_argument("--method", default="auto", choices=["auto", "rectangles", "balls", "halfspace"],
-                    help="error-region family (auto: by norm)")
+    cp.add_argument("--method", default="auto", choices=["auto", "rectangles", "balls", "halfspace", "halfspaces",
+                                                         "best"],
+                    help="error-region family (auto: by norm; halfspaces: Prescott et al.'s search; best: the lowest "
+                         "valid estimate over the norm's family and the half-space search)")
     _add_common(cp, "concentration.json")
 
     op = sub.add_parser("optprob", help="optimal cross-entropy and 0-1 losses of a class pair (Bhagoji et al. 2021)",
@@ -430,20 +432,24 @@ def run_concentration(args) -> dict:
     if s["test_limit"] is not None:
         te = te.subset(np.arange(min(s["test_limit"], len(te))))
     key = jax.random.key(args.seed)
-    rows, method = [], args.method
+    rows, estimates, method = [], [], args.method
     for e in cfg.eps_grid:
         est = C.estimate(tr.flat(), te.flat(), norm=cfg.norm, eps=e, alpha=cfg.alpha, n_regions=list(cfg.n_regions),
                          key=key, method=method, protocol=cfg.protocol, n_repeats=cfg.n_repeats, dataset=tr.name,
                          progress=not args.quiet)
         rows.extend(r.to_dict() for r in est.records)
+        estimates.append({"eps": float(e), "method": est.method, "valid": bool(est.valid), "reason": est.reason,
+                          "value": est.value})
     method = C.method_for(cfg.norm) if method == "auto" else method
     norm = cfg.norm
     rec = {"command": "concentration", "dataset": tr.to_dict(), "method": method, "norm": str(norm),
-           "eps": list(cfg.eps_grid), "alpha": cfg.alpha, "protocol": cfg.protocol, "records": rows}
+           "eps": list(cfg.eps_grid), "alpha": cfg.alpha, "protocol": cfg.protocol, "estimates": estimates,
+           "records": rows}
     _write_json(args.out, rec)
-    return {"written": args.out, "method": method,
-            "report": [{"eps": r["eps"], "split": r["split"], "risk": r["risk"], "adv_risk": r["adv_risk"],
-                        "adv_risk_ci": r["adv_risk_ci"]} for r in rows if r["split"] in ("report", "test")]}
+    return {"written": args.out, "method": method, "estimates": estimates,
+            "report": [{"eps": r["eps"], "method": r["method"], "split": r["split"], "risk": r["risk"],
+                        "adv_risk": r["adv_risk"], "adv_risk_ci": r["adv_risk_ci"], "valid": r.get("valid")}
+                       for r in rows if r["split"] in ("report", "test")]}
 
 
 def _multiclass_rows(ds, eps, args) -> dict:

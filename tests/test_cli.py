@@ -178,6 +178,12 @@ def test_method_subcommands_write_json(tmp_path, capsys):
     assert rec["method"] == "rectangles" and {r["split"] for r in rec["records"]} == {"fit", "select", "report"}
     for r in rec["records"]:
         assert r["adv_risk"] >= r["risk"] - 1e-12
+    assert rec["estimates"][0]["valid"] == (rec["estimates"][0]["value"] is not None)
+    # the lowest valid estimate over methods, as the report uses
+    assert cli.main(["concentration", "--limit", "400", "--test-limit", "100", "--eps", "0.3", "--regions", "3",
+                     "--repeats", "1", "--method", "best", "--out", str(c), "--quiet"]) == 0
+    est = json.loads(c.read_text())["estimates"][0]
+    assert est["method"] in ("rectangles", "halfspaces") and (est["value"] is None) == (not est["valid"])
 
 
 def test_train_then_attack(tmp_path, capsys):
