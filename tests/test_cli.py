@@ -81,7 +81,7 @@ def test_knn_command_writes_npz(tmp_path):
         (["report", "--model", "no_such_module_xyz:f", "--models", "none"], "model: cannot import"),
         (["concentration", "--eps", "x"], "eps:"),
         (["optprob", "--classes", "3"], "classes:"),
-        (["attack", "--model", "/nonexistent/model/folder"], "model:"),
+        (["attack", "--model", "/nonexistent/model/folder", "--norm", "linf", "--eps", "0.1"], "model:"),
         (["lipschitz", "--dataset", "tfds_nothing"], "unknown dataset"),
     ],
 )
