@@ -68,7 +68,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
-from _common import require_data_dir  # noqa: E402
+from _common import require_data_dir, torch_lenet5  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
@@ -109,26 +109,7 @@ def _worker_torch(args, z):
 
     torch.set_num_threads(1 if args.single_thread else (os.cpu_count() or 1))
     torch.manual_seed(args.seed)
-    c1, c2 = z["conv1_kernel"].shape[-1], z["conv2_kernel"].shape[-1]
-    hid = z["fc1_kernel"].shape[-1]
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(z["conv1_kernel"].shape[2], c1, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(c1, c2, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(), torch.nn.Linear(7 * 7 * c2, hid), torch.nn.ReLU(), torch.nn.Linear(hid, 10),
-    ).eval()
-    with torch.no_grad():
-        net[0].weight.copy_(torch.tensor(z["conv1_kernel"]).permute(3, 2, 0, 1))
-        net[0].bias.copy_(torch.tensor(z["conv1_bias"]))
-        net[3].weight.copy_(torch.tensor(z["conv2_kernel"]).permute(3, 2, 0, 1))
-        net[3].bias.copy_(torch.tensor(z["conv2_bias"]))
-        # JAX flattens NHWC, PyTorch NCHW: reorder the rows of fc1 once.
-        w3 = z["fc1_kernel"].reshape(7, 7, c2, hid).transpose(2, 0, 1, 3).reshape(-1, hid)
-        net[7].weight.copy_(torch.tensor(w3).T)
-        net[7].bias.copy_(torch.tensor(z["fc1_bias"]))
-        net[9].weight.copy_(torch.tensor(z["fc2_kernel"]).T)
-        net[9].bias.copy_(torch.tensor(z["fc2_bias"]))
-    for p in net.parameters():
-        p.requires_grad_(False)
+    net = torch_lenet5(z)  # same weights, PyTorch layout
     x = torch.tensor(z["x"]).permute(0, 3, 1, 2).contiguous()
     y = torch.tensor(z["y"]).long()
     eps, step = args.eps, args.step_size
