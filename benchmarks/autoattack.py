@@ -346,8 +346,11 @@ def compare(jr: dict, tr: dict, n: int) -> dict:
     return out
 
 
-def run_jobs(args, workers: dict, n: int) -> dict:
-    """Every configuration, jax then torch, alternating; returns the per-configuration comparisons."""
+def run_jobs(args, workers: dict, n: int, save=None) -> dict:
+    """Every configuration, jax then torch, alternating; returns the per-configuration comparisons.
+
+    ``save(results)`` is called after each configuration (the JSON is kept up to date during a long run).
+    """
     results = {}
     for m in args.models:
         for norm in args.norms:
@@ -361,7 +364,10 @@ def run_jobs(args, workers: dict, n: int) -> dict:
                 c["jax_warmup_seconds"] = None if warm is None else warm["seconds"]
                 c["wall_seconds"] = time.perf_counter() - t0
                 c["loadavg_after"] = list(os.getloadavg())
+                c["n"] = n
                 results[f"{m}/{norm}/{variant}"] = c
+                if save is not None:
+                    save(results)
                 print(f"{m:8s} {norm:4s} {variant:8s} robust jax {c['robust_accuracy']:.3f} torch "
                       f"{c['torch_robust_accuracy']:.3f} (diff {c['robust_accuracy_diff_points']:+.1f} points) | "
                       f"images/s jax {c['images_per_s']:.2f} torch {c['torch_images_per_s']:.2f} ratio "
@@ -378,6 +384,15 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def git_commit() -> str | None:
+    """The repository's commit, when the benchmark runs from a git checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def parse_args(argv=None):
@@ -426,7 +441,6 @@ def main():
         return worker_main(args)
     os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={args.host_devices}")
     from jaxbound import data
-    from jaxbound._io import atomic_write_json
 
     ddir = require_data_dir()
     train = data.load("mnist", split="train", data_dir=ddir)
@@ -447,7 +461,8 @@ def main():
         try:
             for name in ("jax", "torch"):
                 workers[name], infos[name] = spawn(name, args, path)
-            results = run_jobs(args, workers, n)
+            results = run_jobs(args, workers, n, save=lambda r: write_results(
+                args, infos, r, records, n, load_start, t_start))
         finally:
             for p in workers.values():
                 try:
@@ -456,9 +471,18 @@ def main():
                 except BrokenPipeError:
                     pass
                 p.wait(timeout=120)
+    write_results(args, infos, results, records, n, load_start, t_start, final=True)
+
+
+def write_results(args, infos, results, records, n, load_start, t_start, *, final=False):
+    """Assemble the JSON (merged into an existing file with ``--update``), write it and print the ratios."""
+    from jaxbound._io import atomic_write_json
+
     load_end = os.getloadavg()
-    lj, lt = infos["jax"].pop("logits"), infos["torch"].pop("logits")
+    lj, lt = infos["jax"]["logits"], infos["torch"]["logits"]
     logit_diff = {m: float(np.max(np.abs(np.asarray(lj[m]) - np.asarray(lt[m])))) for m in args.models}
+    seconds = time.perf_counter() - t_start
+    command = " ".join([Path(sys.executable).name] + sys.argv)
     res = {
         "benchmark": "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square) on LeNet5 (Ding et al. 2019), first n "
                      "MNIST test points: jaxbound.attacks.autoattack vs the torchattacks ensemble with the "
@@ -473,43 +497,46 @@ def main():
         "wrapper": dict(profile(args, "wrapper"),
                         torch="torchattacks.AutoAttack(version='standard'): 10 iterations per gradient attack, "
                               "Square with its p-schedule rescaled to the query budget",
-                        jax="jaxbound.attacks.autoattack with steps=10 (Square's schedule not rescaled)"),
-        "results": results,
+                        jax="jaxbound.attacks.autoattack with steps=10 (Square's schedule rescaled too)"),
+        "results": dict(results),
         "models": records,
         "logits_max_abs_diff_jax_torch": logit_diff,
         "threads": {"jax": f"{infos['jax']['local_devices']} XLA host devices (one per core), default intra-op "
                            "threads", "torch": infos["torch"]["threads"]},
         "loadavg_start": list(load_start),
         "loadavg_end": list(load_end),
-        "total_seconds": time.perf_counter() - t_start,
-        "runs": [{"command": " ".join([Path(sys.executable).name] + sys.argv), "configurations": list(results),
-                  "loadavg_start": list(load_start), "loadavg_end": list(load_end),
-                  "seconds": time.perf_counter() - t_start}],
+        "total_seconds": seconds,
+        "runs": [{"command": command, "configurations": list(results), "loadavg_start": list(load_start),
+                  "loadavg_end": list(load_end), "seconds": seconds, "finished": final}],
+        "jaxbound_commit": git_commit(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "workers": infos,
+        "workers": {k: {a: b for a, b in v.items() if a != "logits"} for k, v in infos.items()},
         "quick": bool(args.quick),
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "command": command,
     }
     suffix = "_quick" if args.quick else ""
     out = Path(args.out) if args.out else HERE / "results" / f"autoattack_{res['device']}{suffix}.json"
     if args.update and out.exists():  # keep the configurations of earlier runs that this one did not repeat
         old = json.loads(out.read_text())
-        res["results"] = results = {**old.get("results", {}), **results}
+        res["results"] = {**old.get("results", {}), **res["results"]}
         res["models"] = {**old.get("models", {}), **records}
         res["logits_max_abs_diff_jax_torch"] = {**old.get("logits_max_abs_diff_jax_torch", {}), **logit_diff}
         res["eps"] = {**old.get("eps", {}), **res["eps"]}
-        res["runs"] = old.get("runs", []) + res["runs"]
-    keys = [k for k in results]
+        runs = [r for r in old.get("runs", []) if r.get("command") != command or r.get("finished")]
+        res["runs"] = runs + res["runs"]
+    merged = res["results"]
     for k in ("robust_accuracy", "torch_robust_accuracy", "images_per_s", "torch_images_per_s"):
-        res[k] = {c: results[c][k] for c in keys if c.endswith("/ensemble")}
-        res[f"wrapper_{k}"] = {c: results[c][k] for c in keys if c.endswith("/wrapper")}
-    res["ratio"] = {c: results[c]["ratio"] for c in keys}
-    res["robust_accuracy_diff_points"] = {c: results[c]["robust_accuracy_diff_points"] for c in keys}
+        res[k] = {c: merged[c][k] for c in merged if c.endswith("/ensemble")}
+        res[f"wrapper_{k}"] = {c: merged[c][k] for c in merged if c.endswith("/wrapper")}
+    res["ratio"] = {c: merged[c]["ratio"] for c in merged}
+    res["robust_accuracy_diff_points"] = {c: merged[c]["robust_accuracy_diff_points"] for c in merged}
     atomic_write_json(out, res)
-    print(json.dumps({k: res[k] for k in ("ratio", "robust_accuracy_diff_points", "logits_max_abs_diff_jax_torch",
-                                          "loadavg_start", "loadavg_end")}, indent=2))
-    print(f"wrote {out}")
+    if final:
+        print(json.dumps({k: res[k] for k in ("ratio", "robust_accuracy_diff_points",
+                                              "logits_max_abs_diff_jax_torch", "loadavg_start", "loadavg_end")},
+                         indent=2))
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":
