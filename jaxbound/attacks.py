@@ -1769,8 +1769,10 @@ def _auto_plan(version, attack_names, norm, k, bounds, *, steps, n_targets, n_qu
             plan.append((a, _fab_core, _fab_static(None, k, norm=norm, steps=fab_steps, restarts=restarts,
                                                    targeted=a == "fab-t", n_targets=n_targets, bounds=bounds)))
         else:
-            plan.append((a, _square_core, _square_static(None, norm=norm, n_queries=n_queries, p_init=p_init,
-                                                                  bounds=bounds)))
+            # the original's ensemble: p_init 0.8 for both norms, the schedule at its own iterations (not rescaled)
+            plan.append((a, _square_core, _square_static(None, norm=norm, n_queries=n_queries,
+                                                         p_init=0.8 if p_init is None else p_init, bounds=bounds,
+                                                         rescale_schedule=False)))
     return plan
 
 
@@ -1965,8 +1967,9 @@ def autoattack(
       n_queries: Square's queries (``>= 1``).
       restarts: random restarts of APGD and FAB.
       eot: gradient draws per step in the ``"rand"`` version.
-      p_init: Square's initial fraction of pixels (default 0.8 for ``linf``,
-        0.1 for ``l2``).
+      p_init: Square's initial fraction of pixels (default 0.8, the
+        original's for both norms; Square's schedule is not rescaled to
+        ``n_queries``, as in the original).
       self_checks: run the self-checks.
       batch_size: examples per batch group (the remaining points of each
         attack run in power-of-two blocks up to it).
@@ -2162,7 +2165,7 @@ def _square_init(xi, keys, eps, *, norm, hwc, lo, hi, table):
     return jnp.clip(xi + d * eps[:, None, None, None] / jnp.maximum(nrm, _TINY), lo, hi) - xi
 
 
-def _square_core(x, y, idx, eps, key, *, logits_fn, norm, n_queries, p_init, bounds):
+def _square_core(x, y, idx, eps, key, *, logits_fn, norm, n_queries, p_init, bounds, rescale_schedule=True):
     """Square attack on a batch (Andriushchenko et al. 2020, Algorithm 1 with the margin loss)."""
     n = x.shape[0]
     hwc = _image_shape(x.shape[1:])
@@ -2190,7 +2193,7 @@ def _square_core(x, y, idx, eps, key, *, logits_fn, norm, n_queries, p_init, bou
 
     def body(i, c):
         d, m, logits, bad = c
-        p = _square_p(p_init, i, n_queries)
+        p = _square_p(p_init, i, n_queries if rescale_schedule else 10000)
         if norm == "linf":
             cand = _square_linf_step(i, xi, d, step_keys, eps, p=p, hwc=hwc, lo=lo, hi=hi)
         else:
@@ -2206,14 +2209,17 @@ def _square_core(x, y, idx, eps, key, *, logits_fn, norm, n_queries, p_init, bou
     return _result(x, x_adv, (m < 0) & ~bad & (jnp.argmax(logits, -1) != y), logits)
 
 
-def _square_static(logits_fn, *, norm, n_queries, p_init, bounds):
+def _square_static(logits_fn, *, norm, n_queries, p_init, bounds, rescale_schedule=True):
     norm = _checks.check_attack_norm(norm)
     if norm == "l1":
         raise ValueError("norm: the Square attack supports 'linf' and 'l2'")
     n_queries = _checks.check_int(n_queries, "n_queries", low=1)
     p_init = (0.8 if norm == "linf" else 0.1) if p_init is None else _checks.check_scalar(
         p_init, "p_init", low=0.0, high=1.0, low_inclusive=False)
-    return dict(logits_fn=logits_fn, norm=norm, n_queries=n_queries, p_init=float(p_init), bounds=bounds)
+    if not isinstance(rescale_schedule, (bool, np.bool_)):
+        raise ValueError(f"rescale_schedule: expected a bool, got {rescale_schedule!r}")
+    return dict(logits_fn=logits_fn, norm=norm, n_queries=n_queries, p_init=float(p_init), bounds=bounds,
+                rescale_schedule=bool(rescale_schedule))
 
 
 def square(
@@ -2230,6 +2236,7 @@ def square(
     batch_size: int | None = None,
     progress: bool = False,
     checkpoint: Any = None,
+    rescale_schedule: bool = True,
 ) -> AttackResult:
     """The Square attack (Andriushchenko et al. 2020): random search on the margin loss, no gradients.
 
@@ -2243,7 +2250,9 @@ def square(
     pseudo-Gaussian pattern of random sign (§3.2), staying on the ``eps``
     sphere before clipping to the box. ``p`` starts at ``p_init`` (0.8 for
     ℓ∞, 0.1 for ℓ2) and halves after iterations 10, 50, 200, 500, 1000,
-    2000, 4000, 6000 and 8000 of 10,000, rescaled to ``n_queries``. An
+    2000, 4000, 6000 and 8000 of 10,000, rescaled to ``n_queries``
+    (``rescale_schedule=False``: at those iterations themselves, as the
+    original AutoAttack runs it). An
     example stops changing once misclassified. Images are ``[n, H, W, C]``
     (``[n, H, W]`` or flat ``[n, d]`` inputs are ``1 x d`` strips).
 
@@ -2258,6 +2267,7 @@ def square(
       p_init: initial fraction of pixels in a window (in ``(0, 1]``).
       bounds: ``(low, high)`` or ``None``.
       batch_size, progress, checkpoint: as in :func:`pgd`.
+      rescale_schedule: rescale the halving iterations to ``n_queries``.
 
     Returns:
       :class:`AttackResult` (``success``: misclassified at ``x_adv``).
@@ -2270,7 +2280,8 @@ def square(
       query-efficient black-box adversarial attack via random search."
       ECCV 2020, arXiv:1912.00049, Algorithms 1-3.
     """
-    static = _square_static(logits_fn, norm=norm, n_queries=n_queries, p_init=p_init, bounds=None)
+    static = _square_static(logits_fn, norm=norm, n_queries=n_queries, p_init=p_init, bounds=None,
+                            rescale_schedule=rescale_schedule)
     x, y, bounds, _, norm, eps = _prepare_auto(logits_fn, x, y, key=key, norm=norm, eps=eps, bounds=bounds)
     if _takes_key(logits_fn):
         raise ValueError("logits_fn: the Square attack needs a deterministic model (no key parameter)")

@@ -356,3 +356,14 @@ def test_apgd_not_worse_than_pgd_on_trained_digits(digits_train):
         a = attacks.apgd(f, xs, ys, key=KEY, norm=norm, eps=eps, steps=100)
         acc_p, acc_a = 1 - p.success.mean(), 1 - a.success.mean()
         assert acc_a <= acc_p, (norm, acc_a, acc_p)
+
+
+def test_square_schedule_is_the_originals_inside_autoattack():
+    # the published schedule halves p after iterations 10, 50, 200, ...; rescaled to n_queries by default,
+    # at those iterations themselves inside AutoAttack (the original's resc_schedule=False)
+    p = lambda i, nq: float(attacks._square_p(0.8, jnp.asarray(i), nq))  # noqa: E731
+    np.testing.assert_allclose([p(i, 10000) for i in (10, 11, 50, 51, 201)], [0.8, 0.4, 0.4, 0.2, 0.1], rtol=1e-6)
+    np.testing.assert_allclose([p(i, 5000) for i in (5, 6, 26)], [0.8, 0.4, 0.2], rtol=1e-6)  # rescaled: twice as early for 5,000 queries
+    with pytest.raises(ValueError, match="^rescale_schedule"):
+        attacks.square(lambda x: x.reshape(x.shape[0], -1)[:, :3], np.zeros((2, 3)), np.zeros(2, int), key=KEY,
+                       norm="linf", eps=0.1, rescale_schedule="no")
