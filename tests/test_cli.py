@@ -134,7 +134,7 @@ def test_report_command_with_a_user_model(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "rep"
     argv = ["report", "--limit", "300", "--test-limit", "100", "--eps", "0.3,0.45", "--n-per-class", "20",
-            "--repeats", "1", "--regions", "3", "--autoattack-steps", "3", "--n-queries", "30", "--models", "none",
+            "--repeats", "1", "--regions", "3", "--attack", "pgd", "--attack-steps", "3", "--models", "none",
             "--model", "cli_model_i9:logits", "--model-name", "centroid", "--out", str(out), "--quiet"]
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
@@ -201,8 +201,8 @@ def test_train_then_attack(tmp_path, capsys):
     ra = rec["robust_accuracy"]
     assert ra[0] == pytest.approx(rec["clean_accuracy"]) and ra[0] >= ra[1] >= ra[2]
     # the default attack is AutoAttack: never weaker than PGD on the same points
-    assert cli.main(["attack", "--model", str(m), "--limit", "50", "--norm", "linf", "--eps", "0,0.1,0.3", "--steps", "10",
-                     "--n-queries", "100", "--out", str(a), "--quiet"]) == 0
+    assert cli.main(["attack", "--model", str(m), "--limit", "50", "--norm", "linf", "--eps", "0,0.1,0.3", "--steps", "5",
+                     "--n-queries", "50", "--out", str(a), "--quiet"]) == 0
     aa = json.loads(a.read_text())
     assert aa["attack"] == "autoattack" and aa["clean_accuracy"] == pytest.approx(rec["clean_accuracy"])
     assert aa["robust_accuracy"][0] == pytest.approx(aa["clean_accuracy"])

@@ -363,6 +363,7 @@ def test_estimates_respect_cube_isoperimetry(eps):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # heavy: run with -m slow
 def test_protocols_and_records_are_json(digits_train):
     x = digits_train.flat()
     xt = data.load("digits", split="test").flat()
@@ -440,6 +441,7 @@ def test_single_point_and_tiny_sets():
     assert C.measure(reg0, x2).risk == 1.0  # no box: everything is in the error region
 
 
+@pytest.mark.slow  # heavy: run with -m slow
 def test_real_mnist_subset_sanity(mnist_train, mnist_test):
     x = mnist_train.flat()[:1500]
     xt = mnist_test.flat()[:1000]

@@ -122,6 +122,7 @@ def test_unknown_names(name, split, arg, tmp_path):
         data.load(name, split=split, data_dir=tmp_path)
 
 
+@pytest.mark.slow  # heavy: run with -m slow
 def test_tfds_with_mock_data():
     tfds = pytest.importorskip("tensorflow_datasets", reason="the tfds extra is not installed")
     with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):

@@ -99,6 +99,7 @@ def test_conv_layers_match_bruteforce_definitions():
     np.testing.assert_allclose(got2, np.asarray(lax_ref), atol=1e-4)
 
 
+@pytest.mark.slow  # heavy: run with -m slow
 def test_acgan_generator_ranges_and_jit():
     gan = G.init_acgan(key=jax.random.key(0), latent_dim=5, num_classes=3, image_shape=(8, 8, 1))
     z = jax.random.normal(jax.random.key(1), (4, 5))
@@ -115,6 +116,7 @@ def test_acgan_generator_ranges_and_jit():
     assert np.abs(np.asarray(gan(z[:1], jnp.array([1]))) - x[:1]).max() > 0
 
 
+@pytest.mark.slow  # heavy: run with -m slow
 def test_train_acgan_tiny_resumes_exactly(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (24, 8, 8, 1)).astype(np.float32)
@@ -224,6 +226,7 @@ class _SigmoidGen:
         return jax.nn.sigmoid(z @ self.a.T + self.b[y]).reshape(-1, 4, 4, 1)
 
 
+@pytest.mark.slow  # heavy: run with -m slow
 def test_sample_dataset_priors_and_determinism():
     gan = _SigmoidGen()
     p = np.array([0.1, 0.2, 0.3, 0.4])
@@ -317,6 +320,7 @@ def test_local_lipschitz_scaling_orthant_and_sampling_only():
     assert s.to_dict()["n_latents"] == 1
 
 
+@pytest.mark.slow  # heavy: run with -m slow
 def test_lipschitz_kernel_jit_equals_eager():
     g, _, _ = _affine(4, 3, 4)
     z = jax.random.normal(jax.random.key(0), (2, 3))
