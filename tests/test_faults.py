@@ -141,8 +141,12 @@ def test_training_killed_and_damaged_resumes_to_the_uninterrupted_result(tmp_pat
     # resume from the intact checkpoint: identical parameters and history
     resumed = training.train(model, xy, key=jax.random.key(7), checkpoint_dir=ck, **TRAIN_KW)
     _assert_same_run(resumed, full)
-    # a damaged Orbax folder (one file truncated, one random): one warning, trained from the start
-    _damage(_orbax_files(damaged), rng)
+    # a damaged Orbax folder (a random file among them, the others truncated, so whichever the restore reads is
+    # damaged, however many steps the killed run kept): one warning, trained from the start
+    files = _orbax_files(damaged)
+    _damage(files, rng)
+    for f in files:
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
     with pytest.warns(RuntimeWarning, match="training checkpoint .* is damaged"):
         again = training.train(model, xy, key=jax.random.key(7), checkpoint_dir=damaged, **TRAIN_KW)
     _assert_same_run(again, full)
