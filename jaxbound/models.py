@@ -28,6 +28,9 @@ Models:
 * ``"wong_kolter"``: :class:`WongKolter`, the small network of Wong & Kolter
   (2018) used by Ding et al. (2019, App. B.2): 4x4 conv 16 stride 2, 4x4
   conv 32 stride 2, fc 100, fc ``num_classes``, ReLU, no pooling.
+* ``"ibp_small"``, ``"ibp_medium"``: :class:`IBPSmall`, :class:`IBPMedium`,
+  the small and medium CNNs of Gowal et al. (2018, Table 1) for interval
+  bound propagation training (``VALID`` convolutions, ReLU, no pooling).
 * ``"wideresnet"``: :class:`WideResNet`, WRN-``depth``-``widen_factor``
   (Zagoruyko & Komodakis 2016; Ding et al.'s CIFAR-10 model is WRN-28-4)
   with GroupNorm in place of BatchNorm (see the class docstring).
@@ -41,7 +44,7 @@ convolution at full speed, but the convolutions that automatic
 differentiation emits for the input gradient (and the gradient of
 ``reduce_window`` max pooling) take a much slower path; a straightforward
 Flax LeNet5 PGD ran at about 0.2-0.6x a PyTorch CPU loop here. With
-``impl="fast"`` (default) the model uses two custom-VJP primitives:
+``impl="fast"`` (the default on CPU) the model uses two custom-VJP primitives:
 
 * :func:`conv2d_same`: a stride-1 ``SAME`` convolution whose input gradient is
   written as another forward convolution (kernel flipped in space, in/out
@@ -54,7 +57,10 @@ Flax LeNet5 PGD ran at about 0.2-0.6x a PyTorch CPU loop here. With
 
 Both are exact (the same function and a valid gradient, equal to autodiff's
 wherever the max is unique); ``impl="xla"`` gives the plain
-``lax.conv_general_dilated`` + ``reduce_window`` model for comparison. Both
+``lax.conv_general_dilated`` + ``reduce_window`` model, XLA's own convolutions,
+which are the fast path on GPU and TPU. ``impl="auto"`` (default) resolves
+when the model is applied: ``"fast"`` where :func:`jax.default_backend` is
+``"cpu"``, ``"xla"`` on any accelerator (:func:`resolve_impl`). Both
 primitives can be differentiated again in reverse mode (gradient penalties,
 the evasive Carlini-Wagner attack) but not in forward mode (``jax.jvp``).
 Parameters have the same layout under either ``impl``.
@@ -77,6 +83,10 @@ References:
   (``wong_kolter``).
   Zagoruyko, Komodakis. "Wide residual networks." BMVC 2016,
   arXiv:1605.07146 (``wideresnet``).
+  Gowal, Dvijotham, Stanforth, Bunel, Qin, Uesato, Arandjelovic, Mann,
+  Kohli. "On the effectiveness of interval bound propagation for training
+  verifiably robust models." arXiv:1810.12715 (``ibp_small``,
+  ``ibp_medium``).
 """
 
 from __future__ import annotations
@@ -102,6 +112,10 @@ __all__ = [
     "SmallCNN",
     "WongKolter",
     "WideResNet",
+    "IBPSmall",
+    "IBPMedium",
+    "IMPLS",
+    "resolve_impl",
     "conv2d_same",
     "relu_maxpool2",
     "register",
@@ -118,6 +132,30 @@ __all__ = [
 ]
 
 _DN = ("NHWC", "HWIO", "NHWC")
+#: Convolution lowerings of :class:`LeNet5` (see the module docstring).
+IMPLS = ("auto", "fast", "xla")
+
+
+def resolve_impl(impl: str) -> str:
+    """The concrete lowering of ``impl``: ``"auto"`` -> ``"fast"`` on CPU, ``"xla"`` on GPU/TPU.
+
+    ``"auto"`` is resolved from :func:`jax.default_backend` when the model is
+    applied (traced), so one module object follows the platform it runs on.
+
+    Args:
+      impl: ``"auto"``, ``"fast"`` or ``"xla"``.
+
+    Returns:
+      ``"fast"`` or ``"xla"``.
+
+    Raises:
+      ValueError: ``impl`` is not one of :data:`IMPLS`.
+    """
+    if not isinstance(impl, str) or impl not in IMPLS:
+        raise ValueError(f"impl: must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    return "fast" if jax.default_backend() == "cpu" else "xla"
 
 # ---------------------------------------------------------------------------
 # Registry
@@ -534,19 +572,20 @@ class ConvSame(nn.Module):
     Attributes:
       features: output channels.
       kernel_size: odd square kernel size.
-      impl: ``"fast"`` (:func:`conv2d_same`) or ``"xla"`` (plain ``lax`` conv).
+      impl: ``"auto"`` (:func:`resolve_impl`), ``"fast"`` (:func:`conv2d_same`)
+        or ``"xla"`` (plain ``lax`` conv).
     """
 
     features: int
     kernel_size: int = 5
-    impl: str = "fast"
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         k = self.kernel_size
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        conv = conv2d_same if self.impl == "fast" else _conv_xla
+        conv = conv2d_same if resolve_impl(self.impl) == "fast" else _conv_xla
         return conv(x, kernel.astype(x.dtype)) + bias.astype(x.dtype)
 
 
@@ -568,8 +607,10 @@ class LeNet5(nn.Module):
       mean: per-channel (or scalar) mean subtracted inside the model.
       std: per-channel (or scalar) standard deviation divided inside the model.
         Ding et al. feed MNIST pixels unchanged: the defaults ``0`` and ``1``.
-      impl: ``"fast"`` (custom-VJP CPU lowering, see the module docstring) or
-        ``"xla"`` (plain ``lax`` convolution and ``reduce_window`` pooling).
+      impl: ``"auto"`` (default: ``"fast"`` on CPU, ``"xla"`` on GPU/TPU,
+        :func:`resolve_impl`), ``"fast"`` (custom-VJP CPU lowering, see the
+        module docstring) or ``"xla"`` (plain ``lax`` convolution and
+        ``reduce_window`` pooling).
 
     Input: images ``[n, H, W, C]`` (pixels in ``[0, 1]`` by convention) with
     ``H`` and ``W`` divisible by 4. Output: logits ``[n, num_classes]``.
@@ -579,13 +620,12 @@ class LeNet5(nn.Module):
     widen_factor: float = 1.0
     mean: Any = 0.0
     std: Any = 1.0
-    impl: str = "fast"
+    impl: str = "auto"
 
     def _validate(self, x):
         _checks.check_int(self.num_classes, "num_classes", low=2)
         _checks.check_scalar(self.widen_factor, "widen_factor", low=0.0, low_inclusive=False)
-        if self.impl not in ("fast", "xla"):
-            raise ValueError(f"impl: must be 'fast' or 'xla', got {self.impl!r}")
+        resolve_impl(self.impl)
         if x.ndim != 4:
             raise ValueError(f"x: expected images shaped [n, H, W, C], got shape {tuple(x.shape)}")
         if x.shape[1] % 4 or x.shape[2] % 4:
@@ -603,9 +643,10 @@ class LeNet5(nn.Module):
         mean = jnp.asarray(self.mean, x.dtype)
         std = jnp.asarray(self.std, x.dtype)
         h = (x - mean) / std
-        pool = relu_maxpool2 if self.impl == "fast" else _relu_maxpool_xla
-        h = pool(ConvSame(_width(32, w), 5, self.impl, name="conv1")(h))
-        h = pool(ConvSame(_width(64, w), 5, self.impl, name="conv2")(h))
+        impl = resolve_impl(self.impl)
+        pool = relu_maxpool2 if impl == "fast" else _relu_maxpool_xla
+        h = pool(ConvSame(_width(32, w), 5, impl, name="conv1")(h))
+        h = pool(ConvSame(_width(64, w), 5, impl, name="conv2")(h))
         h = h.reshape(h.shape[0], -1)
         h = jax.nn.relu(nn.Dense(_width(1024, w), name="fc1")(h))
         return nn.Dense(self.num_classes, name="fc2")(h)
@@ -738,6 +779,83 @@ class WongKolter(nn.Module):
         h = h.reshape(h.shape[0], -1)
         h = jax.nn.relu(nn.Dense(_width(100, w), name="fc1")(h))
         return nn.Dense(self.num_classes, name="fc2")(h)
+
+
+def _ibp_cnn(x, layers, dense, num_classes, widen_factor, mean, std):
+    """Gowal et al.'s CNNs: ``VALID`` convs ``(features, kernel, stride)`` + ReLU, dense + ReLU, linear output."""
+    w = _checks.check_scalar(widen_factor, "widen_factor", low=0.0, low_inclusive=False)
+    h = _standardise(x, mean, std)
+    for i, (c, k, s) in enumerate(layers):
+        h = jax.nn.relu(nn.Conv(_width(c, w), (k, k), strides=(s, s), padding="VALID", name=f"conv{i + 1}")(h))
+    h = h.reshape(h.shape[0], -1)
+    for i, c in enumerate(dense):
+        h = jax.nn.relu(nn.Dense(_width(c, w), name=f"fc{i + 1}")(h))
+    return nn.Dense(num_classes, name=f"fc{len(dense) + 1}")(h)
+
+
+@register("ibp_small")
+class IBPSmall(nn.Module):
+    """The "small" CNN of Gowal et al. (2018, Table 1) for interval bound propagation training.
+
+    ``conv4x4(16, stride 2) - ReLU - conv4x4(32, stride 1) - ReLU - fc(100) -
+    ReLU - fc(num_classes)``, ``VALID`` padding (28x28 -> 13x13x16 ->
+    10x10x32 on MNIST). Only convolutions, ReLU and affine layers: the
+    primitives every bound-propagation method handles tightly.
+
+    Attributes:
+      num_classes: number of outputs.
+      widen_factor: multiplies every width (> 0).
+      mean, std: normalisation inside the model (default none).
+
+    Input: ``[n, H, W, C]`` with ``H, W >= 7``. Output: ``[n, num_classes]``.
+
+    References:
+      Gowal et al. "On the effectiveness of interval bound propagation for
+      training verifiably robust models." arXiv:1810.12715, Table 1.
+    """
+
+    num_classes: int = 10
+    widen_factor: float = 1.0
+    mean: Any = 0.0
+    std: Any = 1.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        _validate_common(x, self.num_classes, self.std, min_hw=7)
+        return _ibp_cnn(x, ((16, 4, 2), (32, 4, 1)), (100,), self.num_classes, self.widen_factor, self.mean,
+                        self.std)
+
+
+@register("ibp_medium")
+class IBPMedium(nn.Module):
+    """The "medium" CNN of Gowal et al. (2018, Table 1) for interval bound propagation training.
+
+    ``conv3x3(32, /1) - conv4x4(32, /2) - conv3x3(64, /1) - conv4x4(64, /2) -
+    fc(512) - fc(512) - fc(num_classes)``, ReLU after every hidden layer,
+    ``VALID`` padding (28x28 -> 4x4x64 on MNIST).
+
+    Attributes:
+      num_classes: number of outputs.
+      widen_factor: multiplies every width (> 0).
+      mean, std: normalisation inside the model (default none).
+
+    Input: ``[n, H, W, C]`` with ``H, W >= 16``. Output: ``[n, num_classes]``.
+
+    References:
+      Gowal et al. "On the effectiveness of interval bound propagation for
+      training verifiably robust models." arXiv:1810.12715, Table 1.
+    """
+
+    num_classes: int = 10
+    widen_factor: float = 1.0
+    mean: Any = 0.0
+    std: Any = 1.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        _validate_common(x, self.num_classes, self.std, min_hw=16)
+        return _ibp_cnn(x, ((32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 4, 2)), (512, 512), self.num_classes,
+                        self.widen_factor, self.mean, self.std)
 
 
 def _group_norm(channels: int, name: str) -> nn.Module:

@@ -56,6 +56,8 @@ CASES = [
      "input_shape"),
     ("build input_shape text", lambda: models.build("mlp", num_classes=10, input_shape="28x28"), ValueError,
      "input_shape"),
+    ("resolve_impl unknown", lambda: models.resolve_impl("gpu"), ValueError, "impl"),
+    ("resolve_impl none", lambda: models.resolve_impl(None), ValueError, "impl"),
     ("resolve_widen word", lambda: models.resolve_widen("lenet5", "big"), ValueError, "widen_factor"),
     ("init_params name", lambda: models.init_params("mlp", (4, 4, 1), key=KEY), TypeError, "model"),
     ("init_params none", lambda: models.init_params(None, (4, 4, 1), key=KEY), TypeError, "model"),

@@ -12,9 +12,10 @@ import pytest
 from jaxbound import models
 
 SHAPES = {"mlp": (8, 8, 1), "lenet5": (8, 8, 1), "smallcnn": (28, 28, 1), "wong_kolter": (28, 28, 1),
-          "wideresnet": (16, 16, 3)}
+          "wideresnet": (16, 16, 3), "ibp_small": (12, 12, 1), "ibp_medium": (16, 16, 1)}
 SMALL = {"mlp": dict(hidden=(32, 16)), "lenet5": dict(widen_factor=0.25), "smallcnn": dict(widen_factor=0.25),
-         "wong_kolter": {}, "wideresnet": dict(depth=10, widen_factor=0.5)}
+         "wong_kolter": {}, "wideresnet": dict(depth=10, widen_factor=0.5), "ibp_small": dict(widen_factor=0.5),
+         "ibp_medium": dict(widen_factor=0.25)}
 
 
 def _count(tree):
@@ -26,7 +27,7 @@ def _shapes(model, shape):
 
 
 def test_registry_lists_all_models():
-    for name in ("mlp", "lenet5", "smallcnn", "wong_kolter", "wideresnet"):
+    for name in ("mlp", "lenet5", "smallcnn", "wong_kolter", "wideresnet", "ibp_small", "ibp_medium"):
         assert name in models.available()
     with pytest.raises(ValueError, match="^name"):
         models.create("vgg19")
@@ -42,6 +43,13 @@ def test_parameter_counts_match_layer_lists():
     # Wong & Kolter (Ding et al. App. B.2): 4x4 stride-2 convs 1-16-32, fc 32*7*7-100-10.
     ref = (16 * 1 * 16 + 16) + (16 * 16 * 32 + 32) + (32 * 7 * 7 * 100 + 100) + (100 * 10 + 10)
     assert _count(_shapes(models.create("wong_kolter"), (28, 28, 1))) == ref
+    # Gowal et al. Table 1, small: 4x4/2 conv 16 (28 -> 13), 4x4/1 conv 32 (13 -> 10), fc 3200-100-10.
+    ref = (16 * 16 + 16) + (16 * 16 * 32 + 32) + (10 * 10 * 32 * 100 + 100) + (100 * 10 + 10)
+    assert _count(_shapes(models.create("ibp_small"), (28, 28, 1))) == ref
+    # medium: 3x3/1 conv 32 (26), 4x4/2 conv 32 (12), 3x3/1 conv 64 (10), 4x4/2 conv 64 (4), fc 1024-512-512-10.
+    ref = (9 * 32 + 32) + (16 * 32 * 32 + 32) + (9 * 32 * 64 + 64) + (16 * 64 * 64 + 64) \
+        + (4 * 4 * 64 * 512 + 512) + (512 * 512 + 512) + (512 * 10 + 10)
+    assert _count(_shapes(models.create("ibp_medium"), (28, 28, 1))) == ref
     # MLP
     ref = (64 * 32 + 32) + (32 * 16 + 16) + (16 * 7 + 7)
     assert _count(_shapes(models.create("mlp", hidden=(32, 16), num_classes=7), (8, 8, 1))) == ref
@@ -76,6 +84,17 @@ def _torch_forward(name, params, x):
     def flat(h):  # NCHW -> NHWC order before flattening, like the Flax model
         return h.permute(0, 2, 3, 1).reshape(h.shape[0], -1)
 
+    if name == "ibp_small":
+        h = F.relu(conv(h, "conv1", 2))
+        h = F.relu(conv(h, "conv2", 1))
+        h = F.relu(dense(flat(h), "fc1"))
+        return dense(h, "fc2").numpy()
+    if name == "ibp_medium":
+        for i, s in enumerate((1, 2, 1, 2)):
+            h = F.relu(conv(h, f"conv{i + 1}", s))
+        h = F.relu(dense(flat(h), "fc1"))
+        h = F.relu(dense(h, "fc2"))
+        return dense(h, "fc3").numpy()
     if name == "smallcnn":
         h = F.relu(conv(h, "conv1"))
         h = F.max_pool2d(F.relu(conv(h, "conv2")), 2)
@@ -90,7 +109,7 @@ def _torch_forward(name, params, x):
     return dense(h, "fc2").numpy()
 
 
-@pytest.mark.parametrize("name", ["smallcnn", "wong_kolter"])
+@pytest.mark.parametrize("name", ["smallcnn", "wong_kolter", "ibp_small", "ibp_medium"])
 def test_forward_matches_pytorch(name, rng):
     model = models.create(name, widen_factor=0.5)
     params = models.init_params(model, (28, 28, 1), key=jax.random.key(1))
@@ -151,6 +170,31 @@ def _check_double_backprop(model, shape, rng):
     assert sum(float(jnp.abs(a).sum()) for a in jax.tree.leaves(grads)) > 0
 
 
+def _primitives(model, shape):
+    params = models.init_params(model, shape, key=jax.random.key(0))
+    x = jnp.zeros((2, *shape), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda z: model.apply(params, z))(x)
+    return {str(e.primitive) for e in jaxpr.jaxpr.eqns}
+
+
+@pytest.mark.parametrize("backend, expected", [("cpu", "fast"), ("gpu", "xla"), ("tpu", "xla")])
+def test_impl_auto_resolves_per_platform(monkeypatch, backend, expected, rng):
+    """impl="auto" (the default) takes the custom CPU lowering on CPU and XLA's own convolutions elsewhere."""
+    assert models.LeNet5().impl == "auto"
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert models.resolve_impl("auto") == expected
+    assert models.resolve_impl("fast") == "fast" and models.resolve_impl("xla") == "xla"
+    auto = models.create("lenet5", widen_factor=0.25)
+    prims = _primitives(auto, (8, 8, 1))
+    assert any("custom_vjp" in p for p in prims) == (expected == "fast"), prims
+    assert ("reduce_window_max" in prims) == (expected == "xla"), prims
+    # the same function and parameters under every lowering
+    params = models.init_params(auto, (8, 8, 1), key=jax.random.key(0))
+    x = rng.uniform(0, 1, size=(3, 8, 8, 1)).astype(np.float32)
+    ref = models.create("lenet5", widen_factor=0.25, impl=expected).apply(params, x)
+    np.testing.assert_array_equal(np.asarray(auto.apply(params, x)), np.asarray(ref))
+
+
 def test_lenet5_fast_lowering_differentiable_twice(rng):
     """Double backpropagation (gradient regularisation) through the custom-VJP LeNet5."""
     _check_double_backprop(models.create("lenet5", widen_factor=0.25), (8, 8, 1), rng)
@@ -178,6 +222,10 @@ def test_models_differentiable_twice(name, rng):
         ("wong_kolter", dict(num_classes=1), (28, 28, 1), "num_classes"),
         ("wong_kolter", dict(std=0.0), (28, 28, 1), "std"),
         ("mlp", dict(hidden=(0,)), (8, 8, 1), "hidden"),
+        ("lenet5", dict(impl="cuda"), (8, 8, 1), "impl"),
+        ("ibp_small", {}, (6, 6, 1), "x"),
+        ("ibp_medium", dict(widen_factor=0.0), (28, 28, 1), "widen_factor"),
+        ("ibp_medium", dict(std=0.0), (28, 28, 1), "std"),
         ("mlp", dict(std=-1.0), (8, 8, 1), "std"),
     ],
 )
