@@ -30,8 +30,8 @@ numbers (uniform by default) and are normalised to sum 1. Internally they are
 converted *exactly* to integers (every float is a dyadic rational; the common
 denominator is factored out, and so is the gcd), so the max-flow capacities of
 OptProb are exact integers: nothing is rounded. Uniform or integer weights
-(counts, duplicated points) give small integers and SciPy's int32 max-flow;
-general float weights can need integers beyond int32 and then run on the exact
+(counts, duplicated points) give small integers and OR-Tools' int64 max-flow;
+general float weights can need integers beyond int64 and then run on the exact
 (slower) networkx backend. See :mod:`jaxbound.flow`.
 
 Vertex order: every per-vertex array lists class ``a`` first, then class ``b``.
@@ -505,8 +505,8 @@ def optprob(graph: ConflictGraph, *, backend: str = "auto", progress: bool = Fal
 
     Args:
       graph: a two-class :class:`ConflictGraph`.
-      backend: max-flow backend ``"auto"`` (SciPy when capacities fit int32,
-        else networkx), ``"scipy"`` or ``"networkx"``.
+      backend: max-flow backend ``"auto"`` (OR-Tools when capacities fit
+        int64, else networkx), ``"ortools"``, ``"scipy"`` or ``"networkx"``.
       progress: progress bar over the recursion.
 
     Returns:
@@ -603,7 +603,7 @@ def min_zero_one_loss(graph: ConflictGraph, *, backend: str = "auto") -> ZeroOne
 
     Args:
       graph: a two-class :class:`ConflictGraph`.
-      backend: ``"auto"``, ``"scipy"`` or ``"networkx"``.
+      backend: ``"auto"`` (OR-Tools when the capacities fit int64), ``"ortools"``, ``"scipy"`` or ``"networkx"``.
 
     Returns:
       :class:`ZeroOneResult`.
@@ -695,7 +695,7 @@ def pair_bounds(
       norm: the adversary's norm (``"l1" | "l2" | "linf"`` or ``p >= 1``); no default.
       weights_a: ``[n_a]`` non-negative weights (default uniform).
       weights_b: ``[n_b]`` non-negative weights (default uniform).
-      backend: max-flow backend, ``"auto"``, ``"scipy"`` or ``"networkx"``.
+      backend: max-flow backend, ``"auto"``, ``"ortools"``, ``"scipy"`` or ``"networkx"``.
       verify: check both certificates (``verified`` is ``None`` otherwise).
       progress: progress bars of the distance pass and the OptProb recursion.
 
@@ -1089,6 +1089,7 @@ def gaussian_bounds(
 
 _HYPER_NORMS = ("l2", "linf")
 _MC_BACKENDS = ("auto", "flow", "lp")
+_FLOW_BACKENDS = ("auto", "ortools", "scipy", "networkx")
 # float64 decisions of the l2 enclosing-ball test closer than this (relative) are redone exactly
 _MEB_BAND = 1e-9
 # candidate (edge, third vertex) pairs per vectorised chunk of the triangle search
@@ -1603,7 +1604,8 @@ def _mc_lp(g: ConflictHypergraph) -> MulticlassResult:
                             g.num_hyperedges, "lp:highs")
 
 
-def multiclass_zero_one(graph: ConflictHypergraph, *, backend: str = "auto") -> MulticlassResult:
+def multiclass_zero_one(graph: ConflictHypergraph, *, backend: str = "auto",
+                        flow_backend: str = "auto") -> MulticlassResult:
     """The optimal adversarial 0-1 loss ``L*(k)`` of a multi-class sample (Dai et al. 2023).
 
     ``L*(k) = 1 - max sum_v p_v q_v`` subject to ``sum_{v in e} q_v <= 1`` for
@@ -1618,6 +1620,10 @@ def multiclass_zero_one(graph: ConflictHypergraph, *, backend: str = "auto") -> 
       graph: a :class:`ConflictHypergraph`.
       backend: ``"auto"`` (max flow without hyperedges, else LP), ``"flow"``
         (only without hyperedges) or ``"lp"``.
+      flow_backend: the max-flow solver of the double cover, ``"auto"``
+        (OR-Tools when the capacities fit int64, else networkx),
+        ``"ortools"``, ``"scipy"`` or ``"networkx"`` (see
+        :func:`jaxbound.flow.bipartite_max_flow`).
 
     Returns:
       :class:`MulticlassResult` (``loss``, ``q``, dual certificate, ``verify()``).
@@ -1631,9 +1637,10 @@ def multiclass_zero_one(graph: ConflictHypergraph, *, backend: str = "auto") -> 
     if not isinstance(graph, ConflictHypergraph):
         raise ValueError(f"graph: expected a ConflictHypergraph, got {type(graph).__name__}")
     backend = _checks.check_choice(backend, "backend", _MC_BACKENDS)
+    flow_backend = _checks.check_choice(flow_backend, "flow_backend", _FLOW_BACKENDS)
     if backend == "flow" and graph.num_hyperedges:
         raise ValueError(f"backend: 'flow' solves pair edges only; this graph has {graph.num_hyperedges} "
                          "hyperedges, use 'lp' or 'auto'")
     if backend == "lp" or (backend == "auto" and graph.num_hyperedges):
         return _mc_lp(graph)
-    return _mc_flow(graph, "auto")
+    return _mc_flow(graph, flow_backend)

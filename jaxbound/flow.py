@@ -18,6 +18,14 @@ residual network, where the middle edges are treated as infinite.
 
 Exact arithmetic. Capacities are integers and stay integers:
 
+* ``backend="ortools"``: OR-Tools' ``SimpleMaxFlow`` (push-relabel in C++,
+  int64 capacities, the minimal minimum cut from its own residual search,
+  ``get_source_side_min_cut``). Every capacity and the totals ``sum(cap_a)``
+  and ``sum(cap_b)`` are checked to fit int64, so no flow or excess can
+  overflow; OR-Tools' own ``POSSIBLE_OVERFLOW`` status is an error as well.
+  Middle edges get the capacity of their ``A`` end (see below). OptProb
+  builds its network once and only changes capacities between rounds
+  (``set_arcs_capacity``): settled vertices and dropped edges get capacity 0.
 * ``backend="scipy"``: SciPy's C implementation of Dinic's algorithm
   (``scipy.sparse.csgraph.maximum_flow``). SciPy stores capacities and flows
   as int32 and casts wider integers *silently* (a capacity of ``2**40``
@@ -31,7 +39,13 @@ Exact arithmetic. Capacities are integers and stay integers:
   (arbitrary precision, middle edges truly infinite); slow but exact for any
   capacities, and independent of SciPy (it also computes its own residual
   reachability).
-* ``backend="auto"``: SciPy when the capacities fit, networkx otherwise.
+* ``backend="auto"``: OR-Tools when the capacities fit int64, networkx
+  otherwise.
+
+A middle edge ``(u, v)`` with capacity ``cap_a[u]`` instead of infinity
+changes neither the maximum flow nor the minimal minimum cut: it can only be
+saturated by carrying all of ``u``'s inflow, and then ``u`` is reachable in the
+residual network only backwards from ``v`` itself.
 
 OptProb. :func:`optprob_parts` runs Algorithm 1 of Bhagoji et al. (2021)
 iteratively (no Python recursion, so no stack limit). Because program (3)
@@ -77,6 +91,7 @@ import numpy as np
 
 __all__ = [
     "INT32_MAX",
+    "INT64_MAX",
     "BipartiteFlow",
     "VertexCover",
     "OptProbParts",
@@ -88,7 +103,9 @@ __all__ = [
 
 #: Largest capacity SciPy's max-flow stores without overflow.
 INT32_MAX = 2**31 - 1
-_BACKENDS = ("auto", "scipy", "networkx")
+#: Largest capacity and capacity total OR-Tools' max-flow takes without overflow.
+INT64_MAX = 2**63 - 1
+_BACKENDS = ("auto", "ortools", "scipy", "networkx")
 
 
 # ---------------------------------------------------------------------------
@@ -233,7 +250,7 @@ class BipartiteFlow:
       source_a: ``[n_a]`` bool, ``u`` on the source side of the minimal
         minimum cut (``A+`` of Algorithm 1).
       source_b: ``[n_b]`` bool, ``v`` on the source side (``B-``).
-      backend: the solver that ran (``"scipy"`` or ``"networkx"``).
+      backend: the solver that ran (``"ortools"``, ``"scipy"`` or ``"networkx"``).
     """
 
     value: int
@@ -252,6 +269,64 @@ def _fits_scipy(n_a: int, n_b: int, n_e: int, cap_a: np.ndarray, cap_b: np.ndarr
         return False
     # node ids and the entries of the network with SciPy's reverse edges must fit int32
     return n_a + n_b + 2 <= INT32_MAX and 2 * (n_e + n_a + n_b) <= INT32_MAX
+
+
+def _fits_ortools(n_a: int, n_b: int, n_e: int, cap_a: np.ndarray, cap_b: np.ndarray) -> bool:
+    """Capacities and their totals fit int64; node ids and arcs (with reverse arcs) fit int32."""
+    if cap_a.dtype == object or cap_b.dtype == object:
+        return False
+    if sum_int(cap_a) > INT64_MAX or sum_int(cap_b) > INT64_MAX:
+        return False
+    return n_a + n_b + 2 <= INT32_MAX and 2 * (n_e + n_a + n_b) <= INT32_MAX
+
+
+class _OrtoolsNetwork:
+    """``s -> A -> B -> t`` as one OR-Tools ``SimpleMaxFlow``, built once and re-solved with new capacities.
+
+    Nodes: ``A`` = ``0 .. n_a - 1``, ``B`` = ``n_a .. n_a + n_b - 1``, then
+    ``s`` and ``t``. Arcs: ``s -> u`` (``n_a``), ``v -> t`` (``n_b``), then the
+    middle edges in the caller's order. A solve sets every capacity at once
+    (``set_arcs_capacity``), so vertices and edges outside the current
+    subproblem simply get capacity 0 and no arc is ever rebuilt.
+    """
+
+    def __init__(self, n_a: int, n_b: int, ea: np.ndarray, eb: np.ndarray):
+        from ortools.graph.python import max_flow
+
+        self.n_a, self.n_b, self.ea = n_a, n_b, ea
+        self.s, self.t = n_a + n_b, n_a + n_b + 1
+        self.solver = max_flow.SimpleMaxFlow()
+        self.status = max_flow.SimpleMaxFlow
+        # the last arc, t -> s with capacity 0, only makes both terminals nodes of the graph: OR-Tools
+        # answers "optimal" with an empty cut when the sink has no arc at all
+        tails = np.concatenate([np.full(n_a, self.s, np.int64), np.arange(n_a, n_a + n_b), ea, [self.t]])
+        heads = np.concatenate([np.arange(n_a), np.full(n_b, self.t, np.int64), n_a + eb, [self.s]])
+        self.arcs = np.asarray(self.solver.add_arcs_with_capacity(
+            tails.astype(np.int32), heads.astype(np.int32), np.zeros(tails.size, np.int64)), np.int32)
+
+    def solve(self, cap_a: np.ndarray, cap_b: np.ndarray, cap_e: np.ndarray | None = None):
+        """Max flow for int64 ``cap_a [n_a]``, ``cap_b [n_b]`` (middle: ``cap_e [E]``, default ``cap_a[ea]``).
+
+        Returns ``(flow_a, flow_b, flow_e, source_a, source_b)`` with the
+        minimal minimum cut, or ``None`` when OR-Tools reports a possible
+        overflow.
+        """
+        n_a, n_b = self.n_a, self.n_b
+        if cap_e is None:
+            cap_e = cap_a[self.ea]
+        caps = np.concatenate([cap_a, cap_b, cap_e, [0]]).astype(np.int64, copy=False)
+        self.solver.set_arcs_capacity(self.arcs, caps)
+        status = self.solver.solve(self.s, self.t)
+        if status == self.status.POSSIBLE_OVERFLOW:
+            return None
+        if status != self.status.OPTIMAL:  # pragma: no cover - BAD_INPUT / BAD_RESULT never arise here
+            raise RuntimeError(f"OR-Tools max flow failed with status {status}")
+        f = np.asarray(self.solver.flows(self.arcs), np.int64)
+        seen = np.zeros(n_a + n_b + 2, bool)
+        seen[np.asarray(self.solver.get_source_side_min_cut(), np.int64)] = True
+        if not seen[self.s] or seen[self.t]:  # pragma: no cover - guards the layout assumptions above
+            raise RuntimeError("OR-Tools returned a cut that does not separate s from t")
+        return f[:n_a], f[n_a:n_a + n_b], f[n_a + n_b:-1], seen[:n_a], seen[n_a:n_a + n_b]
 
 
 def _flow_scipy(n_a, n_b, ea, eb, cap_a, cap_b):
@@ -384,16 +459,46 @@ def _as_int64_if_small(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _max_flow_sorted(n_a, n_b, ea, eb, cap_a, cap_b, backend):
-    use = backend
+def _resolve_backend(n_a, n_b, n_e, cap_a, cap_b, backend) -> str:
+    """The solver ``backend`` runs on this network; a ValueError when a named one cannot hold it."""
     if backend == "auto":
-        use = "scipy" if _fits_scipy(n_a, n_b, ea.size, cap_a, cap_b) else "networkx"
-    elif backend == "scipy" and not _fits_scipy(n_a, n_b, ea.size, cap_a, cap_b):
+        return "ortools" if _fits_ortools(n_a, n_b, n_e, cap_a, cap_b) else "networkx"
+    if backend == "ortools" and not _fits_ortools(n_a, n_b, n_e, cap_a, cap_b):
+        raise ValueError(
+            "backend: 'ortools' stores capacities as int64, but this network needs more (largest capacity "
+            f"{max(_max_int(cap_a), _max_int(cap_b))}, totals {sum_int(cap_a)} and {sum_int(cap_b)}, limit "
+            f"{INT64_MAX}); use backend='networkx' or 'auto' for exact big-integer flows"
+        )
+    if backend == "scipy" and not _fits_scipy(n_a, n_b, n_e, cap_a, cap_b):
         raise ValueError(
             "backend: 'scipy' stores capacities and node ids as int32, but this network needs more "
             f"(largest capacity {max(_max_int(cap_a), _max_int(cap_b))}, limit {INT32_MAX}); "
             "use backend='networkx' or 'auto' for exact big-integer flows"
         )
+    return backend
+
+
+def _overflow(backend):
+    if backend == "ortools":
+        raise ValueError("backend: OR-Tools reported a possible int64 overflow on this network; "
+                         "use backend='networkx' or 'auto' for exact big-integer flows")
+
+
+def _max_flow_sorted(n_a, n_b, ea, eb, cap_a, cap_b, backend, network=None, alive=None, use=None):
+    """One max flow on sorted unique edges: ``(flow_a, flow_b, flow_e, source_a, source_b, solver)``.
+
+    ``network``: an :class:`_OrtoolsNetwork` over a larger graph to reuse,
+    with ``alive = (ia, ib, eidx)`` mapping this subproblem's vertices and
+    edges into it; ``use``: the solver already chosen by :func:`_resolve_backend`.
+    """
+    if use is None:
+        use = _resolve_backend(n_a, n_b, ea.size, cap_a, cap_b, backend)
+    if use == "ortools":
+        out = _flow_ortools(n_a, n_b, ea, eb, cap_a, cap_b, network, alive)
+        if out is not None:
+            return (*out, use)
+        _overflow(backend)
+        use = "networkx"
     if use == "scipy":
         fa, fb, fe = _flow_scipy(n_a, n_b, ea, eb, cap_a, cap_b)
         sa, sb = _reachable(n_a, n_b, ea, eb, fe, fa < cap_a)
@@ -401,6 +506,24 @@ def _max_flow_sorted(n_a, n_b, ea, eb, cap_a, cap_b, backend):
         fa, fb, fe, sa, sb = _flow_networkx(n_a, n_b, ea, eb, cap_a, cap_b)
         fa, fb, fe = _as_int64_if_small(fa), _as_int64_if_small(fb), _as_int64_if_small(fe)
     return fa, fb, fe, sa, sb, use
+
+
+def _flow_ortools(n_a, n_b, ea, eb, cap_a, cap_b, network, alive):
+    """OR-Tools max flow, on a fresh network or on the shared ``network`` (capacities 0 outside ``alive``)."""
+    if network is None:
+        return _OrtoolsNetwork(n_a, n_b, ea, eb).solve(cap_a, cap_b)
+    ia, ib, eidx = alive
+    full_a = np.zeros(network.n_a, np.int64)
+    full_a[ia] = cap_a
+    full_b = np.zeros(network.n_b, np.int64)
+    full_b[ib] = cap_b
+    full_e = np.zeros(network.ea.size, np.int64)
+    full_e[eidx] = full_a[network.ea[eidx]]
+    out = network.solve(full_a, full_b, full_e)
+    if out is None:
+        return None
+    fa, fb, fe, sa, sb = out
+    return fa[ia], fb[ib], fe[eidx], sa[ia], sb[ib]
 
 
 def bipartite_max_flow(
@@ -423,8 +546,10 @@ def bipartite_max_flow(
       cap_a: ``[n_a]`` non-negative integer capacities of ``s -> u`` (int64,
         or an object array of Python ints for values beyond int64).
       cap_b: ``[n_b]`` non-negative integer capacities of ``v -> t``.
-      backend: ``"auto"``, ``"scipy"`` (int32 capacities, checked) or
-        ``"networkx"`` (exact for any size).
+      backend: ``"auto"`` (OR-Tools when the capacities fit int64, else
+        networkx), ``"ortools"`` (int64 capacities and totals, checked),
+        ``"scipy"`` (int32 capacities, checked) or ``"networkx"`` (exact for
+        any size).
 
     Returns:
       :class:`BipartiteFlow`.
@@ -588,6 +713,21 @@ class _OptProbState:
         self.parts_wb: list[int] = []
         self.backends: list[str] = []
         self.rounds = 0
+        self.network = None  # the OR-Tools network of the whole graph, built at the first OR-Tools round
+
+    def network_positions(self, ia, ib, eidx, la, lb):
+        """Positions of this round's vertices and edges in the shared OR-Tools network.
+
+        The network is built at the first OR-Tools round on the vertices and
+        edges alive then; later rounds only ever remove some, so every later
+        subproblem maps into it (the others get capacity 0).
+        """
+        if self.network is None:
+            self.network = _OrtoolsNetwork(ia.size, ib.size, la, lb)
+            self.network_ids = (ia, ib, eidx)
+            return np.arange(ia.size), np.arange(ib.size), np.arange(eidx.size)
+        na, nb, ne = self.network_ids
+        return np.searchsorted(na, ia), np.searchsorted(nb, ib), np.searchsorted(ne, eidx)
 
     def new_part(self, wa: int, wb: int) -> int:
         self.parts_wa.append(int(wa))
@@ -690,7 +830,12 @@ class _OptProbState:
         loc_b[ib] = np.arange(ib.size)
         eidx = np.flatnonzero(self.alive_e)
         la, lb = loc_a[self.ea[eidx]], loc_b[self.eb[eidx]]
-        fa, fb, fe, sa, sb, used = _max_flow_sorted(ia.size, ib.size, la, lb, cap_a, cap_b, backend)
+        use = _resolve_backend(ia.size, ib.size, la.size, cap_a, cap_b, backend)
+        where = None
+        if use == "ortools":
+            where = self.network_positions(ia, ib, eidx, la, lb)
+        fa, fb, fe, sa, sb, used = _max_flow_sorted(ia.size, ib.size, la, lb, cap_a, cap_b, backend,
+                                                    self.network, where, use)
         self.backends.append(used)
         comp_split = np.zeros(k, bool)
         comp_split[ca[sa]] = True
@@ -769,7 +914,9 @@ def optprob_parts(
       w_a, w_b: non-negative integer vertex weights (int64 or object arrays
         of Python ints), not all zero; the distribution is ``p = w / sum(w)``.
       backend: max-flow backend, see :func:`bipartite_max_flow`. With
-        ``"auto"`` each round uses SciPy when its capacities fit int32.
+        ``"auto"`` each round uses OR-Tools when its capacities fit int64
+        (one network for all rounds, re-solved with new capacities) and
+        networkx otherwise.
       progress: show a progress bar over the settled vertices.
 
     Returns:

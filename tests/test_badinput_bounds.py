@@ -119,6 +119,7 @@ CASES = [
     ("mc graph", lambda: bounds.multiclass_zero_one(_G), ValueError, "graph"),
     ("mc backend", lambda: bounds.multiclass_zero_one(_H, backend="mosek"), ValueError, "backend"),
     ("mc backend None", lambda: bounds.multiclass_zero_one(_H, backend=None), ValueError, "backend"),
+    ("mc flow_backend", lambda: bounds.multiclass_zero_one(_H, flow_backend="glop"), ValueError, "flow_backend"),
     ("mc verify tol", lambda: bounds.multiclass_zero_one(_H).verify(_NAN), ValueError, "tol"),
 ]
 

@@ -251,11 +251,14 @@ def test_optprob_backends_identical_and_verified():
     rng = np.random.default_rng(5)
     for _ in range(4):
         g = random_graph(rng, 40, 30, 0.06, "int")
+        ro = bounds.optprob(g, backend="ortools")
         rs = bounds.optprob(g, backend="scipy")
         rn = bounds.optprob(g, backend="networkx")
-        assert rs.backend == "scipy" and rn.backend == "networkx"
-        assert np.abs(rs.q - rn.q).max() <= 1e-12 and abs(rs.loss - rn.loss) <= 1e-12
-        assert rs.verify(1e-12).passed and rn.verify(1e-12).passed
+        assert ro.backend == "ortools" and rs.backend == "scipy" and rn.backend == "networkx"
+        assert bounds.optprob(g).backend == "ortools"
+        for r in (rs, rn):  # parts and q are exact rationals: identical, not merely close
+            assert np.array_equal(ro.q, r.q) and ro.loss == r.loss and np.array_equal(ro.part, r.part)
+        assert ro.verify(1e-12).passed and rs.verify(1e-12).passed and rn.verify(1e-12).passed
 
 
 def test_verify_detects_broken_certificates():
@@ -321,7 +324,8 @@ def test_zero_weight_vertices_leave_the_support():
 
 
 def test_big_and_non_dyadic_weights_are_exact():
-    # weights spanning 2**45: capacities exceed int32, 'auto' moves to the exact networkx backend
+    # weights spanning 2**45: capacities exceed int32 (SciPy refuses), 'auto' runs OR-Tools in int64 while
+    # the capacities and their totals fit, and the exact networkx backend otherwise
     rng = np.random.default_rng(9)
     na, nb = 8, 7
     m = rng.random((na, nb)) < 0.35
@@ -330,7 +334,9 @@ def test_big_and_non_dyadic_weights_are_exact():
     wb = 2.0 ** rng.integers(0, 45, nb)
     g = bounds.graph_from_edges(na, nb, ea, eb, weights_a=wa, weights_b=wb)
     r = bounds.optprob(g)
-    assert "networkx" in r.backend
+    assert set(r.backend.split("+")) <= {"ortools", "networkx"}
+    rn = bounds.optprob(g, backend="networkx")
+    assert np.array_equal(r.q, rn.q) and r.loss == rn.loss
     with pytest.raises(ValueError, match="^backend: 'scipy'"):
         bounds.optprob(g, backend="scipy")
     val, q = cvxpy_optprob(g)
@@ -396,7 +402,8 @@ def test_zero_one_uniform_is_maximum_matching():
     assert bounds.min_zero_one_loss(g).loss == pytest.approx(len(matching) / 2 / 110, abs=1e-15)
     zs = bounds.min_zero_one_loss(g, backend="scipy")
     zn = bounds.min_zero_one_loss(g, backend="networkx")
-    assert zs.loss == zn.loss and zn.verify(1e-12).passed
+    zo = bounds.min_zero_one_loss(g, backend="ortools")
+    assert zs.loss == zn.loss == zo.loss and zn.verify(1e-12).passed and zo.verify(1e-12).passed
 
 
 def test_cross_entropy_bound_dominates_zero_one_bound():
@@ -651,8 +658,10 @@ def test_mnist_small_graph_brute_force_and_backends(mnist_train):
     assert np.array_equal(g.edges, np.argwhere(d <= 2 * eps))
     rs = bounds.optprob(g, backend="scipy")
     rn = bounds.optprob(g, backend="networkx")
+    ro = bounds.optprob(g, backend="ortools")
     assert abs(rs.loss - rn.loss) <= 1e-12 and np.abs(rs.q - rn.q).max() <= 1e-12
-    assert rs.verify(1e-12).passed
+    assert np.array_equal(ro.q, rs.q) and ro.loss == rs.loss
+    assert rs.verify(1e-12).passed and ro.verify(1e-12).passed
     assert rs.loss >= math.log(2) * bounds.min_zero_one_loss(g).loss
 
 
@@ -664,11 +673,14 @@ def test_mnist_5000_per_class_backends_agree(mnist_train):
     g = bounds.conflict_graph(xa, xb, eps=3.5, norm="l2")
     rs = bounds.optprob(g, backend="scipy")
     rn = bounds.optprob(g, backend="networkx")
+    ro = bounds.optprob(g, backend="ortools")
     assert abs(rs.loss - rn.loss) <= 1e-9 and np.abs(rs.q - rn.q).max() <= 1e-9
-    assert rs.verify(1e-12).passed and rn.verify(1e-12).passed
+    assert np.array_equal(ro.q, rs.q) and ro.loss == rs.loss
+    assert rs.verify(1e-12).passed and rn.verify(1e-12).passed and ro.verify(1e-12).passed
     zs = bounds.min_zero_one_loss(g, backend="scipy")
     zn = bounds.min_zero_one_loss(g, backend="networkx")
-    assert zs.loss == zn.loss and zs.verify(1e-12).passed
+    zo = bounds.min_zero_one_loss(g, backend="ortools")
+    assert zs.loss == zn.loss == zo.loss and zs.verify(1e-12).passed
 
 
 def test_pair_bounds_is_graph_zero_one_and_optprob():

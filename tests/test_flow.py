@@ -30,16 +30,20 @@ def _brute_cover(na, nb, ea, eb, wa, wb):
     return best
 
 
-@pytest.mark.parametrize("backend", ["scipy", "networkx"])
+BACKENDS = ["ortools", "scipy", "networkx"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_max_flow_matches_networkx_value_and_is_a_valid_flow(backend):
     rng = np.random.default_rng(0)
     for _ in range(15):
-        na, nb = rng.integers(1, 12, 2)
+        na, nb = rng.integers(0, 12, 2)
         ea, eb = _random_bipartite(rng, na, nb, rng.uniform(0, 0.6))
         ca, cb = rng.integers(0, 20, na), rng.integers(0, 20, nb)
         res = flow.bipartite_max_flow(na, nb, ea, eb, ca, cb, backend=backend)
         # independent value: networkx's Edmonds-Karp on the same network
         g = nx.DiGraph()
+        g.add_nodes_from(["s", "t"])
         for u in range(na):
             g.add_edge("s", ("a", u), capacity=int(ca[u]))
         for v in range(nb):
@@ -95,12 +99,80 @@ def test_scipy_int32_guard_and_big_integer_backend():
     with pytest.raises(ValueError, match="^backend: 'scipy'"):
         flow.bipartite_max_flow(1, 1, [0], [0], [big], [big + 1], backend="scipy")
     res = flow.bipartite_max_flow(1, 1, [0], [0], [big], [big + 1], backend="auto")
-    assert res.backend == "networkx" and res.value == big
+    assert res.backend == "ortools" and res.value == big
     # beyond int64: Python integers stay exact
     huge = 2**80 + 1
     ca = np.array([huge, 3], dtype=object)
     res = flow.bipartite_max_flow(2, 1, [0, 1], [0, 0], ca, np.array([2**81], dtype=object))
-    assert res.value == huge + 3
+    assert res.value == huge + 3 and res.backend == "networkx"
+    with pytest.raises(ValueError, match="^backend: 'ortools'"):
+        flow.bipartite_max_flow(2, 1, [0, 1], [0, 0], ca, np.array([2**81], dtype=object), backend="ortools")
+
+
+def test_ortools_int64_large_capacities_and_totals():
+    """Capacities near int64's limit: OR-Tools exact while the totals fit, networkx (auto) beyond."""
+    rng = np.random.default_rng(7)
+    top = flow.INT64_MAX
+    for _ in range(6):
+        na, nb = rng.integers(1, 7, 2)
+        ea, eb = _random_bipartite(rng, na, nb, 0.5)
+        ca = rng.integers(top // (4 * na), top // na, na)
+        cb = rng.integers(top // (4 * nb), top // nb, nb)
+        ro = flow.bipartite_max_flow(na, nb, ea, eb, ca, cb, backend="ortools")
+        rn = flow.bipartite_max_flow(na, nb, ea, eb, ca, cb, backend="networkx")
+        assert ro.value == rn.value == _brute_cover(na, nb, ea, eb, ca.astype(object), cb.astype(object))
+        assert np.array_equal(ro.source_a, rn.source_a) and np.array_equal(ro.source_b, rn.source_b)
+    # totals beyond int64 (each capacity fits): auto runs networkx, exactly; 'ortools' refuses
+    ca, cb = np.array([top, top]), np.array([top, top])
+    ea, eb = np.array([0, 1]), np.array([0, 1])
+    res = flow.bipartite_max_flow(2, 2, ea, eb, ca, cb)
+    assert res.backend == "networkx" and res.value == 2 * top
+    with pytest.raises(ValueError, match="^backend: 'ortools'"):
+        flow.bipartite_max_flow(2, 2, ea, eb, ca, cb, backend="ortools")
+
+
+@pytest.mark.parametrize("na,nb", [(0, 0), (0, 3), (3, 0), (1, 1)])
+def test_sizes_zero_and_one_all_backends(na, nb):
+    ea = eb = np.zeros(0, np.int64)
+    if na and nb:
+        ea, eb = np.array([0]), np.array([0])
+    for be in BACKENDS:
+        res = flow.bipartite_max_flow(na, nb, ea, eb, np.full(na, 4), np.full(nb, 2), backend=be)
+        assert res.value == (2 if na and nb else 0)
+        assert res.flow_a.shape == (na,) and res.flow_b.shape == (nb,) and res.flow_e.shape == (ea.size,)
+        # minimal minimum cut: the A vertex whose source edge is not saturated stays on the source side
+        assert res.source_a.tolist() == [True] * na and res.source_b.tolist() == [bool(na)] * nb
+
+
+def test_backends_agree_on_values_and_minimal_cuts_with_ties():
+    """Random graphs with many equal capacities (many minimum cuts): all backends give the minimal one."""
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        na, nb = rng.integers(1, 25, 2)
+        ea, eb = _random_bipartite(rng, na, nb, rng.uniform(0.02, 0.4))
+        ca, cb = rng.integers(0, 3, na), rng.integers(0, 3, nb)  # ties everywhere
+        res = [flow.bipartite_max_flow(na, nb, ea, eb, ca, cb, backend=be) for be in BACKENDS]
+        assert len({r.value for r in res}) == 1
+        for r in res[1:]:
+            assert np.array_equal(r.source_a, res[0].source_a) and np.array_equal(r.source_b, res[0].source_b)
+        # minimality: the source side is exactly what the residual network of each flow reaches
+        g = nx.DiGraph()
+        g.add_nodes_from(["s", "t"])
+        r = res[0]
+        for u in range(na):
+            if r.flow_a[u] < ca[u]:
+                g.add_edge("s", ("a", u))
+        for e, (u, v) in enumerate(zip(ea.tolist(), eb.tolist())):
+            g.add_edge(("a", u), ("b", v))
+            if r.flow_e[e] > 0:
+                g.add_edge(("b", v), ("a", u))
+        for v in range(nb):
+            if r.flow_b[v] < cb[v]:
+                g.add_edge(("b", v), "t")
+        reach = nx.descendants(g, "s")
+        assert "t" not in reach
+        assert r.source_a.tolist() == [("a", u) in reach for u in range(na)]
+        assert r.source_b.tolist() == [("b", v) in reach for v in range(nb)]
 
 
 def test_bad_inputs():
@@ -145,10 +217,15 @@ def test_optprob_parts_backends_identical():
             na, nb = rng.integers(5, 30, 2)
             ea, eb = _random_bipartite(rng, na, nb, 0.1)
             wa, wb = rng.integers(0, 5, na), rng.integers(1, 5, nb)
-            p1 = flow.optprob_parts(na, nb, ea, eb, wa, wb, backend="scipy")
-            p2 = flow.optprob_parts(na, nb, ea, eb, wa, wb, backend="networkx")
-            assert np.array_equal(np.concatenate(p1.q()), np.concatenate(p2.q()))
-            assert p1.loss() == p2.loss()
+            ps = [flow.optprob_parts(na, nb, ea, eb, wa, wb, backend=be) for be in BACKENDS]
+            for p in ps[1:]:
+                assert np.array_equal(np.concatenate(p.q()), np.concatenate(ps[0].q()))
+                assert np.array_equal(p.part_a, ps[0].part_a) and np.array_equal(p.part_b, ps[0].part_b)
+                assert p.loss() == ps[0].loss() and p.rounds == ps[0].rounds
+                for z, z0 in ((p.z_edge, ps[0].z_edge), (p.z_a, ps[0].z_a), (p.z_b, ps[0].z_b)):
+                    # the strategy z may differ between maximum flows; its totals may not
+                    assert abs(z.sum() - z0.sum()) <= 1e-12
+            assert set(ps[0].backends) <= {"ortools"} and set(ps[1].backends) <= {"scipy"}
 
 
 def test_errors_name_the_public_argument_of_each_function():

@@ -201,6 +201,21 @@ def test_flow_equals_lp_equals_half_integral_brute_force():
         assert rf.flow_value is not None and rl.flow_value is None
 
 
+def test_double_cover_flow_backends_identical():
+    """L*(2) by OR-Tools, SciPy and networkx on the double cover: the same exact flow value and q."""
+    rng = np.random.default_rng(14)
+    for trial in range(8):
+        n = int(rng.integers(4, 40))
+        g = random_hypergraph(rng, n, 4, 0.3 if trial else 0.0, 0.0, weights=rng.integers(1, 9, n))
+        res = {be: bounds.multiclass_zero_one(g, flow_backend=be) for be in ("ortools", "scipy", "networkx")}
+        assert res["ortools"].backend == "flow:ortools" and bounds.multiclass_zero_one(g).backend == "flow:ortools"
+        for be, r in res.items():
+            assert r.flow_value == res["networkx"].flow_value and r.loss == res["networkx"].loss
+            assert np.array_equal(r.q, res["networkx"].q), be  # the minimal cut: the same half-integral q
+            assert r.verify(1e-12).passed
+        assert abs(res["ortools"].loss - dense_lp_loss(g)) <= 1e-7
+
+
 def test_degree3_matches_dense_lp_and_dual_formulation():
     rng = np.random.default_rng(5)
     for _ in range(10):
