@@ -14,6 +14,25 @@ Names understood by :func:`load`:
   (``train-images-idx3-ubyte.gz`` ... ``t10k-labels-idx1-ubyte.gz``, gzipped
   or not) from ``data_dir`` or ``data_dir/<name>`` (``fashion-mnist`` also
   accepted); splits ``"train"`` (60,000) and ``"test"`` (10,000); pixels x/255.
+* ``"imagefolder"``: any class-per-folder image tree, or a ``.tar`` /
+  ``.tar.gz`` of one, given as ``data_dir``. Images sit at
+  ``<split>/<class>/<file>`` (``split`` picks the top-level folder, e.g.
+  ``"train"`` or ``"test"``) or, for a tree without split folders, at
+  ``<class>/<file>`` (then ``split="all"``); one enclosing folder around
+  either layout is looked through. Classes are the class-folder names in
+  sorted order over every split (so train and test labels agree), files are
+  read in sorted path order, every file whose suffix Pillow knows is an image
+  (hidden files and other files are skipped). Pixels are exactly what Pillow
+  decodes (modes L, LA, RGB, RGBA; one size and one mode per split), x/255.
+  ``cache_dir`` (default ``$JAXBOUND_CACHE_DIR``) keeps the decoded pixels of
+  a split in a checksummed ``.npz`` written atomically once the whole split
+  has decoded; a changed source (path, sizes, modification times) misses it.
+  ``Dataset.classes`` holds the class names.
+* ``"cifar10"``: the original CIFAR-10 python batches (``data_batch_1`` ...
+  ``data_batch_5``, ``test_batch``) in ``data_dir`` or
+  ``data_dir/cifar-10-batches-py``; splits ``"train"`` and ``"test"``, pixels
+  x/255, labels 0..9 in CIFAR-10's order (airplane ... truck). The pickles
+  are read by an unpickler that admits NumPy arrays and plain containers only.
 * ``"tfds:<name>"``: any tensorflow-datasets image-classification dataset
   (``"tfds:cifar10"``, ``"tfds:svhn_cropped"``, ...) with the ``tfds`` extra
   installed; ``split`` is passed to tensorflow-datasets, pixels x/255.
@@ -41,7 +60,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import io
 import os
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +71,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbound import _checks
+from jaxbound import _checks, _io
 
 __all__ = [
     "Dataset",
@@ -92,6 +114,8 @@ class Dataset:
       name: dataset name.
       split: split name.
       num_classes: number of classes (``0``: ``max(labels) + 1``).
+      classes: class names in label order (``()`` when unknown; otherwise
+        ``num_classes`` strings).
     """
 
     images: np.ndarray
@@ -99,6 +123,7 @@ class Dataset:
     name: str = ""
     split: str = ""
     num_classes: int = 0
+    classes: tuple[str, ...] = ()
 
     def __post_init__(self):
         put = functools.partial(object.__setattr__, self)
@@ -125,9 +150,13 @@ class Dataset:
             k = int(labels.max()) + 1 if labels.size else 0
         elif labels.size and int(labels.max()) >= k:
             raise ValueError(f"labels: label {int(labels.max())} is out of range for num_classes={k}")
+        classes = tuple(self.classes) if isinstance(self.classes, (tuple, list)) else None
+        if classes is None or not all(isinstance(c, str) for c in classes) or (classes and len(classes) != k):
+            raise ValueError(f"classes: expected () or {k} class-name strings, got {self.classes!r}")
         put("images", images)
         put("labels", labels)
         put("num_classes", k)
+        put("classes", classes)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -152,8 +181,11 @@ class Dataset:
 
     def to_dict(self) -> dict:
         """Summary (no pixel data) for JSON records."""
-        return {"name": self.name, "split": self.split, "n": len(self), "shape": list(self.shape),
-                "num_classes": self.num_classes}
+        out = {"name": self.name, "split": self.split, "n": len(self), "shape": list(self.shape),
+               "num_classes": self.num_classes}
+        if self.classes:
+            out["classes"] = list(self.classes)
+        return out
 
 
 # ---------------------------------------------------------------------------
@@ -161,36 +193,55 @@ class Dataset:
 # ---------------------------------------------------------------------------
 
 
-def load(name: str, *, split: str = "train", data_dir: str | os.PathLike | None = None) -> Dataset:
+def load(name: str, *, split: str = "train", data_dir: str | os.PathLike | None = None,
+         cache_dir: str | os.PathLike | None = None) -> Dataset:
     """Load a named dataset (see the module docstring for names and splits).
 
     Args:
-      name: ``"digits"``, ``"mnist"``, ``"fashion_mnist"`` or ``"tfds:<name>"``.
-      split: ``"train"`` or ``"test"`` (``"all"`` for digits; any
-        tensorflow-datasets split string for ``tfds:`` names).
-      data_dir: folder with the IDX files (MNIST-style) or the
+      name: ``"digits"``, ``"mnist"``, ``"fashion_mnist"``, ``"imagefolder"``,
+        ``"cifar10"`` or ``"tfds:<name>"``.
+      split: ``"train"`` or ``"test"`` (``"all"`` for digits and for an image
+        folder without split folders; an image folder's top-level folder
+        name; any tensorflow-datasets split string for ``tfds:`` names).
+      data_dir: folder with the IDX files (MNIST-style) or the CIFAR-10
+        batches, the image folder or its ``.tar``/``.tar.gz``, or the
         tensorflow-datasets data folder; default ``$JAXBOUND_DATA_DIR``.
+      cache_dir: ``"imagefolder"`` only: folder for the cache of decoded
+        pixels; default ``$JAXBOUND_CACHE_DIR`` (unset: no cache).
 
     Returns:
       A :class:`Dataset` with float32 images in ``[0, 1]`` shaped ``[n, H, W, C]``.
 
     Raises:
-      ValueError: unknown name or split, missing or corrupt files, or
-        tensorflow-datasets not installed for a ``tfds:`` name.
+      ValueError: unknown name or split, missing or corrupt files (an image
+        that does not decode is named), an image folder with an empty class
+        folder or with mixed image sizes or modes, ``cache_dir`` given for a
+        dataset that is not an image folder, or tensorflow-datasets not
+        installed for a ``tfds:`` name. Nothing is cached unless the whole
+        split decoded.
     """
     if not isinstance(name, str):
         raise ValueError(f"name: expected a dataset name string, got {name!r}")
     if not isinstance(split, str):
         raise ValueError(f"split: expected a string, got {split!r}")
     key = name.strip().lower().replace("-", "_")
+    if cache_dir is not None and key not in ("imagefolder", "image_folder"):
+        raise ValueError(f"cache_dir: only 'imagefolder' datasets are cached, not {name!r}")
     if key == "digits":
         return _load_digits(split)
     if key in _IDX_FOLDERS:
         return _load_idx_dataset(key, split, data_dir)
+    if key in ("imagefolder", "image_folder"):
+        if cache_dir is None:
+            cache_dir = os.environ.get("JAXBOUND_CACHE_DIR") or None
+        return _load_imagefolder(split, data_dir, cache_dir)
+    if key == "cifar10":
+        return _load_cifar10(split, data_dir)
     if name.startswith("tfds:"):
         return _load_tfds(name[len("tfds:"):], split, data_dir)
     raise ValueError(
-        f"name: unknown dataset {name!r}; use 'digits', 'mnist', 'fashion_mnist' or 'tfds:<name>'"
+        f"name: unknown dataset {name!r}; use 'digits', 'mnist', 'fashion_mnist', 'imagefolder', 'cifar10' "
+        "or 'tfds:<name>'"
     )
 
 
@@ -343,6 +394,319 @@ def _load_tfds(tfds_name: str, split: str, data_dir) -> Dataset:
         raise ValueError(f"name: {tfds_name!r} images have dtype {images.dtype}, expected uint8 pixels")
     return Dataset(images.astype(np.float32) / 255.0, np.asarray(labels).astype(np.int64),
                    f"tfds:{tfds_name}", split, num_classes)
+
+
+# ---------------------------------------------------------------------------
+# Image folders (a class-per-folder tree, or a .tar / .tar.gz of one)
+# ---------------------------------------------------------------------------
+
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+_IMAGE_MODES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+_CACHE_VERSION = 1
+
+
+@dataclasses.dataclass
+class _Tree:
+    """Image files of an image-folder source: relative path parts -> bytes or a file path."""
+
+    files: dict[tuple[str, ...], Any]
+    folders: set[tuple[str, ...]]
+    source: str
+
+
+def _image_suffixes() -> frozenset[str]:
+    from PIL import Image
+
+    return frozenset(ext.lower() for ext in Image.registered_extensions())
+
+
+def _ignored(parts: tuple[str, ...]) -> bool:
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+
+
+def _is_tar(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(_TAR_SUFFIXES)
+
+
+def _walk_folder(root: Path, suffixes) -> _Tree:
+    files, folders = {}, set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root).parts
+        dirnames[:] = [d for d in dirnames if not _ignored((d,))]
+        if rel:
+            folders.add(tuple(rel))
+        for fn in filenames:
+            parts = (*rel, fn)
+            if not _ignored(parts) and os.path.splitext(fn)[1].lower() in suffixes:
+                files[parts] = Path(dirpath) / fn
+    return _Tree(files, folders, str(root))
+
+
+def _read_tar(path: Path, suffixes) -> _Tree:
+    import tarfile
+
+    files, folders = {}, set()
+    try:
+        # Stream mode ("r|*"): members in archive order without the seeks that make "r:gz" slow.
+        with tarfile.open(path, "r|*") as tf:
+            for m in tf:
+                parts = tuple(p for p in m.name.split("/") if p not in ("", "."))
+                if not parts or _ignored(parts):
+                    continue
+                if m.isdir():
+                    folders.add(parts)
+                elif m.isfile() and os.path.splitext(parts[-1])[1].lower() in suffixes:
+                    files[parts] = tf.extractfile(m).read()
+    except (OSError, EOFError, tarfile.TarError, ValueError) as exc:
+        raise ValueError(f"data_dir: cannot read the tar file {str(path)!r}: {exc}") from None
+    for parts in files:
+        folders.update(parts[:i] for i in range(1, len(parts)))
+    return _Tree(files, folders, str(path))
+
+
+def _layout(tree: _Tree, split: str) -> tuple[list[str], list[tuple[str, ...]], tuple[str, ...]]:
+    """The class names, their folders and the split prefix of ``split`` in ``tree``.
+
+    Images sit at one depth below the root: ``class/file`` (no split folders;
+    the whole tree is split ``"all"``) or ``split/class/file``; one enclosing
+    folder around either layout (``name/train/class/file``) is looked through.
+    """
+    if not tree.files:
+        raise ValueError(f"data_dir: no image files in {tree.source!r}")
+    prefix: tuple[str, ...] = ()
+    while True:
+        depths = {len(p) - len(prefix) for p in tree.files}
+        firsts = {p[len(prefix)] for p in tree.files}
+        if min(depths) >= 4 and len(firsts) == 1:
+            prefix = (*prefix, firsts.pop())
+            continue
+        break
+    if len(depths) > 1 or depths.pop() not in (2, 3):
+        some = sorted(tree.files)[0]
+        raise ValueError(
+            f"data_dir: expected images at <class>/<file> or <split>/<class>/<file> in {tree.source!r}, all at one "
+            f"depth; found {'/'.join(some)!r} among images at depths {sorted({len(p) for p in tree.files})}")
+    depth = len(next(iter(tree.files))) - len(prefix)
+    n = len(prefix)
+    if depth == 2:
+        if split != "all":
+            raise ValueError(f"split: {tree.source!r} has no split folders (its folders are the classes); "
+                             f"pass split='all', got {split!r}")
+        split_prefix = prefix
+        class_folders = sorted({f for f in tree.folders if len(f) == n + 1 and f[:n] == prefix})
+    else:
+        splits = sorted({p[n] for p in tree.files})
+        if split not in splits:
+            raise ValueError(f"split: {tree.source!r} has split folders {splits}, got {split!r}")
+        split_prefix = (*prefix, split)
+        # One label per class name over every split, so that train and test labels agree.
+        class_folders = sorted({f for f in tree.folders if len(f) == n + 2 and f[:n] == prefix})
+    classes = sorted({f[-1] for f in class_folders})
+    have = {p[len(split_prefix)] for p in tree.files if p[:len(split_prefix)] == split_prefix}
+    for f in class_folders:
+        if f[:len(split_prefix)] == split_prefix and f[-1] not in have:
+            raise ValueError(f"data_dir: class folder {'/'.join(f)!r} in {tree.source!r} holds no images")
+    return classes, class_folders, split_prefix
+
+
+def _decode_one(name: str, src: Any) -> tuple[str, np.ndarray]:
+    from PIL import Image
+
+    try:
+        raw = src if isinstance(src, bytes) else Path(src).read_bytes()
+        with Image.open(io.BytesIO(raw)) as im:
+            im.load()
+            mode = im.mode
+            if mode not in _IMAGE_MODES:
+                raise ValueError(f"image mode {mode!r} is not one of {sorted(_IMAGE_MODES)}")
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as exc:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError, ...
+        raise ValueError(f"data_dir: cannot decode image {name!r}: {exc}") from None
+    return mode, arr
+
+
+def _decode_all(names: list[str], srcs: list[Any], workers: int) -> np.ndarray:
+    """``[n, H, W, C]`` uint8 pixels of every image; one size and one mode or ``ValueError`` naming the file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    mode0, first = _decode_one(names[0], srcs[0])
+    out = np.empty((len(names), *first.shape[:2], _IMAGE_MODES[mode0]), np.uint8)
+
+    def chunk(lo: int) -> None:
+        for i in range(lo, min(lo + 512, len(names))):
+            mode, arr = _decode_one(names[i], srcs[i])
+            if mode != mode0 or arr.shape[:2] != first.shape[:2]:
+                raise ValueError(
+                    f"data_dir: image {names[i]!r} is {arr.shape[1]}x{arr.shape[0]} {mode} but "
+                    f"{names[0]!r} is {first.shape[1]}x{first.shape[0]} {mode0}; all images must share size and mode")
+            out[i] = arr.reshape(out.shape[1:])
+
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        futures = [ex.submit(chunk, lo) for lo in range(0, len(names), 512)]
+        try:
+            for fut in futures:  # in file order: the first bad file is the one named
+                fut.result()
+        except BaseException:
+            ex.shutdown(wait=True, cancel_futures=True)
+            raise
+    return out
+
+
+def _source_path(data_dir) -> Path:
+    if data_dir is None:
+        data_dir = os.environ.get("JAXBOUND_DATA_DIR")
+        if not data_dir:
+            raise ValueError("data_dir: needed to load an image folder (a folder or a .tar/.tar.gz of one); pass "
+                             "data_dir=... or set JAXBOUND_DATA_DIR")
+    root = _checks.check_path(data_dir, "data_dir")
+    if _is_tar(root) or root.is_dir():
+        return root
+    if root.exists():
+        raise ValueError(f"data_dir: {str(root)!r} is neither a folder nor a .tar/.tar.gz file")
+    raise ValueError(f"data_dir: {str(root)!r} does not exist")
+
+
+def _cache_identity(root: Path, tree: _Tree | None, split: str) -> str:
+    """Fingerprint of the source (a tar's path, size and mtime; every image file's for a folder) and split."""
+    if tree is None:
+        st = root.stat()
+        ident: tuple = (str(root.resolve()), st.st_size, st.st_mtime_ns)
+    else:
+        stats = []
+        for parts, p in sorted(tree.files.items()):
+            st = p.stat()
+            stats.append(("/".join(parts), st.st_size, st.st_mtime_ns))
+        ident = (str(root.resolve()), tuple(stats))
+    return _io.fingerprint("imagefolder", _CACHE_VERSION, ident, split)
+
+
+def _cache_read(path: Path):
+    """``(pixels, labels, classes)`` from a cache file, or ``None`` (with a warning when it is damaged)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            pixels, labels, classes, stored = z["pixels"], z["labels"], z["classes"], str(z["checksum"])
+        if _io.fingerprint(pixels, labels, classes) == stored:
+            return pixels, labels, tuple(str(c) for c in classes)
+    except Exception:  # truncated or foreign file: decoded again below
+        pass
+    warnings.warn(f"cache_dir: the cached images {str(path)!r} are damaged; decoding again", RuntimeWarning,
+                  stacklevel=4)
+    return None
+
+
+def _cache_write(path: Path, pixels: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> None:
+    cls = np.asarray(classes, dtype=str)
+    buf = io.BytesIO()
+    np.savez(buf, pixels=pixels, labels=labels, classes=cls, checksum=np.asarray(_io.fingerprint(pixels, labels, cls)))
+    try:
+        _io.atomic_write_bytes(path, buf.getvalue())
+    except OSError as exc:
+        raise ValueError(f"cache_dir: cannot write {str(path)!r}: {exc}") from None
+
+
+def _load_imagefolder(split: str, data_dir, cache_dir) -> Dataset:
+    root = _source_path(data_dir)
+    suffixes = _image_suffixes()
+    tree = None if _is_tar(root) else _walk_folder(root, suffixes)
+    cache_path = None
+    if cache_dir is not None:
+        folder = _checks.check_path(cache_dir, "cache_dir")
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"cache_dir: {str(folder)!r} is not a folder")
+        cache_path = folder / f"imagefolder-{_cache_identity(root, tree, split)}.npz"
+        hit = _cache_read(cache_path)
+        if hit is not None:
+            return _imagefolder_dataset(*hit, root, split)
+    if tree is None:
+        tree = _read_tar(root, suffixes)
+    classes, _, split_prefix = _layout(tree, split)
+    k = len(split_prefix)
+    chosen = sorted(p for p in tree.files if p[:k] == split_prefix)
+    label_of = {c: i for i, c in enumerate(classes)}
+    labels = np.asarray([label_of[p[k]] for p in chosen], dtype=np.int64)
+    pixels = _decode_all(["/".join(p) for p in chosen], [tree.files[p] for p in chosen], min(8, os.cpu_count() or 1))
+    if cache_path is not None:
+        _cache_write(cache_path, pixels, labels, tuple(classes))
+    return _imagefolder_dataset(pixels, labels, tuple(classes), root, split)
+
+
+def _imagefolder_dataset(pixels, labels, classes, root: Path, split: str) -> Dataset:
+    images = pixels.astype(np.float32)
+    images /= np.float32(255.0)
+    stem = root.name
+    for suffix in _TAR_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return Dataset(images, labels, f"imagefolder:{stem}", split, len(classes), classes=classes)
+
+# ---------------------------------------------------------------------------
+# CIFAR-10 python batches
+# ---------------------------------------------------------------------------
+
+_CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+_CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches (dicts of lists, bytes and NumPy arrays) and nothing that could run code."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if module.startswith("numpy") and module.endswith("multiarray"):
+            from numpy._core import multiarray  # numpy.core is numpy._core's deprecated alias
+
+            return getattr(multiarray, name)
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as fh:
+            batch = _BatchUnpickler(fh, encoding="bytes").load()
+    except Exception as exc:  # OSError, UnpicklingError, EOFError, ...
+        raise ValueError(f"data_dir: cannot read CIFAR-10 batch {str(path)!r}: {exc}") from None
+    if not isinstance(batch, dict):
+        raise ValueError(f"data_dir: {str(path)!r} is not a CIFAR-10 batch (expected a dict)")
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    if "data" not in batch or "labels" not in batch:
+        raise ValueError(f"data_dir: {str(path)!r} is not a CIFAR-10 batch (needs 'data' and 'labels')")
+    x, y = np.asarray(batch["data"]), np.asarray(batch["labels"])
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
+        raise ValueError(f"data_dir: {str(path)!r} data should be uint8 [n, 3072], got {x.dtype} {x.shape}")
+    if y.ndim != 1 or y.shape[0] != x.shape[0] or y.dtype.kind not in "iu":
+        raise ValueError(f"data_dir: {str(path)!r} should hold {x.shape[0]} integer labels, got {y.dtype} {y.shape}")
+    if y.size and (y.min() < 0 or y.max() > 9):
+        raise ValueError(f"data_dir: {str(path)!r} has a label outside 0..9")
+    return x, y.astype(np.int64)
+
+
+def _load_cifar10(split: str, data_dir) -> Dataset:
+    if split not in _CIFAR_FILES:
+        raise ValueError(f"split: cifar10 has 'train' and 'test', got {split!r}")
+    root = _resolve_data_dir(data_dir, "cifar10 (the cifar-10-batches-py folder)")
+    for folder in (root, root / "cifar-10-batches-py"):
+        if (folder / _CIFAR_FILES[split][0]).is_file():
+            break
+    else:
+        raise ValueError(f"data_dir: no {_CIFAR_FILES[split][0]} in {str(root)!r} or its cifar-10-batches-py folder")
+    xs, ys = [], []
+    for fn in _CIFAR_FILES[split]:
+        if not (folder / fn).is_file():
+            raise ValueError(f"data_dir: {fn} is missing from {str(folder)!r}")
+        x, y = _read_cifar_batch(folder / fn)
+        xs.append(x)
+        ys.append(y)
+    x = np.concatenate(xs).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # rows are R, G, B planes
+    images = x.astype(np.float32) / 255.0
+    return Dataset(images, np.concatenate(ys), "cifar10", split, 10, classes=_CIFAR_CLASSES)
 
 
 # ---------------------------------------------------------------------------
