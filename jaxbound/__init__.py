@@ -25,6 +25,8 @@ _SUBMODULES = (
     "transforms",
     "shift",
     "generative",
+    "certify",
+    "distributed",
     "report",
     "cli",
 )
