@@ -14,6 +14,14 @@ There is one compile cache for all modules (:func:`compiled`), keyed by the
 kernel, its static settings (callables hashed by identity), the devices, the
 argument layout and the output axis; :func:`clear_cache` empties it.
 
+In a multi-process run (:mod:`jaxbound.distributed`) :func:`stream` checks
+that every process passed the same job, gives process ``p`` of ``P`` the
+blocks ``p, p + P, ...`` (the same blocks, block size and local devices a
+single process uses, so the outputs are bit for bit the same), and gathers
+each round of ``P`` blocks to every process; process 0 alone keeps the
+checkpoint. With :func:`jaxbound.distributed.local_rows` the row arguments
+are each process's own rows instead.
+
 Private: modules of jaxbound use it whole (``from jaxbound import _engine``).
 """
 
@@ -30,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from jaxbound import _checks
+from jaxbound import _checks, distributed
 from jaxbound._io import BlockCheckpoint, fingerprint
 
 __all__ = [
@@ -231,6 +239,10 @@ def stream(
     batch_args = [np.asarray(a) for a in batch_args]
     n = int(batch_args[0].shape[0])
     pad = [None] * len(batch_args) if pad is None else list(pad)
+    if distributed.is_active():
+        return _stream_multi(kernel, static, batch_args, rep_args, block_size=block_size, out_axis=out_axis, pad=pad,
+                             collect=collect, progress=progress, desc=desc, unit=unit, checkpoint=checkpoint, job=job,
+                             devices=devices, checkpoint_every=checkpoint_every)
     fn = compiled(kernel, static, n_batch=len(batch_args), n_rep=len(rep_args), out_axis=out_axis, devices=devices)
     collect = collect or (lambda out, nv: _default_collect(out, nv, out_axis))
     ckpt, start, blocks, treedef = None, 0, [], None
@@ -310,6 +322,8 @@ def run(
     if not concrete(*batch_args, *rep_args):
         return kernel(*batch_args, *rep_args, **static)
     n = int(np.shape(batch_args[0])[0])
+    if n == 0 and distributed.local_rows_active():
+        _check_local_rows(n)  # the processes must agree before any returns early
     if n == 0:
         if empty is not None:
             return empty
@@ -322,3 +336,143 @@ def run(
                              devices=devices, checkpoint_every=checkpoint_every)
     leaves = [np.moveaxis(np.concatenate(p), 0, out_axis) for p in zip(*blocks)]
     return jax.tree.unflatten(treedef, leaves)
+
+
+# ---------------------------------------------------------------------------
+# Multi-process runs (jax.distributed): rounds of one block per process
+# ---------------------------------------------------------------------------
+
+
+def _check_local_rows(n: int) -> None:
+    """With process-local rows every process must hold the same number of rows; else ``ValueError`` everywhere."""
+    counts = [int(b) for b in distributed.exchange(str(int(n)).encode(), what="process-local rows")]
+    if len(set(counts)) > 1:
+        raise ValueError(f"rows: with process-local rows every process must hold the same number of rows, got "
+                         f"{counts} over {len(counts)} processes; the process count must divide the work (split "
+                         "the rows evenly, padding the last share)")
+
+
+def _job_parts(kernel, static, batch_args, rep_args, job, *, local: bool) -> list:
+    settings = repr([(k, v) for k, v in sorted(static.items()) if not callable(v)])
+    rows = [(a.dtype.str, a.shape[1:]) for a in batch_args] if local else list(batch_args)
+    return [getattr(kernel, "__qualname__", repr(kernel)), settings, *job, *rows,
+            *[_host(leaf) for leaf in jax.tree.leaves(list(rep_args))]]
+
+
+def _multi_start(ckpt_args: tuple | None, kernel, static, batch_args, rep_args, job):
+    """(checkpoint on process 0 or None, first row, saved leaves) with process 0's view broadcast to all."""
+    ckpt, start, saved = None, 0, []
+    if ckpt_args is not None and distributed.is_writer():
+        path, every = ckpt_args
+        parts = _job_parts(kernel, static, batch_args, rep_args, job, local=False)
+        ckpt = BlockCheckpoint(path, fingerprint(*parts), every_s=every)
+        start, got = ckpt.load()
+        saved = [got[f"out{i}"] for i in range(len(got))]
+    start, saved = distributed.on_process_zero(lambda: (start, saved))
+    return ckpt, start, saved
+
+
+def _multi_rounds(n: int, start: int, block_size: int, local: bool) -> list[list[tuple[int, int] | None]]:
+    """``rounds[r][p]``: the rows process ``p`` computes in round ``r`` (``None``: none)."""
+    n_proc = distributed.process_count()
+    if local:
+        spans = [(lo, min(n, lo + block_size)) for lo in range(0, n, block_size)]
+        return [[s] * n_proc for s in spans]
+    spans = [(lo, min(n, lo + block_size)) for lo in range(start, n, block_size)]
+    return [[spans[i] if i < len(spans) else None for i in range(r, r + n_proc)]
+            for r in range(0, len(spans), n_proc)]
+
+
+def _multi_block(fn, batch_args, rep_args, pad, span, block_size, collect):
+    """One process's block of a round: (treedef or the exception, host leaves, error message).
+
+    ``collect=None`` keeps the kernel's raw outputs (collected later on every
+    process, in row order); else the collected leaves.
+    """
+    if span is None:
+        return None, [], None
+    lo, hi = span
+    try:
+        chunk = [pad_rows(a[lo:hi], block_size, f) for a, f in zip(batch_args, pad)]
+        out = fn(*chunk, *rep_args)
+        leaves = jax.tree.leaves(out) if collect is None else collect(out, hi - lo)
+        return jax.tree.structure(out), [np.asarray(v) for v in leaves], None
+    except Exception as exc:  # noqa: BLE001 - reported to every process, raised here as itself
+        return exc, [], f"{type(exc).__name__}: {exc}"
+
+
+def _out_treedef(kernel, static, batch_args, rep_args, block_size):
+    shapes = [jax.ShapeDtypeStruct((block_size,) + a.shape[1:], a.dtype) for a in batch_args]
+    return jax.tree.structure(jax.eval_shape(functools.partial(kernel, **static), *shapes, *rep_args))
+
+
+def _stream_multi(kernel, static, batch_args, rep_args, *, block_size, out_axis, pad, collect, progress, desc, unit,
+                  checkpoint, job, devices, checkpoint_every):
+    """:func:`stream` over all processes: same job checked, rounds of one block per process, gathered to all."""
+    local = distributed.local_rows_active()
+    n = int(batch_args[0].shape[0])
+    if local:
+        _check_local_rows(n)
+        if checkpoint is not None:
+            raise ValueError("checkpoint: not kept with process-local rows (jaxbound.distributed.local_rows); "
+                             "pass checkpoint=None")
+    distributed.check_same(*_job_parts(kernel, static, batch_args, rep_args, job, local=local),
+                           block_size, out_axis, local, checkpoint is not None, name="inputs")
+    ckpt_args = None
+    if checkpoint is not None:
+        ckpt_args = (check_checkpoint_dir(checkpoint), CHECKPOINT_EVERY_S if checkpoint_every is None
+                     else checkpoint_every)
+    ckpt, start, saved = _multi_start(ckpt_args, kernel, static, batch_args, rep_args, job)
+    fn = compiled(kernel, static, n_batch=len(batch_args), n_rep=len(rep_args), out_axis=out_axis, devices=devices)
+    collect = collect or (lambda out, nv: _default_collect(out, nv, out_axis))
+    me, treedef = distributed.process_index(), None
+    blocks: list[list[np.ndarray]] = [saved] if start else []
+    per_proc: list[list[list[np.ndarray]]] = [[] for _ in range(distributed.process_count())]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, initial=start, desc=desc, unit=unit, disable=not (progress and me == 0), leave=False)
+    pending, saved_to, done = [], start, start
+
+    def flush(stop):
+        nonlocal pending, saved_to
+        if ckpt is not None and pending:
+            ckpt.save(saved_to, stop, {f"out{i}": np.concatenate(p) for i, p in enumerate(zip(*pending))})
+            saved_to, pending = stop, []
+
+    try:
+        for spans in _multi_rounds(n, start, block_size, local):
+            tdef, leaves, err = _multi_block(fn, batch_args, rep_args, pad, spans[me], block_size,
+                                             collect if local else None)
+            try:
+                got = distributed.allgather(leaves, error=err)
+            except RuntimeError:
+                if err is not None:
+                    raise tdef from None
+                raise
+            treedef = treedef if err is not None or tdef is None else tdef
+            for p, span in enumerate(spans):
+                if span is not None and not local:  # every process collects every block, in row order
+                    if treedef is None:
+                        treedef = _out_treedef(kernel, static, batch_args, rep_args, block_size)
+                    got[p] = list(collect(jax.tree.unflatten(treedef, got[p]), span[1] - span[0]))
+                if span is not None:
+                    (per_proc[p] if local else blocks).append(got[p])
+                    if ckpt is not None:
+                        pending.append(got[p])
+                    bar.update(span[1] - span[0])
+                    done = span[1]
+            if ckpt is not None and ckpt.due() and done < n:
+                flush(done)
+    except BaseException:
+        if not local:
+            flush(done)  # keep finished rounds when interrupted
+        raise
+    finally:
+        bar.close()
+    if local:
+        blocks = [b for proc in per_proc for b in proc]
+    if treedef is None and blocks:  # this process computed no block (few rows, or all from the checkpoint)
+        treedef = _out_treedef(kernel, static, batch_args, rep_args, block_size)
+    if ckpt is not None:
+        ckpt.remove()
+    return treedef, blocks

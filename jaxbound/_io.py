@@ -4,6 +4,8 @@ Long jobs in jaxbound (k-NN over 60k x 60k points, sweeps, training) write
 their finished work as they go so that an interrupted run resumes where it
 stopped. Every file is written to a temporary name in the same folder and then
 moved into place with ``os.replace``, so a reader never sees half a file.
+In a multi-process run (``jax.distributed``) only process 0 writes: the
+others skip the write, so that one file never has several writers.
 """
 
 from __future__ import annotations
@@ -22,12 +24,24 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "to_jsonable", "fingerprint", "BlockCheckpoint", "read_json",
+__all__ = ["is_writer", "atomic_write_bytes", "atomic_write_json", "to_jsonable", "fingerprint", "BlockCheckpoint", "read_json",
            "read_text_or_none", "load_json_or_none", "file_checksum"]
 
 
+def is_writer() -> bool:
+    """Whether this process writes files: always, except on processes other than 0 of a ``jax.distributed`` run."""
+    import sys
+
+    jax = sys.modules.get("jax")  # a run that never imported JAX is not distributed
+    if jax is None or not jax.distributed.is_initialized():
+        return True
+    return jax.process_index() == 0
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``)."""
+    """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``); on process 0 only (:func:`is_writer`)."""
+    if not is_writer():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

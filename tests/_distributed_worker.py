@@ -1,0 +1,127 @@
+"""One process of the multi-process tests (tests/test_distributed.py); also run alone as the reference.
+
+``python tests/_distributed_worker.py OUT PID NPROC PORT TIMEOUT`` runs every
+check in one start-up (start-up dominates the cost) and writes
+``OUT/p<PID>.npz`` (the outputs) and ``OUT/p<PID>.json`` (messages of the
+errors each bad input raised, and facts about checkpoints and files).
+With ``NPROC`` 1 it runs without ``jax.distributed``: the single-process
+reference on the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _double(x):
+    return x * 2.0
+
+
+def _checkpoint_resume(out: Path, res: dict, facts: dict, distributed) -> None:
+    """A job stopped by an error in round 3 keeps the finished rows on disk; the rerun resumes from them."""
+    from jaxbound import _engine
+
+    x = np.arange(70, dtype=np.float32).reshape(35, 2)
+    folder = out / "ckpt"
+    calls = []
+
+    def failing(o, nv):
+        calls.append(nv)
+        if len(calls) == 3:
+            raise RuntimeError("stopped on purpose")
+        return [np.asarray(o)[:nv]]
+
+    try:
+        _engine.stream(_double, {}, [x], block_size=4, checkpoint=folder, checkpoint_every=0, collect=failing)
+        facts["ckpt_first"] = "no error"
+    except RuntimeError as exc:
+        facts["ckpt_first"] = str(exc)
+    facts["ckpt_segments"] = sorted(p.name for p in folder.glob("seg_*.npz"))
+    distributed.exchange(b"", what="after listing")  # every process listed before the rerun removes them
+    calls.clear()
+    _, blocks = _engine.stream(_double, {}, [x], block_size=4, checkpoint=folder, checkpoint_every=0,
+                               collect=lambda o, nv: calls.append(nv) or [np.asarray(o)[:nv]])
+    res["ckpt_out"] = np.concatenate([b[0] for b in blocks])
+    facts["ckpt_rows_computed"] = int(sum(calls))
+    facts["ckpt_left"] = folder.exists() and any(folder.iterdir())
+
+
+def _bad_inputs(x: np.ndarray, pid: int, facts: dict, geometry, distributed) -> None:
+    try:
+        geometry.knn(x + pid, k=3, block_size=32)
+        facts["different_inputs"] = None
+    except ValueError as exc:
+        facts["different_inputs"] = str(exc)
+    try:
+        with distributed.local_rows():
+            geometry.knn(x[:10 + pid], x, k=3, block_size=32)
+        facts["uneven_rows"] = None
+    except ValueError as exc:
+        facts["uneven_rows"] = str(exc)
+
+    def flow_fails():
+        raise ValueError("max-flow failed on process 0")
+
+    facts["zero"] = distributed.on_process_zero(lambda: 10 + distributed.process_index())
+    try:
+        distributed.on_process_zero(flow_fails)
+        facts["zero_error"] = None
+    except ValueError as exc:
+        facts["zero_error"] = str(exc)
+    facts["broadcast"] = distributed.broadcast({"pid": pid})["pid"]
+
+
+def main(argv: list[str]) -> None:
+    out, pid, nproc, port, timeout = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3]), float(argv[4])
+    import jax
+
+    from jaxbound import distributed
+
+    if nproc > 1:
+        distributed.initialize(f"127.0.0.1:{port}", nproc, pid, timeout=timeout, heartbeat_s=10)
+    from jaxbound import _io, attacks, geometry, models, training
+
+    res, facts = {}, {"devices": len(jax.devices()), "local_devices": len(jax.local_devices())}
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(203, 8)).astype(np.float32)
+    knn = geometry.knn(x, k=4, exclude_self=True, block_size=32)  # 7 blocks: 4 rounds over 2 processes
+    res["knn_dist"], res["knn_idx"] = knn.distances, knn.indices
+    rp = geometry.radius_pairs(x, radius=0.8, block_size=32)
+    res["rp_rows"], res["rp_cols"], res["rp_counts"] = rp.rows, rp.cols, rp.counts
+    res["count"] = geometry.count_within(x, radius=1.0, block_size=32)
+    with distributed.local_rows():  # each process passes its own 100 query rows
+        lo = 100 * pid if nproc > 1 else 0
+        local = geometry.knn(x[lo:lo + 100 * (3 - nproc)], x, k=3, block_size=32)
+    res["local_dist"], res["local_idx"] = local.distances, local.indices
+
+    model = models.create("mlp", hidden=(16,), num_classes=3)
+    params = models.init_params(model, (8,), key=jax.random.key(1))
+    f = models.logits_fn(model, params)
+    y = (np.arange(50) % 3).astype(np.int32)
+    adv = attacks.pgd(f, x[:50], y, key=jax.random.key(2), eps=0.3, norm="linf", steps=3, batch_size=16)
+    res["pgd_x"], res["pgd_success"] = np.asarray(adv.x_adv), np.asarray(adv.success)
+
+    _checkpoint_resume(out, res, facts, distributed)
+    if nproc > 1:
+        _bad_inputs(x, pid, facts, geometry, distributed)
+    _io.atomic_write_json(out / "written.json", {"pid": pid})
+    distributed.exchange(b"", what="after writing")
+    facts["written_by"] = json.loads((out / "written.json").read_text())["pid"]
+    try:  # two data-parallel steps over the global mesh
+        tr = training.train(models.create("mlp", hidden=(16,), num_classes=3), (x[:64].reshape(64, 2, 4, 1), (np.arange(64) % 3)),
+                            key=jax.random.key(3), epochs=1, batch_size=32, progress=False)
+        for i, leaf in enumerate(jax.tree.leaves(tr.params)):
+            res[f"train_{i}"] = np.asarray(leaf)
+        facts["train"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - recorded for the test to report
+        facts["train"] = f"{type(exc).__name__}: {exc}"
+    np.savez(out / f"p{pid}.npz", **res)
+    (out / f"p{pid}.json").write_text(json.dumps(facts))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
