@@ -23,7 +23,8 @@ Public API:
 * :func:`conflict_hypergraph` / :func:`hypergraph_from_edges` ->
   :class:`ConflictHypergraph`, :func:`multiclass_zero_one` ->
   :class:`MulticlassResult`: the optimal adversarial 0-1 loss over all
-  classes (Dai et al. 2023), ``L*(2)`` by one max flow, ``L*(3)`` by HiGHS.
+  classes (Dai et al. 2023), ``L*(2)`` by one max flow, ``L*(3)`` by HiGHS;
+  :func:`first_per_class`, its class-balanced sample.
 
 Weights and exactness. Vertex weights ``p`` may be any non-negative finite
 numbers (uniform by default) and are normalised to sum 1. Internally they are
@@ -83,6 +84,7 @@ __all__ = [
     "conflict_hypergraph",
     "hypergraph_from_edges",
     "multiclass_zero_one",
+    "first_per_class",
 ]
 
 
@@ -1444,6 +1446,45 @@ def hypergraph_from_edges(labels: Any, edges: Any, hyperedges: Any = None, *, we
             raise ValueError(f"{nm}: every (hyper)edge must join distinct labels")
     w_int, p = _mc_weights(weights, n)
     return ConflictHypergraph(y, tuple(int(c) for c in classes), p, w_int, e, h, 3 if hyperedges is not None else 2)
+
+
+def first_per_class(labels: Any, *, n: int | None) -> np.ndarray:
+    """Indices of the first ``n`` points of each class, in file order, classes ascending.
+
+    The class-balanced sample of the multi-class bound (the protocol of the
+    reference values of Dai et al.: the first ``n`` training images of each
+    class, classes in ascending order). A class with fewer than ``n`` points
+    contributes all of them.
+
+    Args:
+      labels: ``[N]`` non-negative integer labels.
+      n: points per class (``>= 1``), or ``None`` for every point (grouped by class).
+
+    Returns:
+      ``[m]`` int64 indices into ``labels``: class ``c0`` first (its points in
+      increasing index order), then ``c1``, ... for the distinct labels
+      ``c0 < c1 < ...``.
+
+    Raises:
+      ValueError: ``labels`` not a 1-D array of non-negative integers or
+        empty, ``n`` not ``None`` or an integer ``>= 1``.
+
+    References:
+      Dai, Ding, Bhagoji, Cullina, Zhao, Zheng, Mittal. "Characterizing the
+      optimal 0-1 loss for multi-class classification with a test-time
+      attacker." NeurIPS 2023, arXiv:2302.10722 (§6, the class-balanced
+      training subsets).
+    """
+    y = np.asarray(_checks.check_labels(labels, "labels")).astype(np.int64)
+    _checks.check_nonempty(y, "labels", what="labels")
+    if n is not None:
+        n = _checks.check_int(n, "n", low=1)
+    order = np.argsort(y, kind="stable")  # by class, file order within a class
+    if n is None:
+        return order
+    ys = y[order]
+    starts = np.searchsorted(ys, ys, side="left")  # first position of each point's class
+    return order[np.arange(ys.size) - starts < n]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

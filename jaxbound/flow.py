@@ -207,6 +207,8 @@ def _segment_sum(values: np.ndarray, seg: np.ndarray, nseg: int) -> np.ndarray:
     """Exact per-segment sums (int64 when safe, else Python ints in an object array)."""
     if values.dtype != object:
         total = sum_int(values)
+        if total < 2**53:  # float64 sums of integers below 2**53 are exact
+            return np.bincount(seg, weights=values, minlength=nseg).astype(np.int64)
         if total < 2**62:
             out = np.zeros(nseg, np.int64)
             np.add.at(out, seg, values)
@@ -720,9 +722,12 @@ class _OptProbState:
 
         The network is built at the first OR-Tools round on the vertices and
         edges alive then; later rounds only ever remove some, so every later
-        subproblem maps into it (the others get capacity 0).
+        subproblem maps into it (the others get capacity 0) until fewer than
+        half of its edges are alive, when it is built again on those.
         """
-        if self.network is None:
+        if self.network is None or 2 * eidx.size < self.network.ea.size:
+            # OR-Tools rebuilds its internal graph at every solve: a network twice the size of what is
+            # left is rebuilt on the alive part (total work at most twice the sum of the round sizes)
             self.network = _OrtoolsNetwork(ia.size, ib.size, la, lb)
             self.network_ids = (ia, ib, eidx)
             return np.arange(ia.size), np.arange(ib.size), np.arange(eidx.size)

@@ -120,6 +120,12 @@ CASES = [
     ("mc backend", lambda: bounds.multiclass_zero_one(_H, backend="mosek"), ValueError, "backend"),
     ("mc backend None", lambda: bounds.multiclass_zero_one(_H, backend=None), ValueError, "backend"),
     ("mc flow_backend", lambda: bounds.multiclass_zero_one(_H, flow_backend="glop"), ValueError, "flow_backend"),
+    ("fpc labels float", lambda: bounds.first_per_class(np.array([0.0, 1.0]), n=1), ValueError, "labels"),
+    ("fpc labels 2-D", lambda: bounds.first_per_class(np.zeros((2, 2), int), n=1), ValueError, "labels"),
+    ("fpc labels empty", lambda: bounds.first_per_class(np.zeros(0, int), n=1), ValueError, "labels"),
+    ("fpc labels negative", lambda: bounds.first_per_class(np.array([0, -1]), n=1), ValueError, "labels"),
+    ("fpc n 0", lambda: bounds.first_per_class(_Y, n=0), ValueError, "n"),
+    ("fpc n float", lambda: bounds.first_per_class(_Y, n=2.0), ValueError, "n"),
     ("mc verify tol", lambda: bounds.multiclass_zero_one(_H).verify(_NAN), ValueError, "tol"),
 ]
 
@@ -135,7 +141,7 @@ def test_table_covers_every_public_function():
     covered = {"conflict_graph": "cg", "graph_from_edges": "gfe", "optprob": "optprob",
                "min_zero_one_loss": "zero-one", "pair_bounds": "pb", "gaussian_bounds": "gb",
                "clipped_soft_labels": "csl", "conflict_hypergraph": "ch", "hypergraph_from_edges": "hfe",
-               "multiclass_zero_one": "mc"}
+               "multiclass_zero_one": "mc", "first_per_class": "fpc"}
     prefixes = {c[0].split()[0] for c in CASES}
     assert set(covered.values()) <= prefixes
     functions = {name for name in bounds.__all__ if callable(getattr(bounds, name))

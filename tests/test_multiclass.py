@@ -441,3 +441,15 @@ def test_mnist_small_flow_lp_and_degree3(mnist_train):
     r3 = bounds.multiclass_zero_one(g3)
     assert r3.verify(1e-9).passed and rf.loss <= r3.loss + 1e-9
     assert abs(r3.loss - dense_lp_loss(g3)) <= 1e-7
+
+
+def test_first_per_class_matches_a_plain_loop():
+    rng = np.random.default_rng(21)
+    for trial in range(20):
+        y = rng.integers(0, 1 + trial % 6, int(rng.integers(1, 60)))
+        for n in (None, 1, 2, 5, 100):
+            ref = [i for c in sorted(set(y.tolist())) for i in [j for j in range(y.size) if y[j] == c][:n]]
+            got = bounds.first_per_class(y, n=n)
+            assert got.dtype == np.int64 and got.tolist() == ref
+    # classes need not be contiguous; ties in order are resolved by file position
+    assert bounds.first_per_class(np.array([7, 2, 7, 2, 2]), n=2).tolist() == [1, 3, 0, 2]
