@@ -36,6 +36,14 @@ Options come from the fields of the configuration objects
 the dataclasses. ``--seed N`` gives every command the key
 ``jax.random.key(N)``.
 
+Every command takes ``--distributed``: run as one process of a
+multi-process job on ``jax.distributed`` (see :mod:`jaxbound.distributed`),
+with ``--coordinator HOST:PORT``, ``--num-processes N`` and ``--process-id I``,
+or, without them, the values JAX finds in the environment on SLURM, Open MPI
+and Cloud TPU pods. Every process runs the same command on the same data; the
+work is split and every process gets the full result; process 0 writes the
+output files.
+
 Errors in the arguments (unknown dataset, missing data folder, bad numbers or
 eps lists) print one line on stderr and exit with status 2.
 
@@ -298,7 +306,53 @@ def build_parser() -> argparse.ArgumentParser:
     _method_parsers(sub)
     _train_parser(sub)
     _geometry_parsers(sub)
+    for p in sub.choices.values():
+        _add_distributed(p)
     return ap
+
+
+def _add_distributed(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("multi-process runs (jax.distributed)")
+    g.add_argument("--distributed", action="store_true",
+                   help="run as one process of a multi-process job: every process runs the same command, the work "
+                        "is split over all processes' devices, process 0 writes the outputs")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="address of process 0's coordination service (default: from the environment on SLURM, "
+                        "Open MPI, Cloud TPU, or JAX_COORDINATOR_ADDRESS)")
+    g.add_argument("--num-processes", type=int, default=None, help="number of processes (default: from the "
+                                                                        "environment)")
+    g.add_argument("--process-id", type=int, default=None, help="this process's index in [0, num-processes) "
+                                                                  "(default: from the environment)")
+    g.add_argument("--distributed-timeout", type=float, default=None, metavar="SECONDS",
+                   help="seconds to wait for the other processes at start-up and at every exchange before "
+                        "failing (default 600)")
+
+
+def _start_distributed(args) -> None:
+    """Join the multi-process job of ``--distributed`` (gloo collectives on CPU); a missing coordinator raises."""
+    given = [f"--{n.replace('_', '-')}" for n in ("coordinator", "num_processes", "process_id",
+                                                  "distributed_timeout") if getattr(args, n, None) is not None]
+    if not args.distributed:
+        if given:
+            raise ValueError(f"{', '.join(given)}: only with --distributed")
+        return
+    from jaxbound import distributed
+
+    if args.coordinator is None and not any(v in os.environ for v in distributed.AUTO_DETECT_ENV):
+        raise ValueError("--distributed: no coordinator: pass --coordinator HOST:PORT with --num-processes and "
+                         "--process-id, or run where JAX finds them in the environment (SLURM, Open MPI, Cloud "
+                         "TPU, JAX_COORDINATOR_ADDRESS)")
+    if args.coordinator is not None and (args.num_processes is None or args.process_id is None):
+        raise ValueError("--coordinator: also pass --num-processes and --process-id")
+    if args.num_processes is not None and args.num_processes < 1:
+        raise ValueError(f"--num-processes: must be >= 1, got {args.num_processes}")
+    if args.process_id is not None and not 0 <= args.process_id < (args.num_processes or 1 << 30):
+        raise ValueError(f"--process-id: must be in [0, {args.num_processes}), got {args.process_id}")
+    try:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                               timeout=args.distributed_timeout)
+    except ValueError as exc:
+        raise ValueError(f"--distributed: {exc}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -668,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     _use_all_cores()  # before anything imports jax (building the parser imports the configs)
     args = build_parser().parse_args(argv)
     try:
+        _start_distributed(args)
         if getattr(args, "out", None) is not None:
             _check_out(args.out, folder=args.command in _FOLDER_OUTPUTS)
         if args.command == "demo":

@@ -119,8 +119,23 @@ def main(argv: list[str]) -> None:
         facts["train"] = "ok"
     except Exception as exc:  # noqa: BLE001 - recorded for the test to report
         facts["train"] = f"{type(exc).__name__}: {exc}"
+    from jaxbound import cli
+
+    flags = ["--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(nproc),
+             "--process-id", str(pid), "--distributed-timeout", str(timeout)] if nproc > 1 else []
+    facts["cli_rc"] = cli.main(["knn", "--dataset", "digits", "--limit", "300", "--k", "5", "--norm", "l2",
+                                "--block-size", "16", "--quiet", "--out", str(out / "knn_cli.npz"), *flags])
     np.savez(out / f"p{pid}.npz", **res)
     (out / f"p{pid}.json").write_text(json.dumps(facts))
+    if nproc > 1:  # process 1 takes another code path: process 0 raises TimeoutError instead of waiting for ever
+        distributed.set_timeout(3)
+        if pid == 0:
+            try:
+                geometry.knn(x, k=2)
+                facts["timeout"] = None
+            except TimeoutError as exc:
+                facts["timeout"] = str(exc)
+            (out / f"p{pid}.json").write_text(json.dumps(facts))
 
 
 if __name__ == "__main__":
