@@ -1,12 +1,23 @@
 """Training throughput: jaxbound.training.train on LeNet5/MNIST against an equivalent PyTorch loop.
 
-Measures optimiser steps per second for two recipes on Ding et al.'s LeNet5
-(widen factor 1, App. B.1), Adam, batch 50, MNIST training images:
+Measures optimiser steps per second for four recipes, Adam, batch 50, MNIST
+training images:
 
-* ``standard``: cross-entropy on clean batches;
+* ``standard``: cross-entropy on clean batches (Ding et al.'s LeNet5, widen
+  factor 1, App. B.1);
 * ``pgd``: PGD adversarial training (l-inf eps = 0.3, ``--attack-steps`` steps of
   ``--attack-step-size``, uniform random start, [0, 1] box, last iterate), the
-  recipe of Madry et al. / Ding et al. (who use 40 steps of 0.01).
+  recipe of Madry et al. / Ding et al. (who use 40 steps of 0.01), LeNet5;
+* ``fgsm_rs``: fast adversarial training (Wong, Rice & Kolter 2020): uniform
+  start, one FGSM step of 1.25 eps, LeNet5;
+* ``ibp``: interval bound propagation training (Gowal et al. 2018) of their
+  small CNN (``ibp_small``) at eps 0.3, kappa 0.5 (after the ramps), the
+  margin specification folded into the last layer; the PyTorch loop
+  propagates the same intervals by hand.
+
+Steps run ``jaxbound.training.STEPS_PER_CALL`` at a time in one compiled
+``lax.scan`` over batches gathered on the device (issue 17 item 6: the
+per-step dispatch, host gathers and host-to-device copies are gone).
 
 Side by side in the same run:
 
@@ -52,6 +63,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+RECIPES = ("standard", "pgd", "fgsm_rs", "ibp")
 sys.path.insert(0, str(REPO))
 from _common import find_data_dir  # noqa: E402
 
@@ -66,13 +78,15 @@ def _jax_worker(args, z):
 
     from jaxbound import models, training
 
-    model = models.create("lenet5")
+    lenet = models.create("lenet5")
+    small = models.create("ibp_small")
     x, y = z["x"], z["y"]
     ev = (x[:50], y[:50])
 
     def run(recipe, n_steps, i):
-        kw = dict(eps=args.eps, attack_steps=args.attack_steps, attack_step_size=args.attack_step_size) \
-            if recipe == "pgd" else {}
+        kw = {"pgd": dict(eps=args.eps, attack_steps=args.attack_steps, attack_step_size=args.attack_step_size),
+              "fgsm_rs": dict(eps=args.eps), "ibp": dict(eps=args.eps)}.get(recipe, {})
+        model = small if recipe == "ibp" else lenet
         n = n_steps * args.batch_size
         r = training.train(model, (x[:n], y[:n]), key=jax.random.key(i), recipe=recipe, epochs=1,
                            batch_size=args.batch_size, learning_rate=1e-4, norm="linf", eval_data=ev,
@@ -105,7 +119,21 @@ def _torch_worker(args, z):
         net[7].bias.copy_(torch.tensor(z["fc1_bias"]))
         net[9].weight.copy_(torch.tensor(z["fc2_kernel"]).T)
         net[9].bias.copy_(torch.tensor(z["fc2_bias"]))
+    small = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 4, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 4), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(10 * 10 * 32, 100), torch.nn.ReLU(), torch.nn.Linear(100, 10),
+    )
+    with torch.no_grad():
+        for idx, name in ((0, "s_conv1"), (2, "s_conv2")):
+            small[idx].weight.copy_(torch.tensor(z[f"{name}_kernel"]).permute(3, 2, 0, 1))
+            small[idx].bias.copy_(torch.tensor(z[f"{name}_bias"]))
+        w = z["s_fc1_kernel"].reshape(10, 10, 32, 100).transpose(2, 0, 1, 3).reshape(-1, 100)
+        small[5].weight.copy_(torch.tensor(w).T)
+        small[5].bias.copy_(torch.tensor(z["s_fc1_bias"]))
+        small[7].weight.copy_(torch.tensor(z["s_fc2_kernel"]).T)
+        small[7].bias.copy_(torch.tensor(z["s_fc2_bias"]))
     state0 = {k: v.clone() for k, v in net.state_dict().items()}
+    small0 = {k: v.clone() for k, v in small.state_dict().items()}
     x_all = torch.tensor(z["x"]).permute(0, 3, 1, 2).contiguous()
     y_all = torch.tensor(z["y"]).long()
 
@@ -120,9 +148,43 @@ def _torch_worker(args, z):
                 xa = torch.min(torch.max(xa + step * g.sign(), x - eps), x + eps).clamp(0, 1)
         return xa.detach()
 
+    def fgsm_rs(x, y, gen):
+        eps = args.eps
+        xa = (x + torch.empty_like(x).uniform_(-eps, eps, generator=gen)).clamp(0, 1).requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(net(xa), y, reduction="sum"), xa)
+        with torch.no_grad():
+            return torch.min(torch.max(xa + 1.25 * eps * g.sign(), x - eps), x + eps).clamp(0, 1)
+
+    def ibp_loss(x, y, kappa=0.5):
+        """Gowal et al. eq. 7: intervals through every layer but the last, the margin spec folded into it."""
+        lo, hi = (x - args.eps).clamp(0, 1), (x + args.eps).clamp(0, 1)
+        layers = list(small)
+        for layer in layers[:-1]:
+            if isinstance(layer, torch.nn.Conv2d):
+                mid, rad = (hi + lo) / 2, (hi - lo) / 2
+                mid = layer(mid)
+                rad = F.conv2d(rad, layer.weight.abs(), stride=layer.stride)
+                lo, hi = mid - rad, mid + rad
+            elif isinstance(layer, torch.nn.Linear):
+                mid, rad = (hi + lo) / 2, (hi - lo) / 2
+                mid, rad = layer(mid), rad @ layer.weight.abs().T
+                lo, hi = mid - rad, mid + rad
+            elif isinstance(layer, torch.nn.Flatten):  # NCHW -> NHWC order, as the Flax model flattens
+                lo, hi = lo.permute(0, 2, 3, 1).flatten(1), hi.permute(0, 2, 3, 1).flatten(1)
+            else:
+                lo, hi = layer(lo), layer(hi)
+        last = layers[-1]
+        mid, rad = (hi + lo) / 2, (hi - lo) / 2
+        a = last.weight[y][:, None, :] - last.weight[None, :, :]
+        c = last.bias[y][:, None] - last.bias[None, :]
+        m = (a @ mid[:, :, None])[..., 0] - (a.abs() @ rad[:, :, None])[..., 0] + c
+        return kappa * F.cross_entropy(small(x), y) + (1 - kappa) * F.cross_entropy(-m, y)
+
     def run(recipe, n_steps, i):
         net.load_state_dict(state0)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+        small.load_state_dict(small0)
+        model = small if recipe == "ibp" else net
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         gen = torch.Generator().manual_seed(i)
         n = n_steps * args.batch_size
         perm = torch.randperm(n, generator=gen)
@@ -132,8 +194,13 @@ def _torch_worker(args, z):
             xb, yb = x_all[idx], y_all[idx]
             if recipe == "pgd":
                 xb = attack(xb, yb, gen)
+            elif recipe == "fgsm_rs":
+                xb = fgsm_rs(xb, yb, gen)
             opt.zero_grad()
-            loss = F.cross_entropy(net(xb), yb)
+            if recipe == "ibp":
+                loss = ibp_loss(xb, yb)
+            else:
+                loss = F.cross_entropy(net(xb), yb)
             loss.backward()
             opt.step()
             total += loss.item()
@@ -145,9 +212,9 @@ def _torch_worker(args, z):
 def worker_main(args):
     z = dict(np.load(args.data))
     run, info = (_torch_worker if args.worker == "torch" else _jax_worker)(args, z)
-    plan = (("standard", args.steps_standard), ("pgd", args.steps_pgd))
-    for recipe, n in plan:  # warm-up: compiles the jitted steps
-        run(recipe, min(n, 2), 10_000)
+    plan = tuple((r, getattr(args, f"steps_{r}")) for r in RECIPES)
+    for recipe, n in plan:  # warm-up: compiles the jitted chunks of the timed runs' sizes
+        run(recipe, n, 10_000)
     print(json.dumps({"ready": True, **info}), flush=True)
     for i, line in enumerate(sys.stdin):
         if line.strip() != "go":
@@ -170,6 +237,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps-standard", type=int, default=60)
     ap.add_argument("--steps-pgd", type=int, default=6)
+    ap.add_argument("--steps-fgsm_rs", dest="steps_fgsm_rs", type=int, default=60)
+    ap.add_argument("--steps-ibp", dest="steps_ibp", type=int, default=60)
     ap.add_argument("--attack-steps", type=int, default=40)
     ap.add_argument("--attack-step-size", type=float, default=0.01)
     ap.add_argument("--eps", type=float, default=0.3)
@@ -182,6 +251,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.steps_standard, args.steps_pgd, args.attack_steps, args.rounds = 5, 2, 3, 1
+        args.steps_fgsm_rs = args.steps_ibp = 5
     if args.worker:
         return worker_main(args)
 
@@ -195,16 +265,19 @@ def main(argv=None):
     from jaxbound._io import atomic_write_json
 
     tr = data.load("mnist", split="train", data_dir=root)
-    n = max(args.steps_standard, args.steps_pgd) * args.batch_size
+    n = max(getattr(args, f"steps_{r}") for r in RECIPES) * args.batch_size
     params = models.init_params(models.create("lenet5"), (28, 28, 1), key=jax.random.key(0))["params"]
     flat = {f"{layer}_{k}": np.asarray(v) for layer, d in params.items() for k, v in d.items()}
+    params = models.init_params(models.create("ibp_small"), (28, 28, 1), key=jax.random.key(0))["params"]
+    flat.update({f"s_{layer}_{k}": np.asarray(v) for layer, d in params.items() for k, v in d.items()})
     tmp = tempfile.mkdtemp(prefix="issue6_bench_")
     path = os.path.join(tmp, "data.npz")
     np.savez(path, x=tr.images[:n], y=tr.labels[:n].astype(np.int32), **flat)
 
     cores = os.cpu_count() or 1
     common = [sys.executable, __file__, "--data", path, "--steps-standard", str(args.steps_standard),
-              "--steps-pgd", str(args.steps_pgd), "--attack-steps", str(args.attack_steps),
+              "--steps-pgd", str(args.steps_pgd), "--steps-fgsm_rs", str(args.steps_fgsm_rs),
+              "--steps-ibp", str(args.steps_ibp), "--attack-steps", str(args.attack_steps),
               "--attack-step-size", str(args.attack_step_size), "--eps", str(args.eps),
               "--batch-size", str(args.batch_size)]
     specs = {
@@ -224,7 +297,7 @@ def main(argv=None):
             raise RuntimeError(f"worker {name} failed to start")
         infos[name] = json.loads(line)
         print(name, "ready", infos[name], flush=True)
-    times: dict = {name: {"standard": [], "pgd": []} for name in procs}
+    times: dict = {name: {r: [] for r in RECIPES} for name in procs}
     for r in range(args.rounds):
         for name, p in procs.items():
             p.stdin.write("go\n")
@@ -244,16 +317,18 @@ def main(argv=None):
 
     device = jax.devices()[0].platform
     result = {
-        "benchmark": "training steps per second, LeNet5 (Ding et al. 2019) on MNIST, Adam, batch "
-                     f"{args.batch_size}: standard and PGD (linf eps {args.eps}, {args.attack_steps} x "
-                     f"{args.attack_step_size}) training; jaxbound.training.train vs a PyTorch loop",
+        "benchmark": "training steps per second on MNIST, Adam, batch "
+                     f"{args.batch_size}: LeNet5 (Ding et al. 2019) standard, PGD (linf eps {args.eps}, "
+                     f"{args.attack_steps} x {args.attack_step_size}) and FGSM-RS (1.25 eps) training, "
+                     f"Gowal et al.'s small CNN IBP training (eps {args.eps}, kappa 0.5); "
+                     "jaxbound.training.train vs a PyTorch loop",
         "device": device,
         "machine": {"platform": platform.platform(), "cpus": cores, "loadavg": os.getloadavg()},
         "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "data", "out")},
         "workers": infos,
         "raw": times,
     }
-    for recipe in ("standard", "pgd"):
+    for recipe in RECIPES:
         row = {name: med(name, recipe, "seconds") for name in procs}
         row_cpu = {name: med(name, recipe, "cpu_seconds") for name in procs}
         result[recipe] = {

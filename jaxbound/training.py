@@ -33,6 +33,26 @@ One entry point, :func:`train`, runs one jitted training step per recipe
   ``E[-sum_k t_k log p_k(x')]``, with ``x' = x`` without an attack or with
   ``attack.eps == 0`` and otherwise a PGD attack maximising that same soft
   cross-entropy (soft-label adversarial training).
+* ``"fgsm_rs"``: fast adversarial training of Wong, Rice & Kolter (2020,
+  Alg. 3): ``E[l(x', y)]`` with ``x'`` one FGSM step of length
+  ``alpha = fgsm_alpha * eps`` (``1.25 eps`` in the paper) from a uniform
+  random start in the ``eps`` ball, projected onto the ball and the box. The
+  cyclic learning rate of the paper is ``schedule="cyclic"`` (optax's
+  ``linear_onecycle_schedule``).
+* ``"ibp"``: interval bound propagation training of Gowal et al. (2018,
+  eq. 7): ``E[kappa l(z(x), y) + (1 - kappa) l(z_hat(x, eps_t), y)]`` where
+  ``z_hat_j = -m_j`` are the worst-case logits from the certified lower
+  bounds ``m_j`` of the margins ``z_y - z_j`` over the ``eps_t`` ball
+  (:func:`jaxbound.certify.margin_lower`, ``method="ibp"``). After
+  ``warmup_steps`` clean steps (``eps_t = 0``, ``kappa = kappa_start``),
+  ``eps_t`` ramps linearly from 0 to ``attack.eps`` and ``kappa`` from
+  ``kappa_start`` (1) to ``kappa_end`` (0.5) over ``ramp_steps`` steps.
+  The training ``eps`` may exceed the evaluation one (Gowal et al. train at
+  0.4 for 0.3 on MNIST): give ``eval_attack``.
+* ``"crown_ibp"``: CROWN-IBP of Zhang et al. (2020, eq. 9): the same loss
+  with the margin bound ``beta m_CROWN-IBP + (1 - beta) m_IBP``, ``beta``
+  ramping from 1 to 0 with ``eps_t`` (the CROWN-IBP bound is skipped once
+  ``beta = 0``).
 
 The losses are optax's: :func:`jaxbound.attacks.cross_entropy` (optax's
 ``softmax_cross_entropy`` on one-hot labels), ``softmax_cross_entropy`` and
@@ -46,6 +66,14 @@ parameters from ``fold_in(key, 0)``, the order of epoch ``e`` from
 last per-epoch checkpoint (``checkpoint_dir``, Orbax) therefore ends with
 exactly the parameters of an uninterrupted run.
 
+Speed. The training data is placed on the devices once per call; each
+compiled call runs up to :data:`STEPS_PER_CALL` optimiser steps as one
+``lax.scan`` over batches gathered on the device from the host's
+permutation (no per-step dispatch, host gathers or host-to-device copies),
+with the parameters and optimiser state donated. The last call of an epoch
+skips its padding steps (``lax.cond``) when the chunk length does not divide
+the epoch. The numbers are those of one jitted step per batch.
+
 Data parallelism. Each batch is split over the local devices along a 1-D
 ``jax.sharding.Mesh`` (``NamedSharding``; parameters and optimiser state
 replicated), and XLA inserts the gradient all-reduce. Models must treat
@@ -53,6 +81,14 @@ examples independently (every model in :mod:`jaxbound.models` does). On a
 multi-core CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>``
 gives one device per core. The per-epoch evaluation streams through the
 library's block engine.
+
+Several processes. After ``jax.distributed.initialize`` with
+``jax.process_count() > 1`` the mesh spans every process's devices
+(``jax.devices()``; ``batch_size`` must be a multiple of their number),
+every process passes the same full data, keys and settings and gets the
+same result; the per-epoch evaluation runs in every process on the same
+replicated parameters, and only process 0 writes checkpoints and the
+history file (both atomically).
 
 References:
   Madry, Makelov, Schmidt, Tsipras, Vladu. "Towards deep learning models
@@ -72,6 +108,14 @@ References:
   Wong, Kolter. "Provable defenses against adversarial examples via the
   convex outer adversarial polytope." ICML 2018, arXiv:1711.00851 (the
   epsilon warm-up).
+  Wong, Rice, Kolter. "Fast is better than free: revisiting adversarial
+  training." ICLR 2020, arXiv:2001.03994 (``fgsm_rs``).
+  Gowal, Dvijotham, Stanforth, Bunel, Qin, Uesato, Arandjelovic, Mann,
+  Kohli. "On the effectiveness of interval bound propagation for training
+  verifiably robust models." arXiv:1810.12715 (``ibp``).
+  Zhang, Chen, Xiao, Gowal, Stanforth, Li, Boning, Hsieh. "Towards stable
+  and efficient training of verifiably robust neural networks." ICLR 2020,
+  arXiv:1906.06316 (``crown_ibp``).
 """
 
 from __future__ import annotations
@@ -97,6 +141,8 @@ from jaxbound._io import atomic_write_json, fingerprint, load_json_or_none, to_j
 
 __all__ = [
     "RECIPES",
+    "CERTIFIED_RECIPES",
+    "STEPS_PER_CALL",
     "OPTIMIZERS",
     "SCHEDULES",
     "TrainConfig",
@@ -108,9 +154,13 @@ __all__ = [
     "loss_gradient_norm",
 ]
 
-RECIPES = ("standard", "pgd", "trades", "gradient_reg", "soft_labels")
+RECIPES = ("standard", "pgd", "trades", "gradient_reg", "soft_labels", "fgsm_rs", "ibp", "crown_ibp")
+#: Recipes whose loss uses certified margin bounds (:mod:`jaxbound.certify`).
+CERTIFIED_RECIPES = ("ibp", "crown_ibp")
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "piecewise", "cosine")
+SCHEDULES = ("constant", "piecewise", "cosine", "cyclic")
+#: Optimiser steps compiled into one call (a ``lax.scan`` over a stack of batches).
+STEPS_PER_CALL = 50
 _GRADIENT_MODES = ("exact", "fd")
 _EVAL_CHUNK = 500
 #: PGD steps of the per-epoch evaluation derived from the training attack.
@@ -163,7 +213,8 @@ class TrainConfig:
     ``eval_steps``).
 
     Attributes:
-      recipe: ``"standard" | "pgd" | "trades" | "gradient_reg" | "soft_labels"``.
+      recipe: ``"standard" | "pgd" | "trades" | "gradient_reg" | "soft_labels"
+        | "fgsm_rs" | "ibp" | "crown_ibp"``.
       epochs: passes over the data (>= 1; an untrained model is
         :func:`jaxbound.models.init_params`).
       batch_size: examples per step (>= 1, at most the number of examples).
@@ -176,8 +227,10 @@ class TrainConfig:
       weight_decay: L2 weight decay (>= 0): added to the gradient for
         ``adam``/``sgd`` (coupled, as in PyTorch), decoupled for ``adamw``.
       schedule: ``"constant"``, ``"piecewise"`` (x0.1 at 50 % and again at 75 %
-        of the steps: Ding et al.'s WRN schedule), ``"cosine"``, or an optax
-        schedule ``step -> lr``.
+        of the steps: Ding et al.'s WRN schedule), ``"cosine"``, ``"cyclic"``
+        (Wong et al.'s one cycle: linear up to ``learning_rate`` at half of
+        the steps and down again, optax's ``linear_onecycle_schedule``), or an
+        optax schedule ``step -> lr``.
       attack: the training attack (:class:`jaxbound.attacks.AttackConfig`,
         one budget, one restart, loss ``"ce"``, untargeted); required by
         ``pgd`` and ``trades``; for ``soft_labels`` a positive ``eps`` turns
@@ -188,6 +241,18 @@ class TrainConfig:
         attack step length) ramps linearly from ``eps / eps_warmup`` up to
         ``eps`` (the epsilon schedule of Wong & Kolter 2018, used by Ding et
         al. 2019, App. B.2); ``0`` trains at ``eps`` from the first step.
+        Not used by ``ibp``/``crown_ibp`` (they ramp with ``warmup_steps``
+        and ``ramp_steps``).
+      fgsm_alpha: ``fgsm_rs`` step length in units of ``eps`` (> 0; Wong et
+        al. use 1.25).
+      warmup_steps: ``ibp``/``crown_ibp``: clean steps (``eps_t = 0``) before
+        the ramp (Gowal et al.: 2,000 on MNIST).
+      ramp_steps: ``ibp``/``crown_ibp``: steps over which ``eps_t`` ramps
+        linearly from 0 to ``eps``, ``kappa`` from ``kappa_start`` to
+        ``kappa_end`` and CROWN-IBP's ``beta`` from 1 to 0 (Gowal et al.:
+        10,000 on MNIST); ``0`` jumps to the targets after the warm-up.
+      kappa_start: weight of the clean cross-entropy at the start (in [0, 1]; Gowal et al. 1).
+      kappa_end: weight of the clean cross-entropy after the ramp (in [0, 1]; Gowal et al. 0.5).
       beta: TRADES trade-off (>= 0).
       tv_weight: ``gradient_reg`` total-variation weight (Finlay's epsilon, >= 0).
       lip_weight: ``gradient_reg`` Lipschitz weight (Finlay's lambda, >= 0).
@@ -201,17 +266,20 @@ class TrainConfig:
     References:
       Madry et al. ICLR 2018, arXiv:1706.06083; Zhang et al. ICML 2019,
       arXiv:1901.08573; Finlay et al. arXiv:1808.09540; Wong & Kolter ICML
-      2018, arXiv:1711.00851.
+      2018, arXiv:1711.00851; Wong, Rice & Kolter ICLR 2020,
+      arXiv:2001.03994; Gowal et al. arXiv:1810.12715; Zhang et al. ICLR
+      2020, arXiv:1906.06316.
     """
 
-    recipe: str = _field("standard", "training recipe: standard, pgd, trades, gradient_reg or soft_labels")
+    recipe: str = _field("standard", "training recipe: standard, pgd, trades, gradient_reg, soft_labels, "
+                                     "fgsm_rs, ibp or crown_ibp")
     epochs: int = _field(1, "passes over the training data")
     batch_size: int = _field(128, "examples per optimiser step")
     optimizer: Any = _field("adam", "optimiser: adam, adamw, sgd (or an optax GradientTransformation)")
     learning_rate: float = _field(1e-3, "base learning rate")
     momentum: float = _field(0.9, "SGD momentum in [0, 1)")
     weight_decay: float = _field(0.0, "L2 weight decay (coupled for adam/sgd, decoupled for adamw)")
-    schedule: Any = _field("constant", "learning-rate schedule: constant, piecewise or cosine")
+    schedule: Any = _field("constant", "learning-rate schedule: constant, piecewise, cosine or cyclic")
     attack: Any = _field(None, "training attack (AttackConfig) of pgd, trades and adversarial soft_labels; "
                                "its norm is the threat model of gradient_reg")
     eps_warmup: int = _field(0, "optimiser steps over which the training budget ramps up linearly (0: none)")
@@ -222,6 +290,11 @@ class TrainConfig:
     fd_step: float = _field(1e-3, "finite-difference step h of gradient_mode fd")
     eval_attack: Any = _field(None, "PGD (AttackConfig) of the per-epoch robust accuracy "
                                     "(default: the training attack with 20 steps)")
+    fgsm_alpha: float = _field(1.25, "fgsm_rs step length in units of eps")
+    warmup_steps: int = _field(0, "ibp/crown_ibp: clean steps before the eps ramp")
+    ramp_steps: int = _field(0, "ibp/crown_ibp: steps of the linear eps, kappa and beta ramps")
+    kappa_start: float = _field(1.0, "ibp/crown_ibp: weight of the clean loss at the start")
+    kappa_end: float = _field(0.5, "ibp/crown_ibp: weight of the clean loss after the ramp")
 
     def __post_init__(self):
         put = functools.partial(object.__setattr__, self)
@@ -246,9 +319,20 @@ class TrainConfig:
             raise ValueError(f"gradient_mode: must be 'exact' or 'fd', got {self.gradient_mode!r}")
         put("fd_step", _checks.check_scalar(self.fd_step, "fd_step", low=0.0, low_inclusive=False))
         _check_train_attack(self.eval_attack, "eval_attack")
-        if self.recipe in ("pgd", "trades") and self.attack is None:
+        put("fgsm_alpha", _checks.check_scalar(self.fgsm_alpha, "fgsm_alpha", low=0.0, low_inclusive=False))
+        for name in ("warmup_steps", "ramp_steps"):
+            put(name, _checks.check_int(getattr(self, name), name, low=0))
+        for name in ("kappa_start", "kappa_end"):
+            put(name, _checks.check_scalar(getattr(self, name), name, low=0.0, high=1.0))
+        if self.recipe in ("pgd", "trades", "fgsm_rs") + CERTIFIED_RECIPES and self.attack is None:
             raise ValueError(f"eps: recipe {self.recipe!r} needs a training budget eps >= 0 "
                              "(attack=AttackConfig(norm=..., eps=...))")
+        if self.certified:
+            if self.attack.norm not in ("linf", "l2"):
+                raise ValueError(f"norm: recipe {self.recipe!r} bounds linf or l2 balls, got {self.attack.norm!r}")
+            if self.eps_warmup:
+                raise ValueError(f"eps_warmup: recipe {self.recipe!r} ramps eps with warmup_steps and ramp_steps; "
+                                 f"got eps_warmup={self.eps_warmup}")
         if self.recipe == "gradient_reg" and self.threat_norm is None:
             raise ValueError("norm: recipe 'gradient_reg' measures input gradients in the dual of the threat-model "
                              "norm; give attack=AttackConfig(norm=..., eps=0.0) (or norm=...)")
@@ -264,8 +348,13 @@ class TrainConfig:
     @property
     def adversarial(self) -> bool:
         """Whether the training step runs an attack."""
-        return self.recipe in ("pgd", "trades") or (self.recipe == "soft_labels" and self.attack is not None
-                                                    and bool(self.attack.eps))
+        return self.recipe in ("pgd", "trades", "fgsm_rs") or (
+            self.recipe == "soft_labels" and self.attack is not None and bool(self.attack.eps))
+
+    @property
+    def certified(self) -> bool:
+        """Whether the loss uses certified margin bounds (``ibp``, ``crown_ibp``)."""
+        return self.recipe in CERTIFIED_RECIPES
 
     @property
     def evaluation(self) -> "attacks.AttackConfig | None":
@@ -313,7 +402,7 @@ def _legacy_attack(values: dict, legacy: dict):
     if step_size is not None:
         step_size = _checks.check_scalar(step_size, "attack_step_size", low=0.0, low_inclusive=False)
     if eps is None:
-        if values["recipe"] in ("pgd", "trades"):
+        if values["recipe"] in ("pgd", "trades", "fgsm_rs") + CERTIFIED_RECIPES:
             raise ValueError(f"eps: recipe {values['recipe']!r} needs a training budget eps >= 0")
         if norm is None:
             return None
@@ -510,16 +599,51 @@ def _attack_inputs(f0, x, t, key, cfg: TrainConfig, scale):
     kw = dict(eps=eps_t, step_size=step_t, attack=attack)
     if recipe == "pgd":
         return _pgd_train(f0, x, lambda lg: attacks.cross_entropy(lg, t), key, start="uniform", **kw)
+    if recipe == "fgsm_rs":  # Wong et al. 2020, Alg. 3: uniform start, one step of alpha = fgsm_alpha * eps
+        kw.update(step_size=cfg.fgsm_alpha * eps_t, attack=attack.replace(steps=1))
+        return _pgd_train(f0, x, lambda lg: attacks.cross_entropy(lg, t), key, start="uniform", **kw)
     if recipe == "soft_labels":
         return _pgd_train(f0, x, lambda lg: _soft_ce(lg, t), key, start="uniform", **kw)
     p_clean = lax.stop_gradient(f0(x))  # trades
     return _pgd_train(f0, x, lambda lg: _kl(p_clean, lg), key, start="gaussian", **kw)
 
 
-def _objective(f, x, t, xin, direction, cfg: TrainConfig):
+def _margin_lower(f, x, t, eps, cfg: TrainConfig, beta):
+    """Certified lower bounds ``[b, k]`` of ``f(x')_t - f(x')_j`` over the ``eps`` ball (0 at ``j = t``).
+
+    ``ibp``: interval bound propagation; ``crown_ibp``: ``beta`` CROWN-IBP +
+    ``(1 - beta)`` IBP, the CROWN-IBP pass skipped where ``beta = 0``.
+    """
+    import importlib
+
+    certify = importlib.import_module("jaxbound.certify")
+    kw = dict(eps=eps, norm=cfg.attack.norm, input_bounds=cfg.attack.bounds)
+    m_ibp = certify.margin_lower(f, x, t, method="ibp", **kw)
+    if cfg.recipe == "ibp":
+        return m_ibp
+    return lax.cond(beta > 0, lambda: beta * certify.margin_lower(f, x, t, method="crown-ibp", **kw)
+                    + (1 - beta) * m_ibp, lambda: m_ibp)
+
+
+def _certified_objective(f, x, t, cfg: TrainConfig, sched):
+    """Gowal et al. eq. 7 / Zhang et al. eq. 9: ``kappa CE(z(x)) + (1 - kappa) CE(z_hat)``, ``z_hat = -m``."""
+    scale, kappa, beta = sched
+    logits = f(x)
+    m = _margin_lower(f, x, t, cfg.attack.eps * scale, cfg, beta)
+    robust = attacks.cross_entropy(-m, t)
+    loss = jnp.mean(kappa * attacks.cross_entropy(logits, t) + (1 - kappa) * robust)
+    others = jnp.where(jax.nn.one_hot(t, m.shape[-1], dtype=bool), jnp.inf, m)
+    aux = {"robust_loss": jnp.mean(robust), "certified": jnp.mean((jnp.min(others, -1) > 0).astype(jnp.float32))}
+    return loss, logits, aux
+
+
+def _objective(f, x, t, xin, direction, cfg: TrainConfig, sched=None):
     """The recipe's objective at parameters closed over by ``f``: ``(loss, aux)``."""
     recipe, aux = cfg.recipe, {}
-    if recipe in ("standard", "pgd"):
+    if cfg.certified:
+        loss, logits, aux = _certified_objective(f, x, t, cfg, sched)
+        correct = jnp.argmax(logits, -1) == t
+    elif recipe in ("standard", "pgd", "fgsm_rs"):
         logits = f(xin)
         loss = jnp.mean(attacks.cross_entropy(logits, t))
         correct = jnp.argmax(logits, -1) == t
@@ -554,16 +678,45 @@ def _objective(f, x, t, xin, direction, cfg: TrainConfig):
     return loss, aux
 
 
-def _make_step(apply: Callable, tx: optax.GradientTransformation, cfg: TrainConfig) -> Callable:
-    """The training step ``(params, opt_state, x, t, key, scale) -> (params, opt_state, metrics)`` (not jitted).
+def _schedules(cfg: TrainConfig, step, xp=jnp):
+    """``(scale, kappa, beta)`` of global step ``step`` (0-based), traced (``xp=jnp``) or on the host (``np``).
 
-    ``scale`` in ``(0, 1]`` multiplies the attack budget and step length (the ``eps_warmup`` ramp).
+    ``scale`` multiplies the budget: the ``eps_warmup`` ramp
+    ``min(1, (step + 1) / eps_warmup)``, or for ``ibp``/``crown_ibp`` the
+    fraction ``r = clip((step + 1 - warmup_steps) / ramp_steps, 0, 1)`` of
+    Gowal et al.'s ramp, with ``kappa`` going from ``kappa_start`` to
+    ``kappa_end`` and ``beta`` from 1 to 0 along it (``None`` otherwise).
+    """
+    s = xp.asarray(step).astype(xp.float32)
+    if not cfg.certified:
+        if not cfg.eps_warmup:
+            return 1.0, None, None
+        return xp.minimum(xp.float32(1.0), (s + 1) / xp.float32(cfg.eps_warmup)), None, None
+    if cfg.ramp_steps:
+        r = xp.clip((s + 1 - cfg.warmup_steps) / xp.float32(cfg.ramp_steps), 0.0, 1.0).astype(xp.float32)
+    else:
+        r = (s >= cfg.warmup_steps).astype(xp.float32)
+    kappa = cfg.kappa_start + (cfg.kappa_end - cfg.kappa_start) * r
+    return r, kappa, 1.0 - r
+
+
+def _make_step(apply: Callable, tx: optax.GradientTransformation, cfg: TrainConfig) -> Callable:
+    """The training step ``(params, opt_state, x, t, key, scale, kappa, beta) -> (params, opt_state, metrics)``.
+
+    Not jitted. ``scale`` in ``[0, 1]`` multiplies the attack budget and step
+    length (the ``eps_warmup`` ramp) or, for ``ibp``/``crown_ibp``, the
+    certified budget; ``kappa`` and ``beta`` are their loss weights
+    (default: the values after the ramp). See :func:`_schedules`.
 
     ``t`` holds integer labels ``[b]``, or target probabilities ``[b, k]`` for
     ``soft_labels``. ``metrics`` is a dict of scalars.
     """
 
-    def step(params, opt_state, x, t, key, scale=1.0):
+    def step(params, opt_state, x, t, key, scale=1.0, kappa=None, beta=None):
+        if cfg.certified:
+            sched = (scale, cfg.kappa_end if kappa is None else kappa, 0.0 if beta is None else beta)
+        else:
+            sched = None
         stopped = lax.stop_gradient(params)
 
         def f0(z):
@@ -576,7 +729,7 @@ def _make_step(apply: Callable, tx: optax.GradientTransformation, cfg: TrainConf
             direction = lax.stop_gradient(lp.steepest_ascent(g0, cfg.threat_norm))
 
         def objective(p):
-            return _objective(lambda z: apply(p, z), x, t, xin, direction, cfg)
+            return _objective(lambda z: apply(p, z), x, t, xin, direction, cfg, sched)
 
         (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -588,32 +741,89 @@ def _make_step(apply: Callable, tx: optax.GradientTransformation, cfg: TrainConf
 
 
 class _StepSpec(NamedTuple):
-    """Static part of the jitted training step (hashable: the module and the settings)."""
+    """Static part of the jitted training chunk (hashable: the module, the settings and the data layout)."""
 
     model: nn.Module
     cfg: TrainConfig
     total_steps: int | None
+    masked: bool = False
+    data_sharding: Any = None
 
 
-def _train_step(spec: _StepSpec, params, opt_state, x, t, key, scale):
+def _init_opt(spec: _StepSpec, params):
     tx, _ = _make_optimizer(spec.cfg, spec.total_steps)
-    return _make_step(spec.model.apply, tx, spec.cfg)(params, opt_state, x, t, key, scale)
+    return tx.init(params)
 
 
-def _step_function(model: nn.Module, cfg: TrainConfig, total_steps: int, data_sh, repl) -> Callable:
-    """The jitted step; jax's own cache reuses it across :func:`train` calls with equal settings."""
-    uses_total = isinstance(cfg.optimizer, str) and cfg.schedule in ("piecewise", "cosine")
-    spec = _StepSpec(model, cfg.replace(epochs=1), total_steps if uses_total else None)
-    shardings = dict(in_shardings=(repl, repl, data_sh, data_sh, repl, repl), out_shardings=(repl, repl, repl))
+def _train_chunk(spec: _StepSpec, params, opt_state, x_all, t_all, idx, valid, k_step, step0):
+    """``idx.shape[0]`` training steps in one ``lax.scan``: the batches are gathered on the device.
+
+    Step ``k`` trains on rows ``idx[k]`` of ``x_all``/``t_all`` with the key
+    ``fold_in(k_step, step0 + k)`` and the schedules of global step
+    ``step0 + k``; with ``spec.masked``, steps ``k >= valid`` leave the state
+    unchanged (the padding of the epoch's last chunk). Returns the new state
+    and the per-step metrics ``[K]``.
+    """
+    tx, _ = _make_optimizer(spec.cfg, spec.total_steps)
+    step = _make_step(spec.model.apply, tx, spec.cfg)
+
+    def body(carry, inp):
+        k, rows = inp
+        s = step0 + k
+        xb, tb = x_all[rows], t_all[rows]
+        if spec.data_sharding is not None:
+            xb = lax.with_sharding_constraint(xb, spec.data_sharding)
+            tb = lax.with_sharding_constraint(tb, spec.data_sharding)
+
+        def run(c):
+            p, o, m = step(c[0], c[1], xb, tb, jax.random.fold_in(k_step, s), *_schedules(spec.cfg, s))
+            return (p, o), m
+
+        if not spec.masked:
+            return run(carry)
+        shapes = jax.eval_shape(run, carry)[1]
+        skip = (carry, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes))
+        return lax.cond(k < valid, run, lambda c: skip, carry)
+
+    (params, opt_state), metrics = lax.scan(body, (params, opt_state), (jnp.arange(idx.shape[0]), idx))
+    return params, opt_state, metrics
+
+
+class _Runner(NamedTuple):
+    """The jitted optimiser init and training chunks of one run (jax's cache shares them across runs)."""
+
+    init: Callable
+    chunk: Callable  # (masked) -> jitted (params, opt_state, x_all, t_all, idx, valid, k_step, step0)
+
+
+def _runner(model: nn.Module, cfg: TrainConfig, total_steps: int, mesh: Mesh) -> _Runner:
+    """The jitted functions; parameters and optimiser state are donated to the chunk (updated in place)."""
+    uses_total = isinstance(cfg.optimizer, str) and cfg.schedule in ("piecewise", "cosine", "cyclic")
+    data_sh, repl = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
+    idx_sh = NamedSharding(mesh, P(None, "batch"))
+    base = _StepSpec(model, cfg.replace(epochs=1), total_steps if uses_total else None, False, data_sh)
+    shardings = dict(in_shardings=(repl, repl, repl, repl, idx_sh, repl, repl, repl), out_shardings=(repl, repl, repl))
     try:
-        hash(spec)
-    except TypeError:  # unhashable module attributes: a fresh function
-        return jax.jit(functools.partial(_train_step, spec), **shardings)
-    return functools.partial(jax.jit(_train_step, static_argnums=0, **shardings), spec)
+        hash(base)
+    except TypeError:  # unhashable module attributes: fresh functions
+        init = jax.jit(functools.partial(_init_opt, base), out_shardings=repl)
+        return _Runner(init, lambda masked: jax.jit(functools.partial(_train_chunk, base._replace(masked=masked)),
+                                                    donate_argnums=(0, 1), **shardings))
+    jitted = jax.jit(_train_chunk, static_argnums=0, donate_argnums=(1, 2), **shardings)
+    return _Runner(functools.partial(_jit_init, base),
+                   lambda masked: functools.partial(jitted, base._replace(masked=masked)))
 
 
-def _eval_kernel(x, y, rows, params, key, *, model, norm, attack):
-    """One block of the evaluation: correct, robust (PGD), cross-entropy and dual gradient norms, each ``[b]``.
+_jit_init = jax.jit(_init_opt, static_argnums=0)
+
+
+def _eval_kernel(x, y, rows, params, key, *, model, norm, attack, certified=None):
+    """One block of the evaluation: correct, robust (PGD), cross-entropy, dual gradient norms, certified; ``[b]`` each.
+
+    ``certified``: ``None``, or the training settings of ``ibp``/``crown_ibp``
+    whose margin bound (at the evaluation ``eps``, ``beta = 0``: IBP for
+    ``ibp``, CROWN-IBP for ``crown_ibp``) certifies a point when every
+    margin is positive.
 
     ``rows`` holds the row numbers; the PGD key of a block is
     ``fold_in(key, first row)`` (blocks run on one device, so the key does
@@ -634,7 +844,13 @@ def _eval_kernel(x, y, rows, params, key, *, model, norm, attack):
                           steps=attack.steps, step_size=attack.step_size, random_start=attack.random_start,
                           bounds=attack.bounds, l1_fraction=attack.l1_fraction)
         robust = correct & ~res.success
-    return correct, robust, v, gn
+    cert = correct
+    if certified is not None:
+        eps = attack.eps if attack is not None else 0.0
+        m = _margin_lower(f, x, y, eps, certified, 1.0)
+        others = jnp.where(jax.nn.one_hot(y, m.shape[-1], dtype=bool), jnp.inf, m)
+        cert = correct & (jnp.min(others, -1) > 0)
+    return correct, robust, v, gn, cert
 
 
 # ---------------------------------------------------------------------------
@@ -676,6 +892,11 @@ def _make_schedule(schedule: Any, lr: float, total: int):
     if schedule == "piecewise":
         # Ding et al. App. B.1 (WRN): lr, lr/10 from 50% of the steps, lr/100 from 75%.
         return optax.piecewise_constant_schedule(lr, {int(0.5 * total): 0.1, int(0.75 * total): 0.1})
+    if schedule == "cyclic":
+        # Wong et al. 2020 (§5.1): linear from 0 up to lr at half of the steps, then linearly down to 0.
+        half = max(1, total // 2)
+        return optax.join_schedules([optax.linear_schedule(0.0, lr, half),
+                                     optax.linear_schedule(lr, 0.0, max(1, total - half))], [half])
     return optax.cosine_decay_schedule(lr, max(1, total))
 
 
@@ -856,34 +1077,49 @@ def _resume(ckdir: Path, fp: str, st: _State) -> None:
     st.params, st.opt_state, st.step, st.epoch, st.history = params, opt_state, step, epoch, history
 
 
-def _train_epoch(step_fn: Callable, st: _State, d: _Data, cfg: TrainConfig, k_perm, k_step, epoch: int, data_sh,
+def _chunking(steps_per_epoch: int) -> tuple[int, int]:
+    """``(steps per call K, calls per epoch)``: as few calls of at most :data:`STEPS_PER_CALL` steps as possible."""
+    calls = -(-steps_per_epoch // STEPS_PER_CALL)
+    return -(-steps_per_epoch // calls), calls
+
+
+def _train_epoch(run: _Runner, st: _State, d: _Data, cfg: TrainConfig, k_perm, k_step, epoch: int, dev,
                  progress: bool) -> dict:
-    """One pass over a fresh permutation; returns the batch means of the step metrics."""
+    """One pass over a fresh permutation; returns the batch means of the step metrics.
+
+    The permutation is drawn on the host; the batches are gathered on the
+    device inside :func:`_train_chunk`, ``K`` steps per call (the last call
+    of an epoch padded with skipped steps when ``K`` does not divide it).
+    """
     from tqdm.auto import tqdm
 
     bs = cfg.batch_size
     steps_per_epoch = d.n // bs
-    perm = _permutation(jax.random.fold_in(k_perm, epoch), d.n)
-    bar = tqdm(range(steps_per_epoch), desc=f"{cfg.recipe} epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+    k_chunk, calls = _chunking(steps_per_epoch)
+    perm = _permutation(jax.random.fold_in(k_perm, epoch), d.n)[:steps_per_epoch * bs].astype(np.int32)
+    idx = np.zeros((calls * k_chunk, bs), np.int32)
+    idx[:steps_per_epoch] = perm.reshape(steps_per_epoch, bs)
+    chunk = run.chunk(calls * k_chunk != steps_per_epoch)
+    bar = tqdm(total=steps_per_epoch, desc=f"{cfg.recipe} epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                leave=False)
     pending = []
-    for i in bar:
-        idx = perm[i * bs:(i + 1) * bs]
-        xb = jax.device_put(d.x[idx], data_sh)
-        tb = jax.device_put(d.targets[idx], data_sh)
-        scale = min(1.0, (st.step + 1) / cfg.eps_warmup) if cfg.eps_warmup else 1.0
-        st.params, st.opt_state, m = step_fn(st.params, st.opt_state, xb, tb, jax.random.fold_in(k_step, st.step),
-                                             jnp.asarray(scale, jnp.float32))
-        st.step += 1
-        pending.append(m)
-        if progress and (i % 10 == 9 or i == steps_per_epoch - 1):
-            bar.set_postfix(loss=f"{float(m['loss']):.4f}")
+    for c in range(calls):
+        valid = min(k_chunk, steps_per_epoch - c * k_chunk)
+        rows = jax.device_put(idx[c * k_chunk:(c + 1) * k_chunk], dev.idx)
+        st.params, st.opt_state, m = chunk(st.params, st.opt_state, dev.x, dev.t, rows, np.int32(valid), k_step,
+                                           np.int32(st.step))
+        st.step += valid
+        pending.append((valid, m))
+        if progress:
+            bar.update(valid)
+            bar.set_postfix(loss=f"{float(m['loss'][valid - 1]):.4f}")
     bar.close()
     sums: dict[str, float] = {}
-    for m in jax.device_get(pending):
+    for valid, m in jax.device_get(pending):
         for name, v in m.items():
-            sums[name] = sums.get(name, 0.0) + float(v)
-    return {name: v / max(1, len(pending)) for name, v in sums.items()}
+            for i in range(valid):
+                sums[name] = sums.get(name, 0.0) + float(v[i])
+    return {name: v / max(1, steps_per_epoch) for name, v in sums.items()}
 
 
 def _static_model(model: nn.Module) -> Any:
@@ -900,13 +1136,14 @@ def _evaluate(d: _Data, cfg: TrainConfig, params, ekey) -> dict:
     ex, ey, split = (d.ev[0], d.ev[1], "eval") if d.ev is not None else (d.x, d.y, "train")
     attack = cfg.evaluation
     rows = np.arange(ex.shape[0], dtype=np.int32)
-    static = dict(model=_static_model(d.model), norm=cfg.threat_norm or "linf", attack=attack)
+    static = dict(model=_static_model(d.model), norm=cfg.threat_norm or "linf", attack=attack,
+                  certified=cfg.replace(epochs=1) if cfg.certified else None)
     # one device per block: the PGD key of a block is fold_in(key, first row), so splitting a block over
     # devices would change the random starts with the device count; a block holds _EVAL_CHUNK rows rounded
     # up to a multiple of the device count (the block boundaries, hence the keys, of earlier releases)
     ndev = len(jax.local_devices())
     block = -(-min(_EVAL_CHUNK, max(1, ex.shape[0])) // ndev) * ndev
-    cor, rob, lv, gn = _engine.run(_eval_kernel, static, (ex, ey, rows), (params, ekey), block_size=block,
+    cor, rob, lv, gn, cert = _engine.run(_eval_kernel, static, (ex, ey, rows), (params, ekey), block_size=block,
                                    devices=jax.local_devices()[:1])
     return {
         "clean_accuracy": float(cor.mean()),
@@ -917,17 +1154,40 @@ def _evaluate(d: _Data, cfg: TrainConfig, params, ekey) -> dict:
         "grad_norm_median": float(np.median(gn)),
         "grad_norm_max": float(gn.max()),
         "eval_split": split,
+        **({"certified_accuracy": float(cert.mean())} if cfg.certified else {}),
     }
 
 
-def _mesh(devices: Sequence[Any] | None, batch_size: int):
-    """``(ndev, data sharding, replicated sharding)``: the largest device prefix dividing ``batch_size``."""
+def _mesh(devices: Sequence[Any] | None, batch_size: int) -> Mesh:
+    """The 1-D ``batch`` mesh: the largest device prefix dividing ``batch_size``.
+
+    With several processes (``jax.process_count() > 1``) and ``devices``
+    unset, the mesh spans every process's devices (``jax.devices()``) and
+    ``batch_size`` must be a multiple of their number.
+    """
+    if devices is None and jax.process_count() > 1:
+        devs = list(jax.devices())
+        if batch_size % len(devs):
+            raise ValueError(f"batch_size: {batch_size} is not a multiple of the {len(devs)} devices of the "
+                             f"{jax.process_count()} processes")
+        return Mesh(np.array(devs, dtype=object), ("batch",))
     devs = list(jax.local_devices() if devices is None else devices)
     if not devs:
         raise ValueError("devices: empty")
     ndev = max(g for g in range(1, len(devs) + 1) if batch_size % g == 0)
-    mesh = Mesh(np.array(devs[:ndev], dtype=object), ("batch",))
-    return ndev, NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
+    return Mesh(np.array(devs[:ndev], dtype=object), ("batch",))
+
+
+class _DeviceData(NamedTuple):
+    """The training arrays placed once on the mesh (replicated) and the sharding of the batch indices."""
+
+    x: Any
+    t: Any
+    idx: Any
+
+
+def _multi_process() -> bool:
+    return jax.process_count() > 1
 
 
 def train(
@@ -967,8 +1227,9 @@ def train(
         checkpoint of the same run is resumed, one of another run raises.
       history_path: JSON file rewritten after every epoch with :meth:`TrainResult.to_dict`.
       progress: show a tqdm bar per epoch.
-      devices: devices the batch is split over (default all local devices; the
-        largest prefix whose count divides ``batch_size`` is used).
+      devices: devices the batch is split over (default all local devices, or
+        with several processes every process's devices; the largest prefix
+        whose count divides ``batch_size`` is used).
       **settings: overrides of ``config``'s fields, or the old keywords
         ``eps``, ``norm``, ``attack_steps``, ``attack_step_size``, ``eval_eps``,
         ``eval_steps`` (see :func:`train_config`).
@@ -1000,43 +1261,59 @@ def train(
     config = dict(cfg.to_dict(), eval_attack=None if evaluation is None else evaluation.to_dict(),
                   model=repr(d.model), n=d.n, input_shape=list(d.x.shape[1:]), num_classes=d.k_model,
                   steps_per_epoch=steps_per_epoch, eval_n=None if d.ev is None else int(d.ev[0].shape[0]))
-    ndev, data_sh, repl = _mesh(devices, cfg.batch_size)
-    config["devices"] = ndev
+    mesh = _mesh(devices, cfg.batch_size)
+    repl = NamedSharding(mesh, P())
+    config["devices"] = int(mesh.devices.size)
 
     k_init, k_perm, k_step, k_eval = (jax.random.fold_in(key, i) for i in range(4))
+    run = _runner(d.model, cfg, total_steps, mesh)
     params = models.init_params(d.model, d.x.shape[1:], key=k_init)
-    st = _State(params, tx.init(params))
+    st = _State(params, run.init(params))
     ckdir = None if checkpoint_dir is None else Path(checkpoint_dir)
     fp = None if ckdir is None else _run_fingerprint(config, key, d, cfg)
     if ckdir is not None:
         _resume(ckdir, fp, st)
-    step_fn = _step_function(d.model, cfg, total_steps, data_sh, repl)
-    st.params = jax.device_put(st.params, repl)
-    st.opt_state = jax.device_put(st.opt_state, repl)
+    # fresh device copies (the chunks donate them); every process holds the same values
+    st.params = jax.device_put(jax.device_get(st.params), repl)
+    st.opt_state = jax.device_put(jax.device_get(st.opt_state), repl)
+    dev = _DeviceData(jax.device_put(d.x, repl), jax.device_put(d.targets, repl),
+                      NamedSharding(mesh, P(None, "batch")))
+    k_step = jax.device_put(k_step, repl)
+    writer = not _multi_process() or jax.process_index() == 0
 
     def result():
         return TrainResult(d.model, st.params, st.history, st.step, to_jsonable(config), {})
 
     for epoch in range(st.epoch, cfg.epochs):
         t0 = time.perf_counter()
-        means = _train_epoch(step_fn, st, d, cfg, k_perm, k_step, epoch, data_sh, progress)
-        entry = {"epoch": epoch + 1, "step": st.step, "loss": means.get("loss"),
-                 "train_accuracy": means.get("accuracy")}
-        entry.update(_evaluate(d, cfg, st.params, jax.random.fold_in(k_eval, epoch)))
-        entry["lr"] = None if sched is None else float(sched(max(st.step - 1, 0)))
-        entry.update({extra: means[extra] for extra in ("tv", "lip", "kl") if extra in means})
-        entry["seconds"] = time.perf_counter() - t0
-        st.history.append(entry)
+        means = _train_epoch(run, st, d, cfg, k_perm, k_step, epoch, dev, progress and writer)
+        st.history.append(_history_entry(d, cfg, st, means, sched, jax.random.fold_in(k_eval, epoch), epoch, t0))
         if ckdir is not None:
-            _save_checkpoint(ckdir, {"params": st.params, "opt_state": st.opt_state},
-                             {"fingerprint": fp, "epoch": epoch + 1, "step": st.step,
-                              "history": to_jsonable(st.history)})
-        if history_path is not None:
+            state = jax.device_get({"params": st.params, "opt_state": st.opt_state})
+            if writer:
+                _save_checkpoint(ckdir, state, {"fingerprint": fp, "epoch": epoch + 1, "step": st.step,
+                                                "history": to_jsonable(st.history)})
+        if history_path is not None and writer:
             atomic_write_json(history_path, result().to_dict())
-    if history_path is not None and not st.history:
+    if history_path is not None and not st.history and writer:
         atomic_write_json(history_path, result().to_dict())
     st.params = jax.device_get(st.params)
     return result()
+
+
+def _history_entry(d: _Data, cfg: TrainConfig, st: _State, means: dict, sched, ekey, epoch: int, t0: float) -> dict:
+    """The history record of one epoch: training means, the evaluation, the schedules and the wall time."""
+    entry = {"epoch": epoch + 1, "step": st.step, "loss": means.get("loss"), "train_accuracy": means.get("accuracy")}
+    params = jax.device_get(st.params) if _multi_process() else st.params
+    entry.update(_evaluate(d, cfg, params, ekey))
+    entry["lr"] = None if sched is None else float(sched(max(st.step - 1, 0)))
+    entry.update({extra: means[extra] for extra in ("tv", "lip", "kl", "robust_loss") if extra in means})
+    if cfg.certified:
+        scale, kappa, beta = _schedules(cfg, max(st.step - 1, 0), np)
+        entry.update(train_certified=means.get("certified"), train_eps=float(cfg.attack.eps * scale),
+                     kappa=float(kappa), beta=float(beta) if cfg.recipe == "crown_ibp" else None)
+    entry["seconds"] = time.perf_counter() - t0
+    return entry
 
 
 # ---------------------------------------------------------------------------
