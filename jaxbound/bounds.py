@@ -1602,46 +1602,102 @@ def _ratio(a: np.ndarray, den: int) -> np.ndarray:
     return np.array([int(v) / den for v in a.tolist()], np.float64)
 
 
-def _mc_lp(g: ConflictHypergraph) -> MulticlassResult:
-    """``L*(k)`` as a sparse LP solved by HiGHS, with its dual values.
+def _lp_pool(g: ConflictHypergraph) -> tuple[np.ndarray, np.ndarray]:
+    """The constraints of the LP as ``[m, 3]`` rows (pair edges padded with the dummy vertex ``n``) and ``[E]`` keep.
 
-    HiGHS' interior point method with crossover (a basic optimal solution):
-    with many more constraints than vertices it was 2-3x faster than the dual
-    simplex on Fashion-MNIST hypergraphs (35,877 and 154,966 hyperedges on
-    500 points). Pair edges inside a hyperedge are implied by it (``q >= 0``)
-    and left out (their dual value is 0); the objective is scaled by
-    ``1 / max p``.
+    Pair edges inside a hyperedge are implied by it (``q >= 0``) and left
+    out; ``keep`` marks the pair edges that stay.
     """
-    from scipy import sparse
-    from scipy.optimize import linprog
-
     n, e, h = g.n, g.edges, g.hyperedges
     keep = np.ones(e.shape[0], bool)
     if h.size:
         inside = _sorted_unique_rows(np.concatenate([h[:, [0, 1]], h[:, [1, 2]], h[:, [0, 2]]]), n)
-        ke, ki = e[:, 0] * n + e[:, 1], inside[:, 0] * n + inside[:, 1]
-        keep = ~np.isin(ke, ki)
-    rows = [e[keep], h]
-    m_e = int(keep.sum())
-    nrow = m_e + h.shape[0]
-    ri = np.concatenate([np.repeat(np.arange(m_e), 2), np.repeat(np.arange(m_e, nrow), 3)])
-    ci = np.concatenate([r.ravel() for r in rows])
-    a = sparse.csr_array((np.ones(ri.size), (ri, ci)), shape=(nrow, n))
+        keep = ~np.isin(e[:, 0] * n + e[:, 1], inside[:, 0] * n + inside[:, 1])
+    pairs = np.concatenate([e[keep], np.full((int(keep.sum()), 1), n, np.int64)], axis=1)
+    return np.concatenate([pairs, h]), keep
+
+
+def _lp_initial_rows(g: ConflictHypergraph, pool: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Pool rows of the pair edges that carry flow in the ``L*(2)`` certificate (the first working set)."""
+    e = g.edges
+    if e.shape[0] == 0 or not keep.any():
+        return np.zeros(0, np.int64)
+    g2 = dataclasses.replace(g, hyperedges=np.zeros((0, 3), np.int64), degree=2, num_triangles=None)
+    lam = _mc_flow(g2, "auto").edge_dual
+    return np.flatnonzero(lam[keep] > 0)  # the kept pair edges come first in the pool, in edge order
+
+
+def _lp_most_violated(pool: np.ndarray, viol: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """For every vertex the most violated constraint of ``rows`` that contains it (ties: pool order)."""
+    order = rows[np.argsort(-viol[rows], kind="stable")]
+    members = pool[order].ravel()
+    owner = np.repeat(order, 3)
+    real = members < n
+    _, first = np.unique(members[real], return_index=True)
+    return np.unique(owner[real][first])
+
+
+def _lp_solve(pool: np.ndarray, work: np.ndarray, c: np.ndarray, n: int):
+    """HiGHS' dual simplex on the working rows: ``(q, row duals, upper-bound duals)`` in the scaled objective."""
+    from scipy import sparse
+    from scipy.optimize import linprog
+
+    rows = pool[work]
+    real = rows < n
+    ri = np.repeat(np.arange(work.size), 3)[real.ravel()]
+    a = sparse.csr_array((np.ones(ri.size), (ri, rows[real])), shape=(work.size, n))
+    res = linprog(c, A_ub=a, b_ub=np.ones(work.size), bounds=(0.0, 1.0), method="highs-ds",
+                  options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10})
+    if res.status != 0:  # pragma: no cover - the LP is feasible (q = 0) and bounded
+        raise RuntimeError(f"HiGHS did not solve the multi-class LP: {res.message}")
+    return res.x, -res.ineqlin.marginals, -res.upper.marginals
+
+
+def _mc_lp(g: ConflictHypergraph) -> MulticlassResult:
+    """``L*(k)`` as a sparse LP solved by HiGHS, with its dual values, by constraint generation.
+
+    The optimum of a relaxation that keeps only some constraints and
+    satisfies all the others is optimal for the whole LP, and its dual
+    values, with 0 on the constraints left out, are dual feasible: so HiGHS'
+    dual simplex solves a small working set, starting from the pair edges
+    that carry flow in the ``L*(2)`` certificate, and each pass adds, for
+    every vertex, the most violated constraint that contains it, until no
+    constraint is violated by more than ``1e-10``. A basic optimum has at
+    most ``n`` tight constraints, so the working set stays a small part of
+    the hyperedges (MNIST, 1,000 per class, l2 eps 3.5: 17,137 of 619,228
+    rows in 9 passes). Pair edges inside a hyperedge are implied by it
+    (``q >= 0``) and left out (their dual value is 0); the objective is
+    scaled by ``1 / max p``.
+    """
+    n = g.n
+    pool, keep = _lp_pool(g)
     scale = float(g.p.max())
-    if nrow == 0:
-        q, lam, mu = np.ones(n), np.zeros(0), g.p.copy()
-    else:
-        res = linprog(-g.p / scale, A_ub=a, b_ub=np.ones(nrow), bounds=(0.0, 1.0), method="highs-ipm",
-                      options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10})
-        if res.status != 0:  # pragma: no cover - the LP is feasible (q = 0) and bounded
-            raise RuntimeError(f"HiGHS did not solve the multi-class LP: {res.message}")
-        q = np.clip(res.x, 0.0, 1.0)  # HiGHS may return -1e-17 for a bound it holds exactly
-        lam = np.maximum(-res.ineqlin.marginals, 0.0) * scale
-        mu = np.maximum(-res.upper.marginals, 0.0) * scale
-    edge_dual = np.zeros(e.shape[0])
-    edge_dual[keep] = lam[:m_e]
+    c = -g.p / scale
+    q, lam_pool, mu = np.ones(n), np.zeros(pool.shape[0]), g.p.copy()
+    if pool.shape[0]:
+        in_work = np.zeros(pool.shape[0], bool)
+        in_work[_lp_initial_rows(g, pool, keep)] = True
+        qpad = np.zeros(n + 1)
+        while True:
+            work = np.flatnonzero(in_work)
+            if work.size:
+                q, lam_w, mu_s = _lp_solve(pool, work, c, n)
+            else:
+                q, lam_w, mu_s = np.ones(n), np.zeros(0), -c
+            qpad[:n] = q
+            viol = qpad[pool].sum(axis=1) - 1.0
+            out = np.flatnonzero((viol > 1e-10) & ~in_work)
+            if out.size == 0:
+                break
+            in_work[_lp_most_violated(pool, viol, out, n)] = True
+        q = np.clip(q, 0.0, 1.0)  # HiGHS may return -1e-17 for a bound it holds exactly
+        lam_pool[work] = np.maximum(lam_w, 0.0) * scale
+        mu = np.maximum(mu_s, 0.0) * scale
+    m_e = int(keep.sum())
+    edge_dual = np.zeros(g.edges.shape[0])
+    edge_dual[keep] = lam_pool[:m_e]
     loss = 1.0 - math.fsum((g.p * q).tolist())
-    return MulticlassResult(g, loss, q, edge_dual, lam[m_e:], mu, None, g.degree, g.num_edges,
+    return MulticlassResult(g, loss, q, edge_dual, lam_pool[m_e:], mu, None, g.degree, g.num_edges,
                             g.num_hyperedges, "lp:highs")
 
 

@@ -453,3 +453,25 @@ def test_first_per_class_matches_a_plain_loop():
             assert got.dtype == np.int64 and got.tolist() == ref
     # classes need not be contiguous; ties in order are resolved by file position
     assert bounds.first_per_class(np.array([7, 2, 7, 2, 2]), n=2).tolist() == [1, 3, 0, 2]
+
+
+def test_constraint_generation_matches_the_full_lp():
+    """L*(3) by constraint generation (working set from the L*(2) flow) equals HiGHS on every constraint at once."""
+    rng = np.random.default_rng(23)
+    for trial in range(6):
+        n = int(rng.integers(20, 45))
+        w = None if trial % 2 else rng.random(n)
+        g = random_hypergraph(rng, n, 4, 0.5, 0.2, weights=w)
+        r = bounds.multiclass_zero_one(g)
+        assert r.backend == "lp:highs"
+        assert abs(r.loss - dense_lp_loss(g)) <= 1e-8
+        v = r.verify(1e-9)
+        assert v.passed, v.violations
+        r2 = bounds.multiclass_zero_one(bounds.hypergraph_from_edges(g.labels, g.edges, weights=w))
+        assert r.loss >= r2.loss - 1e-12
+    # hyperedges without their pair edges: the first working set is empty, every row comes from the passes
+    y = np.array([0, 1, 2, 0, 1, 2])
+    g = bounds.hypergraph_from_edges(y, np.zeros((0, 2), int), [[0, 1, 2], [3, 4, 5], [0, 4, 5]])
+    r = bounds.multiclass_zero_one(g)
+    assert abs(r.loss - dense_lp_loss(g)) <= 1e-9 and r.verify(1e-12).passed
+    assert abs(r.loss - 2 / 3) <= 1e-12  # two disjoint triangles cover the six points: at most two correct
