@@ -185,6 +185,29 @@ def test_box_margin_jit_equals_eager_and_membership_matches_bruteforce():
     assert np.any(m1 == 0.0)  # some points lie exactly on a face (closed boxes)
 
 
+@pytest.mark.parametrize("n, T", [(0, 3), (1, 1), (1, 4), (37, 1), (300, 7)])
+def test_measure_margins_equal_float64_numpy_bit_for_bit(n, T):
+    """measure's streamed box margins against a float64 NumPy brute force, exactly (faces and ties included)."""
+    rng = np.random.default_rng(n + T)
+    x = rng.random((n, 40)).astype(np.float32)
+    centers = rng.random((T, 40))
+    widths = rng.random((T, 40)) * 0.4
+    if n:
+        centers[0] = x[0]  # a box centred on a point and a point exactly on a face of it
+        widths[0, 5] = abs(float(x[min(1, n - 1), 5]) - centers[0, 5])
+    ref = np.min(np.max(np.abs(x.astype(np.float64)[:, None, :] - centers[None]) - widths[None], axis=-1), axis=1)
+    got = C._min_box_margin(x, centers, widths) if n else np.zeros(0)
+    np.testing.assert_array_equal(got, ref)
+    for eps in (0.0, 0.05):
+        reg = C.Rectangles(centers, widths, eps, 0.1, 0.5, n, T, "mean", 1, (0, 0))
+        if n == 0:
+            with pytest.raises(ValueError):
+                C.measure(reg, x)
+            continue
+        m = C.measure(reg, x)
+        assert (m.n_risk, m.n_adv) == (int(np.sum(ref > eps)), int(np.sum(ref > 0.0)))
+
+
 def test_fit_rectangles_search_trace_and_reproducibility():
     x = blobs(3, 400, 5, [[0] * 5, [1] * 5, [0, 1, 0, 1, 0]], scale=0.15)
     xs = blobs(4, 400, 5, [[0] * 5, [1] * 5, [0, 1, 0, 1, 0]], scale=0.15)
