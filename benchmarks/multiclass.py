@@ -15,7 +15,8 @@ Items:
 * ``full60k``: target (b). L*(2) on all 60,000 MNIST training points, l2,
   eps = 3.0: seconds and peak RSS.
 * ``l3``: target (c). L*(3) on 1,000 MNIST points per class, l2, eps = 3.5:
-  pair edges, triangles, hyperedges, LP seconds.
+  pair edges, triangles, hyperedges, LP seconds (constraint generation with
+  HiGHS' dual simplex, see :func:`jaxbound.bounds.multiclass_zero_one`).
 * ``grid-<dataset>-<norm>``: L*(2) over an eps grid from 0 to above 0.5 on
   ``--grid-n`` points per class: the pair edges are computed once at the
   largest eps (:func:`jaxbound.bounds.conflict_hypergraph`) with their float64
@@ -30,6 +31,7 @@ Usage:
   python benchmarks/multiclass.py              # everything
   python benchmarks/multiclass.py --quick      # small sizes (a smoke test)
   python benchmarks/multiclass.py --items speed10k,l3
+  python benchmarks/multiclass.py --items l3 --update   # merge into the existing JSON
 
 Writes ``benchmarks/results/multiclass.json`` (``multiclass_quick.json`` with ``--quick``).
 """
@@ -73,12 +75,12 @@ def first_per_class(dataset: str, n_per_class: int | None, data_dir=None) -> tup
     Returns ``x [N, 784]`` float64 pixels ``/ 255`` and ``labels [N]`` int64
     (class 0 first); ``n_per_class=None`` takes every image of each class.
     """
-    from jaxbound import data
+    from jaxbound import bounds, data
 
     root = require_data_dir(data_dir, need=(FOLDERS[dataset],)) / FOLDERS[dataset]
     images = data.read_idx(root / "train-images-idx3-ubyte.gz")
     labels = data.read_idx(root / "train-labels-idx1-ubyte.gz").astype(np.int64)
-    idx = np.concatenate([np.flatnonzero(labels == c)[:n_per_class] for c in range(10)])
+    idx = bounds.first_per_class(labels, n=n_per_class)
     x = images[idx].reshape(idx.size, -1).astype(np.float64) / 255.0
     return x, labels[idx]
 
@@ -253,6 +255,7 @@ def main() -> None:
     ap.add_argument("--grid-n", type=int, default=None, help="points per class of the L*(2) grids (default 1000)")
     ap.add_argument("--l3-n", type=int, default=None, help="points per class of the L*(3) grids (default 200)")
     ap.add_argument("--max-triangles", type=int, default=None, help="largest triangle count of an L*(3) grid point")
+    ap.add_argument("--update", action="store_true", help="merge the items run into the existing JSON")
     args = ap.parse_args()
     quick = args.quick
     args.speed_n = 100 if quick else 1000
@@ -267,6 +270,9 @@ def main() -> None:
     out_path = HERE / "results" / ("multiclass_quick.json" if quick else "multiclass.json")
     results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
                "quick": quick, "items": {}}
+    if args.update and out_path.exists():
+        results = json.loads(out_path.read_text())
+        results.setdefault("items", {})
     for name in args.items.split(","):
         load_before = os.getloadavg()
         cmd = [sys.executable, __file__, "--worker", name, "--grid-n", str(args.grid_n), "--l3-n", str(args.l3_n),
