@@ -1,21 +1,30 @@
 """Run every benchmark on the current device and write one results file for the device.
 
-    python benchmarks/run_all.py            # every benchmark, full size
-    python benchmarks/run_all.py --quick    # smoke sizes where a benchmark offers --quick
+    python benchmarks/run_all.py            # full profile: every benchmark at full size (many hours on 2 cores)
+    python benchmarks/run_all.py --quick    # quick profile: smoke sizes of every benchmark
     python benchmarks/run_all.py --only knn optprob --timeout 3600
     python benchmarks/run_all.py --dry-run  # print the commands
 
 Each ``benchmarks/<name>.py`` (except this file, ``readme_tables.py`` and
 files starting with ``_``) runs in its own process, one after the other, on
 whatever JAX sees as its default device (CPU, or the GPU of an accelerator
-machine). On the CPU the benchmarks write their usual files under
-``benchmarks/results/``; on another device a benchmark that takes ``--out``
-writes to ``benchmarks/results/<device>/<name>.json`` (with ``--quick``:
-``results/quick_<device>/``) so that the full CPU results are never overwritten
-(a benchmark without ``--out`` writes its own default file). Afterwards ``benchmarks/results/run_all_<device>.json``
+machine). Two profiles:
+
+* full (default): every benchmark with its own default sizes. On the CPU the
+  benchmarks write their usual files under ``benchmarks/results/``.
+* quick (``--quick``): ``--quick`` where a benchmark offers it, otherwise the
+  small settings listed in ``QUICK_ARGS``.
+
+A quick run, and any run on a device other than the CPU, runs each benchmark
+from a private copy of ``benchmarks/`` with an empty ``results/`` folder (the
+package and the data folder are passed on through ``PYTHONPATH`` and
+``JAXBOUND_DATA_DIR``), so it can never overwrite or append to the CPU
+results; the files it writes are copied to
+``benchmarks/results/<device>/`` (``quick_<device>/`` for a quick run).
+``benchmarks/results/run_all_<device>.json`` (``run_all_quick_<device>.json``)
 collects, per benchmark, the command, exit status, wall time, the last lines
-of its output and the content of every results file it wrote or updated.
-The file is rewritten (atomically) after each benchmark, so an interrupted run
+of its output and the content of every results file it wrote or updated. The
+file is rewritten (atomically) after each benchmark, so an interrupted run
 keeps what finished; ``--resume`` skips benchmarks that already succeeded
 with the same settings.
 """
@@ -26,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +45,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SKIP = {"run_all", "readme_tables"}
+
+# Quick-profile settings of the benchmarks without a --quick option (small sizes, a few minutes each at most).
+QUICK_ARGS = {
+    "concentration_mnist": ["--only", "linf", "--eps", "0.3", "--protocols", "paper", "--repeats", "1",
+                            "--linf-subset", "3000"],
+    "shift_mnist": ["--parts", "volumes", "--conc-n", "500", "--pair-n", "100", "--icd-train-n", "1000",
+                    "--train-n", "500", "--eval-n", "100"],
+    "training_mnist": ["--n-train", "1000", "--n-train-pgd", "500", "--n-train-reg", "500", "--n-eval", "100",
+                       "--n-dist", "10", "--dist-search", "2", "--attack-steps", "2"],
+}
+# Arguments whose value is a scratch folder: pointed into the sandbox so runs never share state.
+SCRATCH_ARGS = {"concentration_mnist": "--cache-dir", "shift_mnist": "--work", "training_mnist": "--work"}
 
 
 def device_info() -> dict:
@@ -67,20 +89,79 @@ def _help(name: str) -> str:
         return ""
 
 
-def command(name: str, device: dict, quick: bool) -> list[str]:
-    """The command line of one benchmark on this device."""
-    h = _help(name)
-    cmd = [sys.executable, str(HERE / f"{name}.py")]
-    if quick and "--quick" in h:
-        cmd.append("--quick")
-    folder = ("quick_" if quick else "") + device["name"]
-    if (quick or device["name"] != "cpu") and "--out" in h:
-        cmd += ["--out", str(RESULTS / folder / f"{name}.json")]
-    return cmd
+def command(name: str, quick: bool) -> list[str]:
+    """The arguments of one benchmark in a profile (the script path first, relative to ``benchmarks/``)."""
+    args = [f"{name}.py"]
+    if quick:
+        args += ["--quick"] if "--quick" in _help(name) else QUICK_ARGS.get(name, [])
+    return args
 
 
-def _snapshot() -> dict:
-    return {str(p): p.stat().st_mtime for p in RESULTS.rglob("*.json")}
+def sandboxed(quick: bool, device: dict) -> bool:
+    """Whether benchmarks run from a private copy (quick runs and devices other than the CPU)."""
+    return quick or device["name"] != "cpu"
+
+
+def _data_dir() -> str | None:
+    sys.path.insert(0, str(HERE))
+    from _common import find_data_dir
+
+    path = find_data_dir(need=("mnist", "fashion-mnist", "cifar10-jpeg"))
+    return None if path is None else str(path.resolve())
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p): p.stat().st_mtime for p in folder.rglob("*.json")} if folder.is_dir() else {}
+
+
+def run_one(name: str, args: list[str], *, sandbox: bool, dest: Path, timeout: float) -> dict:
+    """Run one benchmark; returns its exit status, wall time, output tail and the results files it wrote."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"jaxbound_bench_{name}_")) if sandbox else None
+    try:
+        if sandbox:
+            bench = tmp / "benchmarks"
+            bench.mkdir()
+            for p in HERE.glob("*.py"):
+                shutil.copy2(p, bench / p.name)
+            (bench / "results").mkdir()
+            if name in SCRATCH_ARGS:
+                args = [*args, SCRATCH_ARGS[name], str(tmp / "scratch")]
+        else:
+            bench = HERE
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent),
+                                                                         os.environ.get("PYTHONPATH")])))
+        data_dir = os.environ.get("JAXBOUND_DATA_DIR") or _data_dir()
+        if data_dir:
+            env["JAXBOUND_DATA_DIR"] = data_dir
+        before = _snapshot(bench / "results")
+        t0 = time.time()
+        try:
+            proc = subprocess.run([sys.executable, str(bench / args[0]), *args[1:]], capture_output=True, text=True,
+                                  timeout=timeout, cwd=bench.parent, env=env)
+            rc, out = proc.returncode, proc.stdout + proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            rc = 124
+            out = "".join(x if isinstance(x, str) else (x or b"").decode(errors="replace")
+                          for x in (exc.stdout, exc.stderr)) + f"\n(timed out after {timeout:.0f} s)"
+        seconds = time.time() - t0
+        after = _snapshot(bench / "results")
+        files = {}
+        for p in sorted(q for q, m in after.items() if before.get(q) != m):
+            rel = Path(p).relative_to(bench / "results")
+            if rel.name.startswith("run_all_"):
+                continue
+            try:
+                files[str(rel)] = json.loads(Path(p).read_text())
+            except (OSError, json.JSONDecodeError):
+                files[str(rel)] = None
+            if sandbox:
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(p, dest / rel)
+        return {"returncode": rc, "seconds": seconds, "output_tail": out[-4000:], "results": files,
+                "results_folder": str((dest if sandbox else RESULTS).relative_to(HERE))}
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _atomic_json(path: Path, obj) -> None:
@@ -111,41 +192,30 @@ def main(argv=None) -> int:
         names = [n for n in names if n in args.only]
     names = [n for n in names if n not in set(args.skip)]
     device = device_info()
-    out_path = RESULTS / f"run_all_{device['name']}.json"
-    record = {"device": device, "quick": args.quick, "benchmarks": {}}
+    profile = "quick" if args.quick else "full"
+    out_path = RESULTS / f"run_all_{'quick_' if args.quick else ''}{device['name']}.json"
+    dest = RESULTS / f"{'quick_' if args.quick else ''}{device['name']}"
+    sandbox = sandboxed(args.quick, device)
+    record = {"device": device, "profile": profile, "quick": args.quick, "benchmarks": {}}
     if args.resume and out_path.is_file():
         record["benchmarks"] = json.loads(out_path.read_text()).get("benchmarks", {})
-    print(f"run_all: device {device['name']} ({device.get('kind')}), benchmarks: {', '.join(names)}")
+    print(f"run_all: device {device['name']} ({device.get('kind')}), {profile} profile, benchmarks: {', '.join(names)}"
+          + (f"; results copied to {dest}" if sandbox else ""))
     for name in names:
-        cmd = command(name, device, args.quick)
+        cmd = command(name, args.quick)
         prev = record["benchmarks"].get(name)
-        if args.resume and prev and prev.get("returncode") == 0 and prev.get("command") == cmd[1:]:
+        if args.resume and prev and prev.get("returncode") == 0 and prev.get("command") == cmd:
             print(f"[{name}] done before, skipped")
             continue
-        print(f"[{name}] {' '.join(cmd)}", flush=True)
+        print(f"[{name}] python benchmarks/{' '.join(cmd)}", flush=True)
         if args.dry_run:
             continue
-        before = _snapshot()
-        t0 = time.time()
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=HERE.parent)
-            rc, out = proc.returncode, proc.stdout + proc.stderr
-        except subprocess.TimeoutExpired as exc:
-            rc, out = 124, (exc.stdout or "") + (exc.stderr or "") if isinstance(exc.stdout, str) else ""
-        seconds = time.time() - t0
-        after = _snapshot()
-        written = sorted(p for p, m in after.items() if before.get(p) != m and Path(p) != out_path)
-        files = {}
-        for p in written:
-            try:
-                files[str(Path(p).relative_to(HERE))] = json.loads(Path(p).read_text())
-            except (OSError, json.JSONDecodeError):
-                files[str(Path(p).relative_to(HERE))] = None
-        record["benchmarks"][name] = {"command": cmd[1:], "returncode": rc, "seconds": seconds,
-                                      "output_tail": out[-4000:], "results": files,
-                                      "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        rec = run_one(name, cmd, sandbox=sandbox, dest=dest, timeout=args.timeout)
+        record["benchmarks"][name] = {"command": cmd, **rec, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                      "loadavg": list(os.getloadavg())}
         _atomic_json(out_path, record)
-        print(f"[{name}] exit {rc} in {seconds:.0f} s; wrote {', '.join(files) or 'nothing'}", flush=True)
+        print(f"[{name}] exit {rec['returncode']} in {rec['seconds']:.0f} s; wrote "
+              f"{', '.join(rec['results']) or 'nothing'}", flush=True)
     if not args.dry_run:
         _atomic_json(out_path, record)
         print(f"run_all: wrote {out_path}")
