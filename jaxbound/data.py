@@ -79,6 +79,7 @@ __all__ = [
     "read_idx",
     "class_pair",
     "random_subset",
+    "interleave_classes",
     "gaussian_mixture",
     "uniform_cube",
     "uniform_ball",
@@ -769,6 +770,30 @@ def random_subset(ds: Dataset, *, n: int, key: jax.Array) -> Dataset:
     n = _checks.check_int(n, "n", low=0, high=len(ds))
     idx = np.asarray(jax.random.permutation(key, len(ds))[:n])
     return ds.subset(idx)
+
+
+def interleave_classes(ds: Dataset) -> Dataset:
+    """The examples reordered round-robin over classes: the first of every class, then the second, ...
+
+    Image folders list each class's files together, so "the first N examples"
+    of such a split is one class. After this reordering every prefix is as
+    balanced as the class sizes allow, and the order within each class is
+    kept (deterministic, no key).
+
+    Args:
+      ds: the dataset.
+
+    Returns:
+      :class:`Dataset` with the same examples in round-robin class order.
+    """
+    _check_dataset(ds)
+    labels = ds.labels
+    order = np.argsort(labels, kind="stable")
+    rank = np.empty(len(ds), np.int64)
+    counts = np.bincount(labels, minlength=ds.num_classes)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank[order] = np.arange(len(ds)) - np.repeat(starts, counts)
+    return ds.subset(np.lexsort((labels, rank)))
 
 
 # ---------------------------------------------------------------------------

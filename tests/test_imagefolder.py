@@ -371,3 +371,21 @@ def test_cifar_jpeg_train_split_and_cache(cifar_tar, tmp_path):
     np.testing.assert_array_equal(ds.images[7 * 5000 + 4999], ref["train/horse/4999.jpg"] / np.float32(255))
     again = data.load("imagefolder", data_dir=cifar_tar, split="train", cache_dir=tmp_path)
     np.testing.assert_array_equal(again.images, ds.images)
+
+
+@pytest.mark.parametrize("labels", [[0, 0, 0, 1, 1, 2], [2, 2, 0, 1, 0, 2, 2], [1], []])
+def test_interleave_classes_round_robin(labels):
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    ds = data.Dataset(np.arange(n, dtype=np.float32)[:, None] / max(n, 1), labels, num_classes=3)
+    out = data.interleave_classes(ds)
+    # Reference: repeatedly take the next unused example of each class in class order.
+    queues = {c: [i for i in range(n) if labels[i] == c] for c in range(3)}
+    expect = []
+    while any(queues.values()):
+        for c in range(3):
+            if queues[c]:
+                expect.append(queues[c].pop(0))
+    np.testing.assert_array_equal(out.labels, labels[expect])
+    np.testing.assert_array_equal(out.images[:, 0], ds.images[expect, 0])
+    check(lambda: data.interleave_classes((ds.images, ds.labels)), TypeError, "ds")
