@@ -731,8 +731,11 @@ class _OptProbState:
             self.network = _OrtoolsNetwork(ia.size, ib.size, la, lb)
             self.network_ids = (ia, ib, eidx)
             return np.arange(ia.size), np.arange(ib.size), np.arange(eidx.size)
-        na, nb, ne = self.network_ids
-        return np.searchsorted(na, ia), np.searchsorted(nb, ib), np.searchsorted(ne, eidx)
+        out = []
+        for have, now in zip(self.network_ids, (ia, ib, eidx)):
+            # a subset of the network's sorted ids: of the same size it is the same set
+            out.append(np.arange(now.size) if now.size == have.size else np.searchsorted(have, now))
+        return tuple(out)
 
     def new_part(self, wa: int, wb: int) -> int:
         self.parts_wa.append(int(wa))
