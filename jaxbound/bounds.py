@@ -1637,20 +1637,41 @@ def _lp_most_violated(pool: np.ndarray, viol: np.ndarray, rows: np.ndarray, n: i
     return np.unique(owner[real][first])
 
 
-def _lp_solve(pool: np.ndarray, work: np.ndarray, c: np.ndarray, n: int):
-    """HiGHS' dual simplex on the working rows: ``(q, row duals, upper-bound duals)`` in the scaled objective."""
-    from scipy import sparse
-    from scipy.optimize import linprog
+def _lp_rows(pool: np.ndarray, rows: np.ndarray, n: int):
+    """CSR pieces ``(starts [m], indices [nnz])`` of the pool rows ``rows`` (padding dropped)."""
+    members = pool[rows]
+    real = members < n
+    starts = np.concatenate([[0], np.cumsum(real.sum(axis=1))[:-1]]).astype(np.int64)
+    return starts, members[real]
 
-    rows = pool[work]
-    real = rows < n
-    ri = np.repeat(np.arange(work.size), 3)[real.ravel()]
-    a = sparse.csr_array((np.ones(ri.size), (ri, rows[real])), shape=(work.size, n))
-    res = linprog(c, A_ub=a, b_ub=np.ones(work.size), bounds=(0.0, 1.0), method="highs-ds",
-                  options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10})
-    if res.status != 0:  # pragma: no cover - the LP is feasible (q = 0) and bounded
-        raise RuntimeError(f"HiGHS did not solve the multi-class LP: {res.message}")
-    return res.x, -res.ineqlin.marginals, -res.upper.marginals
+
+class _ScipyWorkingLP:
+    """The working LP through SciPy's HiGHS wrapper: each solve starts from scratch.
+
+    ``rows``: the pool rows of the model, in the order they were added (the
+    order of the row duals returned by ``solve``).
+    """
+
+    def __init__(self, pool: np.ndarray, c: np.ndarray, n: int):
+        self.pool, self.c, self.n = pool, c, n
+        self.rows = np.zeros(0, np.int64)
+
+    def add(self, rows: np.ndarray) -> None:
+        self.rows = np.concatenate([self.rows, rows])
+
+    def solve(self):
+        """``(q [n], row duals [m] in the order rows were added, upper-bound duals [n])``, scaled objective."""
+        from scipy import sparse
+        from scipy.optimize import linprog
+
+        starts, idx = _lp_rows(self.pool, self.rows, self.n)
+        indptr = np.append(starts, idx.size)
+        a = sparse.csr_array((np.ones(idx.size), idx, indptr), shape=(self.rows.size, self.n))
+        res = linprog(self.c, A_ub=a, b_ub=np.ones(self.rows.size), bounds=(0.0, 1.0), method="highs-ds",
+                      options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10})
+        if res.status != 0:  # pragma: no cover - the LP is feasible (q = 0) and bounded
+            raise RuntimeError(f"HiGHS did not solve the multi-class LP: {res.message}")
+        return res.x, -res.ineqlin.marginals, -res.upper.marginals
 
 
 def _mc_lp(g: ConflictHypergraph) -> MulticlassResult:
@@ -1662,7 +1683,8 @@ def _mc_lp(g: ConflictHypergraph) -> MulticlassResult:
     dual simplex solves a small working set, starting from the pair edges
     that carry flow in the ``L*(2)`` certificate, and each pass adds, for
     every vertex, the most violated constraint that contains it, until no
-    constraint is violated by more than ``1e-10``. A basic optimum has at
+    constraint is violated by more than ``1e-10`` (SciPy's wrapper of HiGHS
+    solves each pass from scratch). A basic optimum has at
     most ``n`` tight constraints, so the working set stays a small part of
     the hyperedges (MNIST, 1,000 per class, l2 eps 3.5: 17,137 of 619,228
     rows in 9 passes). Pair edges inside a hyperedge are implied by it
@@ -1675,23 +1697,23 @@ def _mc_lp(g: ConflictHypergraph) -> MulticlassResult:
     c = -g.p / scale
     q, lam_pool, mu = np.ones(n), np.zeros(pool.shape[0]), g.p.copy()
     if pool.shape[0]:
+        lp_model = _ScipyWorkingLP(pool, c, n)
         in_work = np.zeros(pool.shape[0], bool)
-        in_work[_lp_initial_rows(g, pool, keep)] = True
+        added = _lp_initial_rows(g, pool, keep)
         qpad = np.zeros(n + 1)
         while True:
-            work = np.flatnonzero(in_work)
-            if work.size:
-                q, lam_w, mu_s = _lp_solve(pool, work, c, n)
-            else:
-                q, lam_w, mu_s = np.ones(n), np.zeros(0), -c
+            if added.size:
+                lp_model.add(added)
+                in_work[added] = True
+            q, lam_w, mu_s = lp_model.solve() if in_work.any() else (np.ones(n), np.zeros(0), -c)
             qpad[:n] = q
             viol = qpad[pool].sum(axis=1) - 1.0
             out = np.flatnonzero((viol > 1e-10) & ~in_work)
             if out.size == 0:
                 break
-            in_work[_lp_most_violated(pool, viol, out, n)] = True
+            added = _lp_most_violated(pool, viol, out, n)
         q = np.clip(q, 0.0, 1.0)  # HiGHS may return -1e-17 for a bound it holds exactly
-        lam_pool[work] = np.maximum(lam_w, 0.0) * scale
+        lam_pool[lp_model.rows] = np.maximum(lam_w, 0.0) * scale
         mu = np.maximum(mu_s, 0.0) * scale
     m_e = int(keep.sum())
     edge_dual = np.zeros(g.edges.shape[0])
