@@ -18,8 +18,9 @@ Names understood by :func:`load`:
   ``.tar.gz`` of one, given as ``data_dir``. Images sit at
   ``<split>/<class>/<file>`` (``split`` picks the top-level folder, e.g.
   ``"train"`` or ``"test"``) or, for a tree without split folders, at
-  ``<class>/<file>`` (then ``split="all"``); one enclosing folder around
-  either layout is looked through. Classes are the class-folder names in
+  ``<class>/<file>`` (then ``split="all"``); enclosing folders around the
+  split layout (``name/train/<class>/<file>``) are looked through (a single
+  folder holding class folders is read as one split of that name). Classes are the class-folder names in
   sorted order over every split (so train and test labels agree), files are
   read in sorted path order, every file whose suffix Pillow knows is an image
   (hidden files and other files are skipped). Pixels are exactly what Pillow
@@ -470,7 +471,7 @@ def _layout(tree: _Tree, split: str) -> tuple[list[str], list[tuple[str, ...]], 
 
     Images sit at one depth below the root: ``class/file`` (no split folders;
     the whole tree is split ``"all"``) or ``split/class/file``; one enclosing
-    folder around either layout (``name/train/class/file``) is looked through.
+    folder around the split layout (``name/train/class/file``) is looked through.
     """
     if not tree.files:
         raise ValueError(f"data_dir: no image files in {tree.source!r}")
