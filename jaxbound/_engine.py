@@ -443,6 +443,10 @@ def _stream_multi(kernel, static, batch_args, rep_args, *, block_size, out_axis,
         for spans in _multi_rounds(n, start, block_size, local):
             tdef, leaves, err = _multi_block(fn, batch_args, rep_args, pad, spans[me], block_size,
                                              collect if local else None)
+            if local and err is None and tdef is not None and not leaves:
+                raise ValueError("local_rows: this call keeps its results outside the blocks (e.g. "
+                                 "geometry.radius_pairs), so they cannot be gathered from process-local rows; pass "
+                                 "the same full inputs on every process instead")
             try:
                 got = distributed.allgather(leaves, error=err)
             except RuntimeError:

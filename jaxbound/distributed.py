@@ -23,7 +23,8 @@ Two ways to pass data:
   process. Every process must hold the same number of rows (the process count
   must divide the work) and gets the full result: process 0's rows first, then
   process 1's, and so on. For data that does not fit one host. Checkpoints are
-  not kept in this mode.
+  not kept in this mode, and calls that keep their results outside the row
+  blocks (``geometry.radius_pairs``) raise ``ValueError`` in it.
 
 Host-side steps (max-flow, linear programs) run on process 0 only and their
 result reaches every process through :func:`on_process_zero` (or
@@ -89,6 +90,7 @@ AUTO_DETECT_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_MCA_orte_hnp
 _timeout: list[float | None] = [None]
 _seq = itertools.count()
 _local_rows = contextvars.ContextVar("jaxbound_local_rows", default=False)
+_solo = contextvars.ContextVar("jaxbound_solo", default=False)  # inside on_process_zero: one process alone
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -130,10 +132,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 
 def is_active() -> bool:
-    """True when the multi-controller runtime is running with more than one process."""
+    """True when the multi-controller runtime is running with more than one process (and not in :func:`on_process_zero`)."""
     import jax
 
-    return bool(jax.distributed.is_initialized()) and jax.process_count() > 1
+    return bool(jax.distributed.is_initialized()) and jax.process_count() > 1 and not _solo.get()
 
 
 def process_index() -> int:
@@ -299,10 +301,13 @@ def on_process_zero(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     result, error = None, None
     if process_index() == 0:
+        token = _solo.set(True)
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - re-raised on every process below
             error = exc
+        finally:
+            _solo.reset(token)
     payload = ("err", error) if error is not None else ("ok", result)
     if process_index() == 0:
         try:
