@@ -80,6 +80,8 @@ __all__ = [
 _L2_EXTRA_CANDIDATES = 16
 # Reference columns per group whose minimum bounds the l2 k-th distance (see _knn_l2_block).
 _L2_GROUP = 32
+# A chunk whose rounding band overflows k + 16 candidates re-ranks this many times more before computing everything.
+_L2_WIDE = 8
 # Unrolling of the loop over features (measured best on a 2-core x86 CPU).
 _UNROLL = 16
 # Default number of query rows per device and block, by norm.
@@ -329,6 +331,24 @@ def _knn_block(xq, q_ids, q_lab, q_val, refs, refs_t, refs_sq, r_lab, *, k, norm
     return _finish(-neg, norm), idx.astype(jnp.int32)
 
 
+def _band_candidates(g_lo, v, lower, cap, g, m):
+    """The ``cap`` columns with the smallest lower bounds, from the ``cap`` groups with the smallest minima.
+
+    ``ok`` (one flag for the chunk) is true when every group and every
+    column whose lower bound is ``<= v`` was kept, i.e. the candidates hold
+    the whole band. ``lower(cols)`` gives the lower bounds at ``cols``
+    (``+inf`` outside ``[0, m)`` and for excluded pairs).
+    """
+    n_g = jnp.sum(g_lo <= v[:, None], axis=1)
+    _, gid = lax.top_k(-g_lo, min(cap, g_lo.shape[1]))
+    cols = (gid[:, :, None] * g + jnp.arange(g, dtype=jnp.int32)).reshape(gid.shape[0], -1)
+    lv = lower(cols)
+    _, pos = lax.top_k(-lv, cap)
+    cand = jnp.minimum(jnp.take_along_axis(cols, pos, axis=1), m - 1)
+    n_c = jnp.sum(lv <= v[:, None], axis=1)
+    return cand, jnp.all((n_g <= cap) & (n_c <= cap))
+
+
 def _knn_l2_block(xq, q_ids, q_lab, refs, refs_sq, r_lab, *, k, exclude_self, exclude_label):
     """l2 k-NN of one block: GEMM scores, candidates by the proven rounding band, exact re-ranking.
 
@@ -341,27 +361,29 @@ def _knn_l2_block(xq, q_ids, q_lab, refs, refs_sq, r_lab, *, k, exclude_self, ex
     ``_L2_GROUP`` columns (``k`` groups each hold a point within ``V``): one
     pass over the block plus a top-k over the groups. The columns with
     ``s - e <= V`` (usually ``k`` plus a few) are re-ranked by direct
-    computation and sorted by (distance, index). A row whose band holds more
-    than ``k + 16`` columns (many exact ties, duplicates) is computed
-    directly against every reference instead, so the result is exact either
-    way. Rows are processed in chunks that stay in cache.
+    computation and sorted by (distance, index). A chunk whose band holds
+    more than ``k + 16`` columns in some row re-ranks ``8 (k + 16)`` instead
+    (wide bands: high dimension, concentrated distances); beyond that (many
+    exact ties, duplicates) it is computed directly against every reference,
+    so the result is exact either way. Rows are processed in chunks that
+    stay in cache.
     """
     b, m = xq.shape[0], refs.shape[0]
     score = l2_sq_gemm(xq, refs, refs_sq)
     xsq = jnp.sum(xq * xq, axis=1)
     rel = 2.0 * gemm_rounding_bound(xq.shape[1], xq.dtype)
     cap = min(m, k + _L2_EXTRA_CANDIDATES)
-    g = max(1, min(_L2_GROUP, m // cap))
-    n_groups = -(-m // g)
+    cap2 = min(m, _L2_WIDE * cap)
+    g = max(1, min(_L2_GROUP, m // cap2))
     inf = jnp.asarray(jnp.inf, score.dtype)
     cols_all = jnp.arange(m, dtype=jnp.int32)
 
-    def masked(qi, ql):
-        bad = jnp.zeros((qi.shape[0], m), bool)
+    def masked(qi, ql, cols):
+        bad = jnp.zeros(cols.shape, bool)
         if exclude_self:
-            bad |= qi[:, None] == cols_all[None, :]
+            bad |= qi[:, None] == cols
         if exclude_label:
-            bad |= ql[:, None] == r_lab[None, :]
+            bad |= ql[:, None] == r_lab[cols]
         return bad
 
     def group_min(a):
@@ -373,31 +395,21 @@ def _knn_l2_block(xq, q_ids, q_lab, refs, refs_sq, r_lab, *, k, exclude_self, ex
 
     def one(args):
         sc, xs, qi, ql, xc = args
-        bad = masked(qi, ql)
+        bad = masked(qi, ql, jnp.broadcast_to(cols_all, sc.shape))
         e = rel * (xs[:, None] + refs_sq[None, :])
         v = -lax.top_k(-group_min(jnp.where(bad, inf, sc + e)), k)[0][:, k - 1]
         v = v * (1.0 + 2.0**-20)  # values that round to the same float32 distance as d_(k)
         g_lo = group_min(jnp.where(bad, inf, sc - e))
-        n_g = jnp.sum(g_lo <= v[:, None], axis=1)
-        _, gid = lax.top_k(-g_lo, min(cap, n_groups))
-        cols = (gid[:, :, None] * g + jnp.arange(g, dtype=jnp.int32)).reshape(gid.shape[0], -1)
-        inside = cols < m
-        cols = jnp.minimum(cols, m - 1)
-        bad_c = ~inside
-        if exclude_self:
-            bad_c |= qi[:, None] == cols
-        if exclude_label:
-            bad_c |= ql[:, None] == r_lab[cols]
-        lv = jnp.take_along_axis(sc, cols, axis=1) - rel * (xs[:, None] + refs_sq[cols])
-        lv = jnp.where(bad_c, inf, lv)
-        _, pos = lax.top_k(-lv, cap)
-        cand = jnp.take_along_axis(cols, pos, axis=1)
-        n_c = jnp.sum(lv <= v[:, None], axis=1)
-        ok = jnp.all((n_g <= cap) & (n_c <= cap))
 
-        def fast():
+        def lower(cols):
+            inside = cols < m
+            cols = jnp.minimum(cols, m - 1)
+            lv = jnp.take_along_axis(sc, cols, axis=1) - rel * (xs[:, None] + refs_sq[cols])
+            return jnp.where(~inside | masked(qi, ql, cols), inf, lv)
+
+        def rerank(cand):
             dist, cnd = _exact_rerank(xc, refs, cand, "l2")
-            dist = jnp.where(jnp.take_along_axis(bad, cnd, axis=1), inf, dist)
+            dist = jnp.where(masked(qi, ql, cnd), inf, dist)
             dist, cnd = lax.sort((dist, cnd), dimension=1, num_keys=2)
             return dist[:, :k], cnd[:, :k]
 
@@ -408,7 +420,12 @@ def _knn_l2_block(xq, q_ids, q_lab, refs, refs_sq, r_lab, *, k, exclude_self, ex
             dist, idx = lax.sort((dist, idx), dimension=1, num_keys=2)
             return dist[:, :k], idx[:, :k]
 
-        return lax.cond(ok, fast, every)
+        def wide():
+            cand, ok = _band_candidates(g_lo, v, lower, cap2, g, m)
+            return lax.cond(ok, lambda: rerank(cand), every)
+
+        cand, ok = _band_candidates(g_lo, v, lower, cap, g, m)
+        return lax.cond(ok, lambda: rerank(cand), wide if cap2 > cap else every)
 
     c = _row_chunks(b, m)
     parts = (score, xsq, q_ids, q_lab, xq)

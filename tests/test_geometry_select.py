@@ -52,9 +52,11 @@ def tied_points(rng, n_tied=60, d=12):
     return q, refs
 
 
-def test_knn_l2_band_overflow_is_exact_with_ties_by_index(rng):
-    # 60 exact ties > k + 16 candidates: the row is computed against every reference; ties by index.
-    q, refs = tied_points(rng)
+@pytest.mark.parametrize("n_tied", [60, 200])
+def test_knn_l2_band_overflow_is_exact_with_ties_by_index(n_tied, rng):
+    # 60 exact ties > k + 16 candidates: the wide re-ranking (8 (k + 16) = 168 candidates);
+    # 200 ties: the row is computed against every reference. Ties by index either way.
+    q, refs = tied_points(rng, n_tied=n_tied)
     others = rng.normal(size=(7, q.shape[1])).astype(np.float32)  # fast-path rows in the same blocks
     queries = np.concatenate([others[:3], q, others[3:]])
     D, idx = brute(queries, refs, 5)
