@@ -33,11 +33,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(out: Path, pid: int, nproc: int, port: int) -> subprocess.Popen:
+def _launch(out: Path, pid: int, nproc: int, port: int, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     env.pop("XLA_FLAGS", None)  # one CPU device per process, as in the single-process reference
+    if extra:  # the training reference: one process with the mesh shape of the two processes
+        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     out.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([sys.executable, str(WORKER), str(out), str(pid), str(nproc), str(port), "60"],
+    return subprocess.Popen([sys.executable, str(WORKER), str(out), str(pid), str(nproc), str(port), "60", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=out)
 
 
@@ -46,7 +48,8 @@ def runs(tmp_path_factory):
     """``(dist, single)``: per process ``(outputs, facts)`` of the two-process run, and the reference."""
     root = tmp_path_factory.mktemp("distributed")
     port = _free_port()
-    procs = [_launch(root / "dist", p, 2, port) for p in range(2)] + [_launch(root / "single", 0, 1, 0)]
+    procs = [_launch(root / "dist", p, 2, port) for p in range(2)] + [_launch(root / "single", 0, 1, 0),
+                                                                         _launch(root / "train", 0, 1, 0, "train")]
     logs = []
     for p in procs:
         try:
@@ -136,10 +139,18 @@ def test_uneven_local_rows_raise_on_every_process(runs):
         assert msg is not None and msg.startswith("rows:") and "[10, 11]" in msg and "divide" in msg
 
 
+def test_radius_pairs_refuse_process_local_rows_on_every_process(runs):
+    for _, f in runs[0]:
+        assert f["local_pairs"] is not None and f["local_pairs"].startswith("local_rows:")
+
+
 def test_host_side_steps_run_on_process_zero(runs):
     for _, f in runs[0]:
         assert f["zero"] == 10 and f["broadcast"] == 0  # process 0's values everywhere
         assert f["zero_error"] == "max-flow failed on process 0"  # its error raised everywhere
+    ref = runs[1][0]["knn_idx"]
+    for got, _ in runs[0]:  # a k-NN inside the host-side step runs on process 0 alone
+        assert np.array_equal(got["zero_knn_idx"], ref)
 
 
 def test_one_writer(runs):
@@ -162,15 +173,20 @@ def test_a_missing_process_times_out_instead_of_hanging(runs):
 
 
 def test_two_training_steps_identical(runs):
-    dist, (ref, single), _ = runs
+    """Two data-parallel steps on the 2-device global mesh == one process with two devices (same reductions)."""
+    dist, _, root = runs
     for _, f in dist:
         if f["train"] != "ok":
             pytest.xfail(f"training.train in two processes raised ({f['train']}); multi-process training (a mesh "
                          "over jax.devices() when jax.process_count() > 1) is being added to jaxbound/training.py")
-    assert single["train"] == "ok"
-    names = [k for k in ref if k.startswith("train_")]
-    assert names
-    _same(runs, *names)
+    assert json.loads((root / "train" / "train_ref.json").read_text())["train"] == "ok"
+    with np.load(root / "train" / "train_ref.npz") as z:
+        ref = {k: z[k] for k in z.files}
+    assert ref
+    for got, _ in dist:
+        assert sorted(k for k in got if k.startswith("train_")) == sorted(ref)
+        for k in ref:
+            assert np.array_equal(got[k], ref[k]), k
 
 
 # ---------------------------------------------------------------------------
