@@ -286,3 +286,32 @@ def test_checkpoint_path_that_is_a_file_raises_before_any_work(tmp_path, arrays,
     with pytest.raises(TypeError, match="^checkpoint"):
         _engine.run(_ids_kernel, {}, [x, ids], [w], block_size=3, checkpoint=3)
     assert starts == []
+
+
+@pytest.mark.parametrize("n, start, bs, n_proc", [(35, 0, 4, 2), (35, 8, 4, 2), (7, 0, 4, 3), (12, 0, 4, 4),
+                                                   (1, 0, 4, 2), (30, 12, 5, 3)])
+def test_multi_process_rounds_cover_every_block_once_in_order(monkeypatch, n, start, bs, n_proc):
+    """Process p computes the blocks p, p + P, ... of the single-process blocks (same boundaries), one per round."""
+    from jaxbound import distributed
+
+    monkeypatch.setattr(distributed, "process_count", lambda: n_proc)
+    rounds = _engine._multi_rounds(n, start, bs, False)
+    flat = [s for r in rounds for s in r if s is not None]
+    assert flat == [(lo, min(n, lo + bs)) for lo in range(start, n, bs)]
+    assert all(len(r) == n_proc for r in rounds)
+    assert all(r[0] is not None for r in rounds)  # a round never leaves process 0 idle while others work
+    local = _engine._multi_rounds(10, 0, 4, True)  # process-local rows: every process its own block r
+    assert local == [[(0, 4)] * n_proc, [(4, 8)] * n_proc, [(8, 10)] * n_proc]
+
+
+def test_single_process_stream_makes_no_exchange(monkeypatch, arrays):
+    """Without jax.distributed the engine never enters the multi-process path (numbers unchanged)."""
+    from jaxbound import distributed
+
+    def boom(*a, **k):
+        raise AssertionError("exchange in a single-process run")
+
+    monkeypatch.setattr(distributed, "exchange", boom)
+    x, _, w = arrays
+    out = _engine.run(_ids_kernel, {}, [x, np.arange(13, dtype=np.int32)], [w], block_size=3)
+    assert jax.tree.leaves(out)[0].shape[0] == 13
