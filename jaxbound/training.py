@@ -748,6 +748,7 @@ class _StepSpec(NamedTuple):
     total_steps: int | None
     masked: bool = False
     data_sharding: Any = None
+    key_impl: Any = None
 
 
 def _init_opt(spec: _StepSpec, params):
@@ -759,13 +760,16 @@ def _train_chunk(spec: _StepSpec, params, opt_state, x_all, t_all, idx, valid, k
     """``idx.shape[0]`` training steps in one ``lax.scan``: the batches are gathered on the device.
 
     Step ``k`` trains on rows ``idx[k]`` of ``x_all``/``t_all`` with the key
-    ``fold_in(k_step, step0 + k)`` and the schedules of global step
-    ``step0 + k``; with ``spec.masked``, steps ``k >= valid`` leave the state
+    ``fold_in(k_step, step0 + k)`` (``k_step`` is the key's raw data,
+    rewrapped with ``spec.key_impl``; legacy ``uint32`` keys have none) and
+    the schedules of global step ``step0 + k``; with ``spec.masked``, steps ``k >= valid`` leave the state
     unchanged (the padding of the epoch's last chunk). Returns the new state
     and the per-step metrics ``[K]``.
     """
     tx, _ = _make_optimizer(spec.cfg, spec.total_steps)
     step = _make_step(spec.model.apply, tx, spec.cfg)
+    if spec.key_impl is not None:
+        k_step = jax.random.wrap_key_data(k_step, impl=spec.key_impl)
 
     def body(carry, inp):
         k, rows = inp
@@ -796,12 +800,14 @@ class _Runner(NamedTuple):
     chunk: Callable  # (masked) -> jitted (params, opt_state, x_all, t_all, idx, valid, k_step, step0)
 
 
-def _runner(model: nn.Module, cfg: TrainConfig, total_steps: int, mesh: Mesh) -> _Runner:
+def _runner(model: nn.Module, cfg: TrainConfig, total_steps: int, mesh: Mesh, key: Any) -> _Runner:
     """The jitted functions; parameters and optimiser state are donated to the chunk (updated in place)."""
     uses_total = isinstance(cfg.optimizer, str) and cfg.schedule in ("piecewise", "cosine", "cyclic")
     data_sh, repl = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
     idx_sh = NamedSharding(mesh, P(None, "batch"))
-    base = _StepSpec(model, cfg.replace(epochs=1), total_steps if uses_total else None, False, data_sh)
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    base = _StepSpec(model, cfg.replace(epochs=1), total_steps if uses_total else None, False, data_sh,
+                     jax.random.key_impl(key) if typed else None)
     shardings = dict(in_shardings=(repl, repl, repl, repl, idx_sh, repl, repl, repl), out_shardings=(repl, repl, repl))
     try:
         hash(base)
@@ -1105,7 +1111,7 @@ def _train_epoch(run: _Runner, st: _State, d: _Data, cfg: TrainConfig, k_perm, k
     pending = []
     for c in range(calls):
         valid = min(k_chunk, steps_per_epoch - c * k_chunk)
-        rows = jax.device_put(idx[c * k_chunk:(c + 1) * k_chunk], dev.idx)
+        rows = _put(idx[c * k_chunk:(c + 1) * k_chunk], dev.idx)
         st.params, st.opt_state, m = chunk(st.params, st.opt_state, dev.x, dev.t, rows, np.int32(valid), k_step,
                                            np.int32(st.step))
         st.step += valid
@@ -1190,6 +1196,18 @@ def _multi_process() -> bool:
     return jax.process_count() > 1
 
 
+def _put(tree, sharding):
+    """Host arrays onto ``sharding``; with several processes (every one holding the same values) via callbacks."""
+    if not _multi_process():
+        return jax.device_put(tree, sharding)
+
+    def one(a):
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, sharding, lambda i: a[i])
+
+    return jax.tree.map(one, tree)
+
+
 def train(
     model: Any,
     train_data: Any,
@@ -1266,7 +1284,7 @@ def train(
     config["devices"] = int(mesh.devices.size)
 
     k_init, k_perm, k_step, k_eval = (jax.random.fold_in(key, i) for i in range(4))
-    run = _runner(d.model, cfg, total_steps, mesh)
+    run = _runner(d.model, cfg, total_steps, mesh, key)
     params = models.init_params(d.model, d.x.shape[1:], key=k_init)
     st = _State(params, run.init(params))
     ckdir = None if checkpoint_dir is None else Path(checkpoint_dir)
@@ -1274,11 +1292,10 @@ def train(
     if ckdir is not None:
         _resume(ckdir, fp, st)
     # fresh device copies (the chunks donate them); every process holds the same values
-    st.params = jax.device_put(jax.device_get(st.params), repl)
-    st.opt_state = jax.device_put(jax.device_get(st.opt_state), repl)
-    dev = _DeviceData(jax.device_put(d.x, repl), jax.device_put(d.targets, repl),
-                      NamedSharding(mesh, P(None, "batch")))
-    k_step = jax.device_put(k_step, repl)
+    st.params = _put(jax.device_get(st.params), repl)
+    st.opt_state = _put(jax.device_get(st.opt_state), repl)
+    dev = _DeviceData(_put(d.x, repl), _put(d.targets, repl), NamedSharding(mesh, P(None, "batch")))
+    k_step = _put(_engine.key_data(k_step), repl)
     writer = not _multi_process() or jax.process_index() == 0
 
     def result():
