@@ -1350,7 +1350,14 @@ def _sparse_l1_direction(g, xa, kfrac, bounds):
 
 
 def apgd_checkpoints(steps: int) -> tuple[int, ...]:
-    """APGD's checkpoints ``w_j = ceil(p_j N)`` with ``p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``.
+    """APGD's checkpoints ``w_j``: the reference implementation's integer form of ``w_j = ceil(p_j N)``.
+
+    The paper's ``p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} -
+    0.03, 0.06)`` is run as window lengths: the first ``max(floor(0.22 N),
+    1)`` iterations, then each window ``max(floor(0.03 N), 1)`` shorter than
+    the last but at least ``max(floor(0.06 N), 1)``; a checkpoint ends each
+    window. For ``N = 100`` both give ``22, 41, 57, 70, 80, 87, 93, 99``; for
+    other ``N`` this is what the reference code (and torchattacks) runs.
 
     Args:
       steps: the iteration budget ``N >= 1``.
@@ -1359,14 +1366,18 @@ def apgd_checkpoints(steps: int) -> tuple[int, ...]:
       The checkpoints in ``(0, N]``, increasing.
 
     References:
-      Croce, Hein. ICML 2020, arXiv:2003.01690, §3.2.
+      Croce, Hein. ICML 2020, arXiv:2003.01690, §3.2; the reference code
+      github.com/fra31/auto-attack, ``autopgd_base.py`` (``n_iter_2``,
+      ``size_decr``, ``n_iter_min``).
     """
     steps = _checks.check_int(steps, "steps", low=1)
-    p = [0.0, 0.22]
-    while p[-1] <= 1.0:
-        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    out = sorted({int(math.ceil(q * steps - 1e-9)) for q in p[1:] if q <= 1.0})
-    return tuple(w for w in out if 0 < w <= steps)
+    k, decr, k_min = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    out, w = [], k
+    while w <= steps:
+        out.append(w)
+        k = max(k - decr, k_min)
+        w += k
+    return tuple(out)
 
 
 def _apgd_objective(logits, y, target, loss):
@@ -1408,6 +1419,15 @@ def _apgd_run(x, y, target, keys, eps, x0, *, model, norm, steps, bounds, loss, 
     ``found`` marks examples misclassified at some iterate (the first such
     iterate is kept), else ``x_found`` is the iterate of highest loss.
     ``bad`` marks examples where the model returned non-finite logits.
+
+    The checkpoint rule is the reference implementation's: the step halves
+    when at most ``rho h`` of the ``h`` steps of the window increased the
+    loss over the previous iterate (``<=``; the first step of the first
+    window is compared with 0, as the reference code's zero-initialised loss
+    history does), or when the step was not halved at the previous
+    checkpoint and the best loss has not improved since (never at the first
+    checkpoint). A halving restarts from the best point and its gradient
+    while the momentum point stays the iterate before the step.
     """
     n = x.shape[0]
     at = _apgd_value_grad(model, y, target, keys, loss=loss, eot=eot)
@@ -1436,36 +1456,36 @@ def _apgd_run(x, y, target, keys, eps, x0, *, model, norm, steps, bounds, loss, 
     kfrac0 = jnp.full((n,), 0.2 if l1 else 1.0, x.dtype)
 
     def body(i, c):
-        xk, xprev, gk, fk, eta, best, cnt, last, adv, kfrac = c
+        xk, xprev, gk, f_prev, eta, best, cnt, last, adv, kfrac = c
         x_best, g_best, f_best = best
-        f_last, eta_last, ck_last = last
+        f_last, reduced_last, ck_last = last
         z = proj(xk + _rows(eta, x) * direction(gk, xk, kfrac))
         a = jnp.where(i == 0, 1.0, momentum)
         xn = proj(xk + a * (z - xk) + (1.0 - a) * (xk - xprev))
         fn, logits_n, gn = at(xn, i + 1)
         adv = track(adv, xn, logits_n)
         fn = jnp.where(jnp.isfinite(fn), fn, -jnp.inf)
-        cnt = cnt + (fn > fk)
+        cnt = cnt + (fn > f_prev)
         up = fn > f_best
         x_best, g_best, f_best = (jnp.where(_rows(up, x), xn, x_best), jnp.where(_rows(up, x), gn, g_best),
                                   jnp.where(up, fn, f_best))
         is_ck = jnp.any(ck == i + 1)
         h = (i + 1 - ck_last).astype(x.dtype)
-        reduce = is_ck & ((cnt < rho * h) | ((eta == eta_last) & (f_best == f_last)))
+        reduce = is_ck & ((cnt <= rho * h) | (~reduced_last & (f_last >= f_best)))
         rb = _rows(reduce, x)
         if l1:  # sparsity adapted to the best point's support at each reduction (Croce & Hein 2021)
             sp = jnp.sum((x_best - x).reshape(n, -1) != 0, axis=1) / x[0].size
             kfrac = jnp.where(reduce, jnp.clip(sp / 1.5, 1.0 / x[0].size, 1.0), kfrac)
-        last = (jnp.where(is_ck, f_best, f_last), jnp.where(is_ck, eta, eta_last), jnp.where(is_ck, i + 1, ck_last))
+        last = (jnp.where(is_ck, f_best, f_last), jnp.where(is_ck, reduce, reduced_last),
+                jnp.where(is_ck, i + 1, ck_last))
         eta = jnp.where(reduce, eta / 2.0, eta)
         cnt = jnp.where(is_ck, 0.0, cnt)
-        xprev = jnp.where(rb, x_best, xk)
-        xn, gn, fn = jnp.where(rb, x_best, xn), jnp.where(rb, g_best, gn), jnp.where(reduce, f_best, fn)
-        return xn, xprev, gn, fn, eta, (x_best, g_best, f_best), cnt, last, adv, kfrac
+        xn, gn = jnp.where(rb, x_best, xn), jnp.where(rb, g_best, gn)
+        return xn, xk, gn, fn, eta, (x_best, g_best, f_best), cnt, last, adv, kfrac
 
     f0 = jnp.where(jnp.isfinite(f0), f0, -jnp.inf)
-    init = (x0, x0, g0, f0, eta0, (x0, g0, f0), jnp.zeros((n,), x.dtype),
-            (f0, eta0, jnp.int32(0)), adv, kfrac0)
+    init = (x0, x0, g0, jnp.zeros_like(f0), eta0, (x0, g0, f0), jnp.zeros((n,), x.dtype),
+            (f0, jnp.ones((n,), bool), jnp.int32(0)), adv, kfrac0)
     out = lax.fori_loop(0, steps, body, init)
     (x_best, _, _), (adv_x, adv_logits, found, bad) = out[5], out[8]
     best_logits = model(x_best, keys)
@@ -1474,9 +1494,36 @@ def _apgd_run(x, y, target, keys, eps, x0, *, model, norm, steps, bounds, loss, 
             found, bad)
 
 
-def _apgd_core(x, y, idx, eps, key, *, logits_fn, randomized, norm, steps, restarts, n_targets, loss, bounds, eot,
-               rho, momentum):
-    """APGD over ``restarts`` random starts (and ``n_targets`` target classes for targeted losses)."""
+def _apgd_start(x, keys, eps, norm, bounds):
+    """The reference implementation's random start ``x^(0)`` per example (keys ``[n]``).
+
+    ℓ∞: ``x + eps t / ||t||_inf`` with ``t`` uniform in ``[-1, 1]^d`` (a point
+    on the surface of the cube); ℓ2: ``x + eps t / ||t||_2`` with ``t``
+    standard normal (uniform on the sphere); both clipped to the box (which
+    never leaves the ball). ℓ1: a standard normal step projected onto the
+    ℓ1 ball intersected with the box.
+    """
+    n = x.shape[0]
+    if norm == "linf":
+        t = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], x.dtype, -1.0, 1.0))(keys)
+        s = jnp.max(jnp.abs(t.reshape(n, -1)), axis=1)
+    else:
+        t = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(keys)
+        if norm == "l1":
+            return _project_l1_box(x, x + t, eps, bounds)
+        s = jnp.sqrt(jnp.sum(t.reshape(n, -1) ** 2, axis=1)) + _TINY
+    x0 = x + _rows(eps / jnp.maximum(s, _TINY), x) * t
+    return x0 if bounds is None else jnp.clip(x0, bounds[0], bounds[1])
+
+
+def _apgd_core(x, y, idx, eps, key, r0=None, r1=None, *, logits_fn, randomized, norm, steps, restarts, n_targets,
+               loss, bounds, eot, rho, momentum):
+    """APGD over ``restarts`` random starts (and ``n_targets`` target classes for targeted losses).
+
+    Run ``r`` is target ``r // restarts``, restart ``r % restarts``; ``r0 <= r
+    < r1`` (default: all) selects a range, so that the host can drop the
+    examples already broken between target classes.
+    """
     n = x.shape[0]
     keys = example_keys(idx, key=key)
     model = _model(logits_fn, randomized)
@@ -1489,19 +1536,18 @@ def _apgd_core(x, y, idx, eps, key, *, logits_fn, randomized, norm, steps, resta
         best_x, best_logits, found, bad = st
         target = _targets(logits_c, y, r // restarts)
         rk = jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
-        start = lp.sample_balls(eps, norm, shape=x.shape[1:], keys=rk, dtype=x.dtype)
-        x0 = _project_l1_box(x, x + start, eps, bounds) if norm == "l1" else lp.project_in_box(
-            x, start, eps, norm, bounds)
+        x0 = _apgd_start(x, rk, eps, norm, bounds)
         xa, la, fa, ba = _apgd_run(x, y, target, jax.vmap(lambda k: jax.random.fold_in(k, r + 1))(rk), eps, x0,
                                    **kw)
         take = fa & ~found
-        first = (r == 0) & ~found
+        first = (r == r_lo) & ~found
         keep = take | first
         return (jnp.where(_rows(keep, x), xa, best_x), jnp.where(keep[:, None], la, best_logits), found | fa,
                 bad | ba)
 
     init = (x, logits_c.astype(jnp.float32), jnp.zeros((n,), bool), ~_finite(logits_c))
-    best_x, best_logits, found, bad = lax.fori_loop(0, n_runs * restarts, run, init)
+    r_lo = 0 if r0 is None else r0
+    best_x, best_logits, found, bad = lax.fori_loop(r_lo, n_runs * restarts if r1 is None else r1, run, init)
     best_logits = jnp.where(bad[:, None], jnp.nan, best_logits.astype(jnp.float32))
     return _result(x, best_x, found & ~bad, best_logits)
 
@@ -1528,8 +1574,10 @@ def apgd(
 ) -> AttackResult:
     """Auto-PGD (APGD, Croce & Hein 2020): PGD with momentum and a step size that adapts itself.
 
-    From a random start ``x^(0)`` in the ``eps`` ball, with ``eta^(0) = 2 eps``
-    (ℓ∞, ℓ2; ``eps`` for ℓ1) and ``alpha = momentum``::
+    From the reference implementation's random start ``x^(0)`` (ℓ∞: a
+    uniform direction scaled to the surface of the ``eps`` cube; ℓ2: a
+    Gaussian direction scaled to the ``eps`` sphere; clipped to ``bounds``),
+    with ``eta^(0) = 2 eps`` (ℓ∞, ℓ2; ``eps`` for ℓ1) and ``alpha = momentum``::
 
         z^(k+1) = P(x^(k) + eta^(k) s(grad f(x^(k))))
         x^(k+1) = P(x^(k) + alpha (z^(k+1) - x^(k)) + (1 - alpha)(x^(k) - x^(k-1)))
@@ -1538,9 +1586,12 @@ def apgd(
     clipped to ``bounds``, ``s`` the steepest-ascent direction (sign for ℓ∞,
     normalised gradient for ℓ2). At each checkpoint ``w_j``
     (:func:`apgd_checkpoints`) the step is halved and the iterate restarts
-    from the best point when fewer than ``rho (w_j - w_{j-1})`` steps
-    increased the loss since ``w_{j-1}``, or when neither the step nor the
-    best loss changed since then (§3.2, conditions 1 and 2). ℓ1 follows
+    from the best point (and its gradient; the momentum point ``x^(k-1)``
+    stays the iterate before the step, as in the reference code) when at
+    most ``rho (w_j - w_{j-1})`` steps increased the loss since ``w_{j-1}``,
+    or when the step was not halved at ``w_{j-1}`` and the best loss has not
+    improved since (§3.2, conditions 1 and 2; condition 2 is not tested at
+    the first checkpoint). ℓ1 follows
     APGD-ℓ1 (Croce & Hein 2021): the step moves the top ``20%`` coordinates
     of the gradient that the box does not block, the projection is onto the
     ℓ1 ball intersected with the box, and the sparsity adapts to the best
@@ -1624,8 +1675,9 @@ def _prepare_auto(logits_fn, x, y, *, key, norm, eps, bounds):
     return x, y, bounds, k, norm, eps
 
 
-def _run_attack(core, static, logits_fn, x, y, eps, key, *, batch_size, progress, checkpoint, desc, idx=None):
-    """Run an AutoAttack kernel ``core(x, y, idx, eps [n], key)`` through the engine; raise on non-finite logits."""
+def _run_attack(core, static, logits_fn, x, y, eps, key, *, batch_size, progress, checkpoint, desc, idx=None,
+                runs=()):
+    """Run an AutoAttack kernel ``core(x, y, idx, eps [n], key, *runs)`` through the engine; raise on non-finite logits."""
     n = x.shape[0]
     if n == 0:
         f = (lambda z: logits_fn(z, key=jax.random.key(0))) if static.get("randomized") else logits_fn
@@ -1637,7 +1689,12 @@ def _run_attack(core, static, logits_fn, x, y, eps, key, *, batch_size, progress
     call_static = {k: v for k, v in static.items()}
     if static.get("randomized"):
         call_static["logits_fn"] = logits_fn
-    res = _execute_auto(core, call_static, (x, y, idx, eps_n), (key,), batch_size=batch_size, progress=progress,
+    if core is _square_core and concrete and _checks.is_concrete(y):
+        res = _square_host(call_static, x, y, idx, eps_n, key, batch_size=batch_size, progress=progress,
+                           checkpoint=checkpoint, desc=desc)
+        _check_finite_logits(res.logits, desc)
+        return res
+    res = _execute_auto(core, call_static, (x, y, idx, eps_n), (key, *runs), batch_size=batch_size, progress=progress,
                         checkpoint=checkpoint, desc=desc)
     _check_finite_logits(res.logits, desc)
     return res
@@ -1812,36 +1869,77 @@ def _save_auto_state(checkpoint, fp, done, **arrays):
 
 
 def _bucket(n: int, batch_size: int | None) -> int:
-    """Rows per call for ``n`` remaining points: a power of two (few compilations as the robust set shrinks)."""
+    """Rows per call for ``n`` remaining points: a power of two, at least 8, at most ``batch_size`` (default 512).
+
+    The remaining points are padded up to the block (:func:`_padded`), so
+    that each attack compiles once per power of two, whatever the number of
+    points still robust (and the compiled kernels are reused across the
+    budgets of a sweep), at the cost of at most twice the rows.
+    """
     cap = _DEFAULT_BATCH if batch_size is None else _checks.check_int(batch_size, "batch_size", low=1)
-    return max(1, min(cap, 1 << max(0, (n - 1).bit_length())))
+    return max(1, min(cap, 1 << max(3, (n - 1).bit_length())))
+
+
+def _padded(rest: np.ndarray, block: int) -> np.ndarray:
+    """``rest`` padded to ``block`` rows by repeating its last index (the padded rows' results are dropped)."""
+    if rest.size >= block:
+        return rest
+    return np.concatenate([rest, np.repeat(rest[-1:], block - rest.size)])
+
+
+def _run_groups(st, name):
+    """The run ranges that the host runs one after the other: per target class for APGD-T and FAB-T, else all at once."""
+    targeted = st.get("targeted", False) or str(st.get("loss", "")).endswith("targeted")
+    if not targeted:
+        return [()]
+    r = st["restarts"]
+    return [(np.int32(t * r), np.int32((t + 1) * r)) for t in range(st["n_targets"])]
+
+
+def _ensemble_attack(logits_fn, x, y, eps, norm, bounds, name, core, st, j, key, state, *, batch_size, progress,
+                     checkpoint):
+    """One attack of the ensemble on the points still robust (each target class on the points left by the last)."""
+    robust, broken_by, x_adv, logits = state
+    sub = jax.random.fold_in(key, AUTOATTACK_ATTACKS.index(name))
+    if "randomized" in st:  # APGD draws a randomised model's keys per example
+        st = {**st, "logits_fn": logits_fn, "randomized": _takes_key(logits_fn)}
+    else:
+        st = {**st, "logits_fn": _fixed_key_model(logits_fn)}
+    groups = _run_groups(st, name)
+    for g, runs in enumerate(groups):
+        rest = np.flatnonzero(robust)
+        if not rest.size:
+            break
+        ck = None if checkpoint is None else Path(checkpoint) / (name if len(groups) == 1 else f"{name}_{g}")
+        block = _bucket(rest.size, batch_size)
+        run = _padded(rest, block)
+        r = _run_attack(core, st, logits_fn, x[run], y[run], eps, sub, idx=run.astype(np.int32),
+                        batch_size=block, progress=progress, checkpoint=ck, desc=name, runs=runs)
+        xr = np.asarray(r.x_adv, np.float32)[: rest.size]
+        inside = perturbation_norms(x[rest], xr, norm) <= eps * (1 + 1e-5) + 1e-7
+        if bounds is not None:
+            inside &= (xr.reshape(rest.size, -1).min(1, initial=bounds[0]) >= bounds[0]) & (
+                xr.reshape(rest.size, -1).max(1, initial=bounds[1]) <= bounds[1])
+        hit = rest[np.asarray(r.success)[: rest.size] & inside]
+        sel = np.isin(rest, hit)
+        x_adv[hit], logits[hit] = xr[sel], np.asarray(r.logits, np.float32)[: rest.size][sel]
+        robust[hit], broken_by[hit] = False, j + 1
 
 
 def _run_ensemble(logits_fn, x, y, eps, norm, bounds, plan, key, state, *, batch_size, progress, checkpoint, fp):
-    """Run the attacks of ``plan`` in turn, each on the points still robust; returns the updated state."""
+    """Run the attacks of ``plan`` in turn, each on the points still robust; returns the updated state.
+
+    As in the original, APGD-T and FAB-T run one target class after the
+    other, each on the points that the previous classes left robust, and
+    Square drops the broken points between segments of its iterations: no
+    work is spent on points already broken.
+    """
     robust, broken_by, x_adv, logits, acc, done = state
     for j, (name, core, st) in enumerate(plan):
         if j < done:
             continue
-        rest = np.flatnonzero(robust)
-        if rest.size:
-            sub = jax.random.fold_in(key, AUTOATTACK_ATTACKS.index(name))
-            if "randomized" in st:  # APGD draws a randomised model's keys per example
-                st = {**st, "logits_fn": logits_fn, "randomized": _takes_key(logits_fn)}
-            else:
-                st = {**st, "logits_fn": _fixed_key_model(logits_fn)}
-            ck = None if checkpoint is None else Path(checkpoint) / name
-            r = _run_attack(core, st, logits_fn, x[rest], y[rest], eps, sub, idx=rest.astype(np.int32),
-                            batch_size=_bucket(rest.size, batch_size), progress=progress, checkpoint=ck, desc=name)
-            xr = np.asarray(r.x_adv, np.float32)
-            inside = perturbation_norms(x[rest], xr, norm) <= eps * (1 + 1e-5) + 1e-7
-            if bounds is not None:
-                inside &= (xr.reshape(rest.size, -1).min(1, initial=bounds[0]) >= bounds[0]) & (
-                    xr.reshape(rest.size, -1).max(1, initial=bounds[1]) <= bounds[1])
-            hit = rest[np.asarray(r.success) & inside]
-            sel = np.isin(rest, hit)
-            x_adv[hit], logits[hit] = xr[sel], np.asarray(r.logits, np.float32)[sel]
-            robust[hit], broken_by[hit] = False, j + 1
+        _ensemble_attack(logits_fn, x, y, eps, norm, bounds, name, core, st, j, key, (robust, broken_by, x_adv, logits),
+                         batch_size=batch_size, progress=progress, checkpoint=checkpoint)
         acc.append(float(robust.mean()))
         if checkpoint is not None:
             _save_auto_state(checkpoint, fp, j + 1, robust=robust, broken_by=broken_by, x_adv=x_adv, logits=logits,
@@ -2165,48 +2263,113 @@ def _square_init(xi, keys, eps, *, norm, hwc, lo, hi, table):
     return jnp.clip(xi + d * eps[:, None, None, None] / jnp.maximum(nrm, _TINY), lo, hi) - xi
 
 
-def _square_core(x, y, idx, eps, key, *, logits_fn, norm, n_queries, p_init, bounds, rescale_schedule=True):
-    """Square attack on a batch (Andriushchenko et al. 2020, Algorithm 1 with the margin loss)."""
-    n = x.shape[0]
+def _square_setup(x, idx, key, *, norm, bounds):
     hwc = _image_shape(x.shape[1:])
-    xi = x.reshape((n,) + hwc)
     lo, hi = (-jnp.inf, jnp.inf) if bounds is None else bounds
-    keys = example_keys(idx, key=key)
     table = jnp.asarray(np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, max(hwc) + 3) ** 2)]), x.dtype)
+    return hwc, lo, hi, example_keys(idx, key=key), table
 
-    def loss(d):
-        logits = logits_fn((xi + d).reshape(x.shape))
-        ok = _finite(logits)
-        return jnp.where(ok, margin(logits, y), jnp.inf), logits, ok
 
+def _square_start_core(x, y, idx, eps, key, *, logits_fn, norm, n_queries, p_init, bounds, rescale_schedule=True):
+    """Square's first query per example: ``(delta [n, ...], margin [n], logits [n, k], bad [n])``."""
+    n = x.shape[0]
+    hwc, lo, hi, keys, table = _square_setup(x, idx, key, norm=norm, bounds=bounds)
+    xi = x.reshape((n,) + hwc)
     d0 = _square_init(xi, jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys), eps, norm=norm, hwc=hwc, lo=lo,
                       hi=hi, table=table)
     logits_x = logits_fn(x)
     m_x = margin(logits_x, y)
-    m0, l0, ok0 = loss(d0)
+    l0 = logits_fn((xi + d0).reshape(x.shape))
+    ok0 = _finite(l0)
+    m0 = jnp.where(ok0, margin(l0, y), jnp.inf)
     # points misclassified at x stay at x; otherwise start from the initial perturbation
     keep_x = m_x <= 0
     d0 = jnp.where(keep_x[:, None, None, None], 0.0, d0)
     m0, l0 = jnp.where(keep_x, m_x, m0), jnp.where(keep_x[:, None], logits_x, l0)
     bad0 = ~_finite(logits_x) | ~ok0
+    return d0.reshape(x.shape), m0, l0.astype(jnp.float32), bad0
+
+
+def _square_iterate_core(x, y, idx, eps, d, m, logits, bad, key, i0, i1, *, logits_fn, norm, n_queries, p_init,
+                         bounds, rescale_schedule=True):
+    """Square's iterations ``i0 <= i < i1`` (one query each); stops once every example is broken (or bad)."""
+    n = x.shape[0]
+    hwc, lo, hi, keys, table = _square_setup(x, idx, key, norm=norm, bounds=bounds)
+    xi = x.reshape((n,) + hwc)
     step_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
 
-    def body(i, c):
-        d, m, logits, bad = c
+    def body(c):
+        i, d, m, logits, bad = c
         p = _square_p(p_init, i, n_queries if rescale_schedule else 10000)
         if norm == "linf":
             cand = _square_linf_step(i, xi, d, step_keys, eps, p=p, hwc=hwc, lo=lo, hi=hi)
         else:
             cand = _square_l2_step(i, xi, d, step_keys, eps, p=p, hwc=hwc, lo=lo, hi=hi, table=table)
-        mc, lc, ok = loss(cand)
+        lc = logits_fn((xi + cand).reshape(x.shape))
+        ok = _finite(lc)
+        mc = jnp.where(ok, margin(lc, y), jnp.inf)
         take = (m > 0) & (mc < m)
-        return (jnp.where(take[:, None, None, None], cand, d), jnp.where(take, mc, m),
-                jnp.where(take[:, None], lc, logits), bad | ~ok)
+        return (i + 1, jnp.where(take[:, None, None, None], cand, d), jnp.where(take, mc, m),
+                jnp.where(take[:, None], lc.astype(logits.dtype), logits), bad | ~ok)
 
-    d, m, logits, bad = lax.fori_loop(0, n_queries - 1, body, (d0, m0, l0, bad0))
-    x_adv = (xi + d).reshape(x.shape)
-    logits = jnp.where(bad[:, None], jnp.nan, logits.astype(jnp.float32))
-    return _result(x, x_adv, (m < 0) & ~bad & (jnp.argmax(logits, -1) != y), logits)
+    def cond(c):
+        i, _, m, _, bad = c
+        return (i < i1) & jnp.any((m > 0) & ~bad)
+
+    _, d, m, logits, bad = lax.while_loop(cond, body, (jnp.asarray(i0, jnp.int32), d.reshape((n,) + hwc), m, logits,
+                                                        bad))
+    return d.reshape(x.shape), m, logits, bad
+
+
+def _square_finish(x, y, d, m, logits, bad) -> AttackResult:
+    logits = jnp.where(jnp.asarray(bad)[:, None], jnp.nan, jnp.asarray(logits, jnp.float32))
+    return _result(x, x + d, (jnp.asarray(m) < 0) & ~jnp.asarray(bad) & (jnp.argmax(logits, -1) != y), logits)
+
+
+def _square_core(x, y, idx, eps, key, **st):
+    """Square attack on a batch (Andriushchenko et al. 2020, Algorithm 1 with the margin loss), in one call."""
+    d, m, logits, bad = _square_start_core(x, y, idx, eps, key, **st)
+    d, m, logits, bad = _square_iterate_core(x, y, idx, eps, d, m, logits, bad, key, 0, st["n_queries"] - 1, **st)
+    return _square_finish(x, y, d, m, logits, bad)
+
+
+def _square_segments(n_queries: int) -> list[tuple[int, int]]:
+    """Iteration ranges between which the host drops the broken examples: the schedule's early halvings, then every 1,000."""
+    last = n_queries - 1
+    marks = [b for b in (10, 50, 200, 500, 1000) if b < last] + list(range(2000, last, 1000))
+    edges = [0] + marks + [last]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _square_host(static, x, y, idx, eps_n, key, *, batch_size, progress, checkpoint, desc) -> AttackResult:
+    """Square on concrete arrays: between segments of iterations, only the examples still unbroken are queried.
+
+    Each segment runs on the remaining examples padded to the block, which
+    starts at the caller's and shrinks to the power of two of
+    :func:`_bucket` as examples break; the iteration range is an argument,
+    so that each block size compiles once. Randomness depends only on the example and the
+    iteration, so the result equals one uninterrupted run.
+    """
+    def ck(name):
+        return None if checkpoint is None else Path(checkpoint) / name
+
+    x, y, idx, eps_n = np.asarray(x), np.asarray(y), np.asarray(idx), np.asarray(eps_n)
+    d, m, logits, bad = (np.array(a) for a in _execute(_square_start_core, static, (x, y, idx, eps_n), (key,),
+                                                          batch_size=batch_size, checkpoint=ck("start"), desc=desc))
+    block = _engine.block_rows(batch_size, _DEFAULT_BATCH, n=x.shape[0])
+    for j, (i0, i1) in enumerate(_square_segments(static["n_queries"])):
+        act = np.flatnonzero((m > 0) & ~bad)
+        if not act.size:
+            break
+        b = _bucket(act.size, batch_size)
+        block = min(b, block)
+        run = _padded(act, block)
+        out = _execute(_square_iterate_core, static, (x[run], y[run], idx[run], eps_n[run], d[run], m[run],
+                                                      logits[run], bad[run]), (key, np.int32(i0), np.int32(i1)),
+                       batch_size=block, progress=progress, checkpoint=ck(f"iterations_{i0}"), desc=desc)
+        for a, o in zip((d, m, logits, bad), out):
+            a[act] = np.asarray(o)[: act.size]
+    return _square_finish(x, y, d, m, logits, bad)
 
 
 def _square_static(logits_fn, *, norm, n_queries, p_init, bounds, rescale_schedule=True):
@@ -2391,9 +2554,12 @@ def _fab_run(x, y, target, x0, eps, *, model, norm, steps, bounds, targeted, alp
     return best_x.reshape(shape), best_n, best_logits, bad
 
 
-def _fab_core(x, y, idx, eps, key, *, logits_fn, norm, steps, restarts, targeted, n_targets, bounds, alpha_max, eta,
-              beta):
-    """FAB over restarts (and target classes for FAB-T); an example succeeds when its closest point is within eps."""
+def _fab_core(x, y, idx, eps, key, r0=None, r1=None, *, logits_fn, norm, steps, restarts, targeted, n_targets, bounds,
+              alpha_max, eta, beta):
+    """FAB over restarts (and target classes for FAB-T); an example succeeds when its closest point is within eps.
+
+    ``r0 <= r < r1`` selects a range of the runs (as in :func:`_apgd_core`).
+    """
     keys = example_keys(idx, key=key)
     logits_c = logits_fn(x)
     runs = n_targets if targeted else 1
@@ -2417,7 +2583,8 @@ def _fab_core(x, y, idx, eps, key, *, logits_fn, norm, steps, restarts, targeted
     clean_bad = ~_finite(logits_c)
     mis = jnp.argmax(logits_c, -1) != y
     init = (x, jnp.where(mis, 0.0, jnp.inf).astype(x.dtype), logits_c.astype(jnp.float32), clean_bad)
-    best_x, best_n, best_logits, bad = lax.fori_loop(0, runs * restarts, run, init)
+    best_x, best_n, best_logits, bad = lax.fori_loop(0 if r0 is None else r0, runs * restarts if r1 is None else r1,
+                                                     run, init)
     within = best_n <= eps * (1 + 1e-5)
     x_adv = jnp.where(_rows(within, x), best_x, x)
     logits = jnp.where(within[:, None], best_logits, logits_c.astype(jnp.float32))

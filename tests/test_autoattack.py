@@ -67,6 +67,17 @@ def test_apgd_schedule_matches_paper():
     # p: 0, .22, .41, .57, .70, .80, .87, .93, .99 (next 1.05 > 1)
     assert attacks.apgd_checkpoints(100) == (22, 41, 57, 70, 80, 87, 93, 99)
     assert attacks.apgd_checkpoints(1) == (1,)
+    # other budgets: the reference code's integer windows (first int(0.22 N), then shorter by int(0.03 N), at
+    # least int(0.06 N), each at least 1), simulated here independently
+    for steps in (2, 10, 20, 37, 250):
+        k, decr, kmin = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+        ref, counter = [], 0
+        for i in range(steps):
+            counter += 1
+            if counter == k:
+                ref.append(i + 1)
+                counter, k = 0, max(k - decr, kmin)
+        assert attacks.apgd_checkpoints(steps) == tuple(ref), steps
 
 
 def test_dlr_loss_closed_form():
@@ -367,3 +378,178 @@ def test_square_schedule_is_the_originals_inside_autoattack():
     with pytest.raises(ValueError, match="^rescale_schedule"):
         attacks.square(lambda x: x.reshape(x.shape[0], -1)[:, :3], np.zeros((2, 3)), np.zeros(2, int), key=KEY,
                        norm="linf", eps=0.1, rescale_schedule="no")
+
+
+# ---------------------------------------------------------------------------
+# APGD against a line-by-line NumPy transcription of the reference loop
+# ---------------------------------------------------------------------------
+
+
+def _reference_apgd(vg, x, y, x0, eps, norm, steps, rho=0.75):
+    """The reference code's ``attack_single_run`` (autopgd_base.py, ℓ∞/ℓ2) in NumPy, from the start ``x0``.
+
+    ``vg(z) -> (loss [n], logits [n, k], grad [n, ...])``. Returns ``(x_best, loss_best, step, first_adv, found)``.
+    """
+    n = x.shape[0]
+    axes = tuple(range(1, x.ndim))
+
+    def l2n(v):
+        return np.sqrt((v * v).sum(axes, keepdims=True))
+
+    def step_to(z):
+        if norm == "linf":
+            return np.clip(np.minimum(np.maximum(z, x - eps), x + eps), 0.0, 1.0)
+        d = z - x
+        return np.clip(x + d / (l2n(d) + 1e-12) * np.minimum(eps, l2n(d)), 0.0, 1.0)
+
+    n_iter_2, n_iter_min, size_decr = max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
+    x_adv = x0.copy()
+    loss, logits, grad = vg(x_adv)
+    x_best, grad_best, loss_best = x_adv.copy(), grad.copy(), loss.copy()
+    found = logits.argmax(1) != y
+    first_adv = np.where(found.reshape((n,) + (1,) * (x.ndim - 1)), x_adv, x)
+    loss_steps = np.zeros((steps, n), np.float32)
+    step_size = np.full((n,) + (1,) * (x.ndim - 1), 2.0 * eps, np.float32)
+    x_adv_old = x_adv.copy()
+    k, counter3 = n_iter_2, 0
+    loss_best_last_check, reduced_last_check = loss_best.copy(), np.ones(n, bool)
+    for i in range(steps):
+        grad2 = x_adv - x_adv_old
+        x_adv_old = x_adv.copy()
+        a = 0.75 if i > 0 else 1.0
+        s = np.sign(grad) if norm == "linf" else grad / (l2n(grad) + 1e-12)
+        x1 = step_to(x_adv + step_size * s)
+        x_adv = step_to(x_adv + (x1 - x_adv) * a + grad2 * (1 - a))
+        loss, logits, grad = vg(x_adv)
+        new = (logits.argmax(1) != y) & ~found
+        first_adv[new] = x_adv[new]
+        found |= new
+        loss_steps[i] = loss
+        up = loss > loss_best
+        x_best[up], grad_best[up], loss_best[up] = x_adv[up], grad[up], loss[up]
+        counter3 += 1
+        if counter3 == k:
+            t = np.zeros(n)
+            for c in range(k):
+                t += loss_steps[i - c] > loss_steps[i - c - 1]
+            osc = t <= k * rho
+            osc |= ~reduced_last_check & (loss_best_last_check >= loss_best)
+            reduced_last_check, loss_best_last_check = osc.copy(), loss_best.copy()
+            step_size[osc] /= 2.0
+            x_adv[osc], grad[osc] = x_best[osc], grad_best[osc]
+            counter3, k = 0, max(k - size_decr, n_iter_min)
+    return x_best, loss_best, step_size.reshape(n), first_adv, found
+
+
+@pytest.mark.parametrize("norm,eps,loss", [("linf", 0.04, "ce"), ("l2", 0.3, "dlr")])
+def test_apgd_follows_the_reference_loop(net, norm, eps, loss):
+    # same start, same model: every iterate, step halving, restart and momentum point of the reference code
+    n, steps = net.x.shape[0], 20
+    x = net.x
+    y = net.y.astype(np.int32)
+    keys = attacks.example_keys(np.arange(n, dtype=np.int32), key=KEY)
+    x0 = np.asarray(attacks._apgd_start(jnp.asarray(x), keys, jnp.full((n,), eps), norm, (0.0, 1.0)))
+    yj = jnp.asarray(y)
+    obj = (lambda z: attacks.cross_entropy(net.f(z), yj)) if loss == "ce" else (
+        lambda z: attacks.dlr_loss(net.f(z), yj))
+    vgj = jax.jit(lambda z: (obj(z), net.f(z), jax.grad(lambda u: jnp.sum(obj(u)))(z)))
+
+    def vg(z):
+        return tuple(np.array(v) for v in vgj(jnp.asarray(z)))
+
+    xb, lb, step, first, found = _reference_apgd(vg, x, y, x0, eps, norm, steps)
+    model = attacks._model(net.f, False)
+    out = jax.jit(lambda: attacks._apgd_run(jnp.asarray(x), yj, yj, keys, jnp.full((n,), eps), jnp.asarray(x0),
+                                             model=model, norm=norm, steps=steps, bounds=(0.0, 1.0), loss=loss,
+                                             eot=1, rho=0.75, momentum=0.75))()
+    xf, _, fa, bad = (np.asarray(v) for v in out)
+    assert not bad.any()
+    np.testing.assert_array_equal(fa, found)
+    assert 0 < found.sum() < n  # both branches exercised
+    tol = 1e-5 if norm == "linf" else 1e-4  # l2: rounding of the normalisations only (a different decision moves
+    np.testing.assert_allclose(xf[found], first[found], atol=tol)  # a point by a step of order eps)
+    np.testing.assert_allclose(xf[~found], xb[~found], atol=tol)
+    assert len(np.unique(step)) > 1  # some points halved their step, some did not
+
+
+def test_apgd_start_is_on_the_ball_surface():
+    x = np.full((200, 4, 4, 1), 0.5, np.float32)
+    keys = attacks.example_keys(np.arange(200, dtype=np.int32), key=KEY)
+    for norm, eps in (("linf", 0.1), ("l2", 0.4)):
+        x0 = np.asarray(attacks._apgd_start(jnp.asarray(x), keys, jnp.full((200,), eps), norm, (0.0, 1.0)))
+        d = (x0 - x).reshape(200, -1)
+        nrm = np.abs(d).max(1) if norm == "linf" else np.sqrt((d * d).sum(1))
+        np.testing.assert_allclose(nrm, eps, rtol=1e-5)
+        if norm == "linf":  # the other coordinates uniform in [-eps, eps]: mean |d| near eps/2
+            assert abs(np.abs(d).mean() / eps - 0.5) < 0.05
+    # at the box's edge the start is clipped into the box (never outside it, never longer than eps)
+    x0 = np.asarray(attacks._apgd_start(jnp.zeros((50, 16)), keys[:50], jnp.full((50,), 0.3), "l2", (0.0, 1.0)))
+    assert x0.min() >= 0.0 and np.sqrt((x0 ** 2).sum(1)).max() <= 0.3 + 1e-6
+
+
+# ---------------------------------------------------------------------------
+# No work on points already broken (Square segments, one target class at a time), one compile per block size
+# ---------------------------------------------------------------------------
+
+
+def _counting(net):
+    rows = []
+
+    def f(z):
+        jax.debug.callback(lambda m: rows.append(int(m)), z.shape[0])
+        return net.f(z)
+
+    return f, rows
+
+
+@pytest.mark.slow
+def test_square_queries_only_unbroken_points_and_equals_one_uninterrupted_run(net):
+    f, rows = _counting(net)
+    x, y = net.x[2:], net.y[2:]
+    n, nq = x.shape[0], 60
+    kw = dict(key=KEY, norm="linf", eps=0.2, n_queries=nq)
+    host = attacks.square(f, x, y, **kw)
+    spent = sum(rows)
+    jitted = jax.jit(lambda a, b: attacks.square(f, a, b, **kw))(jnp.asarray(x), jnp.asarray(y))
+    np.testing.assert_array_equal(np.asarray(jitted.x_adv), host.x_adv)  # the host's segments change nothing
+    np.testing.assert_array_equal(np.asarray(jitted.success), host.success)
+    broken = int(host.success.sum())
+    assert 0 < broken < n
+    # one uninterrupted run queries every point nq times (+1 at x); the segments stop querying broken points
+    # (the rows of a block are padded to at least 8)
+    assert spent < 0.85 * n * (nq + 1), (spent, n * (nq + 1))
+    assert spent >= (n - broken) * nq
+
+
+@pytest.mark.slow
+def test_targeted_attacks_run_one_class_at_a_time_with_the_same_result(net):
+    ok = np.flatnonzero(np.asarray(jnp.argmax(net.f(net.x), 1)) == net.y)[:16]  # a power of two: no padding
+    x, y = net.x[ok], net.y[ok]
+    kw = dict(norm="linf", eps=0.1, steps=10, n_targets=3)
+    f, rows = _counting(net)
+    r = attacks.autoattack(f, x, y, key=KEY, attacks=["apgd-t"], self_checks=False, **kw)
+    grouped = sum(rows)
+    sub = jax.random.fold_in(KEY, attacks.AUTOATTACK_ATTACKS.index("apgd-t"))
+    a = attacks.apgd(net.f, x, y, key=sub, loss="dlr-targeted", **kw)
+    np.testing.assert_array_equal(r.robust, ~a.success)  # the same points broken as by one call over all targets
+    assert 0 < a.success.sum() < len(ok)
+    rows.clear()
+    attacks.apgd(f, x, y, key=sub, loss="dlr-targeted", **kw)
+    assert grouped < sum(rows)  # fewer rows: the broken points skip the later target classes
+
+
+def test_ensemble_compiles_once_per_power_of_two(net, monkeypatch):
+    # the remaining points are padded to a power of two (at least 8): 9..16 robust points share one compilation
+    seen = []
+    real = attacks._run_attack
+
+    def spy(core, st, logits_fn, x, *a, **k):
+        seen.append(x.shape[0])
+        return real(core, st, logits_fn, x, *a, **k)
+
+    monkeypatch.setattr(attacks, "_run_attack", spy)
+    for m in (9, 13, 16):
+        attacks.autoattack(net.f, net.x[2:2 + m], net.y[2:2 + m], key=KEY, norm="linf", eps=0.001,
+                           attacks=["apgd-ce"], steps=2, self_checks=False)
+    assert seen == [16, 16, 16]
+    assert [attacks._bucket(m, None) for m in (1, 8, 9, 100, 300, 2000)] == [8, 8, 16, 128, 512, 512]
