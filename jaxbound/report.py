@@ -120,11 +120,15 @@ __all__ = [
 DEFAULT_EPS = {"linf": (0.1, 0.2, 0.3, 0.4), "l2": (0.5, 1.0, 1.5, 2.0), "l1": (2.0, 4.0, 6.0, 8.0)}
 
 _SCHEMA_VERSION = 1
-_RECIPES = ("standard", "pgd", "trades")
+_RECIPES = ("standard", "pgd", "trades", "fgsm_rs", "ibp", "crown_ibp")
+_CERTIFY = ("crown", "ibp", "alpha-crown", "none")
 
 DEFINITIONS = {
     "robust_error": "fraction of test points misclassified or moved to a wrong class by the attack within eps "
                     "(1 - robust accuracy; clean errors count as failures)",
+    "certified_error": "fraction of the same test points not certified by bound propagation (CROWN by default; "
+                       "jaxbound.certify.certified_accuracy): an upper bound on the model's true robust error, "
+                       "while robust_error is a lower bound on it (not available for l1)",
     "concentration_adv_risk": "Mahloujifar et al. 2019: adversarial risk mu(E_eps) of the error region E with "
                               "mu(E) >= alpha found by the search, measured on held-out data; estimates the "
                               "concentration function h(mu, alpha, eps), the lowest robust error of any classifier "
@@ -396,7 +400,7 @@ class ReportConfig:
     pairs: str = _f("hardest", "optimal bounds for the 'hardest' class pair or for 'all' pairs")
     n_per_class: int | None = _f(1000, "optimal bounds: first N training points of each class of a pair")
     models: tuple[str, ...] = _f(("standard", "pgd"), "recipes to train on the spot, from standard, pgd, "
-                                                      "trades; 'none' for no training")
+                                                      "trades, fgsm_rs, ibp, crown_ibp; 'none' for no training")
     model_name: str = _f("user", "name of --model in the tables")
     arch: str = _f("lenet5", "architecture of the trained models")
     widen_factor: float | str | None = _f("auto", "widen factor of the trained models ('auto': 0.5 for "
@@ -421,6 +425,8 @@ class ReportConfig:
     check_per_class: int | None = _f(200, "the self-check attacks the first N training points of each class "
                                           "of the pair (0 or none: the whole pair sample)")
     figures: bool = _f(True, "write the PNG figures")
+    certify: str = _f("crown", "certified robust error of every model on the evaluation points: crown, ibp, "
+                               "alpha-crown or none (linf and l2 only)")
 
     def __post_init__(self):
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
@@ -446,8 +452,10 @@ class ReportConfig:
         models = () if models in (("none",), ("",)) else models
         for r in models:
             if r not in _RECIPES:
-                raise ValueError(f"models: unknown training recipe {r!r}; use standard, pgd or trades")
+                raise ValueError(f"models: unknown training recipe {r!r}; use one of {', '.join(_RECIPES)}")
         put("models", models)
+        if self.certify not in _CERTIFY:
+            raise ValueError(f"certify: must be one of {', '.join(_CERTIFY)}, got {self.certify!r}")
         if self.evaluation_attack not in ("autoattack", "pgd"):
             raise ValueError(f"evaluation_attack: must be 'autoattack' or 'pgd', got {self.evaluation_attack!r}")
         for k, low in (("n_repeats", 1), ("epochs", 1), ("batch_size", 1), ("attack_steps", 1),
@@ -521,6 +529,11 @@ class ReportConfig:
             norm=self.norm, eps=self.adversarial_eps, steps=self.train_attack_steps)
         bs = self.batch_size if n_train is None else min(self.batch_size, n_train)
         extra = {} if self.learning_rate is None else {"learning_rate": self.learning_rate}
+        if recipe in ("ibp", "crown_ibp") and n_train:
+            # Gowal et al.'s shape, scaled to the run: clean warm-up on the first 10% of the steps, eps and
+            # kappa ramps over the next 50%
+            total = self.epochs * -(-n_train // bs)
+            extra.update(warmup_steps=total // 10, ramp_steps=total // 2)
         return training.TrainConfig(recipe=recipe, epochs=self.epochs, batch_size=bs, **extra, attack=attack,
                                     eval_attack=attack)
 
@@ -778,9 +791,12 @@ def _concentration_stage(key, tr, te, cfg: ReportConfig, eps: float, *, progress
 def multiclass_points(ds: Any, per_class: int | None) -> tuple[np.ndarray, np.ndarray]:
     """The first ``per_class`` points of each class in file order, classes ascending: ``(x [n, d], labels [n])``.
 
-    The sample of the report's multi-class bound (``None``: every point).
+    The sample of the report's multi-class bound (``None``: every point),
+    :func:`jaxbound.bounds.first_per_class`.
     """
-    idx = np.concatenate([np.flatnonzero(ds.labels == c)[:per_class] for c in np.unique(ds.labels)])
+    from jaxbound import bounds
+
+    idx = bounds.first_per_class(ds.labels, n=per_class)
     return ds.flat()[idx], ds.labels[idx]
 
 
@@ -967,6 +983,44 @@ def _attack_record(cfg: "ReportConfig", details) -> dict:
             "step_size": "2.5 eps / steps", "random_start": True, "bounds": [0.0, 1.0]}
 
 
+def _certify_model(logits_fn, te, cfg: ReportConfig, *, progress=False) -> dict:
+    """The certified robust error per budget on the evaluation points (``cfg.certify``), or why it is not available.
+
+    ``1 - certified accuracy`` (:func:`jaxbound.certify.certified_accuracy`)
+    bounds the model's true robust error from above, as the attacked robust
+    error bounds it from below.
+    """
+    from jaxbound import certify
+
+    out = {"method": cfg.certify, "available": False, "reason": None, "rows": [None] * len(cfg.eps_grid)}
+    if cfg.norm not in ("linf", "l2"):
+        out["reason"] = f"not available: certification supports linf and l2, not {cfg.norm}"
+        return out
+    t0, rows = time.perf_counter(), []
+    for e in cfg.eps_grid:
+        try:
+            c = certify.certified_accuracy(logits_fn, te.images, te.labels, eps=float(e), norm=cfg.norm,
+                                           method=cfg.certify, input_bounds=(0.0, 1.0), progress=progress)
+        except ValueError as exc:  # e.g. a primitive that bound propagation does not support: say so, go on
+            out["reason"] = f"not available: {' '.join(str(exc).split())[:300]}"
+            return out
+        k = int(c.n - np.sum(np.asarray(c.certified)))
+        rows.append({"eps": float(e), "certified_error": 1.0 - float(c.accuracy),
+                     "certified_error_ci": list(_clopper(k, int(c.n)))})
+    return dict(out, available=True, rows=rows, seconds=time.perf_counter() - t0)
+
+
+def _with_certification(ev: dict, cert: dict | None) -> dict:
+    """The evaluation record with ``certified_error`` (and its CI) in each budget's row; ``None`` where not available."""
+    rows = []
+    for j, r in enumerate(ev["robust"]):
+        c = (cert or {}).get("rows", [None] * (j + 1))[j] if cert else None
+        rows.append(dict(r, certified_error=None if c is None else c["certified_error"],
+                         certified_error_ci=None if c is None else c["certified_error_ci"]))
+    info = None if cert is None else {k: v for k, v in cert.items() if k != "rows"}
+    return dict(ev, robust=rows, certification=info)
+
+
 def _evaluate_model(key, logits_fn, te, cfg: ReportConfig, *, progress=False):
     x, y = te.images, te.labels
     n = len(te)
@@ -1027,6 +1081,13 @@ def _model_stages(keys, stages: StageCache, entries, tr, te, te_eval, cfg, chose
         ev = stages.run("evaluate", ev_cfg, lambda fn=fn: _evaluate_model(k_eval, fn, te_eval, cfg,
                                                                           progress=progress),
                         label=f"evaluate {mname} on {len(te_eval)} images")
+        cert = None
+        if cfg.certify != "none":
+            ce_cfg = {"model": mfp, "eps": list(cfg.eps_grid), "norm": cfg.norm, "method": cfg.certify,
+                      "eval_limit": cfg.eval_limit}
+            cert = stages.run("certify", ce_cfg, lambda fn=fn: _certify_model(fn, te_eval, cfg, progress=progress),
+                              label=f"certify {mname} ({cfg.certify}) on {len(te_eval)} images")
+        ev = _with_certification(ev, cert)
         checks = []
         for a, b in (chosen if cfg.self_check else []):
             rows_ab = [r for r in bound_rows if tuple(r["pair"]) == (a, b)]
@@ -1057,6 +1118,8 @@ def _table_and_flags(cfg: ReportConfig, conc, mc_rows, hardest, bound_rows, mode
             mr = m["robust"][j]
             row[f"{m['name']}_robust_error"] = mr["robust_error"]
             row[f"{m['name']}_robust_error_ci"] = mr["robust_error_ci"]
+            row[f"{m['name']}_certified_error"] = mr.get("certified_error")
+            row[f"{m['name']}_certified_error_ci"] = mr.get("certified_error_ci")
         table.append(row)
     flags = []
     for m in model_recs:
@@ -1225,17 +1288,25 @@ def _ci(v):
     return "n/a" if v is None else f"[{v[0]:.3f}, {v[1]:.3f}]"
 
 
+def _certified_names(rec: dict) -> list[str]:
+    """Models of the record that carry a certification record (available or not)."""
+    return [m["name"] for m in rec["models"] if m.get("certification")]
+
+
 def _format_table(rec: dict) -> str:
     names = [m["name"] for m in rec["models"]]
     hp = rec["bounds"]["hardest_pair"]
     head = ["eps", "0-1 bound all", "conc. adv risk", "1-adv (intr. rob.)", f"0-1 bound {hp[0]}v{hp[1]}",
             f"CE bound {hp[0]}v{hp[1]}"]
     head += [f"{n} rob. err" for n in names]
+    cert = _certified_names(rec)
+    head += [f"{n} cert. err" for n in cert]
     rows = []
     for r in rec["table"]:
         row = [f"{r['eps']:g}", _fmt(r.get("multiclass_zero_one_bound")), _fmt(r["concentration_adv_risk"]), _fmt(r["intrinsic_robustness"]),
                _fmt(r["zero_one_bound"]), _fmt(r["cross_entropy_bound"])]
         row += [_fmt(r[f"{n}_robust_error"]) for n in names]
+        row += [_fmt(r.get(f"{n}_certified_error")) for n in cert]
         rows.append(row)
     widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
@@ -1341,6 +1412,8 @@ def render_markdown(rec: dict) -> str:
     head = ["eps", f"0-1 bound, all classes (L*({mc.get('degree', '?')}), n = {mc.get('n', '?')})",
             "concentration adv. risk [95% CI]", "intrinsic robustness", f"0-1 bound (pair {hp[0]} vs {hp[1]})",
             "cross-entropy bound"] + [f"{n}: robust error [95% CI]" for n in names]
+    cert = _certified_names(rec)
+    head += [f"{n}: certified robust error [95% CI]" for n in cert]
     L.append("| " + " | ".join(head) + " |")
     L.append("|" + "---|" * len(head))
     for r in rec["table"]:
@@ -1348,8 +1421,21 @@ def render_markdown(rec: dict) -> str:
                  f"{_fmt(r['concentration_adv_risk'])} {_ci(r['concentration_adv_risk_ci'])}",
                  _fmt(r["intrinsic_robustness"]), _fmt(r["zero_one_bound"]), _fmt(r["cross_entropy_bound"])]
         cells += [f"{_fmt(r[f'{n}_robust_error'])} {_ci(r[f'{n}_robust_error_ci'])}" for n in names]
+        cells += ["not available" if r.get(f"{n}_certified_error") is None else
+                  f"{_fmt(r[f'{n}_certified_error'])} {_ci(r.get(f'{n}_certified_error_ci'))}" for n in cert]
         L.append("| " + " | ".join(cells) + " |")
     L.append("")
+    for m in rec["models"]:
+        c = m.get("certification")
+        if c and not c.get("available"):
+            L.append(f"Certified robust error of {m['name']}: {c.get('reason') or 'not available'}.")
+            L.append("")
+    if any((m.get("certification") or {}).get("available") for m in rec["models"]):
+        meth = sorted({m["certification"]["method"] for m in rec["models"] if m.get("certification")})
+        L.append(f"Certified robust error: 1 - certified accuracy by bound propagation ({', '.join(meth)}) on the "
+                 "same points, an upper bound on the true robust error; the attacked robust error is a lower "
+                 "bound on it (limit <= attacked <= true <= certified).")
+        L.append("")
     if rec["models"]:
         L.append("Clean error: " + "; ".join(f"{m['name']} {m['clean_error']:.3f} {_ci(m['clean_error_ci'])}"
                                              for m in rec["models"]) + ".")
@@ -1454,6 +1540,11 @@ def plot_report(rec: dict, out_dir: str | Path) -> dict:
         col = colors[i % len(colors)]
         ax.errorbar(eps, re, yerr=[re - ci[:, 0], ci[:, 1] - re], fmt="o-", color=col, capsize=3,
                     label=f"{m['name']} model: robust error (test)")
+        ce = np.array([np.nan if r.get("certified_error") is None else r["certified_error"] for r in m["robust"]])
+        if np.isfinite(ce).any():  # the band: attacked (lower edge) to certified (upper edge) robust error
+            ax.fill_between(eps, re, ce, color=col, alpha=0.15)
+            ax.plot(eps, ce, "v:", color=col, label=f"{m['name']} model: certified robust error "
+                                                    f"({m['certification']['method']})")
     for f in rec["flags"]:
         ax.annotate("weak attack", (f["eps"], f["zero_one_bound"]), color="red", fontsize=8)
     ax.set_xlabel(f"ε ({rec['norm']})")

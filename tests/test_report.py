@@ -97,7 +97,7 @@ def test_report_files_schema_and_numbers(tiny_report):
     for row in rec["table"]:
         for k, v in row.items():
             assert v is not None or (k.startswith(("concentration_adv", "intrinsic")) and not
-                                     row["concentration_valid"]), k
+                                     row["concentration_valid"]) or k.startswith("masked_certified"), k
     # the concentration estimate is the lowest valid one over the norm's methods, reported only where valid
     for c in rec["concentration"]:
         assert {m["method"] for m in c["methods"]} == {"rectangles", "halfspaces"}
@@ -349,3 +349,41 @@ def test_report_config_defaults_overrides_and_errors():
         R.report_config(seed=0)
     with pytest.raises(ValueError, match="^n_regions"):
         R.ReportConfig(n_regions=())
+
+
+def test_report_certified_error_is_an_upper_edge_and_matches_certify(tiny_report):
+    """Per model and budget: the CROWN certified robust error, never below the attacked one, as certify computes it."""
+    from jaxbound import certify
+
+    rep, out = tiny_report
+    rec = rep.record
+    std = next(m for m in rec["models"] if m["name"] == "standard")
+    assert std["certification"]["available"] and std["certification"]["method"] == "crown"
+    from jaxbound import models
+
+    te = data.load("digits", split="test").subset(np.arange(120))
+    saved = [p.parent for p in out.rglob("model.json") if "model-standard" in str(p.parent)]
+    assert len(saved) == 1
+    fn = models.load(saved[0]).logits_fn()
+    for j, row in enumerate(std["robust"]):
+        # an independent call on the same points (the certified points are a subset of the attacked-robust ones)
+        c = certify.certified_accuracy(fn, te.images, te.labels, eps=row["eps"], norm="linf", method="crown")
+        assert row["certified_error"] == pytest.approx(1.0 - c.accuracy)
+        assert row["certified_error"] >= row["robust_error"] - 1e-12
+        assert rec["table"][j]["standard_certified_error"] == row["certified_error"]
+    masked = next(m for m in rec["models"] if m["name"] == "masked")  # jnp.round: bound propagation says no
+    assert not masked["certification"]["available"] and "not available" in masked["certification"]["reason"]
+    assert all(r["certified_error"] is None for r in masked["robust"])
+    md = (out / "report.md").read_text()
+    assert "certified robust error" in md and "Certified robust error of masked: not available" in md
+    assert "standard cert. err" in R._format_table(rec)
+
+
+def test_report_certify_setting_and_l1(tmp_path):
+    with pytest.raises(ValueError, match="^certify"):
+        R.ReportConfig(certify="lp")
+    assert R.ReportConfig().certify == "crown" and R.ReportConfig(certify="none").certify == "none"
+    te = data.load("digits", split="test").subset(np.arange(8))
+    cfg = R.ReportConfig(norm="l1", eps=(1.0,))
+    c = R._certify_model(lambda x: x.reshape(x.shape[0], -1)[:, :10], te, cfg)
+    assert not c["available"] and c["reason"].startswith("not available") and c["rows"] == [None]
