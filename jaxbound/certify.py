@@ -108,7 +108,7 @@ _MAX_POOLS = frozenset({"reduce_max", "reduce_window_max"})
 #: Default number of Adam steps of α-CROWN.
 ALPHA_STEPS = 20
 #: Default widest layer (units per example) whose bounds CROWN computes; wider ones keep IBP bounds.
-CROWN_NEURONS = 2048
+CROWN_NEURONS = 1024
 
 
 # ---------------------------------------------------------------------------
@@ -417,7 +417,7 @@ def _backward(graph: _Graph, box: dict, target: int, spec, region: _Region, *, r
     """
     coef = {target: spec}
     bias = jnp.zeros(spec.shape[:2], spec.dtype)
-    for i in range(graph.producer[target], -1, -1):
+    for i in range(graph.producer.get(target, -1), -1, -1):
         eqn = graph.eqns[i]
         out = eqn.outs[0]
         if out not in coef:
@@ -448,6 +448,22 @@ def _identity_spec(shape, dtype):
     return jnp.concatenate([eye, -eye], axis=0), s
 
 
+#: Specifications per backward pass when CROWN bounds a layer (memory: chunk x block x layer size).
+SPEC_CHUNK = 256
+
+
+def _chunked(backward: Callable, spec):
+    """``backward(spec)`` over chunks of :data:`SPEC_CHUNK` rows of ``spec [m, ...]`` (``lax.map``), ``[m, n]``."""
+    m = spec.shape[0]
+    if m <= SPEC_CHUNK:
+        return backward(spec)
+    n_chunks = -(-m // SPEC_CHUNK)
+    pad = n_chunks * SPEC_CHUNK - m
+    spec = jnp.concatenate([spec, jnp.zeros((pad,) + spec.shape[1:], spec.dtype)]) if pad else spec
+    out = jax.lax.map(backward, spec.reshape((n_chunks, SPEC_CHUNK) + spec.shape[1:]))
+    return out.reshape((n_chunks * SPEC_CHUNK,) + out.shape[2:])[:m]
+
+
 def _crown_refiner(graph: _Graph, region: _Region, crown_neurons: int):
     """Tighten the box of a non-affine operation's input by CROWN (layers up to ``crown_neurons`` units)."""
     done = set()
@@ -461,7 +477,7 @@ def _crown_refiner(graph: _Graph, region: _Region, crown_neurons: int):
         if int(np.prod(shape[1:], dtype=np.int64)) > crown_neurons:
             return lo, hi
         spec, s = _identity_spec(shape, lo.dtype)
-        lb = _backward(graph, box, node, spec, region, relax=True)
+        lb = _chunked(lambda sp: _backward(graph, box, node, sp, region, relax=True), spec)
         cl = lb[:s].T.reshape(shape)
         cu = (-lb[s:]).T.reshape(shape)
         new_lo = jnp.maximum(lo, cl)

@@ -112,7 +112,7 @@ def _boxes(net, x, lo, hi, eps, norm, crown, crown_neurons):
 
 
 def spec_lower(layers, x, spec, *, eps, norm="linf", method="crown", input_bounds=(0.0, 1.0),
-               crown_neurons=2048):
+               crown_neurons=1024):
     """Lower bounds of ``spec [m, C] @ f(x')`` for one flattened example ``x [d]``.
 
     ReLU inputs wider than ``crown_neurons`` keep their IBP box (as in jaxbound.certify).
@@ -137,7 +137,7 @@ def spec_lower(layers, x, spec, *, eps, norm="linf", method="crown", input_bound
     return bias + a @ c - np.abs(a) @ r
 
 
-def margin_lower(layers, x, y, *, eps, norm="linf", method="crown", input_bounds=(0.0, 1.0), crown_neurons=2048):
+def margin_lower(layers, x, y, *, eps, norm="linf", method="crown", input_bounds=(0.0, 1.0), crown_neurons=1024):
     """``[n, C]`` margin lower bounds, one example at a time."""
     out = []
     for xi, yi in zip(x, y):

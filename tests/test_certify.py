@@ -168,7 +168,7 @@ def test_reference_conv_matches_lax():
 
 
 @pytest.mark.parametrize("name, trained", [
-    ("mlp", False), ("mlp", True),
+    pytest.param("mlp", False, marks=pytest.mark.slow), ("mlp", True),
     pytest.param("lenet-fast", False, marks=pytest.mark.slow), pytest.param("lenet-fast", True, marks=pytest.mark.slow),
     pytest.param("lenet-xla", True, marks=pytest.mark.slow), pytest.param("smallcnn", False, marks=pytest.mark.slow)])
 def test_soundness_sampled_corners_pgd(name, trained):
