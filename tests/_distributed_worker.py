@@ -1,13 +1,14 @@
 """One process of the multi-process tests (tests/test_distributed.py); also run alone as the reference.
 
-``python tests/_distributed_worker.py OUT PID NPROC PORT TIMEOUT [train]`` runs every
+``python tests/_distributed_worker.py OUT PID NPROC PORT TIMEOUT [train|resume]`` runs every
 check in one start-up (start-up dominates the cost) and writes
 ``OUT/p<PID>.npz`` (the outputs) and ``OUT/p<PID>.json`` (messages of the
 errors each bad input raised, and facts about checkpoints and files).
 With ``NPROC`` 1 it runs without ``jax.distributed``: the single-process
 reference on the same inputs; with ``train`` it runs only the two training
 steps (the reference for them is one process with two devices: the same mesh
-shape, so the same reductions).
+shape, so the same reductions); with ``resume`` only the rerun of the job that
+the first start stopped midway (a restart of all processes).
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ def _double(x):
     return x * 2.0
 
 
-def _checkpoint_resume(out: Path, res: dict, facts: dict, distributed) -> None:
-    """A job stopped by an error in round 3 keeps the finished rows on disk; the rerun resumes from them."""
+_CKPT_X = np.arange(70, dtype=np.float32).reshape(35, 2)
+
+
+def _checkpoint_stop(out: Path, facts: dict) -> None:
+    """A job stopped by an error in its third block on each process keeps the finished rows on disk."""
     from jaxbound import _engine
 
-    x = np.arange(70, dtype=np.float32).reshape(35, 2)
-    folder = out / "ckpt"
-    calls = []
+    folder, calls = out / "ckpt", []
 
     def failing(o, nv):
         calls.append(nv)
@@ -38,17 +40,23 @@ def _checkpoint_resume(out: Path, res: dict, facts: dict, distributed) -> None:
         return [np.asarray(o)[:nv]]
 
     try:
-        _engine.stream(_double, {}, [x], block_size=4, checkpoint=folder, checkpoint_every=0, collect=failing)
+        _engine.stream(_double, {}, [_CKPT_X], block_size=4, checkpoint=folder, checkpoint_every=0, collect=failing)
         facts["ckpt_first"] = "no error"
     except RuntimeError as exc:
         facts["ckpt_first"] = str(exc)
     facts["ckpt_segments"] = sorted(p.name for p in folder.glob("seg_*.npz"))
-    distributed.exchange(b"", what="after listing")  # every process listed before the rerun removes them
-    calls.clear()
-    _, blocks = _engine.stream(_double, {}, [x], block_size=4, checkpoint=folder, checkpoint_every=0,
+
+
+def _checkpoint_resume(out: Path, res: dict, facts: dict, distributed) -> None:
+    """The rerun of the stopped job (after a restart of all processes) computes only the rows not on disk."""
+    from jaxbound import _engine
+
+    folder, calls = out / "ckpt", []
+    _, blocks = _engine.stream(_double, {}, [_CKPT_X], block_size=4, checkpoint=folder, checkpoint_every=0,
                                collect=lambda o, nv: calls.append(nv) or [np.asarray(o)[:nv]])
     res["ckpt_out"] = np.concatenate([b[0] for b in blocks])
     facts["ckpt_rows_computed"] = int(sum(calls))
+    distributed.exchange(b"", what="after the rerun")  # process 0 has removed the folder
     facts["ckpt_left"] = folder.exists() and any(folder.iterdir())
 
 
@@ -111,6 +119,11 @@ def main(argv: list[str]) -> None:
     from jaxbound import _io, attacks, geometry, models, training
 
     res, facts = {}, {"devices": len(jax.devices()), "local_devices": len(jax.local_devices())}
+    if len(argv) > 5 and argv[5] == "resume":  # a fresh start of all processes resumes the stopped job
+        _checkpoint_resume(out, res, facts, distributed)
+        np.savez(out / f"resume{pid}.npz", **res)
+        (out / f"resume{pid}.json").write_text(json.dumps(facts))
+        return
     if len(argv) > 5 and argv[5] == "train":  # the reference of the training steps: one process, two devices
         _train(out, pid, res, facts, jax, models, training)
         np.savez(out / "train_ref.npz", **res)
@@ -144,7 +157,9 @@ def main(argv: list[str]) -> None:
     res["pgd_x"], res["pgd_success"] = np.asarray(adv.x_adv), np.asarray(adv.success)
     mark("pgd")
 
-    _checkpoint_resume(out, res, facts, distributed)
+    _checkpoint_stop(out, facts)
+    if nproc == 1:
+        _checkpoint_resume(out, res, facts, distributed)
     if nproc > 1:
         res["zero_knn_idx"] = _bad_inputs(x, pid, facts, geometry, distributed)
     mark("checks")

@@ -43,13 +43,8 @@ def _launch(out: Path, pid: int, nproc: int, port: int, *extra: str) -> subproce
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=out)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """``(dist, single)``: per process ``(outputs, facts)`` of the two-process run, and the reference."""
-    root = tmp_path_factory.mktemp("distributed")
-    port = _free_port()
-    procs = [_launch(root / "dist", p, 2, port) for p in range(2)] + [_launch(root / "single", 0, 1, 0),
-                                                                         _launch(root / "train", 0, 1, 0, "train")]
+def _wait(procs: list[subprocess.Popen]) -> None:
+    """Wait for every process (at most WAIT_S each, then kill them all); fail with their output, skip without gloo."""
     logs = []
     for p in procs:
         try:
@@ -63,6 +58,18 @@ def runs(tmp_path_factory):
         if "gloo" in text.lower() and ("not available" in text.lower() or "unsupported" in text.lower()):
             pytest.skip("gloo CPU collectives are not available in this jaxlib")
         pytest.fail("a worker failed:\n" + "\n----\n".join(log[-3000:] for log in logs))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """``(dist, single)``: per process ``(outputs, facts)`` of the two-process run, and the reference."""
+    root = tmp_path_factory.mktemp("distributed")
+    port = _free_port()
+    procs = [_launch(root / "dist", p, 2, port) for p in range(2)] + [_launch(root / "single", 0, 1, 0),
+                                                                         _launch(root / "train", 0, 1, 0, "train")]
+    _wait(procs)
+    port = _free_port()  # a restart of all processes resumes the job the first start stopped midway
+    _wait([_launch(root / "dist", p, 2, port, "resume") for p in range(2)])
 
     def load(folder, pid):
         with np.load(folder / f"p{pid}.npz") as z:
@@ -114,17 +121,20 @@ def test_pgd_identical(runs):
     _same(runs, "pgd_x", "pgd_success")
 
 
-def test_checkpoint_resumes_after_all_processes_stop(runs):
-    """An error in round 2 stops both processes; process 0 kept the finished rows; the rerun computes the rest."""
+def test_checkpoint_resumes_after_a_restart_of_all_processes(runs):
+    """An error in round 1 stops both processes; process 0 kept round 0; restarted, they compute only the rest."""
     dist, (ref, single), root = runs
-    _same(runs, "ckpt_out")
     np.testing.assert_array_equal(ref["ckpt_out"], 2 * np.arange(70, dtype=np.float32).reshape(35, 2))
-    for _, f in dist:
+    assert single["ckpt_segments"] == ["seg_000000000000_000000000004.npz", "seg_000000000004_000000000008.npz"]
+    assert single["ckpt_rows_computed"] == 35 - 8
+    for p, (_, f) in enumerate(dist):
         assert "stopped on purpose" in f["ckpt_first"]
         assert f["ckpt_segments"] == ["seg_000000000000_000000000008.npz"]  # round 0: blocks 0 and 1
-        assert f["ckpt_rows_computed"] == 35 - 8
-    assert single["ckpt_rows_computed"] == 35 - 8
-    assert not dist[0][1]["ckpt_left"] and not (root / "dist" / "ckpt").exists()
+        with np.load(root / "dist" / f"resume{p}.npz") as z:
+            assert np.array_equal(z["ckpt_out"], ref["ckpt_out"])
+        again = json.loads((root / "dist" / f"resume{p}.json").read_text())
+        assert again["ckpt_rows_computed"] == 35 - 8 and not again["ckpt_left"]
+    assert not (root / "dist" / "ckpt").exists()
 
 
 def test_different_inputs_raise_on_every_process(runs):
