@@ -508,7 +508,8 @@ def optprob(graph: ConflictGraph, *, backend: str = "auto", progress: bool = Fal
     Args:
       graph: a two-class :class:`ConflictGraph`.
       backend: max-flow backend ``"auto"`` (OR-Tools when capacities fit
-        int64, else networkx), ``"ortools"``, ``"scipy"`` or ``"networkx"``.
+        int64, else networkx; SciPy for rounds of 4 million edges or more;
+        see :mod:`jaxbound.flow`), ``"ortools"``, ``"scipy"`` or ``"networkx"``.
       progress: progress bar over the recursion.
 
     Returns:

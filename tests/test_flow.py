@@ -241,3 +241,21 @@ def test_errors_name_the_public_argument_of_each_function():
         flow.optprob_parts(2, 2, [0, 1, 1], [0, 0, 1], [2**40, 1], [1, 1], backend="scipy")
     with pytest.raises(ValueError, match="^edge_b"):
         flow.min_vertex_cover(1, 1, [0], [1], [1], [1])
+
+
+def test_auto_takes_scipy_for_large_networks(monkeypatch):
+    """'auto': SciPy from _SCIPY_FROM_EDGES middle edges on (when int32 holds them), OR-Tools below; same results."""
+    rng = np.random.default_rng(13)
+    na, nb = 30, 25
+    ea, eb = _random_bipartite(rng, na, nb, 0.15)
+    wa, wb = rng.integers(1, 6, na), rng.integers(1, 6, nb)
+    ref = flow.optprob_parts(na, nb, ea, eb, wa, wb, backend="networkx")
+    monkeypatch.setattr(flow, "_SCIPY_FROM_EDGES", 20)
+    res = flow.bipartite_max_flow(na, nb, ea, eb, wa, wb)
+    assert ea.size >= 20 and res.backend == "scipy"
+    assert flow.bipartite_max_flow(na, nb, ea[:19], eb[:19], wa, wb).backend == "ortools"
+    # too big for int32: OR-Tools even above the size threshold
+    assert flow.bipartite_max_flow(na, nb, ea, eb, wa * 2**32, wb).backend == "ortools"
+    mixed = flow.optprob_parts(na, nb, ea, eb, wa, wb)
+    assert mixed.backends[0] == "scipy" and np.array_equal(np.concatenate(mixed.q()), np.concatenate(ref.q()))
+    assert np.array_equal(mixed.part_a, ref.part_a) and np.array_equal(mixed.part_b, ref.part_b)
