@@ -76,11 +76,11 @@ __all__ = [
     "mean_k_smallest",
 ]
 
-# Extra l2 candidates re-ranked beyond k; a row with more in its rounding band is computed in full.
+# Extra l2 candidates re-ranked beyond k (at least; k extra when k is larger): the rounding band's usual room.
 _L2_EXTRA_CANDIDATES = 16
 # Reference columns per group whose minimum bounds the l2 k-th distance (see _knn_l2_block).
 _L2_GROUP = 32
-# A chunk whose rounding band overflows k + 16 candidates re-ranks this many times more before computing everything.
+# A row whose rounding band overflows its candidates re-ranks this many times more before computing everything.
 _L2_WIDE = 8
 # Unrolling of the loop over features (measured best on a 2-core x86 CPU).
 _UNROLL = 16
@@ -334,7 +334,7 @@ def _knn_block(xq, q_ids, q_lab, q_val, refs, refs_t, refs_sq, r_lab, *, k, norm
 def _band_candidates(g_lo, v, lower, cap, g, m):
     """The ``cap`` columns with the smallest lower bounds, from the ``cap`` groups with the smallest minima.
 
-    ``ok`` (one flag for the chunk) is true when every group and every
+    ``ok [rows]`` is true where every group and every
     column whose lower bound is ``<= v`` was kept, i.e. the candidates hold
     the whole band. ``lower(cols)`` gives the lower bounds at ``cols``
     (``+inf`` outside ``[0, m)`` and for excluded pairs).
@@ -346,33 +346,35 @@ def _band_candidates(g_lo, v, lower, cap, g, m):
     _, pos = lax.top_k(-lv, cap)
     cand = jnp.minimum(jnp.take_along_axis(cols, pos, axis=1), m - 1)
     n_c = jnp.sum(lv <= v[:, None], axis=1)
-    return cand, jnp.all((n_g <= cap) & (n_c <= cap))
+    return cand, (n_g <= cap) & (n_c <= cap)
 
 
 def _knn_l2_block(xq, q_ids, q_lab, refs, refs_sq, r_lab, *, k, exclude_self, exclude_label):
     """l2 k-NN of one block: GEMM scores, candidates by the proven rounding band, exact re-ranking.
 
     With ``|s_j - d_j^2| <= e_j`` for the GEMM score ``s_j`` and the direct
-    float32 distance ``d_j`` (``e_j = 2 rel (||x||^2 + ||y_j||^2)``,
-    ``rel = gemm_rounding_bound(d)``: the GEMM's and the direct sum's errors),
-    the ``k``-th smallest of ``s + e`` bounds ``d_(k)^2`` from above, so every
+    float32 distance ``d_j``: ``e_j = rel (1.5 N_j + s_j)`` with
+    ``N_j = ||x||^2 + ||y_j||^2`` and ``rel = gemm_rounding_bound(d)`` (the
+    GEMM is within ``rel N_j`` of the exact square, the direct sum within
+    ``rel / 4`` of it relatively; the rest covers the rounding of the band
+    itself), the ``k``-th smallest of ``s + e`` bounds ``d_(k)^2`` from above, so every
     neighbour has ``s_j - e_j <= V`` for any such bound ``V``. ``V`` is the
     ``k``-th smallest of the minima of ``s + e`` over groups of
     ``_L2_GROUP`` columns (``k`` groups each hold a point within ``V``): one
     pass over the block plus a top-k over the groups. The columns with
     ``s - e <= V`` (usually ``k`` plus a few) are re-ranked by direct
-    computation and sorted by (distance, index). A chunk whose band holds
-    more than ``k + 16`` columns in some row re-ranks ``8 (k + 16)`` instead
-    (wide bands: high dimension, concentrated distances); beyond that (many
-    exact ties, duplicates) it is computed directly against every reference,
-    so the result is exact either way. Rows are processed in chunks that
-    stay in cache.
+    computation and sorted by (distance, index). A row whose band holds
+    more than ``k + max(16, k)`` columns re-ranks 8 times as many (wide
+    bands: high dimension, concentrated distances); beyond that (many exact
+    ties, duplicates) it is computed directly against every reference, so
+    the result is exact either way. Rows are processed in chunks that stay
+    in cache.
     """
     b, m = xq.shape[0], refs.shape[0]
     score = l2_sq_gemm(xq, refs, refs_sq)
     xsq = jnp.sum(xq * xq, axis=1)
-    rel = 2.0 * gemm_rounding_bound(xq.shape[1], xq.dtype)
-    cap = min(m, k + _L2_EXTRA_CANDIDATES)
+    rel = gemm_rounding_bound(xq.shape[1], xq.dtype)
+    cap = min(m, k + max(_L2_EXTRA_CANDIDATES, k))
     cap2 = min(m, _L2_WIDE * cap)
     g = max(1, min(_L2_GROUP, m // cap2))
     inf = jnp.asarray(jnp.inf, score.dtype)
@@ -393,10 +395,11 @@ def _knn_l2_block(xq, q_ids, q_lab, refs, refs_sq, r_lab, *, k, exclude_self, ex
             mins = jnp.concatenate([mins, a[:, full:].min(axis=1, keepdims=True)], axis=1)
         return mins
 
-    def one(args):
+    def solve(args, cap):
+        """Band candidates re-ranked for rows ``args``; ``ok [rows]`` where the band fitted in ``cap``."""
         sc, xs, qi, ql, xc = args
         bad = masked(qi, ql, jnp.broadcast_to(cols_all, sc.shape))
-        e = rel * (xs[:, None] + refs_sq[None, :])
+        e = rel * (1.5 * (xs[:, None] + refs_sq[None, :]) + sc)
         v = -lax.top_k(-group_min(jnp.where(bad, inf, sc + e)), k)[0][:, k - 1]
         v = v * (1.0 + 2.0**-20)  # values that round to the same float32 distance as d_(k)
         g_lo = group_min(jnp.where(bad, inf, sc - e))
@@ -404,28 +407,40 @@ def _knn_l2_block(xq, q_ids, q_lab, refs, refs_sq, r_lab, *, k, exclude_self, ex
         def lower(cols):
             inside = cols < m
             cols = jnp.minimum(cols, m - 1)
-            lv = jnp.take_along_axis(sc, cols, axis=1) - rel * (xs[:, None] + refs_sq[cols])
+            sv = jnp.take_along_axis(sc, cols, axis=1)
+            lv = sv - rel * (1.5 * (xs[:, None] + refs_sq[cols]) + sv)
             return jnp.where(~inside | masked(qi, ql, cols), inf, lv)
 
-        def rerank(cand):
-            dist, cnd = _exact_rerank(xc, refs, cand, "l2")
-            dist = jnp.where(masked(qi, ql, cnd), inf, dist)
-            dist, cnd = lax.sort((dist, cnd), dimension=1, num_keys=2)
-            return dist[:, :k], cnd[:, :k]
-
-        def every():
-            dist = lax.map(lambda x: lp.lp_norm(x[None, :] - refs, "l2", axis=-1), xc)
-            dist = jnp.where(bad, inf, dist)
-            idx = jnp.broadcast_to(cols_all, dist.shape)
-            dist, idx = lax.sort((dist, idx), dimension=1, num_keys=2)
-            return dist[:, :k], idx[:, :k]
-
-        def wide():
-            cand, ok = _band_candidates(g_lo, v, lower, cap2, g, m)
-            return lax.cond(ok, lambda: rerank(cand), every)
-
         cand, ok = _band_candidates(g_lo, v, lower, cap, g, m)
-        return lax.cond(ok, lambda: rerank(cand), wide if cap2 > cap else every)
+        dist, cnd = _exact_rerank(xc, refs, cand, "l2")
+        dist = jnp.where(masked(qi, ql, cnd), inf, dist)
+        dist, cnd = lax.sort((dist, cnd), dimension=1, num_keys=2)
+        return dist[:, :k], cnd[:, :k], ok
+
+    def every(args):
+        sc, xs, qi, ql, xc = args
+        dist = lax.map(lambda x: lp.lp_norm(x[None, :] - refs, "l2", axis=-1), xc)
+        dist = jnp.where(masked(qi, ql, jnp.broadcast_to(cols_all, dist.shape)), inf, dist)
+        idx = jnp.broadcast_to(cols_all, dist.shape)
+        dist, idx = lax.sort((dist, idx), dimension=1, num_keys=2)
+        return dist[:, :k], idx[:, :k]
+
+    def wide_row(args):
+        """One row whose band overflowed: 8 times the candidates, else every distance."""
+        row = tuple(a[None] for a in args)
+        if cap2 == cap:
+            return tuple(a[0] for a in every(row))
+        dist, idx, ok = solve(row, cap2)
+        return lax.cond(ok[0], lambda: (dist[0], idx[0]), lambda: tuple(a[0] for a in every(row)))
+
+    def one(args):
+        dist, idx, ok = solve(args, cap)
+
+        def fix():
+            return lax.map(lambda a: lax.cond(a[0], lambda: (a[1], a[2]), lambda: wide_row(a[3:])),
+                           (ok, dist, idx) + tuple(args))
+
+        return lax.cond(jnp.all(ok), lambda: (dist, idx), fix)
 
     c = _row_chunks(b, m)
     parts = (score, xsq, q_ids, q_lab, xq)
@@ -673,9 +688,9 @@ def knn(
 
     ``l2`` computes one GEMM per block, keeps the references whose score is
     within the proven rounding band (:func:`gemm_rounding_bound`) of the
-    ``k``-th distance and re-ranks only those by direct computation (a row
-    with more than ``k + 16`` of them, e.g. many exact ties, is computed
-    directly against every reference); the result equals a direct
+    ``k``-th distance and re-ranks only those by direct computation (more
+    candidates when the band is wide; with very many exact ties a row is
+    computed directly against every reference); the result equals a direct
     computation of all distances. The other norms compute every distance
     directly. Ties are ordered by reference index.
 
