@@ -32,6 +32,7 @@ Usage:
   python benchmarks/optprob.py                         # everything
   python benchmarks/optprob.py --sections target,full  # some sections
   python benchmarks/optprob.py --resume                # skip items already in the JSON
+  python benchmarks/optprob.py --update --sections cvxpy,full,backends  # rerun these, keep the rest
   python benchmarks/optprob.py --quick                 # small sizes, a smoke test
 
 Writes ``benchmarks/results/optprob.json`` (``optprob_quick.json`` with
@@ -320,6 +321,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", default="target,sweep,cvxpy,full,backends")
     ap.add_argument("--resume", action="store_true", help="skip items already in the output JSON")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the other items of the output JSON and run the sections given again")
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--cvxpy-timeout", type=float, default=300.0)
@@ -349,7 +352,7 @@ def main() -> None:
     require_data_dir(need=("mnist", "fashion-mnist"))  # exits with a clear message when the data is absent
     out_path = Path(args.out) if args.out else HERE / "results" / ("optprob_quick.json" if args.quick else "optprob.json")
     results: dict = {}
-    if args.resume and out_path.exists():
+    if (args.resume or args.update) and out_path.exists():
         results = json.loads(out_path.read_text())
     results.setdefault("meta", {})
     results["meta"].update({"machine": platform.platform(), "cpus": os.cpu_count(),
