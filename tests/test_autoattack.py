@@ -221,7 +221,7 @@ def test_autoattack_checkpoint_resumes_and_survives_damage(net, tmp_path, monkey
     calls.clear()
     monkeypatch.setattr(attacks, "_run_attack", lambda *a, **k: (calls.append(k.get("desc")), real(*a, **k))[1])
     resumed = attacks.autoattack(net.f, net.x, net.y, checkpoint=ck, **kw)
-    assert calls == ["apgd-t"]  # apgd-ce came from the saved state
+    assert calls and set(calls) == {"apgd-t"}  # apgd-ce came from the saved state (apgd-t: one call per target)
     np.testing.assert_array_equal(resumed.x_adv, full.x_adv)
     np.testing.assert_array_equal(resumed.broken_by, full.broken_by)
     assert not ck.exists()
