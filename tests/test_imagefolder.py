@@ -347,6 +347,8 @@ def _members(tar: Path, names: set[str]) -> dict[str, np.ndarray]:
         for m in tf:
             if m.name in names:
                 out[m.name] = np.asarray(Image.open(io.BytesIO(tf.extractfile(m).read())))
+                if len(out) == len(names):
+                    break  # stop streaming the archive once every wanted member is read
     return out
 
 
