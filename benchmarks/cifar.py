@@ -255,8 +255,8 @@ def parse(argv=None):
     args.repeats = args.repeats or (2 if q else 10)
     args.n_fit_l2, args.eps_l2, args.T_l2 = (2000 if q else None), 0.2453, (5,)
     args.mc_per_class, args.mc_eps = (50 if q else 1000), ((2.0, 4.0) if q else (2.0, 4.0, 6.0))
-    args.report_limit, args.report_test_limit = (1000, 300) if q else (10000, 2000)
-    args.report_mc, args.report_epochs, args.report_eval = (50, 1, 100) if q else (500, 5, 1000)
+    args.report_limit, args.report_test_limit = (500, 100) if q else (10000, 2000)
+    args.report_mc, args.report_epochs, args.report_eval = (20, 1, 50) if q else (500, 5, 1000)
     return args
 
 
