@@ -137,12 +137,15 @@ def _reference(model, params, f, x, y, eps, n_ref):
     if layers is None or n_ref == 0:
         return {"skipped": f"no NumPy reference for {type(model).__name__} (max pooling)"}
     out = {}
+    layers = ref.to_matrices(layers)  # conv layers as explicit matrices, built once (not timed)
     for method in ("ibp", "crown"):
         t0 = time.perf_counter()
         want = ref.margin_lower(layers, x[:n_ref], y[:n_ref], eps=eps, method=method)
         dt = time.perf_counter() - t0
         got = certify.margin_bounds(f, x[:n_ref], y[:n_ref], eps=eps, method=method).lower
-        out[method] = {"max_abs_diff": float(np.max(np.abs(got - want))), "n": int(n_ref),
+        out[method] = {"max_abs_diff": float(np.max(np.abs(got - want))),
+                       "max_rel_diff": float(np.max(np.abs(got - want) / np.maximum(1.0, np.abs(want)))),
+                       "n": int(n_ref),
                        "numpy_seconds_per_1000": 1000.0 * dt / n_ref}
     return out
 

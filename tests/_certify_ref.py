@@ -49,8 +49,9 @@ def as_affine(layer):
     return m, bias
 
 
-def _affines(layers):
-    return [("relu",) if layer[0] == "relu" else ("affine",) + as_affine(layer) for layer in layers]
+def to_matrices(layers):
+    """The layers as ``("affine", M, b)`` / ``("relu",)`` (convert once, reuse for every example; idempotent)."""
+    return [layer if layer[0] in ("relu", "affine") else ("affine",) + as_affine(layer) for layer in layers]
 
 
 def _ibp_affine(m, b, lo, hi):
@@ -117,7 +118,7 @@ def spec_lower(layers, x, spec, *, eps, norm="linf", method="crown", input_bound
 
     ReLU inputs wider than ``crown_neurons`` keep their IBP box (as in jaxbound.certify).
     """
-    net = _affines(layers)
+    net = to_matrices(layers)
     x = np.asarray(x, np.float64).reshape(-1)
     lo, hi = x - eps, x + eps
     if input_bounds is not None:
@@ -139,9 +140,10 @@ def spec_lower(layers, x, spec, *, eps, norm="linf", method="crown", input_bound
 
 def margin_lower(layers, x, y, *, eps, norm="linf", method="crown", input_bounds=(0.0, 1.0), crown_neurons=1024):
     """``[n, C]`` margin lower bounds, one example at a time."""
+    k = _n_out(layers)
+    layers = to_matrices(layers)
     out = []
     for xi, yi in zip(x, y):
-        k = _n_out(layers)
         spec = np.eye(k)[yi][None, :] - np.eye(k)
         out.append(spec_lower(layers, xi, spec, eps=eps, norm=norm, method=method, input_bounds=input_bounds,
                               crown_neurons=crown_neurons))
@@ -151,6 +153,7 @@ def margin_lower(layers, x, y, *, eps, norm="linf", method="crown", input_bounds
 def logit_bounds(layers, x, *, eps, norm="linf", method="crown", input_bounds=(0.0, 1.0)):
     """``([n, C], [n, C])`` logit bounds, one example at a time."""
     k = _n_out(layers)
+    layers = to_matrices(layers)
     spec = np.concatenate([np.eye(k), -np.eye(k)])
     lbs = np.asarray([spec_lower(layers, xi, spec, eps=eps, norm=norm, method=method, input_bounds=input_bounds)
                       for xi in x])
@@ -159,12 +162,12 @@ def logit_bounds(layers, x, *, eps, norm="linf", method="crown", input_bounds=(0
 
 def _n_out(layers):
     last = [layer for layer in layers if layer[0] != "relu"][-1]
-    return np.asarray(last[2]).shape[-1] if last[0] == "dense" else None
+    return np.asarray(last[2]).shape[-1]
 
 
 def forward(layers, x):
     """Plain forward pass on flattened examples ``x [n, d]``."""
     z = np.asarray(x, np.float64).reshape(len(x), -1)
-    for layer in _affines(layers):
+    for layer in to_matrices(layers):
         z = np.maximum(z, 0) if layer[0] == "relu" else z @ layer[1].T + layer[2]
     return z
