@@ -7,7 +7,7 @@ script trains one model (default the Wong & Kolter small CNN, ``--arch``) and me
 
 - the certified robust accuracy by IBP and by CROWN (:func:`jaxbound.certify.certified_accuracy`) and
   the seconds per 1,000 points of each (compiled once on a first block, then timed);
-- the attacked robust accuracy (AutoAttack standard by default, or PGD-40 with step 0.01, ``--attack``),
+- the attacked robust accuracy (PGD-40 with step 0.01 by default, or AutoAttack standard, ``--attack``),
   an upper bound on the true robust accuracy, so ``certified <= true <= attacked``;
 - on the first ``--n-ref`` points, the same IBP and CROWN margin bounds from the independent NumPy
   implementation of ``tests/_certify_ref.py`` on the same weights (explicit float64 matrices; the
@@ -66,7 +66,8 @@ def _args(argv):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--n-eval", type=int, default=1000)
     ap.add_argument("--n-ref", type=int, default=20, help="points compared with the NumPy reference")
-    ap.add_argument("--attack", choices=["autoattack", "pgd"], default="autoattack")
+    ap.add_argument("--attack", choices=["autoattack", "pgd"], default="pgd",
+                    help="pgd: PGD-40 step 0.01 (Ding et al.); autoattack: the standard ensemble (hours on a CPU)")
     ap.add_argument("--pgd-steps", type=int, default=40)
     ap.add_argument("--work", default="/tmp/jaxbound_certify_work")
     ap.add_argument("--out", default=None, help="default benchmarks/results/certify_<device>.json")
