@@ -52,6 +52,7 @@ QUICK_ARGS = {
                             "--linf-subset", "3000"],
     "shift_mnist": ["--parts", "volumes", "--conc-n", "500", "--pair-n", "100", "--icd-train-n", "1000",
                     "--train-n", "500", "--eval-n", "100"],
+    "first_stage": ["--n", "3000"],
     "training_mnist": ["--n-train", "1000", "--n-train-pgd", "500", "--n-train-reg", "500", "--n-eval", "100",
                        "--n-dist", "10", "--dist-search", "2", "--attack-steps", "2"],
 }
@@ -89,11 +90,20 @@ def _help(name: str) -> str:
         return ""
 
 
-def command(name: str, quick: bool) -> list[str]:
-    """The arguments of one benchmark in a profile (the script path first, relative to ``benchmarks/``)."""
+def command(name: str, quick: bool) -> list[str] | None:
+    """The arguments of one benchmark in a profile (the script path first, relative to ``benchmarks/``).
+
+    ``None`` in the quick profile for a benchmark with neither ``--quick`` nor ``QUICK_ARGS`` (it is
+    skipped rather than run at full size).
+    """
     args = [f"{name}.py"]
     if quick:
-        args += ["--quick"] if "--quick" in _help(name) else QUICK_ARGS.get(name, [])
+        if "--quick" in _help(name):
+            args.append("--quick")
+        elif name in QUICK_ARGS:
+            args += QUICK_ARGS[name]
+        else:
+            return None
     return args
 
 
@@ -203,6 +213,10 @@ def main(argv=None) -> int:
           + (f"; results copied to {dest}" if sandbox else ""))
     for name in names:
         cmd = command(name, args.quick)
+        if cmd is None:
+            print(f"[{name}] no quick settings (no --quick option, not in QUICK_ARGS): skipped", flush=True)
+            record["benchmarks"][name] = {"command": None, "returncode": None, "skipped": "no quick settings"}
+            continue
         prev = record["benchmarks"].get(name)
         if args.resume and prev and prev.get("returncode") == 0 and prev.get("command") == cmd:
             print(f"[{name}] done before, skipped")
@@ -219,7 +233,7 @@ def main(argv=None) -> int:
     if not args.dry_run:
         _atomic_json(out_path, record)
         print(f"run_all: wrote {out_path}")
-    failed = [n for n, r in record["benchmarks"].items() if n in names and r["returncode"] != 0]
+    failed = [n for n, r in record["benchmarks"].items() if n in names and r["returncode"] not in (0, None)]
     return 1 if failed else 0
 
 

@@ -118,6 +118,18 @@ def test_full_profile_on_cpu_writes_in_place_and_other_devices_are_sandboxed(run
     assert (bench / "results" / "run_all_gpu_h200.json").is_file()
 
 
+def test_quick_profile_skips_a_benchmark_without_quick_settings(run_all, tmp_path, monkeypatch, capsys):
+    bench = _toy_tree(tmp_path)
+    _point_at(run_all, monkeypatch, bench, "cpu")
+    monkeypatch.setattr(run_all, "_help", lambda name: "")  # toy offers no --quick here, and has no QUICK_ARGS
+    assert run_all.main(["--quick", "--only", "toy"]) == 0
+    assert "skipped" in capsys.readouterr().out
+    rec = json.loads((bench / "results" / "run_all_quick_cpu.json").read_text())["benchmarks"]["toy"]
+    assert rec["skipped"] and rec["command"] is None
+    assert json.loads((bench / "results" / "toy.json").read_text()) == [{"full": "kept"}]
+    assert not (bench / "results" / "quick_cpu").exists()
+
+
 def test_timeout_is_recorded(run_all, tmp_path, monkeypatch):
     bench = _toy_tree(tmp_path)
     _point_at(run_all, monkeypatch, bench, "cpu")
