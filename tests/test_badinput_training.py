@@ -33,6 +33,19 @@ def train(**kw):
 
 
 CASES = [
+    ("TrainConfig fgsm_alpha 0", lambda: training.TrainConfig(fgsm_alpha=0.0), ValueError, "fgsm_alpha"),
+    ("TrainConfig warmup_steps negative", lambda: training.TrainConfig(warmup_steps=-1), ValueError,
+     "warmup_steps"),
+    ("TrainConfig ramp_steps float", lambda: training.TrainConfig(ramp_steps=2.5), ValueError, "ramp_steps"),
+    ("TrainConfig kappa_end above 1", lambda: training.TrainConfig(kappa_end=1.5), ValueError, "kappa_end"),
+    ("TrainConfig kappa_start nan", lambda: training.TrainConfig(kappa_start=float("nan")), ValueError,
+     "kappa_start"),
+    ("TrainConfig ibp without eps", lambda: training.TrainConfig(recipe="ibp"), ValueError, "eps"),
+    ("TrainConfig fgsm_rs without eps", lambda: training.TrainConfig(recipe="fgsm_rs"), ValueError, "eps"),
+    ("TrainConfig ibp l1", lambda: training.train_config(recipe="ibp", eps=0.1, norm="l1"), ValueError, "norm"),
+    ("TrainConfig crown_ibp eps_warmup", lambda: training.train_config(recipe="crown_ibp", eps=0.1, norm="linf",
+                                                                        eps_warmup=5), ValueError, "eps_warmup"),
+    ("TrainConfig schedule unknown", lambda: training.TrainConfig(schedule="triangle"), ValueError, "schedule"),
     ("TrainConfig epochs 0", lambda: training.TrainConfig(epochs=0), ValueError, "epochs"),
     ("TrainConfig epochs float", lambda: training.TrainConfig(epochs=1.5), ValueError, "epochs"),
     ("TrainConfig recipe", lambda: training.TrainConfig(recipe="adversarial"), ValueError, "recipe"),
