@@ -160,7 +160,9 @@ def main(argv=None):
             continue
         t0, c0 = time.perf_counter(), time.process_time()
         model = models.create(arch)
-        r = training.train(model, (x, y), key=jax.random.key(0), progress=False, **kw)
+        # the per-epoch history evaluates on the first eval_n test points (not the 60,000 training images)
+        r = training.train(model, (x, y), key=jax.random.key(0), progress=False,
+                           eval_data=(te.images[:args.eval_n], te.labels[:args.eval_n]), **kw)
         entry = {"model": arch, "train_seconds": time.perf_counter() - t0,
                  "train_cpu_seconds": time.process_time() - c0, "steps": r.steps,
                  "config": r.config, "history": r.history}
