@@ -14,6 +14,10 @@ Items:
   same process.
 * ``full60k``: target (b). L*(2) on all 60,000 MNIST training points, l2,
   eps = 3.0: seconds and peak RSS.
+* ``full-<dataset>``: L*(2) on the whole training set of ``<dataset>`` at
+  ``--full-eps`` in ``--full-norm`` (Fashion-MNIST's classes overlap at a
+  smaller l2 radius than MNIST's: its graph at eps = 3.0 would hold about
+  15 million edges), with seconds, edge count and peak RSS.
 * ``l3``: target (c). L*(3) on 1,000 MNIST points per class, l2, eps = 3.5:
   pair edges, triangles, hyperedges, LP seconds (constraint generation with
   HiGHS' dual simplex, see :func:`jaxbound.bounds.multiclass_zero_one`).
@@ -25,13 +29,23 @@ Items:
   recomputed directly and must give the same edges (L*(2) never exceeds 1/2,
   since ``q = 1/2`` is feasible; only L*(3) can go above it). L*(3) on the same grid
   for ``--l3-n`` points per class (the LP), while the triangle count stays
-  below ``--max-triangles``.
+  below ``--max-triangles`` (``--l3-n 0`` leaves it out). ``--grid-eps`` replaces the
+  default grid of the grid items run.
+
+  l_inf distances between pixel vectors in [0, 1] are multiples of 1/255 and never
+  exceed 1, so at l_inf eps = 0.5 every pair of different labels is an edge and
+  L*(2) = 1/2 exactly with balanced classes (q = 1/2 everywhere is optimal); grid
+  points between the distance steps (eps = 0.491, 0.493, ... sit between k/510)
+  avoid boundary ties. MNIST's closest l_inf pairs of different classes are
+  249/255 apart, so its l_inf bound stays 0 up to eps = 0.488.
 
 Usage:
   python benchmarks/multiclass.py              # everything
   python benchmarks/multiclass.py --quick      # small sizes (a smoke test)
   python benchmarks/multiclass.py --items speed10k,l3
   python benchmarks/multiclass.py --items l3 --update   # merge into the existing JSON
+  python benchmarks/multiclass.py --items grid-fmnist-l2 --grid-eps 0,1,2,3,4 --update
+  python benchmarks/multiclass.py --items full-fmnist --full-eps 2.5 --update
 
 Writes ``benchmarks/results/multiclass.json`` (``multiclass_quick.json`` with ``--quick``).
 """
@@ -131,12 +145,13 @@ def item_speed10k(args) -> dict:
     return out
 
 
-def item_full60k(args) -> dict:
-    x, y = first_per_class("mnist", args.full_n, args.data_dir)
-    out = solve_l2(x, y, 3.0, "l2")
+def item_full60k(args, dataset: str = "mnist", eps: float = 3.0, norm: str = "l2") -> dict:
+    x, y = first_per_class(dataset, args.full_n, args.data_dir)
+    out = solve_l2(x, y, eps, norm)
+    out["dataset"] = dataset
     out["peak_rss_gb"] = peak_rss_gb()
     out["targets"] = {"seconds": 600, "peak_rss_gb": 8}
-    print(f"full60k: n {out['n']}, L*(2) {out['loss_l2']:.6f}, {out['edges']} edges, "
+    print(f"full {dataset}: n {out['n']}, {norm} eps {eps}, L*(2) {out['loss_l2']:.6f}, {out['edges']} edges, "
           f"{out['seconds']['end_to_end']:.1f} s, peak RSS {out['peak_rss_gb']:.2f} GB", file=sys.stderr)
     return out
 
@@ -212,7 +227,7 @@ def grid_l3(x, y, norm, grid, max_triangles) -> list:
 
 
 def item_grid(args, dataset: str, norm: str) -> dict:
-    grid = GRIDS[(dataset, norm)]
+    grid = args.grid_eps or GRIDS[(dataset, norm)]
     x, y = first_per_class(dataset, args.grid_n, args.data_dir)
     out = {"dataset": dataset, "norm": norm, "n": int(x.shape[0]), "n_per_class": args.grid_n,
            "l2": grid_l2(x, y, norm, grid)}
@@ -222,6 +237,12 @@ def item_grid(args, dataset: str, norm: str) -> dict:
     row = next(r for r in out["l2"] if r["eps"] == mid)
     out["direct_check"] = {"eps": mid, "edges": direct["edges"], "loss_l2": direct["loss_l2"],
                            "same": direct["edges"] == row["edges"] and direct["loss_l2"] == row["loss_l2"]}
+    if not args.l3_n:
+        out["l3"] = None
+        out["peak_rss_gb"] = peak_rss_gb()
+        print(f"grid {dataset} {norm}: " + ", ".join(f"{r['eps']}: {r['loss_l2']:.4f}" for r in out["l2"]),
+              file=sys.stderr)
+        return out
     xs, ys = first_per_class(dataset, args.l3_n, args.data_dir)
     out["l3"] = {"n": int(xs.shape[0]), "n_per_class": args.l3_n,
                  "rows": grid_l3(xs, ys, norm, [e for e in grid if e > 0], args.max_triangles)}
@@ -238,6 +259,8 @@ def run_item(args, name: str) -> dict:
         return item_full60k(args)
     if name == "l3":
         return item_l3(args)
+    if name.startswith("full-"):
+        return item_full60k(args, name.split("-", 1)[1], args.full_eps, args.full_norm)
     _, dataset, norm = name.split("-")
     return item_grid(args, dataset, norm)
 
@@ -253,7 +276,11 @@ def main() -> None:
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per item")
     ap.add_argument("--grid-n", type=int, default=None, help="points per class of the L*(2) grids (default 1000)")
-    ap.add_argument("--l3-n", type=int, default=None, help="points per class of the L*(3) grids (default 200)")
+    ap.add_argument("--l3-n", type=int, default=None,
+                    help="points per class of the L*(3) grids (default 200; 0 leaves them out)")
+    ap.add_argument("--grid-eps", default=None, help="comma-separated eps grid replacing the default one")
+    ap.add_argument("--full-eps", type=float, default=2.5, help="eps of the full-<dataset> items")
+    ap.add_argument("--full-norm", default="l2", choices=["l2", "linf"], help="norm of the full-<dataset> items")
     ap.add_argument("--max-triangles", type=int, default=None, help="largest triangle count of an L*(3) grid point")
     ap.add_argument("--update", action="store_true", help="merge the items run into the existing JSON")
     args = ap.parse_args()
@@ -262,7 +289,8 @@ def main() -> None:
     args.full_n = 300 if quick else None
     args.l3_target_n = 100 if quick else 1000
     args.grid_n = args.grid_n or (100 if quick else 1000)
-    args.l3_n = args.l3_n or (50 if quick else 200)
+    args.l3_n = (50 if quick else 200) if args.l3_n is None else args.l3_n
+    args.grid_eps = [float(e) for e in args.grid_eps.split(",")] if args.grid_eps else None
     args.max_triangles = args.max_triangles or (200_000 if quick else 2_000_000)
     if args.worker:
         print(json.dumps(run_item(args, args.worker), default=float))
@@ -276,7 +304,10 @@ def main() -> None:
     for name in args.items.split(","):
         load_before = os.getloadavg()
         cmd = [sys.executable, __file__, "--worker", name, "--grid-n", str(args.grid_n), "--l3-n", str(args.l3_n),
-               "--max-triangles", str(args.max_triangles)] + (["--quick"] if quick else [])
+               "--max-triangles", str(args.max_triangles), "--full-eps", str(args.full_eps),
+               "--full-norm", args.full_norm] + (["--quick"] if quick else [])
+        if args.grid_eps:
+            cmd += ["--grid-eps", ",".join(str(e) for e in args.grid_eps)]
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
         t0 = time.perf_counter()
