@@ -222,7 +222,7 @@ def stage_report(args, tar, res: Results):
                     alpha=0.05, n_regions=(10,), n_repeats=2, multiclass_per_class=args.report_mc,
                     multiclass_degree=2, n_per_class=args.report_mc, models=("standard",),
                     epochs=args.report_epochs, evaluation_attack="pgd", eval_limit=args.report_eval,
-                    self_check=False, figures=False)
+                    self_check=False, figures=False, certify=args.report_certify)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         rep = R.report(key=jax.random.key(0), data=(tr, te), out_dir=tmp, resume=False, progress=args.progress,
@@ -257,6 +257,7 @@ def parse(argv=None):
     args.mc_per_class, args.mc_eps = (50 if q else 1000), ((2.0, 4.0) if q else (2.0, 4.0, 6.0))
     args.report_limit, args.report_test_limit = (500, 100) if q else (10000, 2000)
     args.report_mc, args.report_epochs, args.report_eval = (20, 1, 50) if q else (500, 5, 1000)
+    args.report_certify = "ibp" if q else "crown"  # quick: IBP; CROWN on the CIFAR LeNet5 is the slow stage
     return args
 
 
