@@ -63,7 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbound import _checks, flow, lp
+from jaxbound import _checks, distributed, flow, lp
 
 __all__ = [
     "ConflictGraph",
@@ -522,8 +522,9 @@ def optprob(graph: ConflictGraph, *, backend: str = "auto", progress: bool = Fal
     graph = _check_graph(graph)
     n_a, n_b = graph.sizes
     wa, wb = graph.weights
-    parts = flow.optprob_parts(n_a, n_b, graph.edges[:, 0], graph.edges[:, 1], wa, wb,
-                               backend=backend, progress=progress)
+    # host-side max-flow rounds: under jax.distributed process 0 solves and every process gets its result
+    parts = distributed.on_process_zero(flow.optprob_parts, n_a, n_b, graph.edges[:, 0], graph.edges[:, 1], wa, wb,
+                                        backend=backend, progress=progress)
     qa, qb = parts.q()
     q = np.concatenate([qa, qb])
     used = sorted(set(parts.backends)) or ["none"]
@@ -620,7 +621,8 @@ def min_zero_one_loss(graph: ConflictGraph, *, backend: str = "auto") -> ZeroOne
     graph = _check_graph(graph)
     n_a, n_b = graph.sizes
     wa, wb = graph.weights
-    cov = flow.min_vertex_cover(n_a, n_b, graph.edges[:, 0], graph.edges[:, 1], wa, wb, backend=backend)
+    cov = distributed.on_process_zero(flow.min_vertex_cover, n_a, n_b, graph.edges[:, 0], graph.edges[:, 1], wa, wb,
+                                      backend=backend)
     total = flow.sum_int(wa) + flow.sum_int(wb)
     loss = cov.weight / total
     fe = cov.flow_e
@@ -1761,6 +1763,7 @@ def multiclass_zero_one(graph: ConflictHypergraph, *, backend: str = "auto",
     if backend == "flow" and graph.num_hyperedges:
         raise ValueError(f"backend: 'flow' solves pair edges only; this graph has {graph.num_hyperedges} "
                          "hyperedges, use 'lp' or 'auto'")
+    # host-side solvers: under jax.distributed process 0 solves and broadcasts the result
     if backend == "lp" or (backend == "auto" and graph.num_hyperedges):
-        return _mc_lp(graph)
-    return _mc_flow(graph, flow_backend)
+        return distributed.on_process_zero(_mc_lp, graph)
+    return distributed.on_process_zero(_mc_flow, graph, flow_backend)

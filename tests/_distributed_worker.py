@@ -149,6 +149,16 @@ def main(argv: list[str]) -> None:
     res["local_dist"], res["local_idx"] = local.distances, local.indices
     mark("geometry")
 
+    from jaxbound import bounds  # host-side solvers: process 0 solves, every process gets the result
+
+    lab = np.arange(203) % 3
+    g3 = bounds.conflict_hypergraph(x, lab, eps=0.35, norm="l2", degree=3)
+    res["mc3_q"] = bounds.multiclass_zero_one(g3).q
+    res["mc2_q"] = bounds.multiclass_zero_one(bounds.conflict_hypergraph(x, lab, eps=0.35, norm="l2")).q
+    pair = bounds.conflict_graph(x[lab == 0], x[lab == 1], eps=0.35, norm="l2")
+    res["optprob_q"], res["cover_correct"] = bounds.optprob(pair).q, bounds.min_zero_one_loss(pair).correct
+    mark("bounds")
+
     model = models.create("mlp", hidden=(16,), num_classes=3)
     params = models.init_params(model, (8,), key=jax.random.key(1))
     f = models.logits_fn(model, params)

@@ -121,6 +121,11 @@ def test_pgd_identical(runs):
     _same(runs, "pgd_x", "pgd_success")
 
 
+def test_host_side_bounds_identical(runs):
+    """OptProb, the 0-1 cover and L*(2)/L*(3) solve on process 0; every process gets the single-process answer."""
+    _same(runs, "mc3_q", "mc2_q", "optprob_q", "cover_correct")
+
+
 def test_checkpoint_resumes_after_a_restart_of_all_processes(runs):
     """An error in round 1 stops both processes; process 0 kept round 0; restarted, they compute only the rest."""
     dist, (ref, single), root = runs
