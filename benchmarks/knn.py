@@ -68,7 +68,7 @@ def load(nq: int, nr: int, dataset: str = "mnist"):
         path = Path(os.environ.get("JAXBOUND_CIFAR10_JPEG", CIFAR_TAR))
         if not path.exists():
             sys.exit(f"CIFAR-10 (JPEG) archive not found at {path}: set JAXBOUND_CIFAR10_JPEG")
-        cache = os.environ.get("JAXBOUND_CACHE_DIR") or str(HERE / "results" / ".cache")
+        cache = os.environ.get("JAXBOUND_CACHE_DIR") or str(Path.home() / ".cache" / "jaxbound")  # outside the repo
         tr = data.load("imagefolder", split="train", data_dir=path, cache_dir=cache).flat()[:nr]
         te = data.load("imagefolder", split="test", data_dir=path, cache_dir=cache).flat()[:nq]
     elif dataset == "random3072":
