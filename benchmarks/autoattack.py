@@ -31,25 +31,32 @@ also sums JAX's compile events (tracing, lowering, backend compilation) into
 ``--warmup-n`` runs an untimed jax call on a few points first.
 
 The two models are trained here with :func:`jaxbound.training.train`
-(``standard``: cross-entropy, 100 Adam steps of batch 128; ``pgd``: the
-``pgd`` recipe at l-inf eps = 0.3, 150 steps, the eps ramped up over the
-first 50, with one attack step of 1.25 eps from a uniform random start --
-Wong et al.'s fast adversarial training -- unless ``--pgd-steps`` asks for
-more), a budget small enough for a shared 2-core CPU (``--train-n``,
-``--pgd-train-n``; stated in the JSON with the clean and PGD-20 accuracy on
-held-out test points 5000-5499), and cached under ``--cache`` (default
-``/tmp/jaxbound_autoattack_bench``) so that reruns skip the training.
+(``standard``: cross-entropy, 100 Adam steps of batch 128; ``pgd``: Madry
+et al.'s PGD adversarial training at l-inf eps = 0.3, PGD-10 with step
+2.5 eps / 10 from a random start, ``--pgd-epochs`` (2) passes over all
+60,000 training images with batch 128, the eps ramped up over the first
+``--eps-warmup`` (300) steps; ``--pgd-steps 1`` gives Wong et al.'s fast
+adversarial training instead), stated in the JSON with the clean and PGD-20
+accuracy on held-out test points 5000-5499, and cached under ``--cache``
+(default ``/tmp/jaxbound_autoattack_bench``) so that reruns skip the
+training (about 20-30 minutes for the PGD model on a quiet 2-core CPU).
 Weights are never written into the repository.
 
-Square differs in one setting that jaxbound does not expose: its p-schedule
-is always rescaled to ``n_queries`` (the halvings at iterations 10, 50, 200,
-... of 10,000 come at 5, 25, 100, ... of 5,000), whereas the original
-AutoAttack runs Square with ``resc_schedule=False``, as the torch baseline
-here does.
+Inside ``autoattack`` Square runs with the original's un-rescaled
+p-schedule (``resc_schedule=False``), as the torch baseline here does.
+
+Duration of the full run (``python benchmarks/autoattack.py``) on a quiet
+2-core CPU: several hours. The PGD-trained model keeps most points robust
+through the whole ensemble, so both frameworks run APGD-T and FAB-T (9
+targets x 100 iterations) and Square (5,000 queries) on nearly all 1,000
+points: each such configuration takes on the order of one to two hours per
+framework. Run it configuration by configuration with ``--models``,
+``--norms``, ``--variants`` and ``--update`` (results merge into the JSON).
 
 Usage:
   python benchmarks/autoattack.py            # full profile (hours on 2 shared cores)
-  python benchmarks/autoattack.py --quick    # smoke profile: 100 points, 20 iterations, 500 queries
+  python benchmarks/autoattack.py --quick    # smoke profile: 100 points, 20 iterations, 500 queries,
+                                             # PGD model trained on 150 batches
   python benchmarks/autoattack.py --models pgd --n 200 --update   # one model, merged into the JSON
 
 Writes ``benchmarks/results/autoattack_<device>[_quick].json``.
@@ -101,7 +108,8 @@ LAYERS = ("conv1", "conv2", "fc1", "fc2")
 
 def _train_settings(args, recipe: str) -> dict:
     pgd = recipe == "pgd"
-    return {"recipe": recipe, "epochs": 1, "train_n": (args.pgd_train_n if pgd else args.train_n), "batch_size": 128,
+    return {"recipe": recipe, "epochs": args.pgd_epochs if pgd else 1,
+            "train_n": (args.pgd_train_n if pgd else args.train_n), "batch_size": 128,
             "optimizer": "adam", "learning_rate": 1e-3, "seed": args.seed,
             "attack": {"norm": "linf", "eps": 0.3, "steps": args.pgd_steps,
                        "step_size": 1.25 * 0.3 if args.pgd_steps == 1 else 2.5 * 0.3 / args.pgd_steps,
@@ -124,7 +132,7 @@ def train_model(args, recipe: str, train, test) -> tuple[dict, dict]:
     a = settings["attack"]
     attack = None if a is None else training.training_attack(**a)
     evaluation = attacks.AttackConfig(norm="linf", eps=0.3, steps=20)
-    cfg = training.train_config(recipe=recipe, epochs=1, batch_size=128, learning_rate=1e-3,
+    cfg = training.train_config(recipe=recipe, epochs=settings["epochs"], batch_size=128, learning_rate=1e-3,
                                 attack=attack, eps_warmup=settings["eps_warmup"], eval_attack=evaluation)
     n = min(settings["train_n"], train.images.shape[0])
     t0 = time.perf_counter()
@@ -408,10 +416,12 @@ def parse_args(argv=None):
                     help="ensemble (the original's settings) and/or wrapper (10 iterations)")
     ap.add_argument("--warmup-n", type=int, default=0, help="points of an untimed jax call before each timed one")
     ap.add_argument("--train-n", type=int, default=128 * 100, help="training images of the standard model")
-    ap.add_argument("--pgd-train-n", type=int, default=128 * 150, help="training images of the PGD model")
-    ap.add_argument("--pgd-steps", type=int, default=1,
-                    help="PGD steps of adversarial training (1: one step of 1.25 eps from a random start)")
-    ap.add_argument("--eps-warmup", type=int, default=50, help="optimiser steps of the eps ramp (PGD model)")
+    ap.add_argument("--pgd-train-n", type=int, default=60000, help="training images of the PGD model")
+    ap.add_argument("--pgd-epochs", type=int, default=2, help="passes over them (PGD model)")
+    ap.add_argument("--pgd-steps", type=int, default=10,
+                    help="PGD steps of adversarial training (step 2.5 eps / steps; 1: one step of 1.25 eps from a "
+                         "random start, Wong et al.'s fast adversarial training)")
+    ap.add_argument("--eps-warmup", type=int, default=300, help="optimiser steps of the eps ramp (PGD model)")
     ap.add_argument("--cache", type=str, default=str(Path(tempfile.gettempdir()) / "jaxbound_autoattack_bench"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="smoke profile: 100 points, 20 iterations, 500 queries")
@@ -424,8 +434,9 @@ def parse_args(argv=None):
     ap.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker-data", type=str, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.quick:
+    if args.quick:  # also a short PGD training (150 steps of batch 128), so that a smoke run stays short
         args.n, args.steps, args.n_queries = min(args.n, 100), min(args.steps, 20), min(args.n_queries, 500)
+        args.pgd_train_n, args.pgd_epochs = min(args.pgd_train_n, 128 * 150), 1
     for name, vals, known in (("attacks", args.attacks, ATTACKS), ("models", args.models, MODELS),
                               ("norms", args.norms, tuple(NORMS)), ("variants", args.variants,
                                                                      ("ensemble", "wrapper"))):
