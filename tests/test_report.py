@@ -387,3 +387,17 @@ def test_report_certify_setting_and_l1(tmp_path):
     cfg = R.ReportConfig(norm="l1", eps=(1.0,))
     c = R._certify_model(lambda x: x.reshape(x.shape[0], -1)[:, :10], te, cfg)
     assert not c["available"] and c["reason"].startswith("not available") and c["rows"] == [None]
+
+
+@pytest.mark.slow
+def test_report_trains_a_certified_model_on_the_spot(tmp_path):
+    """--models ibp: an IBP-trained model, its certified robust error never below the attacked one."""
+    kw = dict(TINY, eps=(0.1,), test_limit=60, check_per_class=10)
+    rep = R.report(key=jax.random.key(1), dataset="digits", out_dir=tmp_path, models=("ibp", "fgsm_rs"), epochs=2,
+                   arch="mlp", widen_factor=None, batch_size=64, **kw)
+    ms = {m["name"]: m for m in rep.record["models"]}
+    assert ms["ibp"]["train"]["recipe"] == "ibp" and ms["fgsm_rs"]["train"]["recipe"] == "fgsm_rs"
+    for m in ms.values():
+        assert m["certification"]["available"]
+        r = m["robust"][0]
+        assert r["robust_error"] - 1e-12 <= r["certified_error"] <= 1.0
