@@ -1390,6 +1390,30 @@ def _md_multiclass(rec: dict) -> list[str]:
     return L
 
 
+def _md_concentration(rec: dict) -> list[str]:
+    """The concentration section of ``report.md``."""
+    L = []
+    L.append("## Concentration (Mahloujifar et al. 2019)")
+    L.append("")
+    c0 = rec["concentration"][0]
+    L.append(f"Method `{c0['method']}`, alpha = {c0['alpha']}, protocol `{c0['protocol']}` (reported on the "
+             f"'{c0['split']}' split, n = {c0['n']}).")
+    L.append("")
+    L.append("The estimate is the lowest valid one over the norm's region family and the half-space search of "
+             "Prescott et al. (2021), compared on the selection split; a region whose risk on the reported split "
+             "is below alpha is never used (`n/a`, with the reason).")
+    L.append("")
+    L.append("| eps | method | T | q | risk | adv. risk [95% CI] | valid (risk >= alpha on report split) |")
+    L.append("|---|---|---|---|---|---|---|")
+    for c in rec["concentration"]:
+        valid = c.get("valid", c["risk_feasible"])
+        ci = _ci(c["adv_risk_ci"]) if c.get("adv_risk_ci") else ""
+        L.append(f"| {c['eps']:g} | {c['method']} | {c['T']} | {_fmt(c['q'])} | {_fmt(c['risk'])} | "
+                 f"{_fmt(c['adv_risk'])} {ci} | {'yes' if valid else 'no: ' + c.get('reason', '')} |")
+    L.append("")
+    return L
+
+
 def render_markdown(rec: dict) -> str:
     """The ``report.md`` text of a report record.
 
@@ -1464,24 +1488,7 @@ def render_markdown(rec: dict) -> str:
         L.append(f"- Inter-class distance: not computed ({icd['reason']}).")
     L.append("")
     L += _md_multiclass(rec)
-    L.append("## Concentration (Mahloujifar et al. 2019)")
-    L.append("")
-    c0 = rec["concentration"][0]
-    L.append(f"Method `{c0['method']}`, alpha = {c0['alpha']}, protocol `{c0['protocol']}` (reported on the "
-             f"'{c0['split']}' split, n = {c0['n']}).")
-    L.append("")
-    L.append("The estimate is the lowest valid one over the norm's region family and the half-space search of "
-             "Prescott et al. (2021), compared on the selection split; a region whose risk on the reported split "
-             "is below alpha is never used (`n/a`, with the reason).")
-    L.append("")
-    L.append("| eps | method | T | q | risk | adv. risk [95% CI] | valid (risk >= alpha on report split) |")
-    L.append("|---|---|---|---|---|---|---|")
-    for c in rec["concentration"]:
-        valid = c.get("valid", c["risk_feasible"])
-        ci = _ci(c["adv_risk_ci"]) if c.get("adv_risk_ci") else ""
-        L.append(f"| {c['eps']:g} | {c['method']} | {c['T']} | {_fmt(c['q'])} | {_fmt(c['risk'])} | "
-                 f"{_fmt(c['adv_risk'])} {ci} | {'yes' if valid else 'no: ' + c.get('reason', '')} |")
-    L.append("")
+    L += _md_concentration(rec)
     L.append("## Optimal losses per class pair (Bhagoji et al. 2021)")
     L.append("")
     L.append(f"Hardest pair: {hp[0]} vs {hp[1]} (largest 0-1 bound at eps = {rec['bounds']['selection_eps']:g}; "
