@@ -380,7 +380,8 @@ class ReportConfig:
     data_dir: str | None = _f(None, "folder with the IDX files or the tensorflow-datasets folder "
                                     "(default $JAXBOUND_DATA_DIR)")
     test_split: str = _f("test", "held-out split")
-    limit: int | None = _f(None, "use only the first N training examples")
+    limit: int | None = _f(None, "use only the first N training examples (a split stored class by class is first "
+                                   "taken round-robin over classes)")
     test_limit: int | None = _f(None, "use only the first N held-out examples")
     norm: str = _f("linf", "threat model: linf, l2 or l1")
     eps: tuple[float, ...] | None = _f(None, "budgets, e.g. 0.1,0.2,0.3 (default linf 0.1,0.2,0.3,0.4; "
@@ -743,6 +744,9 @@ def _load_datasets(cfg: ReportConfig, data_pair):
         tr, te = data_pair
     else:
         raise ValueError("data: expected a (train, test) pair of jaxbound.data.Dataset")
+    # a split stored class by class (image folders list each class's files together) is taken round-robin over
+    # classes, so that the first N examples (limit, test_limit, eval_limit) hold every class
+    tr, te = (data.interleave_classes(d) if len(d) > 1 and np.all(np.diff(d.labels) >= 0) else d for d in (tr, te))
     if cfg.limit is not None:
         tr = tr.subset(np.arange(min(cfg.limit, len(tr))))
     if cfg.test_limit is not None:

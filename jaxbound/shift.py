@@ -965,7 +965,7 @@ def _pair_step(x, y, pair, n, eps, norm, progress):
 def _multiclass_step(x, y, n, eps, norm, degree, progress):
     from jaxbound import bounds as B
 
-    idx = np.concatenate([np.flatnonzero(y == c)[:n] for c in np.unique(y)])
+    idx = B.first_per_class(y, n=n)
     g = B.conflict_hypergraph(x[idx].reshape(idx.size, -1), y[idx], eps=eps, norm=norm, degree=degree,
                               progress=progress)
     r = B.multiclass_zero_one(g)

@@ -401,3 +401,18 @@ def test_report_trains_a_certified_model_on_the_spot(tmp_path):
         assert m["certification"]["available"]
         r = m["robust"][0]
         assert r["robust_error"] - 1e-12 <= r["certified_error"] <= 1.0
+
+
+def test_class_sorted_split_is_taken_round_robin_before_limits():
+    """A split stored class by class (an image folder) keeps every class in its first N examples; others keep order."""
+    from jaxbound import data
+
+    rng = np.random.default_rng(0)
+    img = rng.uniform(size=(12, 2, 2, 1)).astype(np.float32)
+    sorted_ds = data.Dataset(img, np.repeat(np.arange(3), 4), "toy", "train")
+    tr, te = R._load_datasets(R.ReportConfig(limit=6, test_limit=3), (sorted_ds, sorted_ds))
+    assert tr.labels.tolist() == [0, 1, 2, 0, 1, 2] and te.labels.tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(tr.images[:3], img[[0, 4, 8]])
+    mixed = data.Dataset(img, np.array([1, 0, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2]), "toy", "train")
+    tr, _ = R._load_datasets(R.ReportConfig(limit=5), (mixed, mixed))
+    assert tr.labels.tolist() == [1, 0, 2, 0, 1]
