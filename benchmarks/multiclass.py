@@ -29,7 +29,10 @@ Items:
   recomputed directly and must give the same edges (L*(2) never exceeds 1/2,
   since ``q = 1/2`` is feasible; only L*(3) can go above it). L*(3) on the same grid
   for ``--l3-n`` points per class (the LP), while the triangle count stays
-  below ``--max-triangles`` (``--l3-n 0`` leaves it out). ``--grid-eps`` replaces the
+  below ``--max-triangles`` (``--l3-n 0`` leaves it out).
+* ``l3-<dataset>-<norm>``: L*(3) beside L*(2) on ``--l3-n`` points per class at
+  each eps of ``--grid-eps``, while the triangle count stays below
+  ``--max-triangles`` (L*(3) can exceed 1/2 where L*(2) cannot). ``--grid-eps`` replaces the
   default grid of the grid items run.
 
   l_inf distances between pixel vectors in [0, 1] are multiples of 1/255 and never
@@ -259,6 +262,12 @@ def run_item(args, name: str) -> dict:
         return item_full60k(args)
     if name == "l3":
         return item_l3(args)
+    if name.startswith("l3-"):
+        _, dataset, norm = name.split("-")
+        xs, ys = first_per_class(dataset, args.l3_n, args.data_dir)
+        return {"dataset": dataset, "norm": norm, "n": int(xs.shape[0]), "n_per_class": args.l3_n,
+                "rows": grid_l3(xs, ys, norm, args.grid_eps or [e for e in GRIDS[(dataset, norm)] if e > 0],
+                                args.max_triangles), "peak_rss_gb": peak_rss_gb()}
     if name.startswith("full-"):
         return item_full60k(args, name.split("-", 1)[1], args.full_eps, args.full_norm)
     _, dataset, norm = name.split("-")
