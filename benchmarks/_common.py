@@ -26,6 +26,16 @@ def find_data_dir(arg=None, *, need=("mnist",)) -> Path | None:
     return None
 
 
+def load_mnist_or_none(arg=None):
+    """``(train, test)`` MNIST datasets from :func:`find_data_dir`, or ``None`` after printing why they are skipped."""
+    from jaxbound import data
+
+    root = find_data_dir(arg)
+    if root is None:
+        print("MNIST IDX files not found (set JAXBOUND_DATA_DIR or place them in ../shared/data); skipping")
+        return None
+    return data.load("mnist", split="train", data_dir=root), data.load("mnist", split="test", data_dir=root)
+
 def require_data_dir(arg=None, *, need=("mnist",)) -> Path:
     """:func:`find_data_dir`, or exit with a clear message (the benchmark is skipped)."""
     path = find_data_dir(arg, need=need)

@@ -44,7 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
-from _common import find_data_dir  # noqa: E402
+from _common import load_mnist_or_none  # noqa: E402
 
 from jaxbound import attacks, certify, data, metrics, models, training  # noqa: E402
 
@@ -170,12 +170,10 @@ def _evaluate(r, te, args, eps_list):
 
 def main(argv=None):
     args = _args(argv)
-    root = find_data_dir()
-    if root is None:
-        print("MNIST IDX files not found (set JAXBOUND_DATA_DIR or place them in ../shared/data); skipping")
+    splits = load_mnist_or_none()
+    if splits is None:
         return 0
-    tr = data.load("mnist", split="train", data_dir=root)
-    te = data.load("mnist", split="test", data_dir=root)
+    tr, te = splits
     eps_list = [float(e) for e in args.eps.split(",")]
     out = Path(args.out or REPO / "benchmarks" / "results" / f"certify_{jax.default_backend()}"
                f"{'_quick' if args.quick else ''}.json")

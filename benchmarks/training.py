@@ -98,6 +98,21 @@ def _jax_worker(args, z):
     return run, info
 
 
+def _copy_flax_cnn(torch, net, z, prefix, *, convs, fcs, flat):
+    """Copy a Flax conv-conv-fc-fc network's weights (``z[prefix + "conv1_kernel"]``, ...) into ``net``."""
+    with torch.no_grad():
+        for idx, name in zip(convs, ("conv1", "conv2")):
+            net[idx].weight.copy_(torch.tensor(z[f"{prefix}{name}_kernel"]).permute(3, 2, 0, 1))
+            net[idx].bias.copy_(torch.tensor(z[f"{prefix}{name}_bias"]))
+        # Flax flattens NHWC, PyTorch NCHW: permute fc1's input rows accordingly.
+        k = z[f"{prefix}fc1_kernel"]
+        w = k.reshape(*flat, k.shape[-1]).transpose(2, 0, 1, 3).reshape(-1, k.shape[-1])
+        net[fcs[0]].weight.copy_(torch.tensor(w).T)
+        net[fcs[0]].bias.copy_(torch.tensor(z[f"{prefix}fc1_bias"]))
+        net[fcs[1]].weight.copy_(torch.tensor(z[f"{prefix}fc2_kernel"]).T)
+        net[fcs[1]].bias.copy_(torch.tensor(z[f"{prefix}fc2_bias"]))
+
+
 def _torch_worker(args, z):
     import torch
     import torch.nn.functional as F
@@ -109,29 +124,12 @@ def _torch_worker(args, z):
         torch.nn.Conv2d(32, 64, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
         torch.nn.Flatten(), torch.nn.Linear(7 * 7 * 64, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10),
     )
-    with torch.no_grad():
-        for idx, name in ((0, "conv1"), (3, "conv2")):
-            net[idx].weight.copy_(torch.tensor(z[f"{name}_kernel"]).permute(3, 2, 0, 1))
-            net[idx].bias.copy_(torch.tensor(z[f"{name}_bias"]))
-        # Flax flattens NHWC, PyTorch NCHW: permute fc1's input rows accordingly.
-        w = z["fc1_kernel"].reshape(7, 7, 64, 1024).transpose(2, 0, 1, 3).reshape(-1, 1024)
-        net[7].weight.copy_(torch.tensor(w).T)
-        net[7].bias.copy_(torch.tensor(z["fc1_bias"]))
-        net[9].weight.copy_(torch.tensor(z["fc2_kernel"]).T)
-        net[9].bias.copy_(torch.tensor(z["fc2_bias"]))
+    _copy_flax_cnn(torch, net, z, "", convs=(0, 3), fcs=(7, 9), flat=(7, 7, 64))
     small = torch.nn.Sequential(
         torch.nn.Conv2d(1, 16, 4, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 4), torch.nn.ReLU(),
         torch.nn.Flatten(), torch.nn.Linear(10 * 10 * 32, 100), torch.nn.ReLU(), torch.nn.Linear(100, 10),
     )
-    with torch.no_grad():
-        for idx, name in ((0, "s_conv1"), (2, "s_conv2")):
-            small[idx].weight.copy_(torch.tensor(z[f"{name}_kernel"]).permute(3, 2, 0, 1))
-            small[idx].bias.copy_(torch.tensor(z[f"{name}_bias"]))
-        w = z["s_fc1_kernel"].reshape(10, 10, 32, 100).transpose(2, 0, 1, 3).reshape(-1, 100)
-        small[5].weight.copy_(torch.tensor(w).T)
-        small[5].bias.copy_(torch.tensor(z["s_fc1_bias"]))
-        small[7].weight.copy_(torch.tensor(z["s_fc2_kernel"]).T)
-        small[7].bias.copy_(torch.tensor(z["s_fc2_bias"]))
+    _copy_flax_cnn(torch, small, z, "s_", convs=(0, 2), fcs=(5, 7), flat=(10, 10, 32))
     state0 = {k: v.clone() for k, v in net.state_dict().items()}
     small0 = {k: v.clone() for k, v in small.state_dict().items()}
     x_all = torch.tensor(z["x"]).permute(0, 3, 1, 2).contiguous()

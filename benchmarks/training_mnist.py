@@ -50,7 +50,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from _common import find_data_dir  # noqa: E402
+from _common import load_mnist_or_none  # noqa: E402
 
 from jaxbound import attacks, data, metrics, models, training  # noqa: E402
 from jaxbound._io import atomic_write_json  # noqa: E402
@@ -82,12 +82,10 @@ def main(argv=None):
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "training_mnist.json"))
     args = ap.parse_args(argv)
 
-    root = find_data_dir()
-    if root is None:
-        print("MNIST IDX files not found (set JAXBOUND_DATA_DIR or place them in ../shared/data); skipping")
+    splits = load_mnist_or_none()
+    if splits is None:
         return 0
-    tr = data.load("mnist", split="train", data_dir=root)
-    te = data.load("mnist", split="test", data_dir=root)
+    tr, te = splits
     test = te.subset(np.arange(args.n_eval))
     work = Path(args.work)
     out_path = Path(args.out)
