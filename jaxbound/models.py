@@ -818,16 +818,18 @@ class IBPSmall(nn.Module):
     widen_factor: float = 1.0
     mean: Any = 0.0
     std: Any = 1.0
+    _convs = ((16, 4, 2), (32, 4, 1))  # (width, kernel, stride) per convolution
+    _dense = (100,)
+    _min_hw = 7
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        _validate_common(x, self.num_classes, self.std, min_hw=7)
-        return _ibp_cnn(x, ((16, 4, 2), (32, 4, 1)), (100,), self.num_classes, self.widen_factor, self.mean,
-                        self.std)
+        _validate_common(x, self.num_classes, self.std, min_hw=self._min_hw)
+        return _ibp_cnn(x, self._convs, self._dense, self.num_classes, self.widen_factor, self.mean, self.std)
 
 
 @register("ibp_medium")
-class IBPMedium(nn.Module):
+class IBPMedium(IBPSmall):
     """The "medium" CNN of Gowal et al. (2018, Table 1) for interval bound propagation training.
 
     ``conv3x3(32, /1) - conv4x4(32, /2) - conv3x3(64, /1) - conv4x4(64, /2) -
@@ -846,16 +848,9 @@ class IBPMedium(nn.Module):
       training verifiably robust models." arXiv:1810.12715, Table 1.
     """
 
-    num_classes: int = 10
-    widen_factor: float = 1.0
-    mean: Any = 0.0
-    std: Any = 1.0
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        _validate_common(x, self.num_classes, self.std, min_hw=16)
-        return _ibp_cnn(x, ((32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 4, 2)), (512, 512), self.num_classes,
-                        self.widen_factor, self.mean, self.std)
+    _convs = ((32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 4, 2))
+    _dense = (512, 512)
+    _min_hw = 16
 
 
 def _group_norm(channels: int, name: str) -> nn.Module:
