@@ -470,17 +470,23 @@ def _patches(x, k):
     return jnp.concatenate([xp[:, i : i + h, j : j + w, :] for i in range(k) for j in range(k)], axis=-1)
 
 
-def _col2im(cols, k, c):
-    """Adjoint of :func:`_patches`: ``[n, H, W, k*k*C] -> [n, H, W, C]``."""
-    n, h, w, _ = cols.shape
+def _col2im_planes(cols, k):
+    """Adjoint of :func:`_patches` from tap-major planes: ``[k*k, C, n, H, W] -> [n, H, W, C]``.
+
+    Input pixel ``(i, j)`` collects tap ``(a, b)`` of output pixel
+    ``(i - a + p, j - b + p)``: one sum of ``k*k`` shifted, contiguous planes
+    (XLA's CPU backend fuses it into a single pass, where per-tap updates of
+    a channel-minor array were ``k*k`` strided passes).
+    """
+    _, c, n, h, w = cols.shape
     p = k // 2
-    out = jnp.zeros((n, h + 2 * p, w + 2 * p, c), cols.dtype)
-    t = 0
-    for i in range(k):
-        for j in range(k):
-            out = out.at[:, i : i + h, j : j + w, :].add(cols[..., t * c : (t + 1) * c])
-            t += 1
-    return out[:, p : p + h, p : p + w, :]
+    cp = jnp.pad(cols, ((0, 0), (0, 0), (0, 0), (p, p), (p, p)))
+    out = None
+    for a in range(k):
+        for b in range(k):
+            t = cp[a * k + b, :, :, 2 * p - a : 2 * p - a + h, 2 * p - b : 2 * p - b + w]
+            out = t if out is None else out + t
+    return jnp.transpose(out, (1, 2, 3, 0))
 
 
 @jax.custom_vjp
@@ -503,8 +509,10 @@ def _conv_bwd(res, g):
     x, w = res
     k, c, o = w.shape[0], w.shape[2], w.shape[3]
     if c <= 4:
-        # Few input channels: one [n*H*W, O] x [O, k*k*C] product, then col2im.
-        dx = _col2im(g @ w.reshape(k * k * c, o).T, k, c)
+        # Few input channels: one [k*k*C, O] x [O, n*H*W] product, then col2im over contiguous planes.
+        n, h, wd = g.shape[:3]
+        cols = (w.reshape(k * k * c, o) @ g.reshape(-1, o).T).reshape(k * k, c, n, h, wd)
+        dx = _col2im_planes(cols, k)
     else:
         # The adjoint of a SAME conv with an odd kernel is a SAME conv with the
         # kernel flipped in space and its channel axes swapped.

@@ -552,24 +552,24 @@ def test_lenet5_fast_lowering_matches_xla(lenet):
 
 
 def test_conv2d_same_gradients():
-    """Both backward paths (<= 4 input channels: GEMM + col2im; more: flipped-kernel conv) against lax."""
+    """Both backward paths (<= 4 input channels: GEMM + planar col2im; more: flipped-kernel conv) against lax."""
 
     def ref(x, w):
         return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                         precision="highest")
 
     @jax.jit
-    def both(x1, w1, g1, x6, w6, g6):
+    def both(*xwg):
         out = []
-        for x, w, g in ((x1, w1, g1), (x6, w6, g6)):
+        for x, w, g in zip(xwg[::3], xwg[1::3], xwg[2::3]):
             out.append((models.conv2d_same(x, w), ref(x, w), jax.vjp(models.conv2d_same, x, w)[1](g),
                         jax.vjp(ref, x, w)[1](g)))
         return out
 
     rng = np.random.default_rng(0)
     args = []
-    for cin in (1, 6):
-        args += [rng.normal(size=s).astype(np.float32) for s in ((2, 6, 6, cin), (5, 5, cin, 7), (2, 6, 6, 7))]
+    for cin, k in ((1, 5), (3, 3), (3, 5), (6, 5)):
+        args += [rng.normal(size=s).astype(np.float32) for s in ((2, 6, 5, cin), (k, k, cin, 7), (2, 6, 5, 7))]
     for y, y_ref, got, want in both(*args):
         np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
         for a, b in zip(got, want):
