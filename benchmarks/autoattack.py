@@ -58,6 +58,7 @@ Usage:
   python benchmarks/autoattack.py --quick    # smoke profile: 100 points, 20 iterations, 500 queries,
                                              # PGD model trained on 150 batches
   python benchmarks/autoattack.py --models pgd --n 200 --update   # one model, merged into the JSON
+  python benchmarks/autoattack.py --pgd-check --update   # APGD-CE vs PGD, same budget, jax only ("pgd_check")
 
 Writes ``benchmarks/results/autoattack_<device>[_quick].json``.
 
@@ -427,6 +428,9 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke profile: 100 points, 20 iterations, 500 queries")
     ap.add_argument("--host-devices", type=int, default=os.cpu_count() or 1,
                     help="CPU host devices of the jax worker (default: one per core)")
+    ap.add_argument("--pgd-check", action="store_true",
+                    help="jax only: APGD-CE against PGD with the same budget on the trained models (the 'pgd_check' "
+                         "entry of the JSON; no torch run)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--out", type=str, default=None)
     ap.add_argument("--update", action="store_true",
@@ -463,6 +467,8 @@ def main():
     n = min(args.n, test.images.shape[0])
     x = np.ascontiguousarray(test.images[:n])
     y = test.labels[:n].astype(np.int32)
+    if args.pgd_check:
+        return pgd_check(args, weights, x, y)
     load_start = os.getloadavg()
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -483,6 +489,63 @@ def main():
                     pass
                 p.wait(timeout=120)
     write_results(args, infos, results, records, n, load_start, t_start, final=True)
+
+
+def pgd_check(args, weights: dict, x: np.ndarray, y: np.ndarray) -> dict:
+    """APGD-CE against ``attacks.pgd`` with the same budget (steps, one restart) on each trained model and norm.
+
+    Croce & Hein (2020, §3) show APGD at least as strong as PGD with the
+    same number of iterations; here both run ``--steps`` gradient steps from
+    one random start on the same points. PGD runs with Madry et al.'s step
+    ``2.5 eps / steps`` and with a fixed step ``eps / 10``. Robust accuracy
+    counts misclassified clean points as broken. The result is merged into
+    the JSON under ``pgd_check``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from jaxbound import attacks, models
+    from jaxbound._io import atomic_write_json
+
+    net = models.create("lenet5")
+    out = {"n": int(x.shape[0]), "steps": args.steps, "restarts": 1, "device": jax.default_backend(),
+           "command": " ".join([Path(sys.executable).name] + sys.argv), "loadavg_start": list(os.getloadavg()),
+           "jaxbound_commit": git_commit(), "results": {}}
+    for m in args.models:
+        f = models.logits_fn(net, {"params": {k: {"kernel": jnp.asarray(weights[f"{m}_{k}_kernel"]),
+                                                  "bias": jnp.asarray(weights[f"{m}_{k}_bias"])} for k in LAYERS}})
+        clean = np.asarray(attacks.predict(f, x)) == y
+        for norm in args.norms:
+            eps, key = NORMS[norm], jax.random.key(args.seed)
+            row, broken = {"clean_accuracy": float(clean.mean())}, {}
+            runs = {"apgd_ce": lambda: attacks.apgd(f, x, y, key=key, norm=norm, eps=eps, steps=args.steps,
+                                                    loss="ce", restarts=1),
+                    "pgd_madry_step": lambda: attacks.pgd(f, x, y, key=key, norm=norm, eps=eps, steps=args.steps,
+                                                          restarts=1),
+                    "pgd_step_eps_over_10": lambda: attacks.pgd(f, x, y, key=key, norm=norm, eps=eps,
+                                                                steps=args.steps, restarts=1, step_size=eps / 10)}
+            for name, run in runs.items():
+                t0 = time.perf_counter()
+                r = run()
+                broken[name] = ~clean | np.asarray(r.success)
+                row[f"{name}_robust_accuracy"] = float(1.0 - broken[name].mean())
+                row[f"{name}_seconds"] = time.perf_counter() - t0
+            for name in ("pgd_madry_step", "pgd_step_eps_over_10"):
+                row[f"broken_by_{name}_not_apgd"] = int(np.sum(broken[name] & ~broken["apgd_ce"]))
+            row["apgd_not_worse"] = all(row["apgd_ce_robust_accuracy"] <= row[f"{p}_robust_accuracy"]
+                                        for p in ("pgd_madry_step", "pgd_step_eps_over_10"))
+            out["results"][f"{m}/{norm}"] = row
+            print(f"{m:8s} {norm:4s} " + " ".join(f"{k} {v:.3f}" for k, v in row.items()
+                                                  if k.endswith("robust_accuracy")), flush=True)
+    out["loadavg_end"] = list(os.getloadavg())
+    path = Path(args.out) if args.out else HERE / "results" / f"autoattack_{out['device']}.json"
+    res = json.loads(path.read_text()) if path.exists() else {}
+    old = res.get("pgd_check", {}).get("results", {}) if args.update else {}
+    out["results"] = {**old, **out["results"]}
+    res["pgd_check"] = out
+    atomic_write_json(path, res)
+    print(f"wrote {path}")
+    return out
 
 
 def write_results(args, infos, results, records, n, load_start, t_start, *, final=False):
@@ -534,6 +597,8 @@ def write_results(args, infos, results, records, n, load_start, t_start, *, fina
         res["models"] = {**old.get("models", {}), **records}
         res["logits_max_abs_diff_jax_torch"] = {**old.get("logits_max_abs_diff_jax_torch", {}), **logit_diff}
         res["eps"] = {**old.get("eps", {}), **res["eps"]}
+        if "pgd_check" in old:
+            res["pgd_check"] = old["pgd_check"]
         runs = [r for r in old.get("runs", []) if r.get("command") != command or r.get("finished")]
         res["runs"] = runs + res["runs"]
     merged = res["results"]
