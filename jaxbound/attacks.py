@@ -1869,15 +1869,24 @@ def _save_auto_state(checkpoint, fp, done, **arrays):
 
 
 def _bucket(n: int, batch_size: int | None) -> int:
-    """Rows per call for ``n`` remaining points: a power of two, at least 8, at most ``batch_size`` (default 512).
+    """Rows per call for ``n`` remaining points: a size class of at least 8, at most ``batch_size`` (default 512).
 
-    The remaining points are padded up to the block (:func:`_padded`), so
-    that each attack compiles once per power of two, whatever the number of
-    points still robust (and the compiled kernels are reused across the
-    budgets of a sweep), at the cost of at most twice the rows.
+    The points are split into ``ceil(n / batch_size)`` equal calls, each
+    rounded up to a quarter step between powers of two (``2^k``, ``1.25 *
+    2^k``, ``1.5 * 2^k``, ``1.75 * 2^k``: 8, 10, 12, 14, 16, 20, ..., 448,
+    512), and the remaining points are padded up to the block
+    (:func:`_padded`). Each attack thus compiles at most four times per
+    power of two, whatever the number of points still robust (the kernels are
+    reused across the budgets of a sweep), and computes at most 25% padded
+    rows (850 points: two calls of 448 rows, not 1,024).
     """
     cap = _DEFAULT_BATCH if batch_size is None else _checks.check_int(batch_size, "batch_size", low=1)
-    return max(1, min(cap, 1 << max(3, (n - 1).bit_length())))
+    calls = -(-max(n, 1) // cap)
+    per = -(-max(n, 1) // calls)
+    if per <= 8:
+        return max(1, min(cap, 8))
+    step = (1 << (per - 1).bit_length()) // 8
+    return max(1, min(cap, -(-per // step) * step))
 
 
 def _padded(rest: np.ndarray, block: int) -> np.ndarray:
@@ -2345,7 +2354,7 @@ def _square_host(static, x, y, idx, eps_n, key, *, batch_size, progress, checkpo
     """Square on concrete arrays: between segments of iterations, only the examples still unbroken are queried.
 
     Each segment runs on the remaining examples padded to the block, which
-    starts at the caller's and shrinks to the power of two of
+    starts at the caller's and shrinks to the size class of
     :func:`_bucket` as examples break; the iteration range is an argument,
     so that each block size compiles once. Randomness depends only on the example and the
     iteration, so the result equals one uninterrupted run.

@@ -538,8 +538,9 @@ def test_targeted_attacks_run_one_class_at_a_time_with_the_same_result(net):
     assert grouped < sum(rows)  # fewer rows: the broken points skip the later target classes
 
 
-def test_ensemble_compiles_once_per_power_of_two(net, monkeypatch):
-    # the remaining points are padded to a power of two (at least 8): 9..16 robust points share one compilation
+def test_ensemble_compiles_once_per_size_class(net, monkeypatch):
+    # the remaining points are padded to a quarter step between powers of two (at least 8): 11 and 12 robust
+    # points share one compilation, 13 and 14 the next
     seen = []
     real = attacks._run_attack
 
@@ -548,8 +549,14 @@ def test_ensemble_compiles_once_per_power_of_two(net, monkeypatch):
         return real(core, st, logits_fn, x, *a, **k)
 
     monkeypatch.setattr(attacks, "_run_attack", spy)
-    for m in (9, 13, 16):
+    for m in (11, 12, 13, 14):
         attacks.autoattack(net.f, net.x[2:2 + m], net.y[2:2 + m], key=KEY, norm="linf", eps=0.001,
                            attacks=["apgd-ce"], steps=2, self_checks=False)
-    assert seen == [16, 16, 16]
-    assert [attacks._bucket(m, None) for m in (1, 8, 9, 100, 300, 2000)] == [8, 8, 16, 128, 512, 512]
+    assert seen == [12, 12, 14, 14]
+    sizes = {m: attacks._bucket(m, None) for m in (0, 1, 8, 9, 100, 300, 425, 850, 1000, 2000)}
+    assert sizes == {0: 8, 1: 8, 8: 8, 9: 10, 100: 112, 300: 320, 425: 448, 850: 448, 1000: 512, 2000: 512}
+    for m in range(1, 3000):  # never more than 25% padding beyond 8 rows per call, and every point covered
+        b = attacks._bucket(m, None)
+        calls = -(-m // b)
+        assert b <= 512 and calls * b >= m and (m <= 8 or calls * b <= 1.25 * m + 8 * calls), m
+    assert attacks._bucket(100, 48) == 40 and attacks._bucket(5, 4) == 4
