@@ -69,7 +69,7 @@ import jax.extend.core as jcore
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbound import _checks, _engine, lp
+from jaxbound import _checks, _conv, _engine, lp
 
 __all__ = [
     "METHODS",
@@ -209,6 +209,11 @@ def _check_supported(name: str, ins) -> None:
 
 
 def _bind(eqn: _Eqn, args):
+    if eqn.prim.name == "conv_general_dilated":
+        # the same value; its gradients (certified training, CROWN's transposes) on XLA's fast CPU path
+        out = _conv.from_params(args[0], args[1], eqn.params)
+        if out is not None:
+            return out
     out = eqn.prim.bind(*args, **eqn.params)
     return out[0] if eqn.prim.multiple_results else out
 
