@@ -268,7 +268,7 @@ def _compare_balls(reg, ref):
         assert (int(reg.covered[t]), int(reg.expanded[t])) == (b["cov"], b["exp"]), t
 
 
-@pytest.mark.parametrize("list_size", [1, 64])
+@pytest.mark.parametrize("list_size", [pytest.param(1, marks=pytest.mark.slow), 64])
 def test_greedy_balls_equal_bruteforce_continuous(list_size):
     rng = np.random.default_rng(7)
     x = np.concatenate([rng.normal(0, 1, (70, 3)), rng.normal(3, 0.5, (50, 3))]).astype(np.float32)
@@ -282,7 +282,7 @@ def test_greedy_balls_equal_bruteforce_continuous(list_size):
     assert m.n_risk >= reg.n_target and m.adv_risk >= m.risk
 
 
-@pytest.mark.parametrize("precision", ["float64", "float32"])
+@pytest.mark.parametrize("precision", [pytest.param("float64", marks=pytest.mark.slow), "float32"])
 def test_greedy_balls_count_bounds_prune_without_changing_the_balls(precision):
     # Large eps and short lists: the lists alone prune little; the counting tables must prune
     # more and still give exactly the brute-force greedy balls.

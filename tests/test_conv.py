@@ -28,7 +28,7 @@ def _cases(rng, count):
 
 def test_value_gradients_and_second_derivatives_equal_lax(rng):
     with jax.enable_x64(True):
-        for xs, ws, s, pad in _cases(rng, 12):
+        for xs, ws, s, pad in _cases(rng, 8):
             x = jnp.asarray(rng.normal(size=xs))
             w = jnp.asarray(rng.normal(size=ws))
             assert _conv.supports(xs, ws, s, pad)

@@ -190,6 +190,7 @@ def test_report_resumes_from_stages(tiny_report):
     assert rep2.table == rep.table
 
 
+@pytest.mark.slow  # ~21 s; the default evaluation (AutoAttack) also runs in the report tests above
 def test_report_autoattack_breaks_the_masked_model(tiny_report, tmp_path):
     """The default evaluation, AutoAttack: its gradient-free Square moves the zero-gradient model PGD cannot."""
     rep, _ = tiny_report

@@ -359,6 +359,7 @@ def test_sweep_recomputes_when_settings_change(digits_split, tmp_path):
     assert b.records[1]["settings"]["eps"] == 0.1
 
 
+@pytest.mark.slow  # ~11 s
 def test_sweep_without_out_dir_and_custom_transform(digits_split):
     tr, te = digits_split
     small = (tr.images[:200], tr.labels[:200])
