@@ -5,9 +5,9 @@ fast library path, but the convolutions that automatic differentiation emits
 for the kernel gradient (and, for some shapes, the input gradient) take a
 generic path -- and inside a loop (``lax.scan``/``fori_loop``, e.g. a
 training chunk) the layout XLA then picks makes them 10-20x slower than the
-same gradient at the top level (measured on the ``ibp_small`` CNN: the kernel
-gradient of its second convolution 25.9 ms against 1.5 ms for the form
-below, batch 50). :func:`conv` has the same value as
+same gradient at the top level (a one-off profile of the ``ibp_small`` CNN:
+the kernel gradient of its second convolution 25.9 ms against 1.5 ms for
+the form below, batch 50; the training benchmark is ``benchmarks/training.py``). :func:`conv` has the same value as
 ``lax.conv_general_dilated`` and writes both gradients as forward
 convolutions in that layout:
 
@@ -119,10 +119,13 @@ _NHWC_HWIO = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 
 def from_params(x, w, params: dict):
     """:func:`conv` for a ``conv_general_dilated`` equation's ``params`` when it takes them, else ``None``.
 
-    Taken: ``NHWC``/``HWIO`` layout, no dilation, one feature and batch
-    group, default precision and output type, padding within
-    :func:`supports`.
+    Taken on the CPU backend only (accelerators keep XLA's own convolutions,
+    as ``impl="auto"`` of the models): ``NHWC``/``HWIO`` layout, no
+    dilation, one feature and batch group, default precision and output
+    type, padding within :func:`supports`.
     """
+    if jax.default_backend() != "cpu":
+        return None
     if (params.get("dimension_numbers") != _NHWC_HWIO or tuple(params.get("lhs_dilation", ())) != (1, 1)
             or tuple(params.get("rhs_dilation", ())) != (1, 1) or params.get("feature_group_count") != 1
             or params.get("batch_group_count") != 1 or params.get("precision") is not None

@@ -63,7 +63,8 @@ gradient: the input with batch and channel axes exchanged against the
 cotangent). Inside a loop -- a training chunk is a ``lax.scan`` -- XLA's own
 kernel gradient took 10-20x longer here (the second ``ibp_small``
 convolution: 25.9 ms against 1.5 ms, batch 50), and IBP training of
-``ibp_small`` ran 6.8 steps/s against 73 with them. ``smallcnn`` also fuses
+``ibp_small`` reached 0.13x the PyTorch loop before them, 0.83x with them
+(``benchmarks/training.py``, ``results/training_cpu.json``). ``smallcnn`` also fuses
 ReLU and its max pooling into :func:`relu_maxpool2` where the sizes are even.
 
 Both are exact (the same function and a valid gradient, equal to autodiff's
@@ -836,10 +837,18 @@ class Conv2d(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        k, s = self.kernel_size, self.stride
+        k = _checks.check_int(self.kernel_size, "kernel_size", low=1)
+        s = _checks.check_int(self.stride, "stride", low=1)
+        _checks.check_int(self.features, "features", low=1)
+        try:
+            pad = tuple((int(lo), int(hi)) for lo, hi in self.padding)
+        except (TypeError, ValueError):
+            pad = None
+        if pad is None or len(pad) != 2 or any(not 0 <= v <= k - 1 for pair in pad for v in pair):
+            raise ValueError(f"padding: expected ((lo, hi), (lo, hi)) with each in [0, kernel_size - 1] = "
+                             f"[0, {k - 1}], got {self.padding!r}")
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
         kernel = kernel.astype(x.dtype)
-        pad = tuple((int(lo), int(hi)) for lo, hi in self.padding)
         if resolve_impl(self.impl) == "fast":
             y = _conv.conv(x, kernel, (s, s), pad)
         else:
@@ -942,7 +951,7 @@ class _WideBlock(nn.Module):
     features: int
     stride: int
     norm: str
-    impl: str = "fast"
+    impl: str
 
     @nn.compact
     def __call__(self, x):

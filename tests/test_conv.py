@@ -71,6 +71,26 @@ def test_supports_and_explicit_padding():
                                                                                            dimension_numbers=DN))
 
 
+@pytest.mark.parametrize("kw, match", [(dict(padding=((4, 0), (0, 0))), "padding"),
+                                       (dict(padding=((0, 0),)), "padding"), (dict(padding="SAME"), "padding"),
+                                       (dict(stride=0), "stride"), (dict(kernel_size=0), "kernel_size"),
+                                       (dict(features=0), "features")])
+def test_conv2d_bad_settings_name_the_argument(kw, match):
+    layer = models.Conv2d(**{**dict(features=2, kernel_size=3), **kw})
+    with pytest.raises(ValueError, match=f"^{match}"):
+        layer.init(jax.random.key(0), jnp.zeros((1, 6, 6, 1)))
+
+
+def test_certify_keeps_xla_convolutions_off_cpu(monkeypatch):
+    x, w = jnp.ones((1, 5, 5, 1)), jnp.ones((2, 2, 1, 1))
+    params = {"window_strides": (1, 1), "padding": ((0, 0), (0, 0)), "lhs_dilation": (1, 1), "rhs_dilation": (1, 1),
+              "dimension_numbers": lax.conv_dimension_numbers(x.shape, w.shape, DN), "feature_group_count": 1,
+              "batch_group_count": 1, "precision": None, "preferred_element_type": None}
+    assert _conv.from_params(x, w, params) is not None
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert _conv.from_params(x, w, params) is None
+
+
 CNNS = {"smallcnn": (dict(widen_factor=0.25), (20, 20, 1)), "wong_kolter": ({}, (12, 12, 1)),
         "wideresnet": (dict(depth=10, widen_factor=0.5), (8, 8, 3)), "ibp_small": (dict(widen_factor=0.5), (12, 12, 1)),
         "ibp_medium": (dict(widen_factor=0.25), (17, 17, 2))}
