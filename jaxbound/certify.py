@@ -335,6 +335,11 @@ def _affine_back(eqn: _Eqn, a, coef: dict, bias, shapes: dict):
     """Pass ``a [m, *out]`` back through an affine operation by its vector-Jacobian product."""
     pos = [i for i, (k, _) in enumerate(eqn.ins) if k == "v"]
     consts = [v for _, v in eqn.ins]
+    if eqn.prim.name == "conv_general_dilated" and pos == [0]:  # linear in x: no bias, the transpose alone
+        c = _conv.transpose_from_params(a, jnp.asarray(consts[1]), eqn.params, shapes[eqn.ins[0][1]])
+        if c is not None:
+            _accumulate(coef, eqn.ins[0][1], c)
+            return bias
 
     def g(*vs):
         args = list(consts)
@@ -601,13 +606,23 @@ def margin_lower(fn: Callable, x: Any, y: Any, *, eps: Any, norm: str = "linf", 
       specification folded into the last layer; CROWN-IBP).
     """
     y = jnp.asarray(y, jnp.int32)
+    others = []
 
     def spec_fn(shape):
-        return _margin_spec(y, shape[0], shape[1], jnp.float32)
+        n, k = shape
+        if k < 2:
+            return _margin_spec(y, n, k, jnp.float32)
+        # the k - 1 rows e_y - e_j, j != y (the zero row j = y would cost a backward pass of its own)
+        r = jnp.arange(k - 1, dtype=jnp.int32)[:, None]
+        others.append(r + (r >= y[None, :]))  # [k - 1, n]
+        return jax.nn.one_hot(y, k, dtype=jnp.float32)[None] - jax.nn.one_hot(others[0], k, dtype=jnp.float32)
 
     lb = _spec_lower(fn, x, spec_fn, eps=eps, norm=norm, method=method, input_bounds=input_bounds, steps=steps,
                      crown_neurons=crown_neurons)
-    return lb.T
+    if not others:
+        return lb.T
+    n = lb.shape[1]
+    return jnp.zeros((n, lb.shape[0] + 1), lb.dtype).at[jnp.arange(n)[:, None], others[0].T].set(lb.T)
 
 
 def _logit_spec(shape):

@@ -56,6 +56,53 @@ def test_value_gradients_and_second_derivatives_equal_lax(rng):
                 np.testing.assert_allclose(b, a, rtol=0, atol=1e-11)
 
 
+def test_third_derivatives_equal_lax(rng):
+    """conv, conv_transpose and kernel_grad are each other's gradients: differentiating a second-order
+    expression once more (every custom rule, each applied to the others) matches lax's own differentiation."""
+    with jax.enable_x64(True):
+        for xs, ws, s, pad in _cases(rng, 4):
+            x, w = jnp.asarray(rng.normal(size=xs)), jnp.asarray(rng.normal(size=ws))
+            ys = lax.conv_general_dilated(x, w, s, pad, dimension_numbers=DN).shape
+            ct = jnp.asarray(rng.normal(size=ys))
+            v, u = jnp.asarray(rng.normal(size=xs)), jnp.asarray(rng.normal(size=ws))
+            p, q, r = (jnp.asarray(rng.normal(size=z)) for z in (xs, ws, ys))
+
+            def third(f):
+                def s2(x, w, ct):
+                    dx, dw = jax.vjp(f, x, w)[1](ct)
+                    return jnp.vdot(dx, v) + jnp.vdot(dw, u) + jnp.vdot(f(x, w), ct) ** 2
+
+                def s3(x, w, ct):
+                    gx, gw, gct = jax.grad(s2, (0, 1, 2))(x, w, ct)
+                    return jnp.vdot(gx, p) + jnp.vdot(gw, q) + jnp.vdot(gct, r)
+
+                return jax.grad(s3, (0, 1, 2))(x, w, ct)
+
+            ref = third(lambda x, w, s=s, pad=pad: lax.conv_general_dilated(x, w, s, pad, dimension_numbers=DN))
+            new = third(lambda x, w, s=s, pad=pad: _conv.conv(x, w, s, pad))
+            for a, b in zip(ref, new):
+                np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-9)
+
+
+def test_transpose_from_params_is_the_input_vjp_of_many_rows(rng):
+    """certify's CROWN pass transposes a convolution for m specification rows at once: the same as the
+    vector-Jacobian product of lax's convolution row by row, at batch 1 and with rows of zeros."""
+    for n in (1, 3):
+        x = jnp.asarray(rng.normal(size=(n, 9, 8, 2)), jnp.float32)
+        w = jnp.asarray(rng.normal(size=(3, 2, 2, 4)), jnp.float32)
+        for s, padding in (((1, 1), "VALID"), ((2, 1), ((1, 2), (0, 1)))):
+            def ref(z, s=s, padding=padding):
+                return lax.conv_general_dilated(z, w, s, padding, dimension_numbers=DN)
+
+            y, pull = jax.vjp(ref, x)
+            g = jnp.asarray(rng.normal(size=(5,) + y.shape), jnp.float32).at[2].set(0.0)
+            params = jax.make_jaxpr(ref)(x).jaxpr.eqns[0].params
+            got = _conv.transpose_from_params(g, w, params, x.shape)
+            want = jnp.stack([pull(gi)[0] for gi in g])
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+            np.testing.assert_array_equal(got[2], 0.0)
+
+
 def test_supports_and_explicit_padding():
     assert _conv.explicit_padding("VALID", (1, 9, 9, 1), (3, 3, 1, 1), (2, 2)) == ((0, 0), (0, 0))
     assert _conv.explicit_padding("SAME", (1, 8, 8, 1), (3, 3, 1, 1), (1, 1)) == ((1, 1), (1, 1))
