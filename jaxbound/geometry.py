@@ -206,12 +206,25 @@ def l2_sq_gemm(xq: jax.Array, refs: jax.Array, refs_sq: jax.Array | None = None)
     xq, refs = _as_jax_points(xq, "xq"), _as_jax_points(refs, "refs")
     _checks.check_same_dim(xq, refs, "xq", "refs")
     if refs_sq is None:
-        refs_sq = jnp.sum(refs * refs, axis=1)
-    xq_sq = jnp.sum(xq * xq, axis=1)
+        refs_sq = _sq_norms(refs)
+    xq_sq = _sq_norms(xq)
     cross = lax.dot_general(
         xq, refs, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST
     )
     return jnp.maximum(xq_sq[:, None] + refs_sq[None, :] - 2.0 * cross, 0.0)
+
+
+def _sq_norms(a: jax.Array) -> jax.Array:
+    """Row norms ``||a_i||^2`` ``[n]``, computed in a loop of 32-row batches.
+
+    On XLA's CPU backend a plain ``sum(a * a, axis=1)`` is fused into the
+    YNNPACK fusion of the GEMM it feeds, which then ran at half the speed
+    of the GEMM alone (one core, a ``256 x 784`` by ``54,272 x 784`` block:
+    380-420 ms against 192 ms); a loop is a fusion boundary. Same values.
+    """
+    if a.shape[0] == 0:
+        return jnp.zeros((0,), a.dtype)
+    return lax.map(lambda row: jnp.sum(row * row), a, batch_size=min(32, a.shape[0]))
 
 
 def gemm_rounding_bound(d: int, dtype: Any = "float32") -> float:
@@ -459,7 +472,7 @@ def _radius_block(xq, q_ids, q_lab, q_val, refs, refs_t, refs_sq, r_lab, *, norm
         score = l2_sq_gemm(xq, refs, refs_sq)
         r = radius * radius
         # |computed - exact| <= rel_tol * (||x||^2 + ||y||^2) for the GEMM identity.
-        tol = rel_tol * (jnp.sum(xq * xq, axis=1)[:, None] + refs_sq[None, :]) + rel_tol * r
+        tol = rel_tol * (_sq_norms(xq)[:, None] + refs_sq[None, :]) + rel_tol * r
     else:
         score = _accumulate(xq, refs_t, norm)
         r = radius if norm in ("l1", "linf") else radius**norm
@@ -498,23 +511,27 @@ def _row_chunks(b: int, m: int) -> int:
 def _kth_bits(d: jax.Array, k: jax.Array) -> jax.Array:
     """Bit pattern of the ``k``-th smallest value of each row of non-negative float32 ``d`` ``[c, m]``.
 
-    Bisection on the float32 bit pattern (monotone for non-negative floats,
-    31 halvings); counts are float32 sums (measured faster than int32 on
-    CPU), exact for ``m < 2^24``, else int32.
+    Bisection on the float32 bit pattern (monotone for non-negative floats)
+    between the patterns of each row's smallest and largest finite value,
+    which bracket the answer (on MNIST's l2 distances about 25 halvings
+    instead of the 31 from ``[0, inf]``), until every row of the chunk has
+    converged. Counts are float32 sums (measured faster than int32 on CPU),
+    exact for ``m < 2^24``, else int32. Rows need ``1 <= k <= #finite``.
     """
     cdt = jnp.float32 if d.shape[1] < 2**24 else jnp.int32
     kf = k.astype(cdt)
-    lo = jnp.zeros((d.shape[0],), jnp.int32)
-    hi = jnp.full((d.shape[0],), 0x7F800000, jnp.int32)
+    fin = jnp.isfinite(d)
+    lo = jnp.maximum(lax.bitcast_convert_type(jnp.min(d, axis=1), jnp.int32), 0)  # -0.0 counts as +0.0
+    hi = jnp.maximum(lax.bitcast_convert_type(jnp.max(jnp.where(fin, d, 0.0), axis=1), jnp.int32), lo)
 
-    def body(_, state):
+    def body(state):
         lo, hi = state
         mid = lo + (hi - lo) // 2
         t = lax.bitcast_convert_type(mid, jnp.float32)
         ok = jnp.sum((d <= t[:, None]).astype(cdt), axis=1) >= kf
         return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
 
-    lo, _ = lax.fori_loop(0, 31, body, (lo, hi))
+    lo, _ = lax.while_loop(lambda state: jnp.any(state[0] < state[1]), body, (lo, hi))
     return lo
 
 

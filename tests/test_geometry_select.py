@@ -105,6 +105,26 @@ def test_mean_k_smallest_chunked_selection(norm, rng, monkeypatch):
     np.testing.assert_allclose(chunked, whole, rtol=1e-6)
 
 
+def test_kth_bits_brackets_exact_on_ties_zeros_and_padding(rng):
+    """The k-th smallest value by bisection between each row's min and max finite value: equal to np.sort for
+    every k, on rows with ties, -0.0 and +0.0, a constant row, one finite value, +inf padding; jit == eager."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    rows = [rng.random(40).astype(np.float32) * 9, np.full(40, 3.5, np.float32),
+            np.round(rng.random(40) * 4).astype(np.float32), np.r_[np.float32(-0.0), np.zeros(39, np.float32)],
+            np.r_[np.float32(2.25), np.full(39, np.inf, np.float32)],
+            np.r_[rng.random(30).astype(np.float32), np.full(10, np.inf, np.float32)]]
+    d = np.stack(rows)
+    for k in (1, 2, 17, 30):
+        kk = np.minimum(k, np.isfinite(d).sum(axis=1))  # k within each row's finite values
+        for row, kr in zip(d, kk):
+            want = np.sort(row)[kr - 1]
+            for fn in (g._kth_bits, jax.jit(g._kth_bits)):
+                got = lax.bitcast_convert_type(fn(jnp.asarray(row[None]), jnp.int32(kr)), jnp.float32)
+                assert float(got[0]) == float(want) and not np.signbit(got[0]), (k, row, got, want)
+
+
 def test_row_chunks_divide_the_block():
     for b in (1, 7, 8, 256):
         for m in (1, 300, 60000, 10**7):
