@@ -265,6 +265,13 @@ def main() -> None:
 
     stem = "knn" if ds == "mnist" else f"knn_{ds}"
     out = Path(args.out) if args.out else HERE / "results" / (f"{stem}_{device}{'_quick' if args.quick else ''}.json")
+    if full is None and out.exists():  # --skip-full keeps the earlier full run's record, marked as such
+        try:
+            prev = json.loads(out.read_text()).get("full_l1_self_knn")
+        except (OSError, ValueError):
+            prev = None
+        if prev:
+            result["full_l1_self_knn"] = dict(prev, measured=prev.get("measured", "an earlier run (kept by --skip-full)"))
     atomic_write_json(out, result)
     print(f"wrote {out}")
 
