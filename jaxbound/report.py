@@ -121,12 +121,13 @@ DEFAULT_EPS = {"linf": (0.1, 0.2, 0.3, 0.4), "l2": (0.5, 1.0, 1.5, 2.0), "l1": (
 
 _SCHEMA_VERSION = 1
 _RECIPES = ("standard", "pgd", "trades", "fgsm_rs", "ibp", "crown_ibp")
-_CERTIFY = ("crown", "ibp", "alpha-crown", "none")
+_CERTIFY = ("ibp+crown", "crown", "ibp", "alpha-crown", "none")
 
 DEFINITIONS = {
     "robust_error": "fraction of test points misclassified or moved to a wrong class by the attack within eps "
                     "(1 - robust accuracy; clean errors count as failures)",
-    "certified_error": "fraction of the same test points not certified by bound propagation (CROWN by default; "
+    "certified_error": "fraction of the same test points not certified by bound propagation (by default the "
+                       "tighter of the IBP and CROWN bounds of each margin; "
                        "jaxbound.certify.certified_accuracy): an upper bound on the model's true robust error, "
                        "while robust_error is a lower bound on it (not available for l1)",
     "concentration_adv_risk": "Mahloujifar et al. 2019: adversarial risk mu(E_eps) of the error region E with "
@@ -426,8 +427,9 @@ class ReportConfig:
     check_per_class: int | None = _f(200, "the self-check attacks the first N training points of each class "
                                           "of the pair (0 or none: the whole pair sample)")
     figures: bool = _f(True, "write the PNG figures")
-    certify: str = _f("crown", "certified robust error of every model on the evaluation points: crown, ibp, "
-                               "alpha-crown or none (linf and l2 only)")
+    certify: str = _f("ibp+crown", "certified robust error of every model on the evaluation points: ibp+crown "
+                                   "(the tighter of the two bounds per margin), crown, ibp, alpha-crown or none "
+                                   "(linf and l2 only)")
 
     def __post_init__(self):
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass

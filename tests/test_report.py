@@ -359,7 +359,7 @@ def test_report_certified_error_is_an_upper_edge_and_matches_certify(tiny_report
     rep, out = tiny_report
     rec = rep.record
     std = next(m for m in rec["models"] if m["name"] == "standard")
-    assert std["certification"]["available"] and std["certification"]["method"] == "crown"
+    assert std["certification"]["available"] and std["certification"]["method"] == "ibp+crown"
     from jaxbound import models
 
     te = data.load("digits", split="test").subset(np.arange(120))
@@ -368,8 +368,11 @@ def test_report_certified_error_is_an_upper_edge_and_matches_certify(tiny_report
     fn = models.load(saved[0]).logits_fn()
     for j, row in enumerate(std["robust"]):
         # an independent call on the same points (the certified points are a subset of the attacked-robust ones)
-        c = certify.certified_accuracy(fn, te.images, te.labels, eps=row["eps"], norm="linf", method="crown")
+        c = certify.certified_accuracy(fn, te.images, te.labels, eps=row["eps"], norm="linf", method="ibp+crown")
         assert row["certified_error"] == pytest.approx(1.0 - c.accuracy)
+        for single in ("ibp", "crown"):  # the default certifies every point either method certifies
+            s = certify.certified_accuracy(fn, te.images, te.labels, eps=row["eps"], norm="linf", method=single)
+            assert np.all(c.certified >= s.certified)
         assert row["certified_error"] >= row["robust_error"] - 1e-12
         assert rec["table"][j]["standard_certified_error"] == row["certified_error"]
     masked = next(m for m in rec["models"] if m["name"] == "masked")  # jnp.round: bound propagation says no
@@ -383,7 +386,7 @@ def test_report_certified_error_is_an_upper_edge_and_matches_certify(tiny_report
 def test_report_certify_setting_and_l1(tmp_path):
     with pytest.raises(ValueError, match="^certify"):
         R.ReportConfig(certify="lp")
-    assert R.ReportConfig().certify == "crown" and R.ReportConfig(certify="none").certify == "none"
+    assert R.ReportConfig().certify == "ibp+crown" and R.ReportConfig(certify="none").certify == "none"
     te = data.load("digits", split="test").subset(np.arange(8))
     cfg = R.ReportConfig(norm="l1", eps=(1.0,))
     c = R._certify_model(lambda x: x.reshape(x.shape[0], -1)[:, :10], te, cfg)
