@@ -317,6 +317,36 @@ def certified_training() -> list[str]:
     return [cap, ""] + _table(["recipe", "model", "epochs", "train s (cores)", "clean %", "PGD-40 robust %",
                                "certified % (IBP)", "certified % (CROWN)", "file"], rows)
 
+def first_stage_and_cifar() -> list[str]:
+    out = []
+    f = _load("first_stage_cpu.json")
+    if f:
+        sec, v = f["seconds"], f["values"]
+        out += [f"**The report's first stage on all {f['n']:,} MNIST training images** (`results/first_stage_cpu.json`, "
+                f"2-core CPU, cold): dataset Lipschitz constant {sec['dataset_lipschitz']:.1f} s (L = "
+                f"{v['lipschitz']:.4f}) + inter-class distance {sec['inter_class_distance']:.1f} s "
+                f"({v['inter_class_distance']:.4f}) = {sec['total']:.1f} s (target {f['target_seconds']:.0f} s); "
+                f"{f['ratio_to_gemm']:.2f}× NumPy's GEMM of the same pairs.", ""]
+    c = _load("cifar_cpu.json")
+    recs = (c or {}).get("records", {})
+    rows = []
+    for norm in ("l1", "l2", "linf"):
+        r = recs.get(f"knn_{norm}")
+        if r:
+            rows.append([norm, f"{r['n_queries']:,} × {r['n_refs']:,} × {r['d']:,}", str(r["k"]), f"{r['gops']:.1f}",
+                         f"{r['faiss_gops']:.1f} ({r['faiss_queries']:,} queries)", f"{r['ratio_vs_faiss']:.1f}×",
+                         f"{r['target_ratio']:.1f}×"])
+    if rows:
+        ld = recs.get("load")
+        cap = ("**k-NN on CIFAR-10 (JPEG re-encoding)**, test images against training images, 2-core CPU "
+               "(`results/cifar_cpu.json`; faiss `IndexFlat` in the same run"
+               + (f"; decoding the 60,000 JPEGs {ld['decode_seconds']:.0f} s, {ld['cached_seconds']:.0f} s from the "
+                  "cache" if ld else "") + ").")
+        out += [cap, ""] + _table(["norm", "queries × refs × d", "k", "jaxbound (G dist-ops/s)", "faiss",
+                                   "vs faiss", "target"], rows)
+    return out
+
+
 def others(known: set[str]) -> list[str]:
     rest = sorted(p.name for p in RESULTS.glob("*.json") if p.name not in known and not p.name.startswith("run_all"))
     if not rest:
@@ -328,9 +358,9 @@ def others(known: set[str]) -> list[str]:
 def render() -> str:
     known = {"concentration_mnist.json", "optprob.json", "knn_cpu.json", "attacks_cpu.json",
              "attacks_cpu_threads1.json", "training_mnist.json", "shift_mnist.json", "generative_mnist.json",
-             "training_cpu.json"} | {p.name for p in RESULTS.glob("certified_training*_cpu.json")}
+             "training_cpu.json", "first_stage_cpu.json", "cifar_cpu.json"} | {p.name for p in RESULTS.glob("certified_training*_cpu.json")}
     parts = []
-    for fn in (concentration, optprob, knn, attacks, training, training_speed, certified_training, shift, generative):
+    for fn in (concentration, optprob, knn, first_stage_and_cifar, attacks, training, training_speed, certified_training, shift, generative):
         try:
             parts.append(fn())
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a results file of another layout
