@@ -538,8 +538,10 @@ conv2d_same.defvjp(_conv_fwd, _conv_bwd)
 
 
 def _pool_max(z):
-    n, h, w, c = z.shape
-    return z.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    # reduce_window: XLA fuses it with the convolution before it; a reshape-and-max of the same values made the
+    # forward pass of LeNet5 2.5x slower on CPU (batch 1000: 1,090-1,209 against 2,439-3,008 images/s for conv2
+    # and its pooling)
+    return lax.reduce_window(z, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")  # reduce_window_max
 
 
 @jax.custom_vjp
