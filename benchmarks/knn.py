@@ -271,7 +271,8 @@ def main() -> None:
         except (OSError, ValueError):
             prev = None
         if prev:
-            result["full_l1_self_knn"] = dict(prev, measured=prev.get("measured", "an earlier run (kept by --skip-full)"))
+            when = prev.get("measured", "an earlier run (kept by --skip-full)")
+            result["full_l1_self_knn"] = dict(prev, measured=when)
     atomic_write_json(out, result)
     print(f"wrote {out}")
 

@@ -317,13 +317,14 @@ def certified_training() -> list[str]:
     return [cap, ""] + _table(["recipe", "model", "epochs", "train s (cores)", "clean %", "PGD-40 robust %",
                                "certified % (IBP)", "certified % (CROWN)", "file"], rows)
 
+
 def first_stage_and_cifar() -> list[str]:
     out = []
     f = _load("first_stage_cpu.json")
     if f:
         sec, v = f["seconds"], f["values"]
-        out += [f"**The report's first stage on all {f['n']:,} MNIST training images** (`results/first_stage_cpu.json`, "
-                f"2-core CPU, cold): dataset Lipschitz constant {sec['dataset_lipschitz']:.1f} s (L = "
+        out += [f"**The report's first stage on all {f['n']:,} MNIST training images** "
+                f"(`results/first_stage_cpu.json`, 2-core CPU, cold): dataset Lipschitz constant {sec['dataset_lipschitz']:.1f} s (L = "
                 f"{v['lipschitz']:.4f}) + inter-class distance {sec['inter_class_distance']:.1f} s "
                 f"({v['inter_class_distance']:.4f}) = {sec['total']:.1f} s (target {f['target_seconds']:.0f} s); "
                 f"{f['ratio_to_gemm']:.2f}× NumPy's GEMM of the same pairs.", ""]

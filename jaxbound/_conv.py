@@ -26,8 +26,9 @@ CROWN bound, whose backward pass applies the transposed convolutions) take
 the same forward-convolution forms instead of XLA's differentiation of the
 gradient formulas (for the kernel gradient of the transpose, that
 correlated the padded cotangent with a kernel as large as the image: 334 ms
-against 118 ms for the form here, ``ibp_small``'s second convolution at
-CROWN-IBP's 900 rows, one core).
+against 118 ms for the form here in a one-off profile of ``ibp_small``'s
+second convolution at CROWN-IBP's 900 rows, one core; no benchmark script
+times CROWN-IBP training yet).
 
 Private: :mod:`jaxbound.models` and :mod:`jaxbound.certify` use it whole.
 """
@@ -201,7 +202,10 @@ def _plain(x_shape, w, params: dict, dtype):
 
 
 def from_params(x, w, params: dict):
-    """:func:`conv` for a ``conv_general_dilated`` equation's ``params`` when it takes them (see :func:`_plain`), else ``None``."""
+    """:func:`conv` for a ``conv_general_dilated`` equation's ``params`` when it takes them, else ``None``.
+
+    See :func:`_plain` for the conditions.
+    """
     plain = _plain(x.shape, w, params, jnp.result_type(x))
     return None if plain is None else conv(x, w, *plain)
 

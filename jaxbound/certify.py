@@ -583,6 +583,12 @@ def _margin_spec(y, n, k, dtype):
     return ey[None] - ej
 
 
+def _other_classes(y, k):
+    """``[k - 1, n]``: row ``r`` holds the ``r``-th class other than ``y`` (``r`` or ``r + 1``)."""
+    r = jnp.arange(k - 1, dtype=jnp.int32)[:, None]
+    return r + (r >= y[None, :])
+
+
 def margin_lower(fn: Callable, x: Any, y: Any, *, eps: Any, norm: str = "linf", method: str = "ibp",
                  input_bounds: Any = (0.0, 1.0), steps: int = ALPHA_STEPS,
                  crown_neurons: int = CROWN_NEURONS) -> Any:
@@ -619,23 +625,24 @@ def margin_lower(fn: Callable, x: Any, y: Any, *, eps: Any, norm: str = "linf", 
       specification folded into the last layer; CROWN-IBP).
     """
     y = jnp.asarray(y, jnp.int32)
-    others = []
+    classes = {}  # the number of classes, known once the graph is traced
 
     def spec_fn(shape):
         n, k = shape
+        classes["k"] = k
         if k < 2:
             return _margin_spec(y, n, k, jnp.float32)
         # the k - 1 rows e_y - e_j, j != y (the zero row j = y would cost a backward pass of its own)
-        r = jnp.arange(k - 1, dtype=jnp.int32)[:, None]
-        others.append(r + (r >= y[None, :]))  # [k - 1, n]
-        return jax.nn.one_hot(y, k, dtype=jnp.float32)[None] - jax.nn.one_hot(others[0], k, dtype=jnp.float32)
+        return (jax.nn.one_hot(y, k, dtype=jnp.float32)[None]
+                - jax.nn.one_hot(_other_classes(y, k), k, dtype=jnp.float32))
 
     lb = _spec_lower(fn, x, spec_fn, eps=eps, norm=norm, method=method, input_bounds=input_bounds, steps=steps,
                      crown_neurons=crown_neurons)
-    if not others:
+    k = classes["k"]
+    if k < 2:
         return lb.T
     n = lb.shape[1]
-    return jnp.zeros((n, lb.shape[0] + 1), lb.dtype).at[jnp.arange(n)[:, None], others[0].T].set(lb.T)
+    return jnp.zeros((n, k), lb.dtype).at[jnp.arange(n)[:, None], _other_classes(y, k).T].set(lb.T)
 
 
 def _logit_spec(shape):

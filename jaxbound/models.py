@@ -538,9 +538,9 @@ conv2d_same.defvjp(_conv_fwd, _conv_bwd)
 
 
 def _pool_max(z):
-    # reduce_window: XLA fuses it with the convolution before it; a reshape-and-max of the same values made the
-    # forward pass of LeNet5 2.5x slower on CPU (batch 1000: 1,090-1,209 against 2,439-3,008 images/s for conv2
-    # and its pooling)
+    # reduce_window: XLA fuses it with the convolution before it; a reshape-and-max of the same values made
+    # LeNet5's forward pass about 2x slower on CPU (one-off profile, batch 1000: conv2 and its pooling 1,090-1,209
+    # against 2,439-3,008 images/s; same-run effect in benchmarks/results/autoattack_cpu.json)
     return lax.reduce_window(z, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")  # reduce_window_max
 
 
