@@ -248,7 +248,7 @@ def _train_parser(sub) -> None:
     _add_dataset_args(tp)
     _add_fields(tp, R.ReportConfig, ("arch", "widen_factor", "test_split"))
     _add_fields(tp, training.TrainConfig, ("recipe", "epochs", "batch_size", "optimizer", "learning_rate",
-                                           "momentum", "weight_decay", "schedule", "eps_warmup", "beta"),
+                                           "momentum", "weight_decay", "schedule", "eps_warmup", "beta", "select"),
                 aliases={"learning_rate": "--lr"})
     _add_fields(tp, attacks.AttackConfig, ("norm", "eps", "steps", "step_size"), prefix="attack_",
                 aliases={"norm": "--norm", "eps": "--eps"})
@@ -600,6 +600,8 @@ def run_train(args) -> dict:
     attack = _settings(args, attacks.AttackConfig, prefix="attack_")
     if len(attack.get("eps", ())) == 1:
         attack["eps"] = attack["eps"][0]  # training attacks take one budget
+    if attack and not {"norm", "eps"} <= set(attack):
+        raise ValueError("--norm and --eps: a training attack needs both (the threat model is always stated)")
     config = training.TrainConfig(**_settings(args, training.TrainConfig),
                                   attack=training.training_attack(**attack) if attack else None)
     widen = models.resolve_widen(rs["arch"], rs["widen_factor"])

@@ -38,7 +38,8 @@ One entry point, :func:`train`, runs one jitted training step per recipe
   ``alpha = fgsm_alpha * eps`` (``1.25 eps`` in the paper) from a uniform
   random start in the ``eps`` ball, projected onto the ball and the box. The
   cyclic learning rate of the paper is ``schedule="cyclic"`` (optax's
-  ``linear_onecycle_schedule``).
+  ``linear_onecycle_schedule``), its early stopping on the robust accuracy
+  ``select="best_robust"``.
 * ``"ibp"``: interval bound propagation training of Gowal et al. (2018,
   eq. 7): ``E[kappa l(z(x), y) + (1 - kappa) l(z_hat(x, eps_t), y)]`` where
   ``z_hat_j = -m_j`` are the worst-case logits from the certified lower
@@ -145,6 +146,7 @@ __all__ = [
     "STEPS_PER_CALL",
     "OPTIMIZERS",
     "SCHEDULES",
+    "SELECT",
     "TrainConfig",
     "train_config",
     "TRAIN_ATTACK_STEPS",
@@ -159,6 +161,8 @@ RECIPES = ("standard", "pgd", "trades", "gradient_reg", "soft_labels", "fgsm_rs"
 CERTIFIED_RECIPES = ("ibp", "crown_ibp")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "piecewise", "cosine", "cyclic")
+#: Which epoch's parameters :func:`train` returns (:attr:`TrainConfig.select`).
+SELECT = ("last", "best_robust")
 #: Optimiser steps compiled into one call (a ``lax.scan`` over a stack of batches).
 STEPS_PER_CALL = 50
 _GRADIENT_MODES = ("exact", "fd")
@@ -253,6 +257,14 @@ class TrainConfig:
         10,000 on MNIST); ``0`` jumps to the targets after the warm-up.
       kappa_start: weight of the clean cross-entropy at the start (in [0, 1]; Gowal et al. 1).
       kappa_end: weight of the clean cross-entropy after the ramp (in [0, 1]; Gowal et al. 0.5).
+      select: which epoch's parameters :func:`train` returns: ``"last"``
+        (the final epoch's) or ``"best_robust"``: the epoch with the highest
+        per-epoch ``robust_accuracy`` (the later epoch on ties), the early
+        stopping that Wong et al. (2020) recommend against the catastrophic
+        overfitting of ``fgsm_rs``. It needs a robust evaluation
+        (``eval_attack``, or a training attack with ``eps > 0``); select on
+        a validation split (``eval_data``), not on the data the result is
+        reported on.
       beta: TRADES trade-off (>= 0).
       tv_weight: ``gradient_reg`` total-variation weight (Finlay's epsilon, >= 0).
       lip_weight: ``gradient_reg`` Lipschitz weight (Finlay's lambda, >= 0).
@@ -295,6 +307,8 @@ class TrainConfig:
     ramp_steps: int = _field(0, "ibp/crown_ibp: steps of the linear eps, kappa and beta ramps")
     kappa_start: float = _field(1.0, "ibp/crown_ibp: weight of the clean loss at the start")
     kappa_end: float = _field(0.5, "ibp/crown_ibp: weight of the clean loss after the ramp")
+    select: str = _field("last", "parameters returned: last (the final epoch's) or best_robust (the epoch of "
+                                 "highest robust accuracy on the evaluation data: early stopping)")
 
     def __post_init__(self):
         put = functools.partial(object.__setattr__, self)
@@ -333,6 +347,11 @@ class TrainConfig:
             if self.eps_warmup:
                 raise ValueError(f"eps_warmup: recipe {self.recipe!r} ramps eps with warmup_steps and ramp_steps; "
                                  f"got eps_warmup={self.eps_warmup}")
+        if self.select not in SELECT:
+            raise ValueError(f"select: must be one of {', '.join(map(repr, SELECT))}, got {self.select!r}")
+        if self.select == "best_robust" and self.evaluation is None:
+            raise ValueError("select: 'best_robust' needs a per-epoch robust accuracy: give eval_attack (or a "
+                             "training attack with eps > 0)")
         if self.recipe == "gradient_reg" and self.threat_norm is None:
             raise ValueError("norm: recipe 'gradient_reg' measures input gradients in the dual of the threat-model "
                              "norm; give attack=AttackConfig(norm=..., eps=0.0) (or norm=...)")
@@ -520,6 +539,9 @@ class TrainResult(NamedTuple):
       config: the settings of the run (:meth:`TrainConfig.to_dict` with the
         evaluation attack resolved, plus the model, data sizes and devices).
       cache: internal; holds the function returned by :meth:`logits_fn`.
+      epoch: the epoch (1-based) whose parameters ``params`` holds: the last
+        one, or with ``select="best_robust"`` the selected one (0: no epoch
+        was trained, e.g. a resumed run that had finished).
     """
 
     model: nn.Module
@@ -528,6 +550,7 @@ class TrainResult(NamedTuple):
     steps: int
     config: dict
     cache: dict
+    epoch: int = 0
 
     def logits_fn(self) -> Callable[[jax.Array], jax.Array]:
         """The plain ``x [n, ...] -> logits [n, k]`` function (the same object on every call)."""
@@ -536,8 +559,9 @@ class TrainResult(NamedTuple):
         return self.cache["logits_fn"]
 
     def to_dict(self) -> dict:
-        """JSON-ready record: the settings, the step count and the history (no parameters)."""
-        return to_jsonable({"config": self.config, "steps": self.steps, "history": self.history})
+        """JSON-ready record: the settings, the step count, the returned epoch and the history (no parameters)."""
+        return to_jsonable({"config": self.config, "steps": self.steps, "epoch": self.epoch,
+                            "history": self.history})
 
 
 # ---------------------------------------------------------------------------
@@ -1050,6 +1074,17 @@ class _State:
     step: int = 0
     epoch: int = 0
     history: list = dataclasses.field(default_factory=list)
+    best_params: Any = None  # select="best_robust": host copy of the selected epoch's parameters
+
+
+def _selected_epoch(history: list) -> int:
+    """The epoch (1-based) of the highest ``robust_accuracy`` in ``history``, the later one on ties (0: none)."""
+    best, epoch = None, 0
+    for h in history:
+        ra = h.get("robust_accuracy")
+        if ra is not None and (best is None or ra >= best):
+            best, epoch = ra, int(h["epoch"])
+    return epoch
 
 
 def _run_fingerprint(config: dict, key: Any, d: _Data, cfg: TrainConfig) -> str:
@@ -1058,8 +1093,11 @@ def _run_fingerprint(config: dict, key: Any, d: _Data, cfg: TrainConfig) -> str:
                        *(d.ev[:2] if d.ev is not None else (0,)))
 
 
-def _resume(ckdir: Path, fp: str, st: _State) -> None:
+def _resume(ckdir: Path, fp: str, st: _State, best: bool = False) -> None:
     """Load the last checkpoint of this run into ``st`` (another run's checkpoint raises).
+
+    ``best``: the checkpoint also holds the selected epoch's parameters
+    (``select="best_robust"``), restored into ``st.best_params``.
 
     A damaged checkpoint (unreadable ``meta.json``, or an Orbax folder that
     does not restore) is ignored with one warning naming it: the run starts
@@ -1072,7 +1110,11 @@ def _resume(ckdir: Path, fp: str, st: _State) -> None:
         raise ValueError(f"checkpoint_dir: {ckdir} holds a checkpoint of a different run "
                          "(other data, model, key or settings); use another folder or remove it")
     try:
-        state = _restore_checkpoint(ckdir, meta, {"params": st.params, "opt_state": st.opt_state})
+        like = {"params": st.params, "opt_state": st.opt_state}
+        if best:
+            like["best_params"] = st.params
+        state = _restore_checkpoint(ckdir, meta, like)
+        best_params = jax.device_get(state["best_params"]) if best else None
         params = jax.tree.map(jnp.asarray, state["params"])
         opt_state = jax.tree.map(jnp.asarray, state["opt_state"])
         step, epoch, history = int(meta["step"]), int(meta["epoch"]), list(meta["history"])
@@ -1081,6 +1123,7 @@ def _resume(ckdir: Path, fp: str, st: _State) -> None:
                       f"({type(exc).__name__}); training from the start", RuntimeWarning, stacklevel=2)
         return
     st.params, st.opt_state, st.step, st.epoch, st.history = params, opt_state, step, epoch, history
+    st.best_params = best_params
 
 
 def _chunking(steps_per_epoch: int) -> tuple[int, int]:
@@ -1289,8 +1332,9 @@ def train(
     st = _State(params, run.init(params))
     ckdir = None if checkpoint_dir is None else Path(checkpoint_dir)
     fp = None if ckdir is None else _run_fingerprint(config, key, d, cfg)
+    best = cfg.select == "best_robust"
     if ckdir is not None:
-        _resume(ckdir, fp, st)
+        _resume(ckdir, fp, st, best)
     # fresh device copies (the chunks donate them); every process holds the same values
     st.params = _put(jax.device_get(st.params), repl)
     st.opt_state = _put(jax.device_get(st.opt_state), repl)
@@ -1299,14 +1343,21 @@ def train(
     writer = not _multi_process() or jax.process_index() == 0
 
     def result():
-        return TrainResult(d.model, st.params, st.history, st.step, to_jsonable(config), {})
+        chosen = _selected_epoch(st.history) if best and st.best_params is not None else 0
+        params = st.best_params if chosen else st.params
+        epoch = chosen or (int(st.history[-1]["epoch"]) if st.history else 0)
+        return TrainResult(d.model, params, st.history, st.step, to_jsonable(config), {}, epoch)
 
     for epoch in range(st.epoch, cfg.epochs):
         t0 = time.perf_counter()
         means = _train_epoch(run, st, d, cfg, k_perm, k_step, epoch, dev, progress and writer)
         st.history.append(_history_entry(d, cfg, st, means, sched, jax.random.fold_in(k_eval, epoch), epoch, t0))
+        if best and (st.best_params is None or _selected_epoch(st.history) == epoch + 1):
+            st.best_params = jax.device_get(st.params)  # a host copy: the next chunk donates the device buffers
         if ckdir is not None:
             state = jax.device_get({"params": st.params, "opt_state": st.opt_state})
+            if best:
+                state["best_params"] = st.best_params
             if writer:
                 _save_checkpoint(ckdir, state, {"fingerprint": fp, "epoch": epoch + 1, "step": st.step,
                                                 "history": to_jsonable(st.history)})

@@ -208,3 +208,21 @@ def test_train_then_attack(tmp_path, capsys):
     assert aa["robust_accuracy"][0] == pytest.approx(aa["clean_accuracy"])
     assert all(x <= y + 1e-12 for x, y in zip(aa["robust_accuracy"][1:], ra[1:]))
     assert aa["per_eps"][2]["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+
+
+def test_train_fast_recipe_with_early_stopping(tmp_path, capsys):
+    m = tmp_path / "model"
+    assert cli.main(["train", "--limit", "300", "--arch", "mlp", "--epochs", "3", "--recipe", "fgsm_rs", "--norm", "linf",
+                     "--eps", "0.1", "--select", "best_robust", "--out", str(m), "--quiet"]) == 0
+    rec = json.loads((m / "train.json").read_text())
+    hist = rec["train"]["history"]
+    assert rec["config"]["select"] == "best_robust" and len(hist) == 3
+    ra = [h["robust_accuracy"] for h in hist]
+    assert rec["train"]["epoch"] == max(i + 1 for i, v in enumerate(ra) if v == max(ra))
+    capsys.readouterr()
+    assert cli.main(["train", "--limit", "300", "--arch", "mlp", "--select", "best_robust", "--out", str(m),
+                     "--quiet"]) == 2
+    assert "error: select: 'best_robust' needs a per-epoch robust accuracy" in capsys.readouterr().err
+    assert cli.main(["train", "--limit", "300", "--arch", "mlp", "--recipe", "pgd", "--eps", "0.1", "--out", str(m),
+                     "--quiet"]) == 2
+    assert "error: --norm and --eps" in capsys.readouterr().err

@@ -323,6 +323,82 @@ def to_json(obj):
     return json.loads(json.dumps(obj))
 
 
+def _scripted_robust_accuracy(monkeypatch, values):
+    """Make epoch ``e``'s recorded robust accuracy ``values[e - 1]`` (the real evaluation still runs)."""
+    orig = training._evaluate
+
+    def evaluate(d, cfg, params, key):
+        out = orig(d, cfg, params, key)
+        out["robust_accuracy"] = values[len(seen)]
+        seen.append(out["robust_accuracy"])
+        return out
+
+    seen = []
+    monkeypatch.setattr(training, "_evaluate", evaluate)
+    return seen
+
+
+@pytest.mark.parametrize("values, chosen", [((0.5, 0.9, 0.1), 2), ((0.6, 0.6, 0.2), 2), ((0.1, 0.2, 0.3), 3)])
+def test_select_best_robust_returns_the_selected_epochs_parameters(digits, monkeypatch, values, chosen):
+    """Early stopping: the parameters are those of a run stopped after the selected epoch (later epoch on ties)."""
+    tr, te = digits
+    x, y = tr.images[:256], tr.labels[:256]
+    kw = dict(recipe="fgsm_rs", eps=EPS, norm="linf", batch_size=64, progress=False, eval_data=(te.images[:64],
+              te.labels[:64]), eval_steps=2)  # constant learning rate: the first epochs do not depend on `epochs`
+    with monkeypatch.context() as m:
+        _scripted_robust_accuracy(m, values)
+        best = training.train(_mlp(), (x, y), key=jax.random.key(3), epochs=3, select="best_robust", **kw)
+    assert best.epoch == chosen and best.to_dict()["epoch"] == chosen
+    assert [h["robust_accuracy"] for h in best.history] == list(values) and best.steps == 12
+    stopped = training.train(_mlp(), (x, y), key=jax.random.key(3), epochs=chosen, **kw)
+    assert _tree_maxdiff(best.params, stopped.params) == 0.0
+    last = training.train(_mlp(), (x, y), key=jax.random.key(3), epochs=3, **kw)
+    assert last.epoch == 3
+    assert (_tree_maxdiff(best.params, last.params) == 0.0) == (chosen == 3)
+    acc = metrics.accuracy(best.logits_fn(), te.images[:64], te.labels[:64])
+    assert acc == pytest.approx(best.history[chosen - 1]["clean_accuracy"])
+
+
+def test_select_best_robust_resumes_with_the_selected_parameters(digits, tmp_path, monkeypatch):
+    tr, te = digits
+    x, y = tr.images[:256], tr.labels[:256]
+    kw = dict(recipe="fgsm_rs", eps=EPS, norm="linf", batch_size=64, epochs=3, progress=False, select="best_robust",
+              eval_data=(te.images[:64], te.labels[:64]), eval_steps=2, schedule="cyclic", learning_rate=0.01)
+    with monkeypatch.context() as m:
+        _scripted_robust_accuracy(m, (0.2, 0.8, 0.5))
+        full = training.train(_mlp(), (x, y), key=jax.random.key(4), **kw)
+    ck = tmp_path / "ck"
+    orig = training._permutation
+    calls = []
+
+    def interrupt(key, n):
+        calls.append(n)
+        if len(calls) == 3:  # start of the third epoch: the selected epoch 2 is in the checkpoint
+            raise KeyboardInterrupt
+        return orig(key, n)
+
+    with monkeypatch.context() as m:
+        seen = _scripted_robust_accuracy(m, (0.2, 0.8, 0.5))
+        m.setattr(training, "_permutation", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            training.train(_mlp(), (x, y), key=jax.random.key(4), checkpoint_dir=ck, **kw)
+    assert json.loads((ck / "meta.json").read_text())["epoch"] == 2 and len(seen) == 2
+    with monkeypatch.context() as m:
+        _scripted_robust_accuracy(m, (0.5,))  # only the third epoch is evaluated again
+        resumed = training.train(_mlp(), (x, y), key=jax.random.key(4), checkpoint_dir=ck, **kw)
+    assert resumed.epoch == full.epoch == 2
+    assert _tree_maxdiff(resumed.params, full.params) == 0.0
+
+
+def test_select_needs_a_robust_evaluation():
+    with pytest.raises(ValueError, match="^select"):
+        training.TrainConfig(select="best")
+    with pytest.raises(ValueError, match="^select: 'best_robust' needs"):
+        training.TrainConfig(select="best_robust")
+    cfg = training.TrainConfig(select="best_robust", eval_attack=attacks.AttackConfig(norm="linf", eps=0.1))
+    assert cfg.to_dict()["select"] == "best_robust"
+
+
 def test_other_key_gives_other_model(digits):
     tr, _ = digits
     x, y = tr.images[:128], tr.labels[:128]
