@@ -144,6 +144,26 @@ def attacks() -> list[str]:
         ["results file", "threads", "JAX host devices", "jaxbound img/s", "PyTorch img/s", "ratio", "success"], rows)
 
 
+def autoattack() -> list[str]:
+    d = _load("autoattack_cpu.json")
+    if not d or not d.get("results"):
+        return []
+    rows = []
+    for name, r in d["results"].items():
+        model, norm, variant = name.split("/")
+        eps = d.get("eps", {}).get(norm)
+        rows.append([model, f"{norm} {eps:g}" if eps is not None else norm, variant, _pct(r.get("clean_accuracy")),
+                     _pct(r.get("robust_accuracy")), _pct(r.get("torch_robust_accuracy")),
+                     _num(r.get("images_per_s"), "{:.2f}"), _num(r.get("torch_images_per_s"), "{:.2f}"),
+                     _num(r.get("ratio"), "{:.2f}×")])
+    return [f"**AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square) on LeNet5, first {d.get('n')} MNIST test points**"
+            " (`results/autoattack_cpu.json`; the baseline is torchattacks' APGD, APGDT, FAB and Square assembled "
+            "with the original's settings on the same weights; each row is one run of both, on the 2-core CPU; "
+            "accuracies in %).", ""] + _table(
+        ["model", "norm, ε", "variant", "clean", "robust (jaxbound)", "robust (torchattacks)", "jaxbound img/s",
+         "torchattacks img/s", "ratio"], rows)
+
+
 def _num(v, fmt="{:.3f}") -> str:
     return fmt.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
 
@@ -359,9 +379,10 @@ def others(known: set[str]) -> list[str]:
 def render() -> str:
     known = {"concentration_mnist.json", "optprob.json", "knn_cpu.json", "attacks_cpu.json",
              "attacks_cpu_threads1.json", "training_mnist.json", "shift_mnist.json", "generative_mnist.json",
-             "training_cpu.json", "first_stage_cpu.json", "cifar_cpu.json"} | {p.name for p in RESULTS.glob("certified_training*_cpu.json")}
+             "training_cpu.json", "first_stage_cpu.json", "cifar_cpu.json", "autoattack_cpu.json"} | {p.name for p in RESULTS.glob("certified_training*_cpu.json")}
     parts = []
-    for fn in (concentration, optprob, knn, first_stage_and_cifar, attacks, training, training_speed, certified_training, shift, generative):
+    for fn in (concentration, optprob, knn, first_stage_and_cifar, attacks, autoattack, training, training_speed,
+               certified_training, shift, generative):
         try:
             parts.append(fn())
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a results file of another layout
