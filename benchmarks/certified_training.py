@@ -142,6 +142,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if not 0 <= args.val_n < args.train_n:
+        ap.error(f"--val-n must be in [0, --train-n), got {args.val_n}")
     if args.fgsm_select == "best_robust" and args.val_n <= 0:
         ap.error("--fgsm-select best_robust selects on --val-n held-out training images: give --val-n > 0")
     if args.quick:

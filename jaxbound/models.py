@@ -499,12 +499,13 @@ def _kernel_grad_taps(x, g, k):
 
     One ``[C, n*H*W] x [n*H*W, O]`` product per tap on a shifted view of the
     padded input, stacked to ``[k, k, C, O]``: no ``[n*H*W, k*k*C]`` im2col
-    matrix is written and transposed. One-off profile (LeNet5's standard
-    training step in a ``lax.scan`` of 20 steps, batch 50, 2 cores beside
-    another job): 83-86 ms against 75-80 ms per step; the training benchmark
-    is ``benchmarks/training.py``.
+    matrix is written and transposed. One-off A/B in one process (LeNet5's
+    standard training step in a ``lax.scan`` of 20 steps, batch 50, 2 cores
+    beside another job): 83-86 ms against 75-80 ms per step; in
+    ``benchmarks/training.py`` the effect is within the run-to-run noise of
+    the PyTorch baseline.
     """
-    n, h, wd, c = x.shape
+    _, h, wd, c = x.shape
     p = k // 2
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
     taps = [jnp.einsum("nhwc,nhwo->co", xp[:, a : a + h, b : b + wd, :], g) for a in range(k) for b in range(k)]

@@ -540,8 +540,8 @@ class TrainResult(NamedTuple):
         evaluation attack resolved, plus the model, data sizes and devices).
       cache: internal; holds the function returned by :meth:`logits_fn`.
       epoch: the epoch (1-based) whose parameters ``params`` holds: the last
-        one, or with ``select="best_robust"`` the selected one (0: no epoch
-        was trained, e.g. a resumed run that had finished).
+        one, or with ``select="best_robust"`` the selected one (a resumed run
+        that had finished reports the same epoch as the original run).
     """
 
     model: nn.Module
@@ -1352,8 +1352,10 @@ def train(
         t0 = time.perf_counter()
         means = _train_epoch(run, st, d, cfg, k_perm, k_step, epoch, dev, progress and writer)
         st.history.append(_history_entry(d, cfg, st, means, sched, jax.random.fold_in(k_eval, epoch), epoch, t0))
+        # a host copy (the next chunk donates the device buffers); the first epoch's always, so that every
+        # checkpoint holds a tree of the same structure
         if best and (st.best_params is None or _selected_epoch(st.history) == epoch + 1):
-            st.best_params = jax.device_get(st.params)  # a host copy: the next chunk donates the device buffers
+            st.best_params = jax.device_get(st.params)
         if ckdir is not None:
             state = jax.device_get({"params": st.params, "opt_state": st.opt_state})
             if best:
